@@ -1,0 +1,81 @@
+"""Lethe's settings: one pydantic-settings model, read from `LETHE_*` variables and `lethe.toml`.
+
+Precedence, highest first: keyword arguments, environment (`LETHE_HOME`, `LETHE_DEVICE`, ...), the
+TOML file (`./lethe.toml`, or the path in `LETHE_CONFIG`), then the defaults below. The defaults are
+the embedded setup: everything under `LETHE_HOME` (default `./.lethe`), SQLite for the ledger and
+MLflow, local artifacts, the shipped shapes-world model, Prefect's ephemeral API.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+# The embedded default model: the shapes world shipped inside the package.
+SHAPES_BASE_MODEL = "shapes"
+
+
+class LetheSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="forbid", validate_default=True)
+
+    home: Path = Field(Path(".lethe"), description="root of everything Lethe writes in the embedded setup")
+    model_name: str = Field("shapes-t2i", description="MLflow registered model = one lineage")
+    base_model: str = Field(SHAPES_BASE_MODEL, description="'shapes', a diffusers directory, or a hub id")
+    mlflow_tracking_uri: str | None = Field(None, description="default: sqlite:///<home>/mlflow.db")
+    artifact_root: str | None = Field(None, description="default: <home>/artifacts; s3://bucket/prefix in production")
+    ledger_url: str | None = Field(None, description="SQLAlchemy URL; default: sqlite:///<home>/ledger.db")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = bf16 on cuda, fp32 on cpu")
+    sample_steps: int = Field(25, ge=1, le=1000, description="default sampler steps (DDIM)")
+    guidance_scale: float = Field(5.0, ge=1.0, le=30.0, description="default classifier-free guidance")
+    approvers: list[str] = Field(default_factory=list, description="who may approve or reject a request")
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> "LetheSettings":
+        home = self.home.expanduser()
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+        if self.artifact_root is None:
+            self.artifact_root = str((home / "artifacts").resolve())
+        if self.ledger_url is None:
+            self.ledger_url = f"sqlite:///{(home / 'ledger.db').resolve()}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("LETHE_CONFIG", "lethe.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self):
+        import torch
+
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device() == "cuda" else torch.float32
+        return getattr(torch, self.dtype)
+
+    def shown(self) -> dict:
+        """The settings as plain values, for `lethe status`."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.model_dump().items()}
+
+
+def load_settings(**overrides) -> LetheSettings:
+    """Read the settings; a malformed `lethe.toml` or a bad variable raises one error naming each field."""
+    return LetheSettings(**overrides)

@@ -1,0 +1,114 @@
+"""Loading a text-to-image pipeline and sampling from it reproducibly.
+
+Every image gets its own seeded generator, so image k of prompt p is the same whatever the batch it
+is generated in: base and candidate models then see the same initial noise for the same (prompt, seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+SHAPES_BASE_MODEL = "shapes"
+MAX_PROMPT_CHARS = 1000
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot take: empty, or longer than its tokenizer's limit."""
+
+
+def load_model(model: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """Load a pipeline: the shapes base (None or "shapes") or a local diffusers directory.
+
+    Raises:
+        FileNotFoundError: `model` is neither "shapes" nor an existing diffusers directory.
+    """
+    if model is None or str(model) == SHAPES_BASE_MODEL:
+        from unlearning.shapes.model import load_shapes_pipeline
+
+        return load_shapes_pipeline(device=device, dtype=dtype)
+    path = Path(model)
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{model}: not a diffusers directory (no model_index.json) and not 'shapes'")
+    pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def check_prompt(tokenizer, prompt: str) -> None:
+    """Refuse, rather than truncate, prompts the text encoder cannot see whole.
+
+    Raises:
+        PromptError: the prompt is empty or blank, or needs more tokens than `model_max_length`.
+    """
+    if not prompt or not prompt.strip():
+        raise PromptError("the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PromptError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+    needed = len(tokenizer(prompt, truncation=False).input_ids)
+    if needed > tokenizer.model_max_length:
+        raise PromptError(f"the prompt needs {needed} tokens; this model's tokenizer takes at most {tokenizer.model_max_length}")
+
+
+@torch.no_grad()
+def generate(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    steps: int = 25,
+    guidance_scale: float = 5.0,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Generate one image per (prompt, seed) pair; returns (N, H, W, 3) uint8.
+
+    Classifier-free guidance runs conditional and unconditional halves in one UNet batch (diffusers
+    does this); each image uses `torch.Generator().manual_seed(seed)` on the CPU so results do not
+    depend on the device's RNG or on batching.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError("one seed per prompt")
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        chunk_prompts = prompts[start : start + batch_size]
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        latents = torch.stack(
+            [
+                torch.randn(
+                    (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size),
+                    generator=g,
+                )
+                for g in generators
+            ]
+        ).to(device=pipe.device, dtype=pipe.unet.dtype)
+        out = pipe(
+            chunk_prompts,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            latents=latents,
+            output_type="np",
+        )
+        images.append((np.clip(out.images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    return np.concatenate(images)
+
+
+def image_grid(images: np.ndarray, columns: int) -> Image.Image:
+    """Tile (N, H, W, 3) uint8 images into one picture, row-major, with a 2-pixel white gutter."""
+    n, h, w, _ = images.shape
+    rows = (n + columns - 1) // columns
+    gutter = 2
+    canvas = np.full((rows * (h + gutter) + gutter, columns * (w + gutter) + gutter, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        y, x = gutter + r * (h + gutter), gutter + c * (w + gutter)
+        canvas[y : y + h, x : x + w] = image
+    return Image.fromarray(canvas)
+
+
+def upscale(picture: Image.Image, factor: int) -> Image.Image:
+    """Nearest-neighbour enlargement: 32 px images are too small to look at unscaled."""
+    return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stage", action="append", choices=("detector", "vae", "unet"), help="only these stages (repeatable)")
     train.add_argument("--force", action="store_true", help="retrain stages whose weights exist")
     train.add_argument("--seed", type=int, default=None, help="master seed (default 0)")
-    train.add_argument("--unet-steps", type=int, default=None, help="UNet training steps (default 9000)")
+    train.add_argument("--unet-steps", type=int, default=None, help="UNet training steps (default 11000)")
     train.add_argument("--weights-dir", default=None, help="write weights here instead of the package")
     train.add_argument("--json", action="store_true", help="print JSON")
     train.set_defaults(func=cmd_world_train)

@@ -50,7 +50,7 @@ class WorldTrainConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6  # as small as SD's: latents stay informative, posterior stays sane
     unet_images: int = 48_000  # fixed rendered set the UNet sees (~167 per scene)
-    unet_steps: int = 9000  # batch 64; ~0.5 s a step on 2 free cores
+    unet_steps: int = 11000  # batch 64; ~0.5 s a step on 2 free cores (~1.5 h)
     unet_batch: int = 64
     unet_lr: float = 3e-4
     ema_decay: float = 0.999

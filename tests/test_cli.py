@@ -1,0 +1,86 @@
+"""The `lethe` command line as a user runs it: a real subprocess, real files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+
+def lethe(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def assert_one_line_error(result):
+    assert result.returncode == 2, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lethe"), result.stderr
+
+
+def test_help_lists_the_commands():
+    result = lethe("--help")
+    assert result.returncode == 0
+    for command in ("generate", "world", "status"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("generate", "--prompt", "a red circle", "--out", "x.png", "--bogus"),
+        ("frobnicate",),
+        ("generate", "--out", "x.png"),
+        ("generate", "--prompt", "   ", "--out", "x.png"),
+        ("generate", "--prompt", "a red circle", "--out", "missing-folder/x.png"),
+        ("generate", "--prompt", "a red circle", "--out", "x.jpg"),
+        ("generate", "--prompt", "a red circle " * 12, "--out", "x.png"),
+    ],
+    ids=["unknown-option", "unknown-command", "missing-prompt", "empty-prompt", "missing-folder", "not-png", "too-long"],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args):
+    result = lethe(*args, cwd=tmp_path)
+    assert_one_line_error(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root); covered by the missing-folder case")
+        result = lethe("generate", "--prompt", "a red circle", "--out", str(locked / "x.png"))
+        assert_one_line_error(result)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_generate_writes_a_grid_and_reports_json(tmp_path):
+    out = tmp_path / "grid.png"
+    result = lethe("generate", "--prompt", "a purple gradient ring", "--n", "4", "--steps", "6",
+                   "--scale", "2", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["seeds"] == [0, 1, 2, 3] and report["out"] == str(out)
+    with Image.open(out) as picture:
+        assert picture.size == (2 * (4 * 34 + 2), 2 * 36)  # 4 tiles of 32 px with 2 px gutters, x2
+
+
+def test_status_json_shows_settings_and_weights(tmp_path):
+    result = lethe("status", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["settings"]["base_model"] == "shapes"
+    assert status["shapes_world"]["trained"] is True
+    assert len(status["shapes_world"]["sha256"]) == 64
+
+
+def test_malformed_settings_file_is_one_line_exit_2(tmp_path):
+    (tmp_path / "lethe.toml").write_text("device = [unclosed\n")
+    assert_one_line_error(lethe("status", cwd=tmp_path))

@@ -1,0 +1,437 @@
+"""The request ledger: the system of record for unlearning requests (DESIGN.md, "Registry and ledger").
+
+Two tables. `requests`: one row per request, with a monotonic sequence number (the queue order), a
+unique id, the request body, its state, parent and candidate versions, timestamps and the error.
+`audit`: one row per state change with actor and time; append-only, enforced by the database itself
+(triggers refuse UPDATE and DELETE), not merely by this module's manners.
+
+SQLite under LETHE_HOME by default; PostgreSQL in production. Every state change is a compare-and-set
+on the current state inside one transaction, so two workers can never both claim, promote or reject
+the same request, and a claim never skips the head of the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+QUEUED, RUNNING, AWAITING_APPROVAL = "queued", "running", "awaiting-approval"
+PROMOTED, REJECTED, FAILED, CANCELLED = "promoted", "rejected", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTED, REJECTED, FAILED, CANCELLED)
+ACTIVE_STATES = (QUEUED, RUNNING, AWAITING_APPROVAL)  # a request in these still has work ahead
+# Which state may follow which. Terminal states have no successor: a promoted, rejected, failed or
+# cancelled request is never reopened (a new request is submitted instead, so history stays linear).
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    QUEUED: (RUNNING, CANCELLED),
+    RUNNING: (AWAITING_APPROVAL, REJECTED, FAILED),
+    AWAITING_APPROVAL: (PROMOTED, REJECTED),
+    PROMOTED: (),
+    REJECTED: (),
+    FAILED: (),
+    CANCELLED: (),
+}
+
+MAX_CONCEPT_CHARS = 200
+MAX_TEXT_CHARS = 2000
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+metadata = MetaData()
+requests_table = Table(
+    "lethe_requests",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("lineage", String(200), nullable=False, index=True),
+    Column("concept", String(MAX_CONCEPT_CHARS), nullable=False),
+    Column("requester", String(200), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("state", String(32), nullable=False, index=True),
+    Column("parent_version", Integer, nullable=True),
+    Column("candidate_version", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+audit_table = Table(
+    "lethe_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("lethe_requests.id"), nullable=False, index=True),
+    Column("from_state", String(32), nullable=True),
+    Column("to_state", String(32), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("detail", JSON, nullable=False),
+)
+
+_APPEND_ONLY_SQLITE = [
+    "CREATE TRIGGER IF NOT EXISTS lethe_audit_no_update BEFORE UPDATE ON lethe_audit "
+    "BEGIN SELECT RAISE(ABORT, 'lethe_audit is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS lethe_audit_no_delete BEFORE DELETE ON lethe_audit "
+    "BEGIN SELECT RAISE(ABORT, 'lethe_audit is append-only'); END",
+]
+_APPEND_ONLY_POSTGRES = [
+    "CREATE OR REPLACE FUNCTION lethe_audit_append_only() RETURNS trigger AS $$ "
+    "BEGIN RAISE EXCEPTION 'lethe_audit is append-only'; END; $$ LANGUAGE plpgsql",
+    "DROP TRIGGER IF EXISTS lethe_audit_append_only ON lethe_audit",
+    "CREATE TRIGGER lethe_audit_append_only BEFORE UPDATE OR DELETE ON lethe_audit "
+    "FOR EACH ROW EXECUTE FUNCTION lethe_audit_append_only()",
+]
+
+
+class LedgerError(Exception):
+    """Base of every refusal by the ledger; nothing was written when one is raised."""
+
+
+class InvalidRequest(LedgerError):
+    """The request body is malformed (each problem is named in the message)."""
+
+
+class DuplicateRequest(LedgerError):
+    """A request with this id exists already."""
+
+
+class ConflictingRequest(LedgerError):
+    """The request conflicts with the ledger (e.g. the concept is already queued or erased)."""
+
+
+class UnknownRequest(LedgerError):
+    """No request has this id."""
+
+
+class StateConflict(LedgerError):
+    """The request is not in a state from which this change is allowed (or it changed meanwhile)."""
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What a requester asks for: erase `concept` (and its synonyms) from one model lineage."""
+
+    concept: str
+    requester: str
+    synonyms: tuple[str, ...] = ()
+    anchor: str = ""
+    preserve: tuple[str, ...] = ()
+    method: str = "duge"
+    reason: str = ""
+    id: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def body(self) -> dict:
+        return {
+            "concept": self.concept,
+            "synonyms": list(self.synonyms),
+            "anchor": self.anchor,
+            "preserve": list(self.preserve),
+            "method": self.method,
+            "reason": self.reason,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+@dataclass(frozen=True)
+class Request:
+    seq: int
+    id: str
+    lineage: str
+    concept: str
+    requester: str
+    body: dict
+    state: str
+    parent_version: int | None
+    candidate_version: int | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "lineage": self.lineage,
+            "concept": self.concept,
+            "requester": self.requester,
+            "state": self.state,
+            "parent_version": self.parent_version,
+            "candidate_version": self.candidate_version,
+            "error": self.error,
+            "body": self.body,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _text_problems(name: str, value: str, limit: int, *, required: bool) -> list[str]:
+    if not isinstance(value, str):
+        return [f"{name}: must be text"]
+    if required and not value.strip():
+        return [f"{name}: is empty"]
+    problems = []
+    if len(value) > limit:
+        problems.append(f"{name}: has {len(value)} characters; at most {limit}")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+        problems.append(f"{name}: contains control characters")
+    return problems
+
+
+def validate(spec: RequestSpec) -> None:
+    """Collect every problem of a request and raise one error naming each field.
+
+    Raises:
+        InvalidRequest: empty or oversized concept, control characters, an id that is not a plain
+            name (path separators, '..'), an anchor equal to the concept, ...
+    """
+    problems = _text_problems("concept", spec.concept, MAX_CONCEPT_CHARS, required=True)
+    problems += _text_problems("requester", spec.requester, 200, required=True)
+    problems += _text_problems("reason", spec.reason, MAX_TEXT_CHARS, required=False)
+    problems += _text_problems("anchor", spec.anchor, MAX_CONCEPT_CHARS, required=False)
+    problems += _text_problems("method", spec.method, 64, required=True)
+    for i, synonym in enumerate(spec.synonyms):
+        problems += _text_problems(f"synonyms[{i}]", synonym, MAX_CONCEPT_CHARS, required=True)
+    for i, concept in enumerate(spec.preserve):
+        problems += _text_problems(f"preserve[{i}]", concept, MAX_CONCEPT_CHARS, required=True)
+    if spec.id is not None and not REQUEST_ID_PATTERN.fullmatch(spec.id or ""):
+        problems.append("id: must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if spec.anchor and spec.anchor.strip().lower() == spec.concept.strip().lower():
+        problems.append("anchor: equals the concept")
+    if spec.concept.strip().lower() in {p.strip().lower() for p in spec.preserve}:
+        problems.append("preserve: contains the concept itself")
+    if problems:
+        raise InvalidRequest("; ".join(problems))
+
+
+def _new_request_id(concept: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", concept.lower()).strip("-")[:24] or "request"
+    return f"{slug}-{time.time_ns():x}"
+
+
+class Ledger:
+    """The ledger of one database. All methods are safe to call from concurrent processes."""
+
+    def __init__(self, url: str, *, echo: bool = False):
+        self.url = url
+        self.engine: Engine = _make_engine(url, echo=echo)
+        self._create_schema()
+
+    # ---------------------------------------------------------------- schema
+    def _create_schema(self) -> None:
+        for attempt in range(5):  # several processes may race to create the same tables
+            try:
+                metadata.create_all(self.engine)
+                with self.engine.begin() as conn:
+                    for statement in _APPEND_ONLY_SQLITE if self.engine.dialect.name == "sqlite" else _APPEND_ONLY_POSTGRES:
+                        conn.execute(text(statement))
+                return
+            except (IntegrityError, OperationalError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+
+    # ---------------------------------------------------------------- writes
+    def submit(self, spec: RequestSpec, *, lineage: str) -> Request:
+        """Queue a request at the tail.
+
+        Raises:
+            InvalidRequest: the request is malformed (nothing written).
+            DuplicateRequest: its id exists already.
+            ConflictingRequest: its concept is already active or erased in this lineage.
+        """
+        validate(spec)
+        request_id = spec.id or _new_request_id(spec.concept)
+        concept = spec.concept.strip()
+        now = _now()
+        try:
+            with self._transaction() as conn:
+                if conn.execute(select(requests_table.c.id).where(requests_table.c.id == request_id)).first():
+                    raise DuplicateRequest(f"a request with id {request_id!r} exists already")
+                clash = conn.execute(
+                    select(requests_table.c.id, requests_table.c.state).where(
+                        requests_table.c.lineage == lineage,
+                        requests_table.c.state.in_((*ACTIVE_STATES, PROMOTED)),
+                        requests_table.c.concept == concept,
+                    )
+                ).first()
+                if clash:
+                    verb = "was erased by" if clash.state == PROMOTED else "is already requested as"
+                    raise ConflictingRequest(f"concept {concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}")
+                seq = conn.execute(
+                    insert(requests_table).values(
+                        id=request_id, lineage=lineage, concept=concept, requester=spec.requester.strip(),
+                        body=spec.body(), state=QUEUED, created_at=now, updated_at=now,
+                    )
+                ).inserted_primary_key[0]
+                self._audit(conn, request_id, None, QUEUED, spec.requester.strip(), {"seq": seq})
+        except IntegrityError:
+            raise DuplicateRequest(f"a request with id {request_id!r} exists already") from None
+        return self.get(request_id)
+
+    def claim_head(self, lineage: str, *, actor: str) -> Request | None:
+        """Atomically move the oldest queued request of a lineage to `running` and return it.
+
+        Strict FIFO, one request per lineage at a time: nothing is claimed while another request of
+        the lineage is running or awaiting approval (its outcome decides the next one's parent).
+        Returns None when there is nothing to claim.
+        """
+        with self._transaction() as conn:
+            busy = conn.execute(
+                select(requests_table.c.id).where(
+                    requests_table.c.lineage == lineage, requests_table.c.state.in_((RUNNING, AWAITING_APPROVAL))
+                )
+            ).first()
+            if busy:
+                return None
+            head = conn.execute(
+                select(requests_table.c.id)
+                .where(requests_table.c.lineage == lineage, requests_table.c.state == QUEUED)
+                .order_by(requests_table.c.seq)
+                .limit(1)
+            ).first()
+            if head is None:
+                return None
+            self._change_state(conn, head.id, QUEUED, RUNNING, actor, {})
+        return self.get(head.id)
+
+    def transition(self, request_id: str, to_state: str, *, actor: str, expected: str | None = None, **fields) -> Request:
+        """Move a request to `to_state` if TRANSITIONS allow it (and it is in `expected`, if given).
+
+        `fields` may set parent_version, candidate_version and error; everything is audited.
+
+        Raises:
+            UnknownRequest, StateConflict
+        """
+        allowed_fields = {"parent_version", "candidate_version", "error", "detail"}
+        if unknown := set(fields) - allowed_fields:
+            raise ValueError(f"cannot set {sorted(unknown)} through a transition")
+        detail = fields.pop("detail", {})
+        with self._transaction() as conn:
+            current = self._state_of(conn, request_id)
+            if expected is not None and current != expected:
+                raise StateConflict(f"{request_id} is {current}, not {expected}")
+            self._change_state(conn, request_id, current, to_state, actor, {**detail, **fields}, **fields)
+        return self.get(request_id)
+
+    # ---------------------------------------------------------------- reads
+    def get(self, request_id: str) -> Request:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(requests_table).where(requests_table.c.id == request_id)).mappings().first()
+        if row is None:
+            raise UnknownRequest(f"no request with id {request_id!r}")
+        return Request(**row)
+
+    def requests(self, lineage: str | None = None) -> list[Request]:
+        query = select(requests_table).order_by(requests_table.c.seq)
+        if lineage is not None:
+            query = query.where(requests_table.c.lineage == lineage)
+        with self.engine.connect() as conn:
+            return [Request(**row) for row in conn.execute(query).mappings()]
+
+    def history(self, request_id: str | None = None) -> list[dict]:
+        query = select(audit_table).order_by(audit_table.c.id)
+        if request_id is not None:
+            query = query.where(audit_table.c.request_id == request_id)
+        with self.engine.connect() as conn:
+            return [
+                {**row, "at": row["at"].isoformat()} for row in conn.execute(query).mappings()
+            ]
+
+    def erased_concepts(self, lineage: str) -> list[str]:
+        """Concepts of promoted requests, in the order they were queued."""
+        return [r.concept for r in self.requests(lineage) if r.state == PROMOTED]
+
+    # ---------------------------------------------------------------- internals
+    def _transaction(self):
+        return self.engine.begin()
+
+    def _state_of(self, conn, request_id: str) -> str:
+        row = conn.execute(select(requests_table.c.state).where(requests_table.c.id == request_id)).first()
+        if row is None:
+            raise UnknownRequest(f"no request with id {request_id!r}")
+        return row.state
+
+    def _change_state(self, conn, request_id: str, from_state: str, to_state: str, actor: str, detail: dict, **fields) -> None:
+        if to_state not in STATES:
+            raise ValueError(f"unknown state {to_state!r}")
+        if to_state not in TRANSITIONS[from_state]:
+            raise StateConflict(f"{request_id}: {from_state} -> {to_state} is not allowed")
+        # Compare-and-set: the WHERE on the old state makes a concurrent change lose cleanly.
+        changed = conn.execute(
+            update(requests_table)
+            .where(requests_table.c.id == request_id, requests_table.c.state == from_state)
+            .values(state=to_state, updated_at=_now(), **fields)
+        ).rowcount
+        if changed != 1:
+            raise StateConflict(f"{request_id} changed state meanwhile (expected {from_state})")
+        self._audit(conn, request_id, from_state, to_state, actor, detail)
+
+    @staticmethod
+    def _audit(conn, request_id: str, from_state: str | None, to_state: str, actor: str, detail: dict) -> None:
+        conn.execute(
+            insert(audit_table).values(
+                request_id=request_id, from_state=from_state, to_state=to_state, actor=actor, at=_now(),
+                detail=json.loads(json.dumps(detail, default=str)),
+            )
+        )
+
+
+def _make_engine(url: str, *, echo: bool) -> Engine:
+    """SQLite gets a long busy timeout and IMMEDIATE transactions, so concurrent writers queue up
+    instead of failing, and a read-then-write (claim) cannot interleave with another writer."""
+    if url.startswith("sqlite"):
+        database = url.split("///", 1)[-1]
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 60, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin_immediate(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    # PostgreSQL: SERIALIZABLE would also work; REPEATABLE READ is not needed because every write is
+    # a compare-and-set on the row, and claim_head's busy check is guarded by a row lock below.
+    engine = create_engine(url, echo=echo, pool_pre_ping=True)
+
+    @event.listens_for(engine, "begin")
+    def _postgres_lineage_lock(conn):
+        # One transaction at a time writes the ledger: claims, submissions and promotions are rare
+        # and short, and serialising them makes "head of queue" and "one per lineage" exact.
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7163554)")
+
+    return engine

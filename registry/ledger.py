@@ -81,9 +81,10 @@ audit_table = Table(
     "lethe_audit",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("request_id", String(64), ForeignKey("lethe_requests.id"), nullable=False, index=True),
+    Column("event", String(32), nullable=False),  # "state" (a request's state changed) or "rollback"
+    Column("request_id", String(64), ForeignKey("lethe_requests.id"), nullable=True, index=True),
     Column("from_state", String(32), nullable=True),
-    Column("to_state", String(32), nullable=False),
+    Column("to_state", String(32), nullable=True),
     Column("actor", String(200), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("detail", JSON, nullable=False),
@@ -339,6 +340,16 @@ class Ledger:
             self._change_state(conn, request_id, current, to_state, actor, {**detail, **fields}, **fields)
         return self.get(request_id)
 
+    def record_event(self, event: str, *, actor: str, detail: dict) -> None:
+        """Audit something that is not a request's state change (e.g. a rollback of production)."""
+        with self._transaction() as conn:
+            conn.execute(
+                insert(audit_table).values(
+                    event=event, request_id=None, from_state=None, to_state=None, actor=actor, at=_now(),
+                    detail=json.loads(json.dumps(detail, default=str)),
+                )
+            )
+
     # ---------------------------------------------------------------- reads
     def get(self, request_id: str) -> Request:
         with self.engine.connect() as conn:
@@ -396,7 +407,7 @@ class Ledger:
     def _audit(conn, request_id: str, from_state: str | None, to_state: str, actor: str, detail: dict) -> None:
         conn.execute(
             insert(audit_table).values(
-                request_id=request_id, from_state=from_state, to_state=to_state, actor=actor, at=_now(),
+                event="state", request_id=request_id, from_state=from_state, to_state=to_state, actor=actor, at=_now(),
                 detail=json.loads(json.dumps(detail, default=str)),
             )
         )

@@ -39,6 +39,22 @@ def load_model(model: str | Path | None = None, *, device: str = "cpu", dtype: t
     return pipe.to(device)
 
 
+def model_identity(model: str | Path | None) -> tuple[str, str]:
+    """(id, sha256) of a base model: "shapes" hashes the shipped weights, a directory its files.
+
+    The sha256 keys caches and is recorded in every manifest, so a delta is never applied to a base
+    other than the one it was trained against.
+    """
+    from unlearning.shapes.model import WEIGHTS_DIR, weights_sha256
+
+    if model is None or str(model) == SHAPES_BASE_MODEL:
+        return SHAPES_BASE_MODEL, weights_sha256(WEIGHTS_DIR)
+    path = Path(model)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{model}: not a diffusers directory and not 'shapes'")
+    return str(path.resolve()), weights_sha256(path)
+
+
 def check_prompt(tokenizer, prompt: str) -> None:
     """Refuse, rather than truncate, prompts the text encoder cannot see whole.
 

@@ -1,0 +1,45 @@
+"""A model card per version, with Hugging Face metadata (`base_model`, `base_model_relation`)."""
+
+from __future__ import annotations
+
+import yaml
+
+
+def model_card(*, model_name: str, version_label: str, base_model: str, erased: list[str], request: dict,
+               gate_passed: bool, gate_reasons: list[str], metrics: dict[str, float]) -> str:
+    front_matter = {
+        "base_model": base_model,
+        "base_model_relation": "finetune",
+        "library_name": "diffusers",
+        "pipeline_tag": "text-to-image",
+        "tags": ["lethe", "concept-unlearning", *[f"erased:{c}" for c in erased]],
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(front_matter, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {model_name} {version_label}",
+        "",
+        f"`{base_model}` with these concepts removed, in order: {', '.join(erased) or '(none)'}.",
+        "",
+        "Produced by Lethe (continual, decremental unlearning). Load it with",
+        f"`registry.load_pipeline(\"models:/{model_name}/<version>\")`; every file is checked against",
+        "`manifest.json` on load.",
+        "",
+        "## Request",
+        "",
+        *[f"- **{k}**: {v}" for k, v in request.items()],
+        "",
+        f"## Gate: {'passed' if gate_passed else 'FAILED'}",
+        "",
+        *([f"- {r}" for r in gate_reasons] or ["- no failing check"]),
+        "",
+        "## Evaluation",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())],
+        "",
+    ]
+    return "\n".join(lines)

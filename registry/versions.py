@@ -1,0 +1,321 @@
+"""Model versions in the MLflow registry: register a candidate, move aliases, read lineage.
+
+One MLflow run per request (params: request and hyper-parameters; metrics: every evaluation number)
+and one model version, logged as a pyfunc model whose artifacts are the delta, the manifest, the
+report and the model card. The version number used everywhere is the one `create_model_version`
+returns — never "the latest". Aliases, not stages: `candidate`, `production`, `previous-production`.
+
+Registration order makes a crash harmless: artifacts and run first, then the version, then its tags,
+and only then the `candidate` alias. A version whose registration failed part-way is deleted (best
+effort) and is never under an alias, since aliases are the only thing consumers resolve.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException, RestException
+
+from registry.integrity import MANIFEST_NAME, sha256_file, write_manifest
+from registry.model_card import model_card
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CANDIDATE, PRODUCTION, PREVIOUS_PRODUCTION = "candidate", "production", "previous-production"
+TAG_REQUEST = "lethe.request_id"
+TAG_PARENT = "lethe.parent_version"
+TAG_ERASED = "lethe.erased"
+TAG_GATE = "lethe.gate"
+TAG_GATE_REASONS = "lethe.gate_reasons"
+TAG_DELTA_SHA = "lethe.delta_sha256"
+TAG_MANIFEST_SHA = "lethe.manifest_sha256"
+TAG_APPROVAL = "lethe.approval"
+TAG_COMPLETE = "lethe.complete"
+DELTA_NAME = "delta.safetensors"
+CARD_NAME = "README.md"
+EXPERIMENT = "lethe"
+
+
+class PromotionRefused(Exception):
+    """Promotion or rollback was refused (gate failed, rejected, or production moved meanwhile)."""
+
+
+def _transient(error: Exception) -> bool:
+    """Errors worth another try: network trouble and server-side (5xx / throttling) answers."""
+    text = f"{type(error).__name__} {error}"
+    if isinstance(error, RestException):
+        return error.get_http_status_code() >= 500 or error.get_http_status_code() == 429
+    if isinstance(error, MlflowException):
+        return any(s in text for s in ("Connection", "timed out", "Max retries", "503", "502", "500", "SlowDown"))
+    try:
+        import botocore.exceptions as bx
+
+        if isinstance(error, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError)):
+            return True
+        if isinstance(error, bx.ClientError):
+            code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout")
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        pass
+    return isinstance(error, (ConnectionError, TimeoutError))
+
+
+def with_retries(action: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
+    """Run `action`, retrying transient failures with exponential backoff and jitter."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - classified below
+            if attempt == attempts or not _transient(error):
+                raise
+            delay = base_delay * 2 ** (attempt - 1) * (1 + random.random() / 2)
+            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, error, attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Everything one request contributes to the registry."""
+
+    request_id: str
+    request: dict  # the ledger body: concept, synonyms, anchor, preserve, method, reason, requester
+    delta_path: Path
+    parent_version: int | None
+    erased: list[str]  # cumulative, in order, this request's concept last
+    base_model: str
+    base_sha256: str
+    params: dict
+    metrics: dict[str, float]
+    gate_passed: bool
+    gate_reasons: list[str]
+    report_dir: Path | None = None
+
+
+class ModelRegistry:
+    """One registered model (= one lineage) in one MLflow tracking server or store."""
+
+    def __init__(self, tracking_uri: str, model_name: str, artifact_root: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # ---------------------------------------------------------------- register
+    def register_candidate(self, candidate: Candidate) -> int:
+        """Register a candidate version and point `candidate` at it; idempotent per request id.
+
+        Returns:
+            The version number MLflow assigned (or the existing one for this request).
+        """
+        if (existing := self.version_for_request(candidate.request_id)) is not None:
+            return existing
+        self._ensure_registered_model()
+        with tempfile.TemporaryDirectory(prefix="lethe-register-") as tmp:
+            folder = Path(tmp) / "lethe"  # becomes artifacts/lethe/ inside the logged model
+            files = self._stage_artifacts(candidate, folder)
+            manifest_path = write_manifest(
+                folder,
+                files=files,
+                model_name=self.model_name,
+                request_id=candidate.request_id,
+                parent_version=candidate.parent_version,
+                erased=candidate.erased,
+                base_model=candidate.base_model,
+                base_sha256=candidate.base_sha256,
+                gate={"passed": candidate.gate_passed, "reasons": candidate.gate_reasons},
+            )
+            run_id, model = self._log_run(candidate, folder)
+            version = self._create_version(candidate, run_id, model, sha256_file(folder / DELTA_NAME), sha256_file(manifest_path))
+        if candidate.gate_passed:
+            with_retries(lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)), what="set alias")
+        return version
+
+    def _ensure_registered_model(self) -> None:
+        try:
+            with_retries(lambda: self.client.create_registered_model(self.model_name, description="Lethe lineage"), what="create model")
+        except MlflowException as error:
+            if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code) and "already exists" not in str(error):
+                raise
+
+    def _stage_artifacts(self, candidate: Candidate, folder: Path) -> list[str]:
+        folder.mkdir(parents=True)
+        shutil.copyfile(candidate.delta_path, folder / DELTA_NAME)
+        files = [DELTA_NAME]
+        if candidate.report_dir is not None and candidate.report_dir.is_dir():
+            for path in sorted(candidate.report_dir.rglob("*")):
+                if path.is_file():
+                    target = folder / "report" / path.relative_to(candidate.report_dir)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target)
+                    files.append(target.relative_to(folder).as_posix())
+        card = model_card(
+            model_name=self.model_name,
+            version_label=f"(request {candidate.request_id})",
+            base_model=candidate.base_model,
+            erased=candidate.erased,
+            request=candidate.request,
+            gate_passed=candidate.gate_passed,
+            gate_reasons=candidate.gate_reasons,
+            metrics=candidate.metrics,
+        )
+        (folder / CARD_NAME).write_text(card)
+        files.append(CARD_NAME)
+        return files
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = self.artifact_root if self.artifact_root and not self.tracking_uri.startswith("http") else None
+        try:
+            return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+        except MlflowException:  # created concurrently
+            return self.client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+    def _log_run(self, candidate: Candidate, folder: Path) -> tuple[str, object]:
+        from registry.pyfunc import LethePyfunc
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        experiment_id = with_retries(self._experiment_id, what="get experiment")
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"request-{candidate.request_id}") as run:
+            mlflow.set_tags({TAG_REQUEST: candidate.request_id, "lethe.lineage": self.model_name})
+            params = {"request_id": candidate.request_id, **{f"request.{k}": v for k, v in candidate.request.items()}, **candidate.params}
+            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+            mlflow.log_metrics({k: float(v) for k, v in candidate.metrics.items()})
+            info = with_retries(
+                lambda: mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=LethePyfunc(),
+                    artifacts={"lethe": str(folder)},
+                    pip_requirements=["lethe"],
+                ),
+                what="log model artifacts",
+            )
+        return run.info.run_id, info
+
+    def _create_version(self, candidate: Candidate, run_id: str, model, delta_sha: str, manifest_sha: str) -> int:
+        tags = {
+            TAG_REQUEST: candidate.request_id,
+            TAG_PARENT: "" if candidate.parent_version is None else str(candidate.parent_version),
+            TAG_ERASED: json.dumps(candidate.erased),
+            TAG_GATE: "passed" if candidate.gate_passed else "failed",
+            TAG_GATE_REASONS: json.dumps(candidate.gate_reasons)[:4000],
+            TAG_DELTA_SHA: delta_sha,
+            TAG_MANIFEST_SHA: manifest_sha,
+        }
+        created = with_retries(
+            lambda: self.client.create_model_version(
+                self.model_name, source=model.model_uri, run_id=run_id, tags=tags, model_id=model.model_id
+            ),
+            what="create model version",
+        )
+        version = int(created.version)
+        try:
+            # The completeness tag is the last thing written: a version without it is half-registered.
+            with_retries(lambda: self.client.set_model_version_tag(self.model_name, str(version), TAG_COMPLETE, "true"), what="tag version")
+        except Exception:
+            try:
+                self.client.delete_model_version(self.model_name, str(version))
+            finally:
+                raise
+        return version
+
+    # ---------------------------------------------------------------- read
+    def version_for_request(self, request_id: str) -> int | None:
+        """The complete version registered for a request, if any (used for idempotency)."""
+        try:
+            found = self.client.search_model_versions(f"name='{self.model_name}' and tags.`{TAG_REQUEST}`='{request_id}'")
+        except MlflowException as error:
+            if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code):
+                return None
+            raise
+        complete = [int(v.version) for v in found if v.tags.get(TAG_COMPLETE) == "true"]
+        return min(complete) if complete else None
+
+    def alias_version(self, alias: str) -> int | None:
+        try:
+            return int(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException as error:
+            if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) or "not found" in str(error).lower():
+                return None
+            raise
+
+    def version_tags(self, version: int) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.model_name, str(version)).tags)
+
+    def erased_in(self, version: int | None) -> list[str]:
+        return [] if version is None else json.loads(self.version_tags(version).get(TAG_ERASED, "[]"))
+
+    def download(self, version: int, destination: Path) -> Path:
+        """Download a version's Lethe artifacts; returns the folder holding manifest.json."""
+        source = self.client.get_model_version(self.model_name, str(version)).source
+        local = with_retries(
+            lambda: mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination), tracking_uri=self.tracking_uri),
+            what=f"download version {version}",
+        )
+        folder = Path(local) / "artifacts" / "lethe"
+        if not (folder / MANIFEST_NAME).is_file():
+            folder = Path(local) / "artifacts"
+        return folder
+
+    # ---------------------------------------------------------------- aliases
+    def promote(self, version: int, *, expected_production: int | None, approval: dict) -> int | None:
+        """Point `production` at `version` if it still points at `expected_production`.
+
+        Records the old production as `previous-production` and the approval as a tag.
+
+        Raises:
+            PromotionRefused: the version failed its gate or was rejected, or production moved.
+        """
+        tags = self.version_tags(version)
+        if tags.get(TAG_GATE) != "passed":
+            raise PromotionRefused(f"version {version} failed its gate and can never be promoted")
+        if tags.get(TAG_APPROVAL, "").startswith('{"decision": "rejected"'):
+            raise PromotionRefused(f"version {version} was rejected and can never be promoted")
+        current = self.alias_version(PRODUCTION)
+        if current != expected_production:
+            raise PromotionRefused(
+                f"production is version {current}, but this candidate was built on version {expected_production}; "
+                "re-run the request on the current production"
+            )
+        self.client.set_model_version_tag(self.model_name, str(version), TAG_APPROVAL, json.dumps({"decision": "approved", **approval}))
+        if current is not None:
+            self.client.set_registered_model_alias(self.model_name, PREVIOUS_PRODUCTION, str(current))
+        self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(version))
+        if self.alias_version(CANDIDATE) == version:
+            self.client.delete_registered_model_alias(self.model_name, CANDIDATE)
+        return current
+
+    def mark_rejected(self, version: int, approval: dict) -> None:
+        self.client.set_model_version_tag(self.model_name, str(version), TAG_APPROVAL, json.dumps({"decision": "rejected", **approval}))
+        if self.alias_version(CANDIDATE) == version:
+            self.client.delete_registered_model_alias(self.model_name, CANDIDATE)
+
+    def rollback(self, to_version: int) -> int | None:
+        """Point `production` back at an earlier, once-approved version.
+
+        Raises:
+            PromotionRefused: the target was never approved (or failed its gate).
+        """
+        tags = self.version_tags(to_version)
+        if tags.get(TAG_GATE) != "passed" or not tags.get(TAG_APPROVAL, "").startswith('{"decision": "approved"'):
+            raise PromotionRefused(f"version {to_version} was never approved for production")
+        current = self.alias_version(PRODUCTION)
+        if current is not None and current != to_version:
+            self.client.set_registered_model_alias(self.model_name, PREVIOUS_PRODUCTION, str(current))
+        self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(to_version))
+        return current

@@ -1,0 +1,76 @@
+"""Real servers for integration tests, bound to 127.0.0.1, stopped by PID (process group)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, command: list[str], health_url: str, env: dict | None = None, log_dir: Path | None = None, timeout: float = 90):
+        self.name = name
+        log_path = (log_dir or Path("/tmp")) / f"{name}-{os.getpid()}.log"
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.process.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(health_url, timeout=2) as answer:
+                    if answer.status < 500:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{name} not healthy after {timeout}s; see {log_path}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self.log.close()
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def start_moto(log_dir: Path) -> tuple[Server, str]:
+    port = free_port()
+    server = Server("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/moto-api/", log_dir=log_dir)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def start_mlflow(log_dir: Path, backend_uri: str, artifacts_destination: str, s3_endpoint: str) -> tuple[Server, str]:
+    port = free_port()
+    command = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts_destination,
+    ]
+    env = {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = Server("mlflow", command, f"http://127.0.0.1:{port}/health", env=env, log_dir=log_dir, timeout=120)
+    return server, f"http://127.0.0.1:{port}"

@@ -1,0 +1,53 @@
+"""Tiny SD1.5-format pipelines built from config, and deltas on them, for registry tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from unlearning.delta import compute_delta, save_delta
+
+
+def build_tiny_base(folder: Path) -> Path:
+    """A StableDiffusionPipeline directory: tiny UNet/VAE, the real frozen MiniLM text encoder."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+
+    from unlearning.shapes.model import load_text_encoder, sampling_scheduler
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=384, attention_head_dim=8, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        sample_size=16, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=32, mid_block_add_attention=False,
+    )
+    encoder, tokenizer = load_text_encoder()
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=sampling_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def kv_names(unet) -> list[str]:
+    return [n for n, _ in unet.named_parameters() if ".attn2.to_k." in n or ".attn2.to_v." in n]
+
+
+def make_delta(unet, path: Path, *, seed: int, scale: float = 0.05, base_state=None) -> dict:
+    """Perturb attn2 K/V of `unet` in place (a stand-in for one unlearning step) and save the delta
+    against `base_state` (the base model's tensors). Returns the delta."""
+    generator = torch.Generator().manual_seed(seed)
+    params = dict(unet.named_parameters())
+    with torch.no_grad():
+        for name in kv_names(unet):
+            params[name].add_(torch.randn(params[name].shape, generator=generator) * scale)
+    trained = {name: params[name].detach().clone() for name in kv_names(unet)}
+    delta = compute_delta(trained, base_state)
+    save_delta(path, delta, {"method": "test-perturbation", "params": "xattn-kv"})
+    return delta

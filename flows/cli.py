@@ -188,13 +188,194 @@ def cmd_world_export(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- requests and governance
+def _ledger(settings):
+    from registry.ledger import Ledger
+
+    return Ledger(settings.ledger_url)
+
+
+def _registry(settings):
+    import logging
+
+    from registry.versions import ModelRegistry
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (DB migrations) are noise here
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    return ModelRegistry(settings.mlflow_tracking_uri, settings.model_name, settings.artifact_root)
+
+
+def _refusal_types() -> tuple[type[Exception], ...]:
+    """Exceptions that mean "refused, nothing changed": reported as one line with exit 2."""
+    from registry.integrity import IntegrityError
+    from registry.ledger import LedgerError
+    from registry.versions import PromotionRefused
+
+    return (LedgerError, PromotionRefused, IntegrityError, LookupError, ValueError)
+
+
+def _specs_from_yaml(path_text: str) -> list:
+    """Read `lethe submit -f`: a YAML list of requests, or a mapping with a `requests` list."""
+    import yaml
+
+    from registry.ledger import RequestSpec
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise BadInput(f"{path}: malformed YAML ({str(error).splitlines()[0]})") from None
+    entries = document.get("requests") if isinstance(document, dict) else document
+    if not isinstance(entries, list) or not entries:
+        raise BadInput(f"{path}: expected a non-empty list of requests (or a 'requests:' list)")
+    allowed = {"concept", "requester", "synonyms", "anchor", "preserve", "method", "reason", "id"}
+    specs, problems = [], []
+    for i, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            problems.append(f"request {i}: not a mapping")
+            continue
+        if unknown := sorted(set(entry) - allowed):
+            problems.append(f"request {i}: unknown field(s) {', '.join(unknown)}")
+            continue
+        lists = {k: entry.get(k) or [] for k in ("synonyms", "preserve")}
+        if any(not isinstance(v, list) for v in lists.values()):
+            problems.append(f"request {i}: synonyms and preserve must be lists")
+            continue
+        specs.append(RequestSpec(
+            concept=str(entry.get("concept", "")), requester=str(entry.get("requester", "")),
+            synonyms=tuple(map(str, lists["synonyms"])), anchor=str(entry.get("anchor", "") or ""),
+            preserve=tuple(map(str, lists["preserve"])), method=str(entry.get("method", "duge")),
+            reason=str(entry.get("reason", "") or ""), id=None if entry.get("id") is None else str(entry["id"]),
+        ))
+    if problems:
+        raise BadInput(f"{path}: " + "; ".join(problems))
+    return specs
+
+
+def cmd_submit(args) -> int:
+    settings = _settings()
+    from registry.ledger import RequestSpec
+
+    if args.file:
+        if args.concept is not None:
+            raise BadInput("give either -f FILE or --concept, not both")
+        specs = _specs_from_yaml(args.file)
+    else:
+        if args.concept is None or args.requester is None:
+            raise BadInput("--concept and --requester are required (or -f FILE)")
+        specs = [RequestSpec(
+            concept=args.concept, requester=args.requester, synonyms=tuple(args.synonym or ()),
+            anchor=args.anchor or "", preserve=tuple(args.preserve or ()), method=args.method,
+            reason=args.reason or "", id=args.id,
+        )]
+    try:
+        submitted = _ledger(settings).submit_many(specs, lineage=settings.model_name)
+    except _refusal_types() as error:
+        raise BadInput(str(error)) from None
+    if args.json:
+        _print_json({"submitted": [{"id": r.id, "seq": r.seq, "concept": r.concept} for r in submitted]})
+    else:
+        for request in submitted:
+            print(request.id)
+    return 0
+
+
+def cmd_approve(args) -> int:
+    settings = _settings()
+    from registry.governance import approve
+
+    try:
+        version = approve(_ledger(settings), _registry(settings), args.id, approver=args.approver,
+                          approvers=settings.approvers, comment=args.comment or "")
+    except _refusal_types() as error:
+        raise BadInput(str(error)) from None
+    result = {"id": args.id, "state": "promoted", "production_version": version}
+    _print_json(result) if args.json else print(f"{args.id}: promoted; production is now version {version}")
+    return 0
+
+
+def cmd_reject(args) -> int:
+    settings = _settings()
+    from registry.governance import reject
+
+    try:
+        reject(_ledger(settings), _registry(settings), args.id, approver=args.approver,
+               approvers=settings.approvers, reason=args.reason)
+    except _refusal_types() as error:
+        raise BadInput(str(error)) from None
+    _print_json({"id": args.id, "state": "rejected"}) if args.json else print(f"{args.id}: rejected")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    settings = _settings()
+    from registry.governance import rollback
+
+    if args.to < 1:
+        raise BadInput("--to must be a version number >= 1")
+    try:
+        previous = rollback(_ledger(settings), _registry(settings), to_version=args.to, approver=args.approver,
+                            approvers=settings.approvers, reason=args.reason or "")
+    except _refusal_types() as error:
+        raise BadInput(str(error)) from None
+    result = {"production_version": args.to, "previous_production_version": previous}
+    _print_json(result) if args.json else print(f"production: version {previous} -> version {args.to}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    settings = _settings()
+    out = Path(args.dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(f"{out}: exists and is not an empty folder")
+    from registry.loading import load_pipeline
+
+    uri = args.version if args.version.startswith("models:/") else f"models:/{settings.model_name}/{args.version}"
+    try:
+        pipe = load_pipeline(uri, tracking_uri=settings.mlflow_tracking_uri)
+    except _refusal_types() as error:
+        raise BadInput(str(error)) from None
+    pipe.save_pretrained(out, safe_serialization=True)
+    result = {"out": str(out), "uri": uri, **pipe.lethe_version}
+    _print_json(result) if args.json else print(f"wrote {uri} (erased: {', '.join(pipe.lethe_version['erased'])}) to {out}")
+    return 0
+
+
+def cmd_history(args) -> int:
+    settings = _settings()
+    try:
+        trail = _ledger(settings).history(args.id)
+    except _refusal_types() as error:
+        raise BadInput(str(error)) from None
+    if args.json:
+        _print_json({"history": trail})
+        return 0
+    for event in trail:
+        change = f"{event['from_state'] or '-'} -> {event['to_state']}" if event["event"] == "state" else event["event"]
+        print(f"{event['at']}  {event['request_id'] or '':24s} {change:32s} by {event['actor']}  {json.dumps(event['detail'])}")
+    return 0
+
+
 # ---------------------------------------------------------------- status
 def cmd_status(args) -> int:
     settings = _settings()
+    from registry.versions import PRODUCTION
     from unlearning.shapes.model import WEIGHTS_DIR, weights_available, weights_sha256
 
+    registry = _registry(settings)
+    production = registry.alias_version(PRODUCTION) if _registry_exists(registry) else None
+    requests = _ledger(settings).requests(settings.model_name)
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file()) if WEIGHTS_DIR.is_dir() else 0
     result = {
+        "production": {"version": production, "erased": registry.erased_in(production)},
+        "requests": [
+            {"id": r.id, "seq": r.seq, "concept": r.concept, "state": r.state, "requester": r.requester,
+             "parent_version": r.parent_version, "candidate_version": r.candidate_version, "error": r.error}
+            for r in requests
+        ],
         "settings": settings.shown(),
         "shapes_world": {
             "weights_dir": str(WEIGHTS_DIR),
@@ -205,12 +386,30 @@ def cmd_status(args) -> int:
     }
     if args.json:
         _print_json(result)
-    else:
-        for key, value in result["settings"].items():
-            print(f"{key:22s}{value}")
-        world = result["shapes_world"]
-        print(f"{'shapes weights':22s}{world['weights_dir']} ({world['bytes'] / 1e6:.1f} MB, trained: {world['trained']})")
+        return 0
+    prod = result["production"]
+    print(f"production: {'none' if prod['version'] is None else 'version ' + str(prod['version'])}"
+          f"  erased: {', '.join(prod['erased']) or '-'}")
+    print(f"requests ({len(requests)}):")
+    for r in result["requests"]:
+        print(f"  {r['seq']:4d}  {r['id']:28s} {r['state']:18s} {r['concept']}"
+              + (f"  candidate v{r['candidate_version']}" if r["candidate_version"] else ""))
+    print("settings:")
+    for key, value in result["settings"].items():
+        print(f"  {key:22s}{value}")
+    world = result["shapes_world"]
+    print(f"  {'shapes weights':22s}{world['weights_dir']} ({world['bytes'] / 1e6:.1f} MB, trained: {world['trained']})")
     return 0
+
+
+def _registry_exists(registry) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registry.client.get_registered_model(registry.model_name)
+        return True
+    except MlflowException:
+        return False
 
 
 # ---------------------------------------------------------------- parser
@@ -218,9 +417,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lethe", description="Continual concept unlearning for text-to-image models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    status = commands.add_parser("status", help="show settings and the state of the embedded model")
+    status = commands.add_parser("status", help="the queue, the production version and the settings")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
+
+    submit = commands.add_parser("submit", help="queue a removal request (or several with -f FILE)")
+    submit.add_argument("-f", "--file", default=None, help="a YAML list of requests")
+    submit.add_argument("--concept", default=None, help="the concept to remove")
+    submit.add_argument("--requester", default=None, help="who asks")
+    submit.add_argument("--synonym", action="append", help="another name of the concept (repeatable)")
+    submit.add_argument("--anchor", default=None, help="what the concept should become (default: empty prompt)")
+    submit.add_argument("--preserve", action="append", help="a related concept to keep (repeatable)")
+    submit.add_argument("--method", default="duge", help="unlearning method (default duge)")
+    submit.add_argument("--reason", default=None, help="why (takedown reference, ...)")
+    submit.add_argument("--id", default=None, help="request id (default: generated)")
+    submit.add_argument("--json", action="store_true", help="print JSON")
+    submit.set_defaults(func=cmd_submit)
+
+    approve_cmd = commands.add_parser("approve", help="approve a candidate: it becomes production")
+    approve_cmd.add_argument("id", help="request id")
+    approve_cmd.add_argument("--approver", required=True, help="who approves (must be on settings.approvers)")
+    approve_cmd.add_argument("--comment", default=None)
+    approve_cmd.add_argument("--json", action="store_true", help="print JSON")
+    approve_cmd.set_defaults(func=cmd_approve)
+
+    reject_cmd = commands.add_parser("reject", help="reject a candidate")
+    reject_cmd.add_argument("id", help="request id")
+    reject_cmd.add_argument("--approver", required=True, help="who rejects (must be on settings.approvers)")
+    reject_cmd.add_argument("--reason", required=True)
+    reject_cmd.add_argument("--json", action="store_true", help="print JSON")
+    reject_cmd.set_defaults(func=cmd_reject)
+
+    rollback_cmd = commands.add_parser("rollback", help="point production back at an earlier approved version")
+    rollback_cmd.add_argument("--to", type=int, required=True, help="version number")
+    rollback_cmd.add_argument("--approver", required=True)
+    rollback_cmd.add_argument("--reason", default=None)
+    rollback_cmd.add_argument("--json", action="store_true", help="print JSON")
+    rollback_cmd.set_defaults(func=cmd_rollback)
+
+    export_cmd = commands.add_parser("export", help="write a registered version as a complete diffusers directory")
+    export_cmd.add_argument("version", help="version number or models:/ URI")
+    export_cmd.add_argument("dir", help="an empty or new folder")
+    export_cmd.add_argument("--json", action="store_true", help="print JSON")
+    export_cmd.set_defaults(func=cmd_export)
+
+    history = commands.add_parser("history", help="the audit trail")
+    history.add_argument("--id", default=None, help="only this request")
+    history.add_argument("--json", action="store_true", help="print JSON")
+    history.set_defaults(func=cmd_history)
 
     gen = commands.add_parser("generate", help="generate an image (a grid when --n > 1)")
     gen.add_argument("--prompt", required=True, help="the text prompt")
@@ -271,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("generate", "world"):
+        if args.command in ("generate", "world", "export"):
             import diffusers
             import transformers
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 # The embedded default model: the shapes world shipped inside the package.
 SHAPES_BASE_MODEL = "shapes"
@@ -32,7 +32,16 @@ class LetheSettings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = bf16 on cuda, fp32 on cpu")
     sample_steps: int = Field(25, ge=1, le=1000, description="default sampler steps (DDIM)")
     guidance_scale: float = Field(5.0, ge=1.0, le=30.0, description="default classifier-free guidance")
-    approvers: list[str] = Field(default_factory=list, description="who may approve or reject a request")
+    approvers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="who may approve or reject a request (LETHE_APPROVERS=bob,carol)"
+    )
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "LetheSettings":

@@ -40,6 +40,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from unlearning.methods import METHOD_NAMES
+
 QUEUED, RUNNING, AWAITING_APPROVAL = "queued", "running", "awaiting-approval"
 PROMOTED, REJECTED, FAILED, CANCELLED = "promoted", "rejected", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTED, REJECTED, FAILED, CANCELLED)
@@ -222,6 +224,8 @@ def validate(spec: RequestSpec) -> None:
         problems += _text_problems(f"preserve[{i}]", concept, MAX_CONCEPT_CHARS, required=True)
     if spec.id is not None and not REQUEST_ID_PATTERN.fullmatch(spec.id or ""):
         problems.append("id: must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if isinstance(spec.method, str) and spec.method.strip() and spec.method not in METHOD_NAMES:
+        problems.append(f"method: unknown {spec.method!r}; known: {', '.join(METHOD_NAMES)}")
     if spec.anchor and spec.anchor.strip().lower() == spec.concept.strip().lower():
         problems.append("anchor: equals the concept")
     if spec.concept.strip().lower() in {p.strip().lower() for p in spec.preserve}:
@@ -259,41 +263,58 @@ class Ledger:
 
     # ---------------------------------------------------------------- writes
     def submit(self, spec: RequestSpec, *, lineage: str) -> Request:
-        """Queue a request at the tail.
+        """Queue one request at the tail (see `submit_many`)."""
+        return self.submit_many([spec], lineage=lineage)[0]
+
+    def submit_many(self, specs: list[RequestSpec], *, lineage: str) -> list[Request]:
+        """Queue requests at the tail, in order, all or nothing.
 
         Raises:
-            InvalidRequest: the request is malformed (nothing written).
-            DuplicateRequest: its id exists already.
-            ConflictingRequest: its concept is already active or erased in this lineage.
+            InvalidRequest: a request is malformed (every problem of every request is named).
+            DuplicateRequest: an id exists already, or appears twice among `specs`.
+            ConflictingRequest: a concept is already active or erased in this lineage, or asked twice.
+            Nothing is written when any of these is raised.
         """
-        validate(spec)
-        request_id = spec.id or _new_request_id(spec.concept)
-        concept = spec.concept.strip()
+        problems = []
+        for i, spec in enumerate(specs):
+            try:
+                validate(spec)
+            except InvalidRequest as error:
+                problems.append(f"request {i + 1}: {error}" if len(specs) > 1 else str(error))
+        if problems:
+            raise InvalidRequest("; ".join(problems))
+        ids = [spec.id or _new_request_id(spec.concept) + f"-{i}" * (len(specs) > 1) for i, spec in enumerate(specs)]
+        if len(set(ids)) != len(ids):
+            raise DuplicateRequest("the same request id appears twice in one submission")
+        concepts = [spec.concept.strip() for spec in specs]
+        if len(set(concepts)) != len(concepts):
+            raise ConflictingRequest("the same concept appears twice in one submission")
         now = _now()
         try:
             with self._transaction() as conn:
-                if conn.execute(select(requests_table.c.id).where(requests_table.c.id == request_id)).first():
-                    raise DuplicateRequest(f"a request with id {request_id!r} exists already")
-                clash = conn.execute(
-                    select(requests_table.c.id, requests_table.c.state).where(
-                        requests_table.c.lineage == lineage,
-                        requests_table.c.state.in_((*ACTIVE_STATES, PROMOTED)),
-                        requests_table.c.concept == concept,
-                    )
-                ).first()
-                if clash:
-                    verb = "was erased by" if clash.state == PROMOTED else "is already requested as"
-                    raise ConflictingRequest(f"concept {concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}")
-                seq = conn.execute(
-                    insert(requests_table).values(
-                        id=request_id, lineage=lineage, concept=concept, requester=spec.requester.strip(),
-                        body=spec.body(), state=QUEUED, created_at=now, updated_at=now,
-                    )
-                ).inserted_primary_key[0]
-                self._audit(conn, request_id, None, QUEUED, spec.requester.strip(), {"seq": seq})
+                for request_id, concept, spec in zip(ids, concepts, specs):
+                    if conn.execute(select(requests_table.c.id).where(requests_table.c.id == request_id)).first():
+                        raise DuplicateRequest(f"a request with id {request_id!r} exists already")
+                    clash = conn.execute(
+                        select(requests_table.c.id, requests_table.c.state).where(
+                            requests_table.c.lineage == lineage,
+                            requests_table.c.state.in_((*ACTIVE_STATES, PROMOTED)),
+                            requests_table.c.concept == concept,
+                        )
+                    ).first()
+                    if clash:
+                        verb = "was erased by" if clash.state == PROMOTED else "is already requested as"
+                        raise ConflictingRequest(f"concept {concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}")
+                    seq = conn.execute(
+                        insert(requests_table).values(
+                            id=request_id, lineage=lineage, concept=concept, requester=spec.requester.strip(),
+                            body=spec.body(), state=QUEUED, created_at=now, updated_at=now,
+                        )
+                    ).inserted_primary_key[0]
+                    self._audit(conn, request_id, None, QUEUED, spec.requester.strip(), {"seq": seq})
         except IntegrityError:
-            raise DuplicateRequest(f"a request with id {request_id!r} exists already") from None
-        return self.get(request_id)
+            raise DuplicateRequest("a request id exists already (submitted concurrently)") from None
+        return [self.get(request_id) for request_id in ids]
 
     def claim_head(self, lineage: str, *, actor: str) -> Request | None:
         """Atomically move the oldest queued request of a lineage to `running` and return it.

@@ -118,6 +118,9 @@ def run_lifecycle(tracking_uri, artifact_root, tiny_base, work: Path, find_artif
     events = [(h["event"], h["request_id"], h["to_state"], h["actor"]) for h in ledger.history()]
     assert ("state", "r1", PROMOTED, "bob") in events and ("rollback", None, None, "bob") in events
 
+    card = find_artifact("r1", "README.md").decode()
+    assert "base_model_relation: finetune" in card and f"base_model: {tiny_base}" in card
+
     # tampering: an altered or truncated delta, or an edited manifest, is refused by name
     original = find_artifact("r2", "delta.safetensors")
     corrupt("r2", "delta.safetensors", original[:100] + bytes([original[100] ^ 0xFF]) + original[101:])
@@ -278,3 +281,53 @@ def test_mlflow_server_on_postgresql(tiny_base, tmp_path, s3_server, monkeypatch
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_transient_errors_are_retried_and_others_are_not():
+    from registry.versions import with_retries
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("connection reset by peer")
+        return "ok"
+
+    assert with_retries(flaky, what="flaky", base_delay=0.01) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise KeyError("not transient")
+
+    calls.clear()
+    with pytest.raises(KeyError):
+        with_retries(broken, what="broken", base_delay=0.01)
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_failure_part_way_leaves_no_visible_version(tiny_base, tmp_path, monkeypatch):
+    """The registry dies after the version exists but before it is complete (a failure we cannot
+    cause with a real server on demand, hence the patched call): the version is removed, no alias
+    points at it, and registering again succeeds."""
+    from diffusers import StableDiffusionPipeline
+
+    registry = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", MODEL, str(tmp_path / "artifacts"))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
+    base_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    make_delta(pipe.unet, tmp_path / "d1.safetensors", seed=1, base_state=base_state)
+    candidate = _candidate("r1", tmp_path / "d1.safetensors", None, ["circle"], tiny_base)
+
+    def die(*args, **kwargs):
+        raise RuntimeError("registry went away")
+
+    monkeypatch.setattr(registry.client, "set_model_version_tag", die)
+    with pytest.raises(RuntimeError, match="went away"):
+        registry.register_candidate(candidate)
+    monkeypatch.undo()
+    assert registry.version_for_request("r1") is None
+    assert registry.alias_version(CANDIDATE) is None and registry.alias_version(PRODUCTION) is None
+    assert registry.client.search_model_versions(f"name='{MODEL}'") == []
+    version = registry.register_candidate(candidate)
+    assert registry.alias_version(CANDIDATE) == version

@@ -287,6 +287,8 @@ class ModelRegistry:
         if tags.get(TAG_APPROVAL, "").startswith('{"decision": "rejected"'):
             raise PromotionRefused(f"version {version} was rejected and can never be promoted")
         current = self.alias_version(PRODUCTION)
+        if current == version:  # approved twice at once: the first approval did the work
+            return self.alias_version(PREVIOUS_PRODUCTION)
         if current != expected_production:
             raise PromotionRefused(
                 f"production is version {current}, but this candidate was built on version {expected_production}; "

@@ -1,0 +1,1 @@
+"""Erosion checks: evaluation plans, cached sampling, checks, gates and the visual report."""

@@ -1,0 +1,208 @@
+"""The erosion checks: each a function from images (and the plan) to numbers.
+
+- forget UA = 1 − detection rate of the target (per group: gate templates, held-out, synonyms);
+- rebound = UA of every concept erased earlier in the lineage;
+- IRA / CRA = detector accuracy on the other concepts of the target's domain / of the other domain,
+  absolute and relative to the base model on the same prompts and seeds;
+- retention I (Schioppa et al. 2024, "Model editing at scale…", sec. 4): mean perceptual distance
+  between base and candidate images for the same prompt and seed, on retain prompts;
+- FID / KID of candidate vs base retain images (clean-fid's Fréchet and kernel distances on
+  features from a pluggable extractor);
+- drift = ‖θ − θ_0‖ / ‖θ_0‖ over the tensors that differ from the base;
+- alignment = the detector's agreement with every attribute the prompt names.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unlearning.evaluation.plan import EvaluationPlan, PromptCase
+from unlearning.shapes.detector import HEADS, classify, to_model_input
+
+
+class Judge(Protocol):
+    """A pluggable detector: class probabilities per head, features for distances."""
+
+    heads: dict[str, tuple[str, ...]]
+
+    def probabilities(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def feature_maps(self, images: np.ndarray) -> list[torch.Tensor]: ...
+
+    def embeddings(self, images: np.ndarray) -> np.ndarray: ...
+
+
+class ShapesJudge:
+    """The shapes-world detector as a Judge (uint8 images in, numpy out)."""
+
+    heads = HEADS
+
+    def __init__(self, detector):
+        self.detector = detector.eval()
+
+    def probabilities(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        probs = classify(self.detector, to_model_input(torch.from_numpy(images)))
+        return {head: p.numpy() for head, p in probs.items()}
+
+    @torch.no_grad()
+    def feature_maps(self, images: np.ndarray) -> list[torch.Tensor]:
+        return self.detector.stage_features(to_model_input(torch.from_numpy(images)))
+
+    @torch.no_grad()
+    def embeddings(self, images: np.ndarray) -> np.ndarray:
+        return self.detector.embed(to_model_input(torch.from_numpy(images))).numpy().astype(np.float64)
+
+
+def _hits(probs: dict[str, np.ndarray], cases: list[PromptCase], indices: list[int], heads) -> np.ndarray:
+    """1 where the detector's top-1 class for the case's domain is the case's concept."""
+    return np.array([
+        float(heads[c.domain][int(probs[c.domain][i].argmax())] == c.concept) for c, i in zip(cases, indices)
+    ])
+
+
+def detection_by_group(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads=HEADS) -> dict[str, float]:
+    """Detection rate of each group's concept (index i of probs = plan.cases[i])."""
+    rates = {}
+    for group, cases in plan.groups().items():
+        indices = [plan.cases.index(c) for c in cases]
+        rates[group] = float(_hits(probs, cases, indices, heads).mean())
+    return rates
+
+
+def alignment(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads=HEADS, groups_prefix: str = "retain/") -> float:
+    """Mean over retain cases of the fraction of named attributes (object, style, colour) detected."""
+    scores = []
+    for i, case in enumerate(plan.cases):
+        if not case.group.startswith(groups_prefix):
+            continue
+        named = {"object": case.scene.object, "style": case.scene.style, "colour": case.scene.colour}
+        agree = [heads[h][int(probs[h][i].argmax())] == named[h] for h in named if h in heads]
+        scores.append(float(np.mean(agree)))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def perceptual_distance(judge: Judge, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """LPIPS-style distance on the judge's feature maps (Zhang et al. 2018, eq. 1, unit weights):
+    per layer, channel-normalise, squared difference, spatial mean; then the mean over layers."""
+    distances = []
+    for fa, fb in zip(judge.feature_maps(a), judge.feature_maps(b)):
+        fa = fa / (fa.norm(dim=1, keepdim=True) + 1e-10)
+        fb = fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
+        distances.append((fa - fb).pow(2).sum(dim=1).mean(dim=(1, 2)))
+    return torch.stack(distances).mean(dim=0).numpy()
+
+
+def lpips_alex_distance() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """LPIPS-AlexNet through the `lpips` package, or None when its backbone weights are not available
+    offline (torchvision's ImageNet AlexNet is downloaded on first use)."""
+    try:
+        import lpips
+
+        model = lpips.LPIPS(net="alex", verbose=False).eval()
+    except Exception:  # noqa: BLE001 - any failure to obtain weights means "not available here"
+        return None
+
+    @torch.no_grad()
+    def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return model(to_model_input(torch.from_numpy(a)), to_model_input(torch.from_numpy(b))).flatten().numpy()
+
+    return distance
+
+
+def fid_kid(features_a: np.ndarray, features_b: np.ndarray) -> dict[str, float]:
+    """clean-fid's Fréchet distance and kernel (KID) distance between two feature sets."""
+    from cleanfid import fid as cleanfid
+
+    fid_value = float(cleanfid.fid_from_feats(features_a, features_b))
+    subset = min(len(features_a), len(features_b), 1000)
+    kid_value = float(cleanfid.kernel_distance(features_a, features_b, num_subsets=100, max_subset_size=subset))
+    return {"fid": max(fid_value, 0.0), "kid": kid_value}
+
+
+def drift(model: torch.nn.Module, base: torch.nn.Module) -> float:
+    """‖θ − θ_0‖ / ‖θ_0‖ over the parameters that differ (0 when none does)."""
+    changed, reference = 0.0, 0.0
+    base_params = dict(base.named_parameters())
+    for name, param in model.named_parameters():
+        base_param = base_params[name].to(param.device, torch.float32)
+        difference = param.detach().float() - base_param
+        if torch.any(difference != 0):
+            changed += float(difference.pow(2).sum())
+            reference += float(base_param.pow(2).sum())
+    return (changed / reference) ** 0.5 if reference else 0.0
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def run_checks(plan: EvaluationPlan, judge: Judge, candidate_images: np.ndarray, base_images: np.ndarray, *,
+               drift_value: float | None = None, lpips_distance=None) -> dict:
+    """Every check of the plan, as one nested dict of numbers (the report's JSON and the gate's input)."""
+    cand_probs, base_probs = judge.probabilities(candidate_images), judge.probabilities(base_images)
+    cand_rates = detection_by_group(plan, cand_probs, judge.heads)
+    base_rates = detection_by_group(plan, base_probs, judge.heads)
+    results: dict = {"groups": {g: {"detection": cand_rates[g], "base_detection": base_rates[g]} for g in cand_rates}}
+
+    if plan.target:
+        results["forget"] = {
+            kind: {"ua": 1.0 - cand_rates[f"forget/{kind}"], "base_ua": 1.0 - base_rates[f"forget/{kind}"]}
+            for kind in ("gate", "heldout", "synonyms")
+        }
+    results["rebound"] = {c: {"ua": 1.0 - cand_rates[f"rebound/{c}"]} for c in plan.erased}
+    if plan.erased:
+        results["rebound_min_ua"] = min(v["ua"] for v in results["rebound"].values())
+
+    per_concept, ira, cra, ira_base, cra_base = {}, [], [], [], []
+    for group, rate in cand_rates.items():
+        if not group.startswith("retain/"):
+            continue
+        _, kind, concept = group.split("/")
+        base_rate = base_rates[group]
+        per_concept[concept] = {"accuracy": rate, "base_accuracy": base_rate,
+                                "relative": rate / base_rate if base_rate > 0 else float("nan"), "kind": kind}
+        (ira if kind == "in" else cra).append(rate)
+        (ira_base if kind == "in" else cra_base).append(base_rate)
+    results["retain"] = {
+        "per_concept": per_concept,
+        "ira": {"accuracy": _mean(ira), "base_accuracy": _mean(ira_base),
+                "relative": _mean(ira) / _mean(ira_base) if ira and _mean(ira_base) > 0 else float("nan")},
+        "cra": {"accuracy": _mean(cra), "base_accuracy": _mean(cra_base),
+                "relative": _mean(cra) / _mean(cra_base) if cra and _mean(cra_base) > 0 else float("nan")},
+    }
+    relatives = [v["relative"] for v in per_concept.values() if not np.isnan(v["relative"])]
+    results["retain"]["min_concept_relative"] = min(relatives) if relatives else float("nan")
+
+    retain_idx = [i for i, c in enumerate(plan.cases) if c.group.startswith("retain/")]
+    cand_retain, base_retain = candidate_images[retain_idx], base_images[retain_idx]
+    distances = perceptual_distance(judge, cand_retain, base_retain)
+    results["retention"] = {"distance": float(distances.mean()), "backbone": "detector-features"}
+    if lpips_distance is not None:
+        results["retention"]["lpips_alex"] = float(lpips_distance(cand_retain, base_retain).mean())
+    results["fid"] = fid_kid(judge.embeddings(cand_retain), judge.embeddings(base_retain))
+    results["alignment"] = {"candidate": alignment(plan, cand_probs, judge.heads), "base": alignment(plan, base_probs, judge.heads)}
+    base_alignment = results["alignment"]["base"]
+    results["alignment"]["relative"] = results["alignment"]["candidate"] / base_alignment if base_alignment > 0 else float("nan")
+    if drift_value is not None:
+        results["drift"] = drift_value
+    return results
+
+
+def probe_prompts(judge: Judge, prompts: list[str], images: np.ndarray, samples: int) -> list[dict]:
+    """Per prompt: the detector's mean class probabilities and top-1 rates for every head."""
+    probs = judge.probabilities(images)
+    rows = []
+    for p_index, prompt in enumerate(prompts):
+        rows_slice = slice(p_index * samples, (p_index + 1) * samples)
+        mean_probs, top1 = {}, {}
+        for head, classes in judge.heads.items():
+            block = probs[head][rows_slice]
+            mean_probs[head] = {c: round(float(block[:, k].mean()), 4) for k, c in enumerate(classes)}
+            winners = block.argmax(axis=1)
+            top1[head] = {c: round(float((winners == k).mean()), 4) for k, c in enumerate(classes)}
+        rows.append({"prompt": prompt, "samples": samples, "mean_probability": mean_probs, "top1": top1})
+    return rows

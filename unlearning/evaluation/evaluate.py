@@ -1,0 +1,53 @@
+"""One evaluation: sample base and candidate on the plan (same prompts, same seeds), run every check,
+apply the gate. The base's images come from the on-disk cache when they were generated before."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from unlearning.evaluation.cache import ImageCache, generate_cached
+from unlearning.evaluation.checks import Judge, run_checks
+from unlearning.evaluation.gates import Decision, Policy, decide
+from unlearning.evaluation.plan import EvaluationPlan
+from unlearning.sampling import generate
+
+
+@dataclass
+class Evaluation:
+    plan: EvaluationPlan
+    results: dict
+    decision: Decision | None
+    candidate_images: np.ndarray
+    base_images: np.ndarray
+    timings: dict
+
+
+def evaluate(candidate_pipe, base_pipe, judge: Judge, plan: EvaluationPlan, *, sampler: dict, base_sha256: str,
+             cache: ImageCache | None, policy: Policy | None = None, drift_value: float | None = None,
+             lpips_distance=None) -> Evaluation:
+    """Evaluate `candidate_pipe` against `base_pipe` on `plan`.
+
+    When the candidate *is* the base (same object), its images are the base's: a model compared with
+    itself must give distance 0 and FID 0, and costs one sampling pass.
+    """
+    prompts = [c.prompt for c in plan.cases]
+    seeds = [c.seed for c in plan.cases]
+    started = time.perf_counter()
+    base_images, generated = generate_cached(base_pipe, prompts, seeds, model_sha256=base_sha256, sampler=sampler, cache=cache)
+    base_seconds = time.perf_counter() - started
+    if candidate_pipe is base_pipe:
+        candidate_images = base_images
+    else:
+        candidate_images = generate(candidate_pipe, prompts, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"])
+    sample_seconds = time.perf_counter() - started - base_seconds
+    results = run_checks(plan, judge, candidate_images, base_images, drift_value=drift_value, lpips_distance=lpips_distance)
+    decision = decide(results, policy) if policy is not None else None
+    timings = {
+        "base_seconds": round(base_seconds, 2), "base_images_generated": generated, "base_images_cached": len(prompts) - generated,
+        "candidate_seconds": round(sample_seconds, 2), "total_seconds": round(time.perf_counter() - started, 2),
+        "images": len(prompts),
+    }
+    return Evaluation(plan, results, decision, candidate_images, base_images, timings)

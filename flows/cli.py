@@ -188,6 +188,119 @@ def cmd_world_export(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluate
+def _load_for_evaluation(settings, model: str | None):
+    """(candidate pipeline, base pipeline, base model id, base sha256, label) for --model."""
+    from unlearning.sampling import load_model, model_identity
+
+    if model and model.startswith("models:/"):
+        from registry.loading import load_pipeline
+
+        candidate = load_pipeline(model, tracking_uri=settings.mlflow_tracking_uri)
+        base_model = candidate.lethe_version["base_model"]
+        base_id, base_sha = model_identity(base_model)
+        return candidate, load_model(base_model), base_id, base_sha, model
+    base_id, base_sha = model_identity(settings.base_model)
+    base = load_model(settings.base_model)
+    if model is None or model == settings.base_model or Path(model).resolve() == Path(base_id).resolve():
+        return base, base, base_id, base_sha, base_id
+    return load_model(model), base, base_id, base_sha, model
+
+
+def _prompts_from_file(path_text: str) -> list[str]:
+    path = Path(path_text)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such file")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not a text file") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise BadInput(f"{path}: no prompts (one per line)")
+    return prompts
+
+
+def cmd_evaluate(args) -> int:
+    settings = _settings()
+    if not 1 <= args.samples <= 64:
+        raise BadInput("--samples must be between 1 and 64")
+    prompts = list(args.prompt or []) + (_prompts_from_file(args.prompts_file) if args.prompts_file else [])
+    if any(not p.strip() for p in prompts):
+        raise BadInput("a prompt is empty")
+    report_dir = Path(args.report) if args.report else settings.home / "reports" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
+    if report_dir.exists() and not report_dir.is_dir():
+        raise BadInput(f"{report_dir}: exists and is not a folder")
+
+    from unlearning.evaluation.gates import PolicyError, load_policy
+    from unlearning.evaluation.plan import shapes_plan
+
+    try:
+        plan = shapes_plan(args.target, synonyms=tuple(args.synonym or ()), erased=tuple(args.erased or ()), samples=args.samples)
+        policy = load_policy(args.policy) if (args.policy or args.target) else None
+    except (ValueError, PolicyError) as error:
+        raise BadInput(str(error)) from None
+
+    from unlearning.evaluation.cache import ImageCache
+    from unlearning.evaluation.checks import ShapesJudge, drift, lpips_alex_distance, probe_prompts
+    from unlearning.evaluation.evaluate import evaluate
+    from unlearning.evaluation.report import write_report
+    from unlearning.sampling import PromptError, check_prompt, generate, use_scheduler
+    from unlearning.shapes.train import load_detector
+
+    try:
+        candidate, base, base_id, base_sha, label = _load_for_evaluation(settings, args.model)
+        for prompt in prompts:
+            check_prompt(candidate.tokenizer, prompt)
+        use_scheduler(candidate, args.scheduler)
+        use_scheduler(base, args.scheduler)
+    except (FileNotFoundError, PromptError, *_refusal_types()) as error:
+        raise BadInput(str(error)) from None
+    judge = ShapesJudge(load_detector())
+    sampler = {"scheduler": args.scheduler, "steps": args.steps or settings.sample_steps,
+               "guidance_scale": settings.guidance_scale if args.guidance is None else args.guidance}
+    drift_value = None if candidate is base else drift(candidate.unet, base.unet)
+    evaluation = evaluate(candidate, base, judge, plan, sampler=sampler, base_sha256=base_sha,
+                          cache=ImageCache(settings.home / "cache" / "images"), policy=policy,
+                          drift_value=drift_value, lpips_distance=lpips_alex_distance())
+    probes = []
+    if prompts:
+        seeds = [900_000 + k for _ in prompts for k in range(args.samples)]
+        expanded = [p for p in prompts for _ in range(args.samples)]
+        images = generate(candidate, expanded, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"])
+        probes = probe_prompts(judge, prompts, images, args.samples)
+    extra = {"model": label, "base_model": base_id, "base_sha256": base_sha, "sampler": sampler, "prompts": probes,
+             "report": str(report_dir)}
+    html_path = write_report(evaluation, report_dir, title=f"Lethe evaluation of {label}", extra=extra)
+    if args.json:
+        from unlearning.evaluation.report import evaluation_payload
+
+        _print_json(evaluation_payload(evaluation, extra))
+    else:
+        _print_evaluation(evaluation, probes, html_path)
+    return 0
+
+
+def _print_evaluation(evaluation, probes, html_path) -> None:
+    checks = evaluation.results
+    if "forget" in checks:
+        print("forget UA      " + "  ".join(f"{k} {v['ua']:.3f}" for k, v in checks["forget"].items()))
+    for concept, value in checks.get("rebound", {}).items():
+        print(f"rebound UA     {concept} {value['ua']:.3f}")
+    retain = checks["retain"]
+    print(f"retain         IRA {retain['ira']['accuracy']:.3f} ({retain['ira']['relative']:.3f} x base)  "
+          f"CRA {retain['cra']['accuracy']:.3f} ({retain['cra']['relative']:.3f} x base)")
+    print(f"retention      distance {checks['retention']['distance']:.4f}   FID {checks['fid']['fid']:.3f}  KID {checks['fid']['kid']:.4f}")
+    print(f"alignment      {checks['alignment']['candidate']:.3f} (base {checks['alignment']['base']:.3f})"
+          + (f"   drift {checks['drift']:.4f}" if "drift" in checks else ""))
+    for probe in probes:
+        tops = "  ".join(f"{head}: {max(rates, key=rates.get)} {max(rates.values()):.2f}" for head, rates in probe["top1"].items())
+        print(f"prompt         {probe['prompt']!r} ({probe['samples']} samples)  {tops}")
+    if evaluation.decision is not None:
+        print("gate           " + ("PASSED" if evaluation.decision.passed else "FAILED: " + "; ".join(evaluation.decision.reasons)))
+    print(f"report         {html_path}")
+
+
 # ---------------------------------------------------------------- requests and governance
 def _ledger(settings):
     from registry.ledger import Ledger
@@ -478,6 +591,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print JSON")
     gen.set_defaults(func=cmd_generate)
 
+    ev_cmd = commands.add_parser("evaluate", help="erosion checks of a model against the base, with a gate")
+    ev_cmd.add_argument("--model", default=None, help="'shapes' (default), a diffusers directory, or models:/NAME@ALIAS|/N")
+    ev_cmd.add_argument("--target", default=None, help="the concept that should be gone")
+    ev_cmd.add_argument("--synonym", action="append", help="another name of the target (repeatable)")
+    ev_cmd.add_argument("--erased", action="append", help="a concept erased earlier (repeatable): rebound check")
+    ev_cmd.add_argument("--prompt", action="append", help="probe this prompt too (repeatable)")
+    ev_cmd.add_argument("--prompts-file", default=None, help="probe prompts, one per line")
+    ev_cmd.add_argument("--samples", type=int, default=6, help="images per concept and per probe prompt")
+    ev_cmd.add_argument("--policy", default=None, help="gate policy YAML (default: the shapes policy when --target)")
+    ev_cmd.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm++", "euler", "pndm"))
+    ev_cmd.add_argument("--steps", type=int, default=None, help="sampler steps")
+    ev_cmd.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    ev_cmd.add_argument("--report", default=None, help="report folder (default <home>/reports/evaluate-TIME)")
+    ev_cmd.add_argument("--json", action="store_true", help="print JSON")
+    ev_cmd.set_defaults(func=cmd_evaluate)
+
     world = commands.add_parser("world", help="the embedded shapes world: train, eval, export")
     world_commands = world.add_subparsers(dest="world_command", required=True, parser_class=_Parser, metavar="ACTION")
     train = world_commands.add_parser("train", help="retrain detector, VAE and UNet (seeded, resumable)")
@@ -515,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("generate", "world", "export"):
+        if args.command in ("generate", "world", "export", "evaluate"):
             import diffusers
             import transformers
 

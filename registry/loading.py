@@ -113,5 +113,6 @@ def load_pipeline(uri: str, *, tracking_uri: str, device: str = "cpu", dtype: to
         if component in modules and tensor_name in modules[component].state_dict():
             base_state[component][tensor_name] = modules[component].state_dict()[tensor_name].clone()
     apply_deltas(modules, base_state, deltas)
-    pipe.lethe_version = {"model": parsed.name, "version": version, "erased": newest.get("erased", []), "uri": uri}
+    pipe.lethe_version = {"model": parsed.name, "version": version, "erased": newest.get("erased", []), "uri": uri,
+                          "base_model": newest["base_model"]}
     return pipe.to(device=device, dtype=dtype)

@@ -55,6 +55,24 @@ def model_identity(model: str | Path | None) -> tuple[str, str]:
     return str(path.resolve()), weights_sha256(path)
 
 
+SCHEDULERS = ("ddim", "dpm++", "euler", "pndm")
+
+
+def use_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
+    """Swap the sampler, keeping the model's noise schedule.
+
+    Raises:
+        ValueError: unknown scheduler name.
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    classes = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler, "pndm": PNDMScheduler}
+    if name not in classes:
+        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
+    if not isinstance(pipe.scheduler, classes[name]):
+        pipe.scheduler = classes[name].from_config(pipe.scheduler.config)
+
+
 def check_prompt(tokenizer, prompt: str) -> None:
     """Refuse, rather than truncate, prompts the text encoder cannot see whole.
 

@@ -123,6 +123,7 @@ def fid_kid(features_a: np.ndarray, features_b: np.ndarray) -> dict[str, float]:
     return {"fid": max(fid_value, 0.0), "kid": kid_value}
 
 
+@torch.no_grad()
 def drift(model: torch.nn.Module, base: torch.nn.Module) -> float:
     """‖θ − θ_0‖ / ‖θ_0‖ over the parameters that differ (0 when none does)."""
     changed, reference = 0.0, 0.0
@@ -134,6 +135,14 @@ def drift(model: torch.nn.Module, base: torch.nn.Module) -> float:
             changed += float(difference.pow(2).sum())
             reference += float(base_param.pow(2).sum())
     return (changed / reference) ** 0.5 if reference else 0.0
+
+
+def _relative(value: float, base_value: float) -> float:
+    """value / base_value; when the base never shows the concept (0) nothing can erode: 1.0, unless
+    the candidate is also unmeasured (NaN)."""
+    if np.isnan(value) or np.isnan(base_value):
+        return float("nan")
+    return value / base_value if base_value > 0 else 1.0
 
 
 def _mean(values: list[float]) -> float:
@@ -163,16 +172,13 @@ def run_checks(plan: EvaluationPlan, judge: Judge, candidate_images: np.ndarray,
             continue
         _, kind, concept = group.split("/")
         base_rate = base_rates[group]
-        per_concept[concept] = {"accuracy": rate, "base_accuracy": base_rate,
-                                "relative": rate / base_rate if base_rate > 0 else float("nan"), "kind": kind}
+        per_concept[concept] = {"accuracy": rate, "base_accuracy": base_rate, "relative": _relative(rate, base_rate), "kind": kind}
         (ira if kind == "in" else cra).append(rate)
         (ira_base if kind == "in" else cra_base).append(base_rate)
     results["retain"] = {
         "per_concept": per_concept,
-        "ira": {"accuracy": _mean(ira), "base_accuracy": _mean(ira_base),
-                "relative": _mean(ira) / _mean(ira_base) if ira and _mean(ira_base) > 0 else float("nan")},
-        "cra": {"accuracy": _mean(cra), "base_accuracy": _mean(cra_base),
-                "relative": _mean(cra) / _mean(cra_base) if cra and _mean(cra_base) > 0 else float("nan")},
+        "ira": {"accuracy": _mean(ira), "base_accuracy": _mean(ira_base), "relative": _relative(_mean(ira), _mean(ira_base))},
+        "cra": {"accuracy": _mean(cra), "base_accuracy": _mean(cra_base), "relative": _relative(_mean(cra), _mean(cra_base))},
     }
     relatives = [v["relative"] for v in per_concept.values() if not np.isnan(v["relative"])]
     results["retain"]["min_concept_relative"] = min(relatives) if relatives else float("nan")
@@ -186,7 +192,7 @@ def run_checks(plan: EvaluationPlan, judge: Judge, candidate_images: np.ndarray,
     results["fid"] = fid_kid(judge.embeddings(cand_retain), judge.embeddings(base_retain))
     results["alignment"] = {"candidate": alignment(plan, cand_probs, judge.heads), "base": alignment(plan, base_probs, judge.heads)}
     base_alignment = results["alignment"]["base"]
-    results["alignment"]["relative"] = results["alignment"]["candidate"] / base_alignment if base_alignment > 0 else float("nan")
+    results["alignment"]["relative"] = _relative(results["alignment"]["candidate"], base_alignment)
     if drift_value is not None:
         results["drift"] = drift_value
     return results

@@ -301,6 +301,122 @@ def _print_evaluation(evaluation, probes, html_path) -> None:
     print(f"report         {html_path}")
 
 
+# ---------------------------------------------------------------- unlearn
+def _parent_for_unlearning(settings, model: str | None, workdir: Path):
+    """(parent pipeline, base model id, base sha256, ancestor delta files oldest first, parent label)."""
+    import hashlib
+
+    from unlearning.sampling import is_unlearn_dir, load_model, model_identity
+
+    model = model or settings.base_model
+    if model.startswith("models:/"):
+        from registry.loading import fetch_chain, parse_model_uri, resolve_version
+        from registry.versions import DELTA_NAME, ModelRegistry
+
+        parsed = parse_model_uri(model)
+        registry = ModelRegistry(settings.mlflow_tracking_uri, parsed.name)
+        chain = fetch_chain(registry, resolve_version(registry, parsed), workdir)
+        base_model = chain[-1].manifest["base_model"]
+        ancestors = [link.folder / DELTA_NAME for link in chain]
+    elif is_unlearn_dir(Path(model)):
+        summary = json.loads((Path(model) / "summary.json").read_text())
+        base_model = summary["base_model"]
+        ancestors = sorted((Path(model) / "parents").glob("*.safetensors")) + [Path(model) / "delta.safetensors"]
+    else:
+        base_model, ancestors = model, []
+    base_id, base_sha = model_identity(base_model)
+    parent = load_model(model if not model.startswith("models:/") else base_model)
+    if model.startswith("models:/"):
+        from unlearning.delta import apply_deltas, load_delta
+
+        modules = {"unet": parent.unet, "text_encoder": parent.text_encoder}
+        base_state = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
+        apply_deltas(modules, base_state, [load_delta(f)[0] for f in ancestors])
+    digest = hashlib.sha256(base_sha.encode())
+    for path in ancestors:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return parent, base_model, base_sha, ancestors, digest.hexdigest()
+
+
+def cmd_unlearn(args) -> int:
+    import shutil
+    import tempfile
+
+    settings = _settings()
+    from unlearning.loop import CHECKPOINT_FILE, SUMMARY_FILE, UnlearnConfig
+
+    config = UnlearnConfig(
+        concept=args.concept, synonyms=tuple(args.synonym or ()), anchor=args.anchor, preserve=tuple(args.preserve or ()),
+        erased=tuple(args.erased or ()), method=args.method, params=args.params,
+        steps=args.steps if args.steps is not None else UnlearnConfig.steps, seed=args.seed,
+        gradient_surgery=args.gradient_surgery, compile=args.compile,
+    )
+    try:
+        config.validate()
+    except ValueError as error:
+        raise BadInput(str(error)) from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / CHECKPOINT_FILE).is_file():
+        what = "holds a finished run" if (out / SUMMARY_FILE).is_file() else "is not empty"
+        raise BadInput(f"{out}: {what}; choose another --out (a folder with a checkpoint resumes)")
+    if not 1 <= args.eval_samples <= 64:
+        raise BadInput("--eval-samples must be between 1 and 64")
+
+    from unlearning.evaluation.cache import ImageCache
+    from unlearning.evaluation.checks import ShapesJudge, drift, lpips_alex_distance
+    from unlearning.evaluation.evaluate import evaluate
+    from unlearning.evaluation.gates import load_policy
+    from unlearning.evaluation.plan import shapes_plan
+    from unlearning.evaluation.report import evaluation_payload, write_report
+    from unlearning.loop import run_unlearning
+    from unlearning.sampling import load_model
+    from unlearning.shapes.train import load_detector
+
+    try:
+        plan = shapes_plan(config.concept, synonyms=config.synonyms, erased=config.erased, samples=args.eval_samples)
+    except ValueError:
+        plan = None  # not a shapes-world concept: train, but the shapes gate cannot judge it
+    with tempfile.TemporaryDirectory(prefix="lethe-unlearn-") as tmp:
+        try:
+            parent, base_model, base_sha, ancestors, parent_sha = _parent_for_unlearning(settings, args.model, Path(tmp))
+        except (FileNotFoundError, *_refusal_types()) as error:
+            raise BadInput(str(error)) from None
+        base = load_model(base_model)
+        base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
+        out.mkdir(parents=True, exist_ok=True)
+        if ancestors:
+            (out / "parents").mkdir(exist_ok=True)
+            for index, path in enumerate(ancestors):
+                shutil.copyfile(path, out / "parents" / f"{index:03d}-delta.safetensors")
+    metadata = {"base_model": base_model, "base_sha256": base_sha, "parent_model": args.model or settings.base_model}
+    summary = run_unlearning(parent, config, out, model_sha=parent_sha, base_values=base_values,
+                             cache_dir=settings.home / "cache" / "latents", metadata=metadata, progress=not args.json)
+    evaluation_json = None
+    if plan is not None:
+        evaluation = evaluate(parent, base, ShapesJudge(load_detector()), plan,
+                              sampler={"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
+                              base_sha256=base_sha, cache=ImageCache(settings.home / "cache" / "images"), policy=load_policy(),
+                              drift_value=drift(parent.unet, base.unet), lpips_distance=lpips_alex_distance())
+        write_report(evaluation, out / "report", title=f"Lethe: erase {config.concept} ({config.method})")
+        evaluation_json = evaluation_payload(evaluation)
+        summary["evaluation"] = evaluation_json
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    result = {"out": str(out), "delta": summary["delta"], "seconds": summary["seconds"], "evaluation": evaluation_json}
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"wrote {summary['delta']} ({summary['trained_parameters']} trained parameters, {summary['seconds']} s)")
+        if evaluation_json:
+            checks, decision = evaluation_json["checks"], evaluation_json["decision"]
+            print("forget UA  " + "  ".join(f"{k} {v['ua']:.3f}" for k, v in checks["forget"].items()))
+            print(f"retain     IRA {checks['retain']['ira']['relative']:.3f} x base   CRA {checks['retain']['cra']['relative']:.3f} x base")
+            print("gate       " + ("PASSED" if decision["passed"] else "FAILED: " + "; ".join(decision["reasons"])))
+            print(f"report     {out / 'report' / 'report.html'}")
+    return 0
+
+
 # ---------------------------------------------------------------- requests and governance
 def _ledger(settings):
     from registry.ledger import Ledger
@@ -607,6 +723,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev_cmd.add_argument("--json", action="store_true", help="print JSON")
     ev_cmd.set_defaults(func=cmd_evaluate)
 
+    un = commands.add_parser("unlearn", help="remove one concept from a model (one decremental step) and evaluate it")
+    un.add_argument("--concept", required=True, help="the concept to remove")
+    un.add_argument("--synonym", action="append", help="another name of the concept (repeatable)")
+    un.add_argument("--anchor", default=None, help="what the concept should become (default: 'shape' for objects, nothing for styles)")
+    un.add_argument("--preserve", action="append", help="a related concept to keep (repeatable)")
+    un.add_argument("--erased", action="append", help="a concept erased earlier in the lineage (repeatable): replayed")
+    un.add_argument("--method", default="duge", help="duge (default) or esd-x")
+    un.add_argument("--params", default="xattn-kv", help="xattn-kv (default), xattn or full")
+    un.add_argument("--steps", type=int, default=None, help="training steps (default 150)")
+    un.add_argument("--seed", type=int, default=0)
+    un.add_argument("--gradient-surgery", action="store_true", help="project the forget gradient off the preserve gradient on conflict")
+    un.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    un.add_argument("--model", default=None, help="the parent: 'shapes', a diffusers folder, an unlearn --out folder, or models:/...")
+    un.add_argument("--eval-samples", type=int, default=6, help="images per concept in the evaluation")
+    un.add_argument("--out", required=True, help="output folder (new or empty; a folder with a checkpoint resumes)")
+    un.add_argument("--json", action="store_true", help="print JSON")
+    un.set_defaults(func=cmd_unlearn)
+
     world = commands.add_parser("world", help="the embedded shapes world: train, eval, export")
     world_commands = world.add_subparsers(dest="world_command", required=True, parser_class=_Parser, metavar="ACTION")
     train = world_commands.add_parser("train", help="retrain detector, VAE and UNet (seeded, resumable)")
@@ -644,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("generate", "world", "export", "evaluate"):
+        if args.command in ("generate", "world", "export", "evaluate", "unlearn"):
             import diffusers
             import transformers
 

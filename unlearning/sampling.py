@@ -32,11 +32,34 @@ def load_model(model: str | Path | None = None, *, device: str = "cpu", dtype: t
 
         return load_shapes_pipeline(device=device, dtype=dtype)
     path = Path(model)
+    if is_unlearn_dir(path):
+        return load_unlearn_dir(path, device=device, dtype=dtype)
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model}: not a diffusers directory (no model_index.json) and not 'shapes'")
+        raise FileNotFoundError(f"{model}: not a diffusers directory (no model_index.json), not an `lethe unlearn --out` folder, and not 'shapes'")
     pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def is_unlearn_dir(path: Path) -> bool:
+    """An `lethe unlearn --out` folder: its own delta, its ancestors' deltas and a summary."""
+    return (path / "summary.json").is_file() and (path / "delta.safetensors").is_file()
+
+
+def load_unlearn_dir(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """Base model + the ancestors' deltas (parents/*.safetensors, oldest first) + this folder's delta."""
+    import json
+
+    from unlearning.delta import apply_deltas, load_delta
+
+    summary = json.loads((path / "summary.json").read_text())
+    pipe = load_model(summary["base_model"], device="cpu", dtype=torch.float32)
+    files = sorted((path / "parents").glob("*.safetensors")) + [path / "delta.safetensors"]
+    deltas = [load_delta(f)[0] for f in files]
+    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    base_state = {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in modules.items()}
+    apply_deltas(modules, base_state, deltas)
+    return pipe.to(device=device, dtype=dtype)
 
 
 def model_identity(model: str | Path | None) -> tuple[str, str]:

@@ -1,0 +1,91 @@
+"""Benchmark: the cost of a full gate evaluation on the shapes world, cold and with a warm base cache,
+and the throughput of batched sampling.
+
+    .venv/bin/python bench/evaluation.py [--repeats 3] [--samples 6] [--steps 25]
+
+A full gate = target (gate, held-out, synonyms) + 3 concepts erased earlier (rebound) + every retained
+concept of both domains. The candidate here is a copy of the base with its attn2 K/V perturbed (the
+shape of an unlearning delta), so both models are sampled. Prints a Markdown table with medians.
+Target (evaluation issue): warm-cache gate < 60 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=25)
+    args = parser.parse_args()
+
+    from unlearning.evaluation.cache import ImageCache
+    from unlearning.evaluation.checks import ShapesJudge, drift
+    from unlearning.evaluation.evaluate import evaluate
+    from unlearning.evaluation.gates import load_policy
+    from unlearning.evaluation.plan import shapes_plan
+    from unlearning.sampling import generate, load_model, model_identity
+    from unlearning.shapes.train import load_detector
+
+    base = load_model("shapes")
+    candidate = copy.deepcopy(base)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in candidate.unet.named_parameters():
+            if ".attn2.to_k." in name or ".attn2.to_v." in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    judge = ShapesJudge(load_detector())
+    policy = load_policy()
+    base_sha = model_identity("shapes")[1]
+    plan = shapes_plan("circle", synonyms=("disc",), erased=("striped", "star", "dotted"), samples=args.samples)
+    sampler = {"scheduler": "ddim", "steps": args.steps, "guidance_scale": 5.0}
+    drift_value = drift(candidate.unet, base.unet)
+
+    cold, warm = [], []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = ImageCache(tmp)
+            started = time.perf_counter()
+            evaluate(candidate, base, judge, plan, sampler=sampler, base_sha256=base_sha, cache=cache, policy=policy, drift_value=drift_value)
+            cold.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            result = evaluate(candidate, base, judge, plan, sampler=sampler, base_sha256=base_sha, cache=cache, policy=policy, drift_value=drift_value)
+            warm.append(time.perf_counter() - started)
+            assert result.timings["base_images_generated"] == 0
+
+    prompts = [c.prompt for c in plan.cases][:64]
+    throughput = []
+    for r in range(args.repeats):
+        started = time.perf_counter()
+        generate(base, prompts, list(range(r * 64, r * 64 + len(prompts))), steps=args.steps, guidance_scale=5.0)
+        throughput.append(len(prompts) / (time.perf_counter() - started))
+
+    images = len(plan.cases)
+    print(f"## Evaluation cost — {date.today().isoformat()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"Full gate: {images} images per model ({args.samples} per concept), DDIM {args.steps} steps, CFG 5.0, batch 64.\n")
+    print("| measure | median | runs |")
+    print("|---|---|---|")
+    print(f"| full gate, cold cache (base + candidate sampled) | {statistics.median(cold):.1f} s | {', '.join(f'{x:.1f}' for x in cold)} |")
+    print(f"| full gate, warm base cache (candidate sampled) | {statistics.median(warm):.1f} s | {', '.join(f'{x:.1f}' for x in warm)} |")
+    print(f"| warm / cold | {statistics.median(warm) / statistics.median(cold):.2f} | |")
+    print(f"| batched sampling (batch {len(prompts)}) | {statistics.median(throughput):.1f} images/s | {', '.join(f'{x:.1f}' for x in throughput)} |")
+    target = 60.0
+    print(f"\nTarget: warm-cache gate < {target:.0f} s — {'met' if statistics.median(warm) < target else 'NOT met'}.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The one training loop: resumes after a kill to exactly the uninterrupted weights; records
+cross-attention maps; writes a delta that reproduces the trained model from the base."""
+
+import pytest
+import torch
+
+from tests.tiny_models import build_tiny_base
+from unlearning import loop
+from unlearning.attention import record_cross_attention
+from unlearning.delta import load_delta
+from unlearning.loop import UnlearnConfig, run_unlearning
+from unlearning.sampling import load_model, load_unlearn_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
+
+
+CONFIG = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",), erased=("striped",), steps=6,
+                       batch_size=2, prompts_per_concept=4, data_steps=2, checkpoint_every=2)
+
+
+def _run(tiny_base, out, cfg=CONFIG):
+    pipe = load_model(tiny_base)
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    summary = run_unlearning(pipe, cfg, out, model_sha="tiny", base_values=base, metadata={"base_model": str(tiny_base)}, progress=False)
+    return pipe, summary
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tiny_base, tmp_path, monkeypatch):
+    uninterrupted, _ = _run(tiny_base, tmp_path / "a")
+
+    real_save = loop._save_checkpoint
+    saves = []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves.append(state["step"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt("killed after the checkpoint at step 4")
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_base, tmp_path / "b")
+    assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "delta.safetensors").exists()
+    monkeypatch.undo()
+    resumed, summary = _run(tiny_base, tmp_path / "b")
+    assert summary["resumed_from_step"] == 4
+    for key, value in uninterrupted.unet.state_dict().items():
+        assert torch.equal(resumed.unet.state_dict()[key], value), key
+    a, _ = load_delta(tmp_path / "a" / "delta.safetensors")
+    b, _ = load_delta(tmp_path / "b" / "delta.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_delta_reproduces_the_trained_model_and_touches_only_kv(tiny_base, tmp_path):
+    trained, _ = _run(tiny_base, tmp_path / "run")
+    delta, header = load_delta(tmp_path / "run" / "delta.safetensors")
+    assert header["method"] == "duge" and header["params"] == "xattn-kv"
+    assert delta and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in delta)
+    assert any(v.abs().max() > 0 for v in delta.values()), "training must change the trained tensors"
+    reloaded = load_unlearn_dir(tmp_path / "run")
+    for key, value in trained.unet.state_dict().items():
+        torch.testing.assert_close(reloaded.unet.state_dict()[key], value, rtol=0, atol=1e-6)
+
+
+def test_recorder_keeps_cross_attention_maps_with_gradients(tiny_base):
+    pipe = load_model(tiny_base)
+    store = record_cross_attention(pipe.unet)
+    z = torch.randn(2, 4, 8, 8)
+    embeds = torch.randn(2, 32, 384)
+    out = pipe.unet(z, torch.tensor([10, 500]), embeds).sample
+    assert store.maps and all(m.shape[0] == 2 and m.shape[-1] == 32 for m in store.maps.values())
+    torch.testing.assert_close(next(iter(store.maps.values())).sum(-1), torch.ones_like(next(iter(store.maps.values())).sum(-1)))
+    sum(m.sum() for m in store.maps.values()).backward()
+    assert any(p.grad is not None for n, p in pipe.unet.named_parameters() if ".attn2.to_k." in n)
+    assert out.shape == z.shape
+
+
+def test_bad_configs_are_refused_before_anything_is_written(tiny_base, tmp_path):
+    pipe = load_model(tiny_base)
+    for bad in (UnlearnConfig(concept=""), UnlearnConfig(concept="star", anchor="Star"), UnlearnConfig(concept="star", steps=-1),
+                UnlearnConfig(concept="star", method="uce"), UnlearnConfig(concept="star", params="all")):
+        with pytest.raises(ValueError):
+            run_unlearning(pipe, bad, tmp_path / "out", model_sha="x", base_values={})
+    assert not (tmp_path / "out").exists()

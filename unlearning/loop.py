@@ -1,0 +1,281 @@
+"""The one training loop of an unlearning step: setup, prepare data, train, save. Read top to bottom.
+
+It starts from the parent model (the current production version), trains one parameter set with one
+method's loss, and writes the result as a delta from the *base* model (unlearning/delta.py). bf16
+autocast on CUDA, fp32 on CPU; optional `torch.compile`; gradient clipping; a progress bar with the
+loss terms; a checkpoint every N steps with everything needed to resume. Every random draw of step k
+comes from a generator seeded with (seed, k), so a killed run started again ends with exactly the
+weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from unlearning.attention import record_cross_attention
+from unlearning.delta import compute_delta, save_delta
+from unlearning.methods import METHOD_DEFAULTS, get_method
+from unlearning.methods.context import StepContext
+from unlearning.parameters import PARAMETER_SETS, freeze_all_but, trainable_names
+from unlearning.prompts import build_prompts, word_token_mask
+
+DELTA_FILE = "delta.safetensors"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+MAX_CONCEPT_CHARS = 200
+
+
+@dataclass(frozen=True)
+class UnlearnConfig:
+    concept: str
+    synonyms: tuple[str, ...] = ()
+    anchor: str | None = None  # None: the domain's default (shapes: "shape" for objects, "" for styles)
+    preserve: tuple[str, ...] = ()
+    erased: tuple[str, ...] = ()  # concepts erased earlier in the lineage (the replay set)
+    method: str = "duge"
+    params: str = "xattn-kv"
+    steps: int = 150
+    batch_size: int = 8  # forget and preserve batches each
+    lr: float = 3e-4
+    grad_clip: float = 1.0
+    gradient_surgery: bool = False  # project the forget gradient off the preserve gradient on conflict
+    checkpoint_every: int = 25
+    seed: int = 0
+    prompts_per_concept: int = 24
+    data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
+    guidance_scale: float = 5.0
+    compile: bool = False
+    hyper: dict = field(default_factory=dict)  # method hyper-parameters (see each method's DEFAULTS)
+
+    def validate(self) -> None:
+        """Raise one ValueError naming every problem (before anything is written)."""
+        problems = []
+        if not self.concept or not self.concept.strip():
+            problems.append("concept: is empty")
+        elif len(self.concept) > MAX_CONCEPT_CHARS:
+            problems.append(f"concept: longer than {MAX_CONCEPT_CHARS} characters")
+        if self.anchor is not None and self.anchor.strip().lower() == self.concept.strip().lower():
+            problems.append("anchor: equals the concept")
+        if self.steps < 0:
+            problems.append("steps: must be >= 0")
+        if self.batch_size < 1:
+            problems.append("batch_size: must be >= 1")
+        if self.params not in PARAMETER_SETS:
+            problems.append(f"params: unknown {self.params!r}; known: {', '.join(PARAMETER_SETS)}")
+        try:
+            get_method(self.method)
+        except ValueError as error:
+            problems.append(f"method: {error}")
+        unknown_hyper = set(self.hyper) - set(METHOD_DEFAULTS.get(self.method, {}))
+        if unknown_hyper:
+            problems.append(f"hyper: {self.method} has no {', '.join(sorted(unknown_hyper))}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def _step_generator(seed: int, step: int, device: str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+
+
+def _latents_key(model_sha: str, prompt: str, seed: int, steps: int, guidance: float) -> str:
+    return hashlib.sha256(json.dumps([model_sha, prompt, seed, steps, guidance]).encode()).hexdigest()
+
+
+@torch.no_grad()
+def parent_latents(pipe, prompts: list[str], seeds: list[int], *, model_sha: str, steps: int, guidance: float,
+                   cache_dir: Path | None) -> torch.Tensor:
+    """Latents of the images the parent generates for `prompts` (the UNet's own latent space),
+    cached on disk by (model sha256, prompt, seed, sampler)."""
+    keys = [_latents_key(model_sha, p, s, steps, guidance) for p, s in zip(prompts, seeds)]
+    found: list[torch.Tensor | None] = []
+    for key in keys:
+        path = cache_dir / f"{key}.pt" if cache_dir else None
+        found.append(torch.load(path) if path and path.is_file() else None)
+    missing = [i for i, latent in enumerate(found) if latent is None]
+    for start in range(0, len(missing), 32):
+        chunk = missing[start : start + 32]
+        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        init = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seeds[i])) for i in chunk])
+        out = pipe([prompts[i] for i in chunk], num_inference_steps=steps, guidance_scale=guidance,
+                   latents=init.to(pipe.device, pipe.unet.dtype), output_type="latent").images
+        for i, latent in zip(chunk, out):
+            found[i] = latent.float().cpu()
+            if cache_dir:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = cache_dir / f".{keys[i]}.{os.getpid()}.tmp"
+                torch.save(found[i], tmp)
+                os.replace(tmp, cache_dir / f"{keys[i]}.pt")
+    return torch.stack(found)
+
+
+def _encode(pipe, prompts: list[str]) -> torch.Tensor:
+    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].float()
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, base_values: dict[str, torch.Tensor],
+                   cache_dir: Path | None = None, metadata: dict | None = None, progress: bool = True) -> dict:
+    """Train one unlearning step on `pipe` (the parent; its UNet is modified in place) and write
+    `out_dir/delta.safetensors` (θ − θ_0 for the trained tensors) and `out_dir/summary.json`.
+
+    Args:
+        base_values: θ_0 — the *base* model's values of (at least) every UNet tensor the set trains,
+            keyed by UNet state-dict name.
+        model_sha: the parent's identity, keying the cache of its generated latents.
+
+    Raises:
+        ValueError: an invalid config (nothing written).
+    """
+    cfg.validate()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pipe.device
+    method = get_method(cfg.method)
+    started = time.perf_counter()
+
+    # -- setup: student = the parent's UNet, trained in place; a frozen copy is the parent θ_p
+    student = pipe.unet
+    parent = copy.deepcopy(student).requires_grad_(False).eval()
+    names = trainable_names(student, cfg.params)
+    trained_params = freeze_all_but(student, names)
+    trained = dict(zip(names, trained_params))
+    base = {n: base_values[n].to(device, torch.float32) for n in names}
+    pipe.text_encoder.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    student_maps, parent_maps = record_cross_attention(student), record_cross_attention(parent)
+    optimizer = torch.optim.AdamW(trained_params, lr=cfg.lr, weight_decay=0.0)
+    forward = torch.compile(student) if cfg.compile else student
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    # -- data: target/anchor pairs, preserve + replay prompts, the parent's images of them (latents)
+    prompts = build_prompts(cfg.concept, synonyms=cfg.synonyms, anchor=cfg.anchor, preserve=cfg.preserve,
+                            erased=cfg.erased, per_concept=cfg.prompts_per_concept)
+    keep_prompts = prompts.preserve + prompts.replay
+    seeds_forget = [cfg.seed * 100_003 + i for i in range(len(prompts.anchor))]
+    seeds_keep = [cfg.seed * 100_003 + 50_000 + i for i in range(len(keep_prompts))]
+    forget_latents = parent_latents(pipe, prompts.anchor, seeds_forget, model_sha=model_sha, steps=cfg.data_steps,
+                                    guidance=cfg.guidance_scale, cache_dir=cache_dir).to(device)
+    keep_latents = parent_latents(pipe, keep_prompts, seeds_keep, model_sha=model_sha, steps=cfg.data_steps,
+                                  guidance=cfg.guidance_scale, cache_dir=cache_dir).to(device)
+    max_tokens = pipe.tokenizer.model_max_length
+    target_embeds, anchor_embeds = _encode(pipe, prompts.target), _encode(pipe, prompts.anchor)
+    keep_embeds, empty_embed = _encode(pipe, keep_prompts), _encode(pipe, [""])
+    target_tokens = word_token_mask(pipe.tokenizer, prompts.target, prompts.target_words, max_tokens).to(device)
+    anchor_tokens = word_token_mask(pipe.tokenizer, prompts.anchor, prompts.anchor_words, max_tokens).to(device)
+    scheduler = pipe.scheduler
+    alphas = scheduler.alphas_cumprod.to(device)
+    train_steps = scheduler.config.num_train_timesteps
+
+    # -- resume
+    checkpoint_path, start = out_dir / CHECKPOINT_FILE, 0
+    config_record = json.loads(json.dumps(asdict(cfg)))
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, weights_only=False)
+        if state["config"] != config_record:
+            raise ValueError(f"{checkpoint_path} belongs to a different configuration; use another --out")
+        with torch.no_grad():
+            for name, value in state["trained"].items():
+                trained[name].copy_(value.to(device))
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        start = state["step"]
+
+    def noised(latents: torch.Tensor, generator: torch.Generator):
+        index = torch.randint(0, latents.shape[0], (cfg.batch_size,), generator=generator)
+        z0 = latents[index.to(device)]
+        noise = torch.randn(z0.shape, generator=generator).to(device)
+        t = torch.randint(0, train_steps, (cfg.batch_size,), generator=generator).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        return index.to(device), a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t
+
+    # -- train
+    student.train()
+    last: dict[str, float] = {}
+    bar = tqdm(range(start, cfg.steps), desc=f"unlearn {cfg.concept} ({cfg.method})", initial=start, total=cfg.steps, disable=not progress)
+    for step in bar:
+        generator = _step_generator(cfg.seed, step)
+        f_index, f_noisy, f_noise, f_t = noised(forget_latents, generator)
+        p_index, p_noisy, p_noise, p_t = noised(keep_latents, generator)
+        ctx = StepContext(
+            student=forward, parent=parent, student_maps=student_maps, parent_maps=parent_maps,
+            forget_noisy=f_noisy, forget_noise=f_noise, forget_timesteps=f_t,
+            target_embeds=target_embeds[f_index], anchor_embeds=anchor_embeds[f_index],
+            empty_embeds=empty_embed.expand(cfg.batch_size, -1, -1),
+            target_tokens=target_tokens[f_index], anchor_tokens=anchor_tokens[f_index],
+            preserve_noisy=p_noisy, preserve_noise=p_noise, preserve_timesteps=p_t, preserve_embeds=keep_embeds[p_index],
+            trained=trained, base_values=base, hyper=cfg.hyper,
+        )
+        with autocast:
+            terms = method(ctx)
+        optimizer.zero_grad(set_to_none=True)
+        if cfg.gradient_surgery and "preserve" in terms:
+            _surgery_backward(terms, trained_params)
+        else:
+            sum(terms[k] for k in ("forget", "preserve", "regularise") if k in terms).backward()
+        torch.nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
+        optimizer.step()
+        last = {k.removeprefix("log/"): float(v) for k, v in terms.items() if k.startswith("log/")}
+        bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()})
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(checkpoint_path, {
+                "trained": {n: p.detach().cpu().clone() for n, p in trained.items()},
+                "optimizer": optimizer.state_dict(), "step": step + 1, "rng_cpu": torch.get_rng_state(),
+                "config": config_record,
+            })
+    student.eval()
+    student.requires_grad_(False)
+
+    # -- save: the delta from the base for the trained tensors, and a summary
+    delta = compute_delta({n: p.detach() for n, p in trained.items()}, {n: base[n] for n in names})
+    header = {"concept": cfg.concept, "method": cfg.method, "params": cfg.params, "steps": cfg.steps,
+              "parent_sha256": model_sha, **(metadata or {})}
+    save_delta(out_dir / DELTA_FILE, delta, header)
+    summary = {
+        "config": config_record,
+        "delta": str(out_dir / DELTA_FILE),
+        "trained_tensors": len(names),
+        "trained_parameters": sum(p.numel() for p in trained_params),
+        "final_terms": last,
+        "seconds": round(time.perf_counter() - started, 2),
+        "resumed_from_step": start,
+        "prompts": {"target": prompts.target[:4], "anchor": prompts.anchor[:4], "preserve": len(prompts.preserve),
+                    "replay": len(prompts.replay)},
+        **(metadata or {}),
+    }
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    checkpoint_path.unlink(missing_ok=True)
+    return summary
+
+
+def _surgery_backward(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> None:
+    """Gradient surgery (restricted gradient, Ko et al. NeurIPS 2024; concept-preserving gradient,
+    Wu et al. AAAI 2025): where g_forget · g_preserve < 0, replace g_forget by its projection onto the
+    normal plane of g_preserve, g_f ← g_f − (g_f·g_p / ‖g_p‖²) g_p; then g = g_f + g_p + g_reg."""
+    def grads(term):
+        result = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(result, params)]
+
+    g_forget, g_preserve = grads(terms["forget"]), grads(terms["preserve"])
+    g_reg = grads(terms["regularise"]) if "regularise" in terms else [torch.zeros_like(p) for p in params]
+    dot = sum((a * b).sum() for a, b in zip(g_forget, g_preserve))
+    if dot < 0:
+        norm = sum(b.pow(2).sum() for b in g_preserve).clamp_min(1e-20)
+        g_forget = [a - dot / norm * b for a, b in zip(g_forget, g_preserve)]
+    for param, a, b, c in zip(params, g_forget, g_preserve, g_reg):
+        param.grad = a + b + c

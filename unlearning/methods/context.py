@@ -1,0 +1,35 @@
+"""What every method's loss function receives for one step (the one training loop builds it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from unlearning.attention import AttentionStore
+
+
+@dataclass
+class StepContext:
+    student: torch.nn.Module  # the UNet being trained (θ), initialised from the parent
+    parent: torch.nn.Module  # frozen parent version θ_p
+    student_maps: AttentionStore  # attn2 maps of the student's last forward pass
+    parent_maps: AttentionStore
+    # forget batch: noised latents of images the parent made for the *anchor* prompts
+    forget_noisy: torch.Tensor  # z_t, (B, C, H, W)
+    forget_noise: torch.Tensor  # ε used to make z_t
+    forget_timesteps: torch.Tensor
+    target_embeds: torch.Tensor  # c_tgt, (B, T, D)
+    anchor_embeds: torch.Tensor  # c_anc
+    empty_embeds: torch.Tensor  # c_∅ (the empty prompt), (B, T, D)
+    target_tokens: torch.Tensor  # (B, T) bool, tokens of the target word in c_tgt
+    anchor_tokens: torch.Tensor  # (B, T) bool, tokens of the anchor word in c_anc
+    # preserve batch: noised latents of the parent's images for preserve + replay prompts
+    preserve_noisy: torch.Tensor
+    preserve_noise: torch.Tensor
+    preserve_timesteps: torch.Tensor
+    preserve_embeds: torch.Tensor
+    # L2-SP anchor: the *base* model's values of the trained tensors (θ_0)
+    trained: dict[str, torch.nn.Parameter]
+    base_values: dict[str, torch.Tensor]
+    hyper: dict  # method hyper-parameters (λ's, η, ...)

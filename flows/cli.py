@@ -75,7 +75,7 @@ def cmd_generate(args) -> int:
     out = _writable_file(args.out, ".png")
     if not 1 <= args.n <= 256:
         raise BadInput("--n must be between 1 and 256")
-    steps = args.steps or settings.sample_steps
+    steps = settings.sample_steps if args.steps is None else args.steps
     if not 1 <= steps <= 1000:
         raise BadInput("--steps must be between 1 and 1000")
     if not 1 <= args.scale <= 32:
@@ -121,7 +121,10 @@ def cmd_world_train(args) -> int:
     weights_dir = Path(args.weights_dir) if args.weights_dir else WEIGHTS_DIR
     stages = tuple(args.stage) if args.stage else STAGES
     started = time.perf_counter()
-    summary = train_world(config, weights_dir, settings.home / "world-train", stages=stages, force=args.force)
+    try:
+        summary = train_world(config, weights_dir, settings.home / "world-train", stages=stages, force=args.force)
+    except ValueError as error:  # a checkpoint from other options
+        raise BadInput(str(error)) from None
     summary["wall_seconds_this_run"] = round(time.perf_counter() - started, 1)
     summary["weights_dir"] = str(weights_dir)
     if args.json:
@@ -141,7 +144,9 @@ def cmd_world_eval(args) -> int:
     settings = _settings()
     if not 1 <= args.colours <= 6:
         raise BadInput("--colours must be between 1 and 6")
-    steps = args.steps or settings.sample_steps
+    steps = settings.sample_steps if args.steps is None else args.steps
+    if not 1 <= steps <= 1000:
+        raise BadInput("--steps must be between 1 and 1000")
     guidance = settings.guidance_scale if args.guidance is None else args.guidance
     report_dir = Path(args.report) if args.report else settings.home / "reports" / "world"
 
@@ -257,7 +262,9 @@ def cmd_evaluate(args) -> int:
     except (FileNotFoundError, PromptError, *_refusal_types()) as error:
         raise BadInput(str(error)) from None
     judge = ShapesJudge(load_detector())
-    sampler = {"scheduler": args.scheduler, "steps": args.steps or settings.sample_steps,
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise BadInput("--steps must be between 1 and 1000")
+    sampler = {"scheduler": args.scheduler, "steps": settings.sample_steps if args.steps is None else args.steps,
                "guidance_scale": settings.guidance_scale if args.guidance is None else args.guidance}
     drift_value = None if candidate is base else drift(candidate.unet, base.unet)
     evaluation = evaluate(candidate, base, judge, plan, sampler=sampler, base_sha256=base_sha,
@@ -790,8 +797,13 @@ def main(argv: list[str] | None = None) -> int:
         print(message if message.startswith("lethe") else f"lethe: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("lethe: interrupted", file=sys.stderr)
+        print("lethe: interrupted (long runs resume from their last checkpoint)", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - one line for people, the traceback on request
+        if os.environ.get("LETHE_DEBUG"):
+            raise
+        print(f"lethe: failed: {type(error).__name__}: {error} (LETHE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -71,8 +71,18 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path) -> dict | None:
-    return torch.load(path, weights_only=False) if path.is_file() else None
+def _load_checkpoint(path: Path, cfg: WorldTrainConfig | None = None) -> dict | None:
+    """The checkpoint at `path`, if any.
+
+    Raises:
+        ValueError: it was written under a different configuration (resuming would mix two runs).
+    """
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=False)
+    if cfg is not None and "config" in state and state["config"] != asdict(cfg):
+        raise ValueError(f"{path} was written with a different configuration; remove it or use the same options")
+    return state
 
 
 def _degraded_renders(n: int, seed: int, step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -98,7 +108,7 @@ def train_detector(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> 
     detector = ShapesDetector()
     optimizer = torch.optim.AdamW(detector.parameters(), lr=cfg.detector_lr, weight_decay=1e-4)
     ckpt_path, start = work_dir / "detector.pt", 0
-    if (ckpt := _load_checkpoint(ckpt_path)) is not None:
+    if (ckpt := _load_checkpoint(ckpt_path, cfg)) is not None:
         detector.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
@@ -116,7 +126,7 @@ def train_detector(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> 
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt_path, {"model": detector.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
+            _save_checkpoint(ckpt_path, {"model": detector.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "config": asdict(cfg)})
     detector.eval()
     save_detector(detector, weights_dir)
     return {"steps": cfg.detector_steps, "final_loss": float(loss.item()) if cfg.detector_steps > start else None}
@@ -150,7 +160,7 @@ def train_vae(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
     vae = shapes_model.build_vae()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     ckpt_path, start = work_dir / "vae.pt", 0
-    if (ckpt := _load_checkpoint(ckpt_path)) is not None:
+    if (ckpt := _load_checkpoint(ckpt_path, cfg)) is not None:
         vae.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
@@ -174,7 +184,7 @@ def train_vae(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
         optimizer.step()
         progress.set_postfix(rec=f"{rec_loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
+            _save_checkpoint(ckpt_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "config": asdict(cfg)})
     vae.eval()
     # SD-style scaling: make the diffusion model's latents unit-variance (Rombach et al. 2022, sec. 3.1).
     with torch.no_grad():
@@ -233,7 +243,7 @@ def train_unet(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict
     ema.load_state_dict(unet.state_dict())
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
     ckpt_path, start = work_dir / "unet.pt", 0
-    if (ckpt := _load_checkpoint(ckpt_path)) is not None:
+    if (ckpt := _load_checkpoint(ckpt_path, cfg)) is not None:
         unet.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -271,7 +281,8 @@ def train_unet(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
             _save_checkpoint(
                 ckpt_path,
-                {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1},
+                {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                 "config": asdict(cfg)},
             )
     # Ship the EMA weights in fp16 (halves the committed size; loaded back into fp32 modules).
     ema.to(torch.float16).save_pretrained(weights_dir / "unet", safe_serialization=True)

@@ -47,6 +47,14 @@ CARD_NAME = "README.md"
 EXPERIMENT = "lethe"
 
 
+def _decision(tags: dict[str, str]) -> str | None:
+    """"approved", "rejected" or None, from a version's approval tag."""
+    try:
+        return json.loads(tags.get(TAG_APPROVAL, "{}")).get("decision")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 class PromotionRefused(Exception):
     """Promotion or rollback was refused (gate failed, rejected, or production moved meanwhile)."""
 
@@ -284,7 +292,7 @@ class ModelRegistry:
         tags = self.version_tags(version)
         if tags.get(TAG_GATE) != "passed":
             raise PromotionRefused(f"version {version} failed its gate and can never be promoted")
-        if tags.get(TAG_APPROVAL, "").startswith('{"decision": "rejected"'):
+        if _decision(tags) == "rejected":
             raise PromotionRefused(f"version {version} was rejected and can never be promoted")
         current = self.alias_version(PRODUCTION)
         if current == version:  # approved twice at once: the first approval did the work
@@ -314,7 +322,7 @@ class ModelRegistry:
             PromotionRefused: the target was never approved (or failed its gate).
         """
         tags = self.version_tags(to_version)
-        if tags.get(TAG_GATE) != "passed" or not tags.get(TAG_APPROVAL, "").startswith('{"decision": "approved"'):
+        if tags.get(TAG_GATE) != "passed" or _decision(tags) != "approved":
             raise PromotionRefused(f"version {to_version} was never approved for production")
         current = self.alias_version(PRODUCTION)
         if current is not None and current != to_version:

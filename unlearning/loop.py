@@ -240,6 +240,7 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
             })
     student.eval()
     student.requires_grad_(False)
+    student.set_default_attn_processor()  # sampling after training needs no recorded maps
 
     # -- save: the delta from the base for the trained tensors, and a summary
     delta = compute_delta({n: p.detach() for n, p in trained.items()}, {n: base[n] for n in names})

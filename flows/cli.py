@@ -424,6 +424,59 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- run (the main job)
+def _prefect_environment(settings) -> None:
+    """Prefect's state under LETHE_HOME (embedded: its ephemeral API), quiet unless asked."""
+    os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def cmd_run(args) -> int:
+    settings = _settings()
+    if args.max is not None and args.max < 1:
+        raise BadInput("--max must be >= 1")
+    if args.unlearn_steps is not None and args.unlearn_steps < 0:
+        raise BadInput("--unlearn-steps must be >= 0")
+    submitted = []
+    if args.requests:
+        specs = _specs_from_yaml(args.requests)
+        try:
+            submitted = [r.id for r in _ledger(settings).submit_many(specs, lineage=settings.model_name)]
+        except _refusal_types() as error:
+            raise BadInput(str(error)) from None
+    _prefect_environment(settings)
+    started = time.perf_counter()
+    from flows.continual import continual_unlearning
+
+    results = continual_unlearning(max_requests=args.max, auto_approve=args.auto_approve, unlearn_steps=args.unlearn_steps)
+    registry = _registry(settings)
+    from registry.versions import PRODUCTION
+
+    production = registry.alias_version(PRODUCTION) if _registry_exists(registry) else None
+    payload = {"submitted": submitted, "requests": results, "seconds": round(time.perf_counter() - started, 1),
+               "production": {"version": production, "erased": registry.erased_in(production)}}
+    if args.json:
+        _print_json(payload)
+        return 0
+    print(f"{'request':28s} {'concept':10s} {'parent':>6s} {'cand.':>5s}  {'UA gate':>7s} {'UA syn':>6s} {'IRA':>5s} {'CRA':>5s}  state")
+    for r in results:
+        m = r.get("metrics", {})
+        cells = [m.get("forget.gate.ua"), m.get("forget.synonyms.ua"), m.get("retain.ira.relative"), m.get("retain.cra.relative")]
+        shown = [f"{c:.2f}" if isinstance(c, float) else "-" for c in cells]
+        print(f"{r['id']:28s} {r['concept']:10s} {str(r.get('parent_version')):>6s} {str(r.get('candidate_version')):>5s}  "
+              f"{shown[0]:>7s} {shown[1]:>6s} {shown[2]:>5s} {shown[3]:>5s}  {r['state']}"
+              + (f" ({'; '.join(r['gate_reasons'])})" if r.get("gate_reasons") and r["state"] == "rejected" else "")
+              + (f" ({r['error']})" if r.get("error") else ""))
+        if r.get("report"):
+            print(f"{'':28s} report: {r['report']}")
+    prod = payload["production"]
+    print(f"production: {'none' if prod['version'] is None else 'version ' + str(prod['version'])}; erased: "
+          f"{', '.join(prod['erased']) or '-'} ({payload['seconds']} s)")
+    return 0
+
+
 # ---------------------------------------------------------------- requests and governance
 def _ledger(settings):
     from registry.ledger import Ledger
@@ -657,6 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
 
+    run = commands.add_parser("run", help="the main job: submit requests (optional) and drain the queue")
+    run.add_argument("--requests", default=None, help="a YAML list of requests to submit first")
+    run.add_argument("--auto-approve", action="store_true", help="approve passing candidates by the auto-approval policy (demo)")
+    run.add_argument("--max", type=int, default=None, help="process at most N requests")
+    run.add_argument("--unlearn-steps", type=int, default=None, help="training steps per request (default: the method's)")
+    run.add_argument("--json", action="store_true", help="print JSON")
+    run.set_defaults(func=cmd_run)
+
     submit = commands.add_parser("submit", help="queue a removal request (or several with -f FILE)")
     submit.add_argument("-f", "--file", default=None, help="a YAML list of requests")
     submit.add_argument("--concept", default=None, help="the concept to remove")
@@ -785,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("generate", "world", "export", "evaluate", "unlearn"):
+        if args.command in ("generate", "world", "export", "evaluate", "unlearn", "run"):
             import diffusers
             import transformers
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from diffusers.models.attention_processor import AttnProcessor2_0
+
 from unlearning.attention import record_cross_attention
 from unlearning.delta import compute_delta, save_delta
 from unlearning.methods import METHOD_DEFAULTS, get_method
@@ -240,7 +242,7 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
             })
     student.eval()
     student.requires_grad_(False)
-    student.set_default_attn_processor()  # sampling after training needs no recorded maps
+    student.set_attn_processor(AttnProcessor2_0())  # sampling after training needs no recorded maps
 
     # -- save: the delta from the base for the trained tensors, and a summary
     delta = compute_delta({n: p.detach() for n, p in trained.items()}, {n: base[n] for n in names})

@@ -99,11 +99,16 @@ def perceptual_distance(judge: Judge, a: np.ndarray, b: np.ndarray) -> np.ndarra
 def lpips_alex_distance() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
     """LPIPS-AlexNet through the `lpips` package, or None when its backbone weights are not available
     offline (torchvision's ImageNet AlexNet is downloaded on first use)."""
+    from pathlib import Path
+
+    # torchvision's ImageNet AlexNet: only where it is already on disk (no download attempt offline)
+    if not (Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth").is_file():
+        return None
     try:
         import lpips
 
         model = lpips.LPIPS(net="alex", verbose=False).eval()
-    except Exception:  # noqa: BLE001 - any failure to obtain weights means "not available here"
+    except Exception:  # noqa: BLE001 - any failure to load the weights means "not available here"
         return None
 
     @torch.no_grad()

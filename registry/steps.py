@@ -1,0 +1,138 @@
+"""The heavy steps of a request's life as plain functions (no Prefect): Prefect tasks and the CLI are
+thin wrappers around them.
+
+`unlearn_and_evaluate` loads the parent (the base, or a registered version, verified), removes the
+request's concept with the one training loop, evaluates the result against the base with the gate
+policy, and writes everything under one folder. `register` turns that folder into a candidate version.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from registry.loading import fetch_chain, resolve_version, parse_model_uri
+from registry.versions import DELTA_NAME, Candidate, ModelRegistry
+from unlearning.delta import apply_deltas, load_delta
+from unlearning.evaluation.cache import ImageCache
+from unlearning.evaluation.checks import ShapesJudge, drift, lpips_alex_distance
+from unlearning.evaluation.evaluate import evaluate
+from unlearning.evaluation.gates import load_policy
+from unlearning.evaluation.plan import shapes_plan
+from unlearning.evaluation.report import evaluation_payload, write_report
+from unlearning.loop import UnlearnConfig, run_unlearning
+from unlearning.sampling import load_model, model_identity
+from unlearning.shapes.train import load_detector
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    tracking_uri: str
+    model_name: str
+    artifact_root: str | None
+    base_model: str
+    cache_dir: Path
+    sampler: dict
+    policy_path: str | None = None
+    unlearn_steps: int | None = None
+    eval_samples: int = 6
+
+
+def flatten_metrics(checks: dict, prefix: str = "") -> dict[str, float]:
+    """Every number in the checks as one flat dict ("forget.gate.ua": 0.97, ...), for MLflow metrics."""
+    flat = {}
+    for key, value in checks.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            flat[name] = float(value)
+    return flat
+
+
+def load_parent(settings: StepSettings, parent_version: int | None, workdir: Path):
+    """(parent pipeline, base pipeline, base sha256, parent identity) — verified when registered."""
+    base_id, base_sha = model_identity(settings.base_model)
+    base = load_model(settings.base_model)
+    parent = load_model(settings.base_model)
+    identity = base_sha
+    if parent_version is not None:
+        registry = ModelRegistry(settings.tracking_uri, settings.model_name, settings.artifact_root)
+        chain = fetch_chain(registry, resolve_version(registry, parse_model_uri(f"models:/{settings.model_name}/{parent_version}")), workdir)
+        if chain[-1].manifest["base_sha256"] != base_sha:
+            raise ValueError(f"version {parent_version} was trained on another base model than {settings.base_model}")
+        modules = {"unet": parent.unet, "text_encoder": parent.text_encoder}
+        base_state = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
+        apply_deltas(modules, base_state, [load_delta(link.folder / DELTA_NAME)[0] for link in chain])
+        identity = chain[-1].manifest["files"][DELTA_NAME]["sha256"]
+    return parent, base, base_sha, identity
+
+
+def unlearn_and_evaluate(settings: StepSettings, *, request_id: str, request: dict, parent_version: int | None,
+                         erased_before: list[str], out_dir: Path, progress: bool = False) -> dict:
+    """Train and evaluate one request; returns small values (paths, metrics, the gate decision)."""
+    config = UnlearnConfig(
+        concept=request["concept"], synonyms=tuple(request.get("synonyms", ())), anchor=request.get("anchor") or None,
+        preserve=tuple(request.get("preserve", ())), erased=tuple(erased_before), method=request.get("method", "duge"),
+        **({"steps": settings.unlearn_steps} if settings.unlearn_steps is not None else {}),
+    )
+    with tempfile.TemporaryDirectory(prefix="lethe-parent-") as tmp:
+        parent, base, base_sha, parent_identity = load_parent(settings, parent_version, Path(tmp))
+    base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    summary = run_unlearning(parent, config, out_dir / "train", model_sha=parent_identity, base_values=base_values,
+                             cache_dir=settings.cache_dir / "latents", progress=progress,
+                             metadata={"request_id": request_id, "base_model": settings.base_model, "base_sha256": base_sha})
+    plan = shapes_plan(config.concept, synonyms=config.synonyms, erased=config.erased, samples=settings.eval_samples)
+    with torch.no_grad():
+        drift_value = drift(parent.unet, base.unet)
+    evaluation = evaluate(parent, base, ShapesJudge(load_detector()), plan, sampler=settings.sampler, base_sha256=base_sha,
+                          cache=ImageCache(settings.cache_dir / "images"), policy=load_policy(settings.policy_path),
+                          drift_value=drift_value, lpips_distance=lpips_alex_distance())
+    report_html = write_report(evaluation, out_dir / "report", title=f"Request {request_id}: erase {config.concept}")
+    payload = evaluation_payload(evaluation)
+    return {
+        "delta": str(out_dir / "train" / "delta.safetensors"),
+        "report_dir": str(out_dir / "report"),
+        "report_html": str(report_html),
+        "metrics": flatten_metrics(payload["checks"]),
+        "gate_passed": evaluation.decision.passed,
+        "gate_reasons": evaluation.decision.reasons,
+        "gate_table": [c.__dict__ for c in evaluation.decision.checks],
+        "erased": [*erased_before, config.concept],
+        "params": {"method": config.method, "params": config.params, "steps": config.steps, "lr": config.lr,
+                   "batch_size": config.batch_size, "seed": config.seed, "train_seconds": summary["seconds"]},
+        "base_sha256": base_sha,
+    }
+
+
+def register(settings: StepSettings, *, request_id: str, request: dict, parent_version: int | None, outcome: dict) -> int:
+    """Register the outcome as a candidate version (idempotent per request id)."""
+    registry = ModelRegistry(settings.tracking_uri, settings.model_name, settings.artifact_root)
+    return registry.register_candidate(Candidate(
+        request_id=request_id, request=request, delta_path=Path(outcome["delta"]), parent_version=parent_version,
+        erased=outcome["erased"], base_model=settings.base_model, base_sha256=outcome["base_sha256"],
+        params=outcome["params"], metrics=outcome["metrics"], gate_passed=outcome["gate_passed"],
+        gate_reasons=outcome["gate_reasons"], report_dir=Path(outcome["report_dir"]),
+    ))
+
+
+def _bound(check: dict) -> str:
+    parts = [f"≥ {check['min']}" if check["min"] is not None else "", f"≤ {check['max']}" if check["max"] is not None else ""]
+    return " ".join(p for p in parts if p)
+
+
+def gate_markdown(request_id: str, outcome: dict, version: int | None) -> str:
+    """The gate table as Markdown (a Prefect artifact of every request run)."""
+    lines = []
+    for check in outcome["gate_table"]:
+        value = "—" if check["value"] is None else f"{check['value']:.4f}"
+        verdict = "pass" if check["passed"] else "**FAIL**"
+        lines.append(f"| {check['metric']} | {value} | {_bound(check)} | {verdict} |")
+    verdict = "passed" if outcome["gate_passed"] else "FAILED: " + "; ".join(outcome["gate_reasons"])
+    return (f"# Request {request_id}\n\nCandidate version: {version}\n\nGate: {verdict}\n\n"
+            f"| metric | value | bound | verdict |\n|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
+            f"Report: `{outcome['report_html']}`\n\nErased so far: {json.dumps(outcome['erased'])}\n")

@@ -49,7 +49,7 @@ def step_settings(settings: LetheSettings, *, unlearn_steps: int | None = None) 
         tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name, artifact_root=settings.artifact_root,
         base_model=settings.base_model, cache_dir=settings.home / "cache",
         sampler={"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
-        unlearn_steps=unlearn_steps,
+        policy_path=settings.policy, unlearn_steps=unlearn_steps,
     )
 
 

@@ -1,0 +1,88 @@
+"""The queue-draining flow on Prefect's test harness (a real, temporary Prefect API), a tiny model
+built from config as the base, and the real ledger and MLflow store under a temporary LETHE_HOME."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.ledger import FAILED, PROMOTED, REJECTED, Ledger, RequestSpec
+from registry.versions import PRODUCTION, ModelRegistry
+from tests.tiny_models import build_tiny_base
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def lethe_home(tmp_path, monkeypatch, tmp_path_factory):
+    base = build_tiny_base(tmp_path / "tiny-sd")
+    monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LETHE_BASE_MODEL", str(base))
+    monkeypatch.setenv("LETHE_SAMPLE_STEPS", "3")
+    monkeypatch.delenv("LETHE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _policy(path, bound):
+    path.write_text(f"name: test\nthresholds:\n  - metric: forget.gate.ua\n    min: {bound}\n")
+    return str(path)
+
+
+def _ledger_and_registry():
+    from flows.settings import load_settings
+
+    settings = load_settings()
+    return settings, Ledger(settings.ledger_url), ModelRegistry(settings.mlflow_tracking_uri, settings.model_name, settings.artifact_root)
+
+
+@pytest.mark.slow
+def test_queue_is_drained_in_order_with_auto_approval(prefect_api, lethe_home, monkeypatch):
+    from flows.continual import AUTO_APPROVER, continual_unlearning
+
+    monkeypatch.setenv("LETHE_POLICY", _policy(lethe_home / "pass.yaml", 0.0))
+    settings, ledger, registry = _ledger_and_registry()
+    ledger.submit_many([RequestSpec("circle", "alice", id="r1"), RequestSpec("striped", "alice", id="r2")], lineage=settings.model_name)
+
+    results = continual_unlearning(auto_approve=True, unlearn_steps=2)
+
+    assert [(r["id"], r["state"]) for r in results] == [("r1", "promoted"), ("r2", "promoted")]
+    assert [r["parent_version"] for r in results] == [None, results[0]["candidate_version"]]
+    assert registry.alias_version(PRODUCTION) == results[1]["candidate_version"]
+    assert registry.erased_in(registry.alias_version(PRODUCTION)) == ["circle", "striped"]
+    assert [ledger.get(i).state for i in ("r1", "r2")] == [PROMOTED, PROMOTED]
+    assert any(h["actor"] == AUTO_APPROVER and h["to_state"] == PROMOTED for h in ledger.history("r1"))
+
+
+@pytest.mark.slow
+def test_failed_gate_rejects_and_leaves_production_alone(prefect_api, lethe_home, monkeypatch):
+    from flows.continual import continual_unlearning
+
+    monkeypatch.setenv("LETHE_POLICY", _policy(lethe_home / "impossible.yaml", 2.0))
+    settings, ledger, registry = _ledger_and_registry()
+    ledger.submit(RequestSpec("circle", "alice", id="r1"), lineage=settings.model_name)
+
+    [result] = continual_unlearning(auto_approve=True, unlearn_steps=2)
+
+    assert result["state"] == REJECTED and any("forget.gate.ua" in r for r in result["gate_reasons"])
+    assert ledger.get("r1").state == REJECTED and "gate failed" in ledger.get("r1").error
+    assert registry.alias_version(PRODUCTION) is None
+
+
+@pytest.mark.slow
+def test_a_failing_request_is_marked_failed_and_the_queue_goes_on(prefect_api, lethe_home, monkeypatch):
+    from flows.continual import continual_unlearning
+
+    monkeypatch.setenv("LETHE_POLICY", str(lethe_home / "missing-policy.yaml"))  # evaluation cannot load it
+    settings, ledger, _ = _ledger_and_registry()
+    ledger.submit_many([RequestSpec("circle", "alice", id="r1"), RequestSpec("star", "alice", id="r2")], lineage=settings.model_name)
+
+    results = continual_unlearning(auto_approve=True, unlearn_steps=1)
+
+    assert [r["state"] for r in results] == [FAILED, FAILED]
+    assert "policy" in ledger.get("r1").error

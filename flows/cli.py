@@ -572,11 +572,47 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def _resume_paused_request(settings, request_id: str, decision: dict) -> bool:
+    """If a flow run paused for this request's approval (the ledger records its id), hand it the
+    answer through the Prefect API and wait until the ledger shows the outcome. Returns False when
+    no flow run is waiting, so the decision is applied directly."""
+    from uuid import UUID
+
+    from registry.governance import check_approver
+
+    ledger = _ledger(settings)
+    request = ledger.get(request_id)
+    if request.state != "awaiting-approval":
+        return False
+    waiting = [h["detail"].get("flow_run_id") for h in ledger.history(request_id)
+               if h["to_state"] == "awaiting-approval" and h["detail"].get("flow_run_id")]
+    if not waiting:
+        return False
+    check_approver(decision["approver"], settings.approvers, request.requester)  # refuse before resuming
+    _prefect_environment(settings)
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        resume_flow_run(UUID(waiting[-1]), run_input=decision)
+    except Exception:  # noqa: BLE001 - the run is gone (crashed or cancelled): decide directly
+        return False
+    deadline = time.time() + 600
+    while time.time() < deadline and ledger.get(request_id).state == "awaiting-approval":
+        time.sleep(1)
+    return True
+
+
 def cmd_approve(args) -> int:
     settings = _settings()
     from registry.governance import approve
 
     try:
+        decision = {"approve": True, "approver": args.approver, "comment": args.comment or ""}
+        if _resume_paused_request(settings, args.id, decision):
+            request = _ledger(settings).get(args.id)
+            result = {"id": args.id, "state": request.state, "production_version": request.candidate_version if request.state == "promoted" else None, "via": "prefect"}
+            _print_json(result) if args.json else print(f"{args.id}: {request.state} (answered the paused flow run)")
+            return 0 if request.state == "promoted" else EXIT_FAILED
         version = approve(_ledger(settings), _registry(settings), args.id, approver=args.approver,
                           approvers=settings.approvers, comment=args.comment or "")
     except _refusal_types() as error:
@@ -591,6 +627,11 @@ def cmd_reject(args) -> int:
     from registry.governance import reject
 
     try:
+        decision = {"approve": False, "approver": args.approver, "comment": args.reason}
+        if args.reason.strip() and _resume_paused_request(settings, args.id, decision):
+            state = _ledger(settings).get(args.id).state
+            _print_json({"id": args.id, "state": state, "via": "prefect"}) if args.json else print(f"{args.id}: {state} (answered the paused flow run)")
+            return 0 if state == "rejected" else EXIT_FAILED
         reject(_ledger(settings), _registry(settings), args.id, approver=args.approver,
                approvers=settings.approvers, reason=args.reason)
     except _refusal_types() as error:

@@ -78,8 +78,11 @@ def process_request(request: dict, auto_approve: bool = False, unlearn_steps: in
         record_state(settings.ledger_url, request_id, REJECTED, actor="gate", candidate_version=version,
                      parent_version=parent["version"], error="gate failed: " + "; ".join(outcome["gate_reasons"]))
         return {**summary, "state": REJECTED}
+    from prefect.runtime import flow_run
+
+    waiting = {} if auto_approve else {"flow_run_id": str(flow_run.id)}  # `lethe approve` resumes this run
     record_state(settings.ledger_url, request_id, AWAITING_APPROVAL, actor="flow", candidate_version=version,
-                 parent_version=parent["version"])
+                 parent_version=parent["version"], detail=waiting)
 
     approvers = list(settings.approvers)
     if auto_approve:

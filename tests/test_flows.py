@@ -86,3 +86,35 @@ def test_a_failing_request_is_marked_failed_and_the_queue_goes_on(prefect_api, l
 
     assert [r["state"] for r in results] == [FAILED, FAILED]
     assert "policy" in ledger.get("r1").error
+
+
+@pytest.mark.slow
+def test_a_person_approves_a_paused_run_with_lethe_approve(prefect_api, lethe_home, monkeypatch):
+    """The flow pauses with a typed form; `lethe approve` (in-process here, same Prefect API) refuses
+    self-approval, then answers the paused run, which promotes the candidate."""
+    import threading
+    import time
+
+    from flows.cli import main
+    from flows.continual import process_request
+
+    monkeypatch.setenv("LETHE_POLICY", _policy(lethe_home / "pass.yaml", 0.0))
+    monkeypatch.setenv("LETHE_APPROVERS", "bob,alice")
+    settings, ledger, registry = _ledger_and_registry()
+    ledger.submit(RequestSpec("circle", "alice", id="r1"), lineage=settings.model_name)
+    request = ledger.claim_head(settings.model_name, actor="test").as_dict()
+
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(process_request(request, auto_approve=False, unlearn_steps=1)))
+    worker.start()
+    deadline = time.time() + 300
+    while ledger.get("r1").state != "awaiting-approval" and time.time() < deadline:
+        time.sleep(0.5)
+    assert ledger.get("r1").state == "awaiting-approval"
+    assert main(["approve", "r1", "--approver", "alice"]) == 2  # the requester
+    assert ledger.get("r1").state == "awaiting-approval"
+    assert main(["approve", "r1", "--approver", "bob", "--comment", "checked the grids"]) == 0
+    worker.join(timeout=300)
+    assert outcome["state"] == "promoted" and outcome["approver"] == "bob"
+    assert ledger.get("r1").state == PROMOTED
+    assert registry.alias_version(PRODUCTION) == outcome["candidate_version"]

@@ -247,7 +247,7 @@ def cmd_evaluate(args) -> int:
         raise BadInput(str(error)) from None
 
     from unlearning.evaluation.cache import ImageCache
-    from unlearning.evaluation.checks import ShapesJudge, drift, lpips_alex_distance, probe_prompts
+    from unlearning.evaluation.checks import ClipScorer, ShapesJudge, drift, lpips_alex_distance, probe_prompts
     from unlearning.evaluation.evaluate import evaluate
     from unlearning.evaluation.report import write_report
     from unlearning.sampling import PromptError, check_prompt, generate, use_scheduler
@@ -269,7 +269,8 @@ def cmd_evaluate(args) -> int:
     drift_value = None if candidate is base else drift(candidate.unet, base.unet)
     evaluation = evaluate(candidate, base, judge, plan, sampler=sampler, base_sha256=base_sha,
                           cache=ImageCache(settings.home / "cache" / "images"), policy=policy,
-                          drift_value=drift_value, lpips_distance=lpips_alex_distance())
+                          drift_value=drift_value, lpips_distance=lpips_alex_distance(),
+                          clip_scorer=ClipScorer(settings.clip_model) if settings.clip_model else None)
     probes = []
     if prompts:
         seeds = [900_000 + k for _ in prompts for k in range(args.samples)]

@@ -113,3 +113,30 @@ def test_report_renders_in_headless_chromium(shapes_pipe, judge, base_sha, tmp_p
     keep = Path(__file__).resolve().parents[1] / ".lethe" / "screenshots"
     keep.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(screenshot, keep / "evaluation-report.png")
+
+
+def test_clipscore_runs_on_a_local_clip_model(tmp_path):
+    """A tiny CLIP built from config stands in for a real one (no hub here): the score is
+    2.5 * max(cos, 0), so it lies in [0, 2.5], and identical inputs give identical scores."""
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPImageProcessor, BertTokenizerFast
+
+    from unlearning.evaluation.checks import ClipScorer
+    from unlearning.shapes.model import text_encoder_path
+
+    config = CLIPConfig(
+        text_config={"vocab_size": 30522, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 64},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    tokenizer = BertTokenizerFast.from_pretrained(text_encoder_path(), model_max_length=64)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp_path / "clip")
+    scorer = ClipScorer(str(tmp_path / "clip"))
+    images = np.random.default_rng(0).integers(0, 255, size=(2, 32, 32, 3), dtype=np.uint8)
+    scores = scorer(images, ["a red circle", "a red circle"])
+    assert scores.shape == (2,) and np.all((0 <= scores) & (scores <= 2.5))
+    np.testing.assert_allclose(scorer(images[:1], ["a red circle"]), scores[:1], rtol=1e-5)

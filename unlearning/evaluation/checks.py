@@ -118,6 +118,25 @@ def lpips_alex_distance() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | No
     return distance
 
 
+class ClipScorer:
+    """CLIPScore (Hessel et al. 2021, eq. 1): w · max(cos(E_image, E_text), 0) with w = 2.5, through
+    transformers' CLIPModel loaded from a local path (no hub access)."""
+
+    def __init__(self, path: str):
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+        self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, prompts: list[str]) -> np.ndarray:
+        inputs = self.processor(text=prompts, images=list(images), return_tensors="pt", padding=True, truncation=True)
+        outputs = self.model(**inputs)  # image_embeds and text_embeds are projected, pair i with i
+        image = F.normalize(outputs.image_embeds, dim=-1)
+        text = F.normalize(outputs.text_embeds, dim=-1)
+        return (2.5 * (image * text).sum(dim=-1).clamp_min(0)).numpy()
+
+
 def fid_kid(features_a: np.ndarray, features_b: np.ndarray) -> dict[str, float]:
     """clean-fid's Fréchet distance and kernel (KID) distance between two feature sets."""
     from cleanfid import fid as cleanfid
@@ -155,7 +174,7 @@ def _mean(values: list[float]) -> float:
 
 
 def run_checks(plan: EvaluationPlan, judge: Judge, candidate_images: np.ndarray, base_images: np.ndarray, *,
-               drift_value: float | None = None, lpips_distance=None) -> dict:
+               drift_value: float | None = None, lpips_distance=None, clip_scorer: ClipScorer | None = None) -> dict:
     """Every check of the plan, as one nested dict of numbers (the report's JSON and the gate's input)."""
     cand_probs, base_probs = judge.probabilities(candidate_images), judge.probabilities(base_images)
     cand_rates = detection_by_group(plan, cand_probs, judge.heads)
@@ -198,6 +217,11 @@ def run_checks(plan: EvaluationPlan, judge: Judge, candidate_images: np.ndarray,
     results["alignment"] = {"candidate": alignment(plan, cand_probs, judge.heads), "base": alignment(plan, base_probs, judge.heads)}
     base_alignment = results["alignment"]["base"]
     results["alignment"]["relative"] = _relative(results["alignment"]["candidate"], base_alignment)
+    if clip_scorer is not None:
+        retain_prompts = [plan.cases[i].prompt for i in retain_idx]
+        candidate_clip = float(clip_scorer(cand_retain, retain_prompts).mean())
+        base_clip = float(clip_scorer(base_retain, retain_prompts).mean())
+        results["alignment"]["clipscore"] = {"candidate": candidate_clip, "base": base_clip, "relative": _relative(candidate_clip, base_clip)}
     if drift_value is not None:
         results["drift"] = drift_value
     return results

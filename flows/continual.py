@@ -65,10 +65,10 @@ def process_request(request: dict, auto_approve: bool = False, unlearn_steps: in
     logger.info("request %s: erase %r from version %s", request_id, request["concept"], parent["version"])
     try:
         outcome = unlearn_and_evaluate(config, request, parent, str(settings.home / "requests" / request_id))
-    except Exception as error:  # the ledger must say why, then the flow reports the failure
+        version = register_candidate(config, request, parent, outcome)
+    except Exception as error:  # the ledger must say why (never left running), then the flow fails
         record_state(settings.ledger_url, request_id, FAILED, actor="flow", error=f"{type(error).__name__}: {error}")
         raise
-    version = register_candidate(config, request, parent, outcome)
     create_markdown_artifact(steps.gate_markdown(request_id, outcome, version), key=f"gate-{request_id.lower()}"[:60].replace("_", "-").replace(".", "-"),
                              description=f"gate of request {request_id}")
     summary = {"id": request_id, "concept": request["concept"], "parent_version": parent["version"],

@@ -16,6 +16,8 @@ import copy
 import os
 import platform
 import statistics
+from pathlib import Path
+import sys
 import tempfile
 import time
 from datetime import date
@@ -23,6 +25,9 @@ from datetime import date
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
+# shadow the `unlearning` package: take the folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def main() -> None:

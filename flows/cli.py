@@ -335,11 +335,9 @@ def _parent_for_unlearning(settings, model: str | None, workdir: Path):
     base_id, base_sha = model_identity(base_model)
     parent = load_model(model if not model.startswith("models:/") else base_model)
     if model.startswith("models:/"):
-        from unlearning.delta import apply_deltas, load_delta
+        from unlearning.delta import apply_delta_files
 
-        modules = {"unet": parent.unet, "text_encoder": parent.text_encoder}
-        base_state = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
-        apply_deltas(modules, base_state, [load_delta(f)[0] for f in ancestors])
+        apply_delta_files(parent, ancestors)
     digest = hashlib.sha256(base_sha.encode())
     for path in ancestors:
         digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
@@ -455,7 +453,7 @@ def cmd_run(args) -> int:
     registry = _registry(settings)
     from registry.versions import PRODUCTION
 
-    production = registry.alias_version(PRODUCTION) if _registry_exists(registry) else None
+    production = registry.alias_version(PRODUCTION)
     payload = {"submitted": submitted, "requests": results, "seconds": round(time.perf_counter() - started, 1),
                "production": {"version": production, "erased": registry.erased_in(production)}}
     if args.json:
@@ -697,7 +695,7 @@ def cmd_status(args) -> int:
     from unlearning.shapes.model import WEIGHTS_DIR, weights_available, weights_sha256
 
     registry = _registry(settings)
-    production = registry.alias_version(PRODUCTION) if _registry_exists(registry) else None
+    production = registry.alias_version(PRODUCTION)
     requests = _ledger(settings).requests(settings.model_name)
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file()) if WEIGHTS_DIR.is_dir() else 0
     result = {
@@ -731,16 +729,6 @@ def cmd_status(args) -> int:
     world = result["shapes_world"]
     print(f"  {'shapes weights':22s}{world['weights_dir']} ({world['bytes'] / 1e6:.1f} MB, trained: {world['trained']})")
     return 0
-
-
-def _registry_exists(registry) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        registry.client.get_registered_model(registry.model_name)
-        return True
-    except MlflowException:
-        return False
 
 
 # ---------------------------------------------------------------- parser

@@ -17,7 +17,7 @@ import torch
 
 from registry.integrity import IntegrityError, read_manifest, verify_files
 from registry.versions import DELTA_NAME, TAG_COMPLETE, TAG_MANIFEST_SHA, ModelRegistry
-from unlearning.delta import apply_deltas, load_delta
+from unlearning.delta import apply_delta_files
 from unlearning.sampling import load_model, model_identity
 
 _URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9._-]+)(?:@(?P<alias>[A-Za-z0-9._-]+)|/(?P<version>[0-9]+))$")
@@ -103,16 +103,8 @@ def load_pipeline(uri: str, *, tracking_uri: str, device: str = "cpu", dtype: to
             raise IntegrityError(
                 f"base model {base_id}: sha256 {base_sha[:12]}… differs from {newest['base_sha256'][:12]}… that version {version} was trained on"
             )
-        deltas = [load_delta(link.folder / DELTA_NAME)[0] for link in chain]
-    pipe = load_model(newest["base_model"], device="cpu", dtype=torch.float32)
-    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
-    covered = {key for delta in deltas for key in delta}
-    base_state = {name: {} for name in modules}
-    for key in covered:
-        component, tensor_name = key.split(".", 1)
-        if component in modules and tensor_name in modules[component].state_dict():
-            base_state[component][tensor_name] = modules[component].state_dict()[tensor_name].clone()
-    apply_deltas(modules, base_state, deltas)
+        pipe = load_model(newest["base_model"], device="cpu", dtype=torch.float32)
+        apply_delta_files(pipe, [link.folder / DELTA_NAME for link in chain])
     pipe.lethe_version = {"model": parsed.name, "version": version, "erased": newest.get("erased", []), "uri": uri,
                           "base_model": newest["base_model"]}
     return pipe.to(device=device, dtype=dtype)

@@ -17,7 +17,7 @@ import torch
 
 from registry.loading import fetch_chain, resolve_version, parse_model_uri
 from registry.versions import DELTA_NAME, Candidate, ModelRegistry
-from unlearning.delta import apply_deltas, load_delta
+from unlearning.delta import apply_delta_files
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.checks import ShapesJudge, drift, lpips_alex_distance
 from unlearning.evaluation.evaluate import evaluate
@@ -65,9 +65,7 @@ def load_parent(settings: StepSettings, parent_version: int | None, workdir: Pat
         chain = fetch_chain(registry, resolve_version(registry, parse_model_uri(f"models:/{settings.model_name}/{parent_version}")), workdir)
         if chain[-1].manifest["base_sha256"] != base_sha:
             raise ValueError(f"version {parent_version} was trained on another base model than {settings.base_model}")
-        modules = {"unet": parent.unet, "text_encoder": parent.text_encoder}
-        base_state = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
-        apply_deltas(modules, base_state, [load_delta(link.folder / DELTA_NAME)[0] for link in chain])
+        apply_delta_files(parent, [link.folder / DELTA_NAME for link in chain])
         identity = chain[-1].manifest["files"][DELTA_NAME]["sha256"]
     return parent, base, base_sha, identity
 

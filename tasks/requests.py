@@ -30,18 +30,8 @@ def claim_head_request(ledger_url: str, lineage: str, actor: str) -> dict | None
 @task(name="production-version", retries=3, retry_delay_seconds=[1, 4, 10])
 def production_version(settings: steps.StepSettings) -> dict:
     registry = ModelRegistry(settings.tracking_uri, settings.model_name, settings.artifact_root)
-    version = registry.alias_version(PRODUCTION) if _model_exists(registry) else None
+    version = registry.alias_version(PRODUCTION)  # None when the lineage has no version yet
     return {"version": version, "erased": registry.erased_in(version)}
-
-
-def _model_exists(registry: ModelRegistry) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        registry.client.get_registered_model(registry.model_name)
-        return True
-    except MlflowException:
-        return False
 
 
 @task(name="unlearn-and-evaluate", tags=["gpu"])

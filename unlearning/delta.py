@@ -73,6 +73,25 @@ def delta_norm_ratio(delta: dict[str, torch.Tensor], base_modules: dict[str, tor
 
 
 @torch.no_grad()
+def apply_delta_files(pipe, paths: list[str | Path]) -> set[str]:
+    """Apply delta files (oldest first) to a pipeline loaded as the base; returns the keys changed.
+
+    Only the tensors the deltas cover are copied as the base state, so this costs memory in
+    proportion to the deltas, not to the model.
+    """
+    deltas = [load_delta(path)[0] for path in paths]
+    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    base_state: dict[str, dict[str, torch.Tensor]] = {name: {} for name in modules}
+    for key in {key for delta in deltas for key in delta}:
+        component, name = key.split(".", 1)
+        if component in modules:
+            state = modules[component].state_dict()
+            if name in state:
+                base_state[component][name] = state[name].clone()
+    return apply_deltas(modules, base_state, deltas)
+
+
+@torch.no_grad()
 def apply_deltas(modules: dict[str, torch.nn.Module], base_state: dict[str, dict[str, torch.Tensor]], deltas: list[dict[str, torch.Tensor]]) -> set[str]:
     """Set modules to base + deltas (oldest first; later deltas overwrite). Returns the keys changed.
 

@@ -50,15 +50,11 @@ def load_unlearn_dir(path: Path, *, device: str = "cpu", dtype: torch.dtype = to
     """Base model + the ancestors' deltas (parents/*.safetensors, oldest first) + this folder's delta."""
     import json
 
-    from unlearning.delta import apply_deltas, load_delta
+    from unlearning.delta import apply_delta_files
 
     summary = json.loads((path / "summary.json").read_text())
     pipe = load_model(summary["base_model"], device="cpu", dtype=torch.float32)
-    files = sorted((path / "parents").glob("*.safetensors")) + [path / "delta.safetensors"]
-    deltas = [load_delta(f)[0] for f in files]
-    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
-    base_state = {name: {k: v.clone() for k, v in module.state_dict().items()} for name, module in modules.items()}
-    apply_deltas(modules, base_state, deltas)
+    apply_delta_files(pipe, sorted((path / "parents").glob("*.safetensors")) + [path / "delta.safetensors"])
     return pipe.to(device=device, dtype=dtype)
 
 

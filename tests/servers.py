@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -74,3 +76,35 @@ def start_mlflow(log_dir: Path, backend_uri: str, artifacts_destination: str, s3
     env = {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = Server("mlflow", command, f"http://127.0.0.1:{port}/health", env=env, log_dir=log_dir, timeout=120)
     return server, f"http://127.0.0.1:{port}"
+
+
+def prefect_env(home: Path) -> dict:
+    """Environment of a Prefect process whose state (profiles, SQLite database) lives under `home`."""
+    home = Path(home)
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+
+
+@contextmanager
+def prefect_server(tmp_path: Path, *, timeout: float = 120) -> Iterator[str]:
+    """A real `prefect server start` on 127.0.0.1 with its state under `tmp_path/prefect-server`.
+
+    Yields the API URL (`http://127.0.0.1:PORT/api`); sets nothing in this process: give clients
+    `PREFECT_API_URL=<url>` (subprocess env, `monkeypatch.setenv`, or `prefect.settings.temporary_settings`).
+    The server's process group is stopped on exit, whatever happened inside.
+    """
+    home = Path(tmp_path) / "prefect-server"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**prefect_env(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    server = Server("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                    f"http://127.0.0.1:{port}/api/health", env=env, log_dir=home, timeout=timeout)
+    try:
+        yield f"http://127.0.0.1:{port}/api"
+    finally:
+        server.stop()

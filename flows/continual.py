@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
+from flows.concurrency import LineageBusy, gpu_held, lineage_held
 from flows.settings import LetheSettings, load_settings
 from registry import steps
 from tasks.requests import (
@@ -64,7 +65,8 @@ def process_request(request: dict, auto_approve: bool = False, unlearn_steps: in
     parent = production_version(config)
     logger.info("request %s: erase %r from version %s", request_id, request["concept"], parent["version"])
     try:
-        outcome = unlearn_and_evaluate(config, request, parent, str(settings.home / "requests" / request_id))
+        with gpu_held(settings.gpu_slots):
+            outcome = unlearn_and_evaluate(config, request, parent, str(settings.home / "requests" / request_id))
         version = register_candidate(config, request, parent, outcome)
     except Exception as error:  # the ledger must say why (never left running), then the flow fails
         record_state(settings.ledger_url, request_id, FAILED, actor="flow", error=f"{type(error).__name__}: {error}")
@@ -99,17 +101,25 @@ def process_request(request: dict, auto_approve: bool = False, unlearn_steps: in
 
 @flow(name="continual-unlearning")
 def continual_unlearning(max_requests: int | None = None, auto_approve: bool = False, unlearn_steps: int | None = None) -> list[dict]:
-    """Drain the queue of the configured lineage: one request at a time, strictly in order."""
+    """Drain the queue of the configured lineage: one request at a time, strictly in order.
+
+    One drainer per lineage: the run holds the lineage's concurrency slot while it drains. A run that
+    cannot get it within `lineage_wait_seconds` leaves the queue to the holder and returns nothing.
+    """
     settings = load_settings()
     results = []
-    while max_requests is None or len(results) < max_requests:
-        request = claim_head_request(settings.ledger_url, settings.model_name, actor="continual-unlearning")
-        if request is None:
-            break
-        try:
-            results.append(process_request(request, auto_approve=auto_approve, unlearn_steps=unlearn_steps))
-        except Exception as error:  # recorded as failed by process_request; the queue goes on
-            results.append({"id": request["id"], "concept": request["concept"], "state": FAILED, "error": str(error)})
+    try:
+        with lineage_held(settings.model_name, wait_seconds=settings.lineage_wait_seconds):
+            while max_requests is None or len(results) < max_requests:
+                request = claim_head_request(settings.ledger_url, settings.model_name, actor="continual-unlearning")
+                if request is None:
+                    break
+                try:
+                    results.append(process_request(request, auto_approve=auto_approve, unlearn_steps=unlearn_steps))
+                except Exception as error:  # recorded as failed by process_request; the queue goes on
+                    results.append({"id": request["id"], "concept": request["concept"], "state": FAILED, "error": str(error)})
+    except LineageBusy as busy:
+        get_run_logger().info("%s; it drains the queue", busy)
     return results
 
 

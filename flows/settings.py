@@ -37,12 +37,44 @@ class LetheSettings(BaseSettings):
     approvers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="who may approve or reject a request (LETHE_APPROVERS=bob,carol)"
     )
+    # Production path (`lethe serve`, deploy/prefect.yaml): schedules and Prefect concurrency limits.
+    drain_cron: str = Field("*/15 * * * *", description="cron of the queue drainer (it also runs on every submit event)")
+    audit_cron: str = Field("0 3 * * *", description="cron of the erosion audit of production")
+    schedule_timezone: str = Field("UTC", description="IANA time zone of the cron schedules")
+    gpu_slots: int = Field(1, ge=1, le=64, description="size of the `gpu` concurrency limit when Lethe creates it")
+    lineage_wait_seconds: float = Field(
+        60.0, ge=1, le=86400, description="how long a drainer waits for its lineage's lock before leaving it to the holder"
+    )
 
     @field_validator("approvers", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("drain_cron", "audit_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError  # the cron parser Prefect's schedules use
+
+        try:
+            CronSim(value, datetime(2000, 1, 1))
+        except CronSimError as error:
+            raise ValueError(f"not a cron expression ({error})") from None
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
     @model_validator(mode="after")

@@ -3,6 +3,9 @@
 - `xattn-kv` (default): the key and value projections of cross-attention (attn2 to_k, to_v) — the
   only path from text to image, as in ESD-x, Concept Ablation and UCE;
 - `xattn`: every cross-attention projection (attn2 to_q, to_k, to_v, to_out);
+- `non-xattn`: every UNet parameter *except* cross-attention (attn2) — the "unconditional" weights
+  ESD-u trains (Gandikota et al. ICCV 2023, sec. 3); the ESD code also leaves the time embedding and
+  the output layer frozen, this set follows the paper's wording and trains them;
 - `full`: every UNet parameter.
 (`lora`, low-rank adapters on attn2, comes with the unlearning-core issue's LoRA work.)
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-PARAMETER_SETS = ("xattn-kv", "xattn", "full")
+PARAMETER_SETS = ("xattn-kv", "xattn", "non-xattn", "full")
 
 
 def trainable_names(unet: torch.nn.Module, parameter_set: str) -> list[str]:
@@ -25,6 +28,8 @@ def trainable_names(unet: torch.nn.Module, parameter_set: str) -> list[str]:
         chosen = [n for n in names if ".attn2.to_k." in n or ".attn2.to_v." in n]
     elif parameter_set == "xattn":
         chosen = [n for n in names if ".attn2." in n]
+    elif parameter_set == "non-xattn":
+        chosen = [n for n in names if ".attn2." not in n]
     elif parameter_set == "full":
         chosen = names
     else:

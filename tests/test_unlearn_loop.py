@@ -84,7 +84,7 @@ def test_recorder_keeps_cross_attention_maps_with_gradients(tiny_base):
 def test_bad_configs_are_refused_before_anything_is_written(tiny_base, tmp_path):
     pipe = load_model(tiny_base)
     for bad in (UnlearnConfig(concept=""), UnlearnConfig(concept="star", anchor="Star"), UnlearnConfig(concept="star", steps=-1),
-                UnlearnConfig(concept="star", method="uce"), UnlearnConfig(concept="star", params="all")):
+                UnlearnConfig(concept="star", method="teleport"), UnlearnConfig(concept="star", params="all")):
         with pytest.raises(ValueError):
             run_unlearning(pipe, bad, tmp_path / "out", model_sha="x", base_values={})
     assert not (tmp_path / "out").exists()

@@ -1,11 +1,11 @@
 """The one training loop of an unlearning step: setup, prepare data, train, save. Read top to bottom.
 
 It starts from the parent model (the current production version), trains one parameter set with one
-method's loss, and writes the result as a delta from the *base* model (unlearning/delta.py). bf16
-autocast on CUDA, fp32 on CPU; optional `torch.compile`; gradient clipping; a progress bar with the
-loss terms; a checkpoint every N steps with everything needed to resume. Every random draw of step k
-comes from a generator seeded with (seed, k), so a killed run started again ends with exactly the
-weights of an uninterrupted one.
+method's loss (or, for a closed-form method such as UCE, edits it once), and writes the result as a
+delta from the *base* model (unlearning/delta.py). bf16 autocast on CUDA, fp32 on CPU; optional
+`torch.compile`; gradient clipping; a progress bar with the loss terms; a checkpoint every N steps
+with everything needed to resume. Every random draw of step k comes from a generator seeded with
+(seed, k), so a killed run started again ends with exactly the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from unlearning.attention import record_cross_attention
 from unlearning.delta import compute_delta, save_delta
-from unlearning.methods import METHOD_DEFAULTS, get_method
+from unlearning.methods import CLOSED_FORM, METHOD_DEFAULTS, METHOD_PARAMS, METHODS_WITH_SURGERY, get_method
 from unlearning.methods.context import StepContext
 from unlearning.parameters import PARAMETER_SETS, freeze_all_but, trainable_names
 from unlearning.prompts import build_prompts, word_token_mask
@@ -44,7 +44,7 @@ class UnlearnConfig:
     preserve: tuple[str, ...] = ()
     erased: tuple[str, ...] = ()  # concepts erased earlier in the lineage (the replay set)
     method: str = "duge"
-    params: str = "xattn-kv"
+    params: str | None = None  # None: the method's own set (METHOD_PARAMS: esd-u trains non-xattn, the rest xattn-kv)
     steps: int = 150
     batch_size: int = 8  # forget and preserve batches each
     lr: float = 3e-4
@@ -57,6 +57,11 @@ class UnlearnConfig:
     guidance_scale: float = 5.0
     compile: bool = False
     hyper: dict = field(default_factory=dict)  # method hyper-parameters (see each method's DEFAULTS)
+
+    def __post_init__(self) -> None:
+        # resolved here, so the config record, the checkpoint and the delta header name the set trained
+        if self.params is None:
+            object.__setattr__(self, "params", METHOD_PARAMS.get(self.method, "xattn-kv"))
 
     def validate(self) -> None:
         """Raise one ValueError naming every problem (before anything is written)."""
@@ -73,6 +78,8 @@ class UnlearnConfig:
             problems.append("batch_size: must be >= 1")
         if self.params not in PARAMETER_SETS:
             problems.append(f"params: unknown {self.params!r}; known: {', '.join(PARAMETER_SETS)}")
+        elif self.method in CLOSED_FORM and self.params != METHOD_PARAMS[self.method]:
+            problems.append(f"params: {self.method} is a closed-form edit of {METHOD_PARAMS[self.method]} only")
         try:
             get_method(self.method)
         except ValueError as error:
@@ -171,10 +178,12 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
     keep_prompts = prompts.preserve + prompts.replay
     seeds_forget = [cfg.seed * 100_003 + i for i in range(len(prompts.anchor))]
     seeds_keep = [cfg.seed * 100_003 + 50_000 + i for i in range(len(keep_prompts))]
-    forget_latents = parent_latents(pipe, prompts.anchor, seeds_forget, model_sha=model_sha, steps=cfg.data_steps,
-                                    guidance=cfg.guidance_scale, cache_dir=cache_dir).to(device)
-    keep_latents = parent_latents(pipe, keep_prompts, seeds_keep, model_sha=model_sha, steps=cfg.data_steps,
-                                  guidance=cfg.guidance_scale, cache_dir=cache_dir).to(device)
+    closed_form = cfg.method in CLOSED_FORM  # an edit from the prompts' embeddings: no images, no steps
+    if not closed_form:
+        forget_latents = parent_latents(pipe, prompts.anchor, seeds_forget, model_sha=model_sha, steps=cfg.data_steps,
+                                        guidance=cfg.guidance_scale, cache_dir=cache_dir).to(device)
+        keep_latents = parent_latents(pipe, keep_prompts, seeds_keep, model_sha=model_sha, steps=cfg.data_steps,
+                                      guidance=cfg.guidance_scale, cache_dir=cache_dir).to(device)
     max_tokens = pipe.tokenizer.model_max_length
     target_embeds, anchor_embeds = _encode(pipe, prompts.target), _encode(pipe, prompts.anchor)
     keep_embeds, empty_embed = _encode(pipe, keep_prompts), _encode(pipe, [""])
@@ -206,47 +215,51 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
         a = alphas[t].view(-1, 1, 1, 1)
         return index.to(device), a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t
 
-    # -- train
+    # -- train (a closed-form method instead edits the trained tensors once)
     student.train()
     last: dict[str, float] = {}
-    bar = tqdm(range(start, cfg.steps), desc=f"unlearn {cfg.concept} ({cfg.method})", initial=start, total=cfg.steps, disable=not progress)
-    for step in bar:
-        generator = _step_generator(cfg.seed, step)
-        f_index, f_noisy, f_noise, f_t = noised(forget_latents, generator)
-        p_index, p_noisy, p_noise, p_t = noised(keep_latents, generator)
-        ctx = StepContext(
-            student=forward, parent=parent, student_maps=student_maps, parent_maps=parent_maps,
-            forget_noisy=f_noisy, forget_noise=f_noise, forget_timesteps=f_t,
-            target_embeds=target_embeds[f_index], anchor_embeds=anchor_embeds[f_index],
-            empty_embeds=empty_embed.expand(cfg.batch_size, -1, -1),
-            target_tokens=target_tokens[f_index], anchor_tokens=anchor_tokens[f_index],
-            preserve_noisy=p_noisy, preserve_noise=p_noise, preserve_timesteps=p_t, preserve_embeds=keep_embeds[p_index],
-            trained=trained, base_values=base, hyper=cfg.hyper,
-        )
-        with autocast:
-            terms = method(ctx)
-        optimizer.zero_grad(set_to_none=True)
-        if cfg.gradient_surgery and "preserve" in terms:
-            _surgery_backward(terms, trained_params)
-        else:
-            sum(terms[k] for k in ("forget", "preserve", "regularise") if k in terms).backward()
-        torch.nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
-        optimizer.step()
-        last = {k.removeprefix("log/"): float(v) for k, v in terms.items() if k.startswith("log/")}
-        bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()})
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(checkpoint_path, {
-                "trained": {n: p.detach().cpu().clone() for n, p in trained.items()},
-                "optimizer": optimizer.state_dict(), "step": step + 1, "rng_cpu": torch.get_rng_state(),
-                "config": config_record,
-            })
+    if closed_form:
+        last = method(trained, target_embeds=target_embeds, anchor_embeds=anchor_embeds, target_tokens=target_tokens,
+                      anchor_tokens=anchor_tokens, preserve_embeds=keep_embeds, hyper=cfg.hyper)
+    else:
+        bar = tqdm(range(start, cfg.steps), desc=f"unlearn {cfg.concept} ({cfg.method})", initial=start, total=cfg.steps, disable=not progress)
+        for step in bar:
+            generator = _step_generator(cfg.seed, step)
+            f_index, f_noisy, f_noise, f_t = noised(forget_latents, generator)
+            p_index, p_noisy, p_noise, p_t = noised(keep_latents, generator)
+            ctx = StepContext(
+                student=forward, parent=parent, student_maps=student_maps, parent_maps=parent_maps,
+                forget_noisy=f_noisy, forget_noise=f_noise, forget_timesteps=f_t,
+                target_embeds=target_embeds[f_index], anchor_embeds=anchor_embeds[f_index],
+                empty_embeds=empty_embed.expand(cfg.batch_size, -1, -1),
+                target_tokens=target_tokens[f_index], anchor_tokens=anchor_tokens[f_index],
+                preserve_noisy=p_noisy, preserve_noise=p_noise, preserve_timesteps=p_t, preserve_embeds=keep_embeds[p_index],
+                trained=trained, base_values=base, hyper=cfg.hyper,
+            )
+            with autocast:
+                terms = method(ctx)
+            optimizer.zero_grad(set_to_none=True)
+            if (cfg.gradient_surgery or cfg.method in METHODS_WITH_SURGERY) and "preserve" in terms:
+                _surgery_backward(terms, trained_params)
+            else:
+                sum(terms[k] for k in ("forget", "preserve", "regularise") if k in terms).backward()
+            torch.nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
+            optimizer.step()
+            last = {k.removeprefix("log/"): float(v) for k, v in terms.items() if k.startswith("log/")}
+            bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()})
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                _save_checkpoint(checkpoint_path, {
+                    "trained": {n: p.detach().cpu().clone() for n, p in trained.items()},
+                    "optimizer": optimizer.state_dict(), "step": step + 1, "rng_cpu": torch.get_rng_state(),
+                    "config": config_record,
+                })
     student.eval()
     student.requires_grad_(False)
     student.set_attn_processor(AttnProcessor2_0())  # sampling after training needs no recorded maps
 
     # -- save: the delta from the base for the trained tensors, and a summary
     delta = compute_delta({n: p.detach() for n, p in trained.items()}, {n: base[n] for n in names})
-    header = {"concept": cfg.concept, "method": cfg.method, "params": cfg.params, "steps": cfg.steps,
+    header = {"concept": cfg.concept, "method": cfg.method, "params": cfg.params, "steps": 0 if closed_form else cfg.steps,
               "parent_sha256": model_sha, **(metadata or {})}
     save_delta(out_dir / DELTA_FILE, delta, header)
     summary = {

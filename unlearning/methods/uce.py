@@ -1,0 +1,102 @@
+"""UCE (Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024, sec. 3): a
+closed-form edit of the cross-attention key and value projections, no training steps.
+
+Every attn2 to_k / to_v weight W is a linear map from text-token embeddings. With c_i the tokens of
+the target prompts, c*_i their counterparts in the anchor prompts (the edit target v*_i = W_old c*_i),
+c_j the tokens of the preserve and replay prompts, scales s_e, s_p and a ridge λ that keeps W near
+W_old, the edit solves
+
+    min_W  s_e Σ_i ‖W c_i − v*_i‖² + s_p Σ_j ‖W c_j − W_old c_j‖² + λ ‖W − W_old‖²_F
+
+whose minimiser (set the gradient to zero) is the paper's closed form with its λ term:
+
+    W = (s_e Σ_i v*_i c_iᵀ + s_p Σ_j W_old c_j c_jᵀ + λ W_old)(s_e Σ_i c_i c_iᵀ + s_p Σ_j c_j c_jᵀ + λ I)⁻¹
+
+Since every v* and preserve value is W_old times a token embedding, this is W_old · R with one
+matrix R = (s_e Σ c*_i c_iᵀ + s_p Σ c_j c_jᵀ + λI)(s_e Σ c_i c_iᵀ + s_p Σ c_j c_jᵀ + λI)⁻¹ shared by
+every edited layer. A bias, if any, cancels from both sides and is left alone.
+
+Which tokens: the text encoder may be bidirectional (the shapes world's MiniLM) and the UNet attends
+to every position, padding included, so every token of a target prompt carries the concept. All of
+them are edited, paired with the anchor prompt's tokens (see `aligned_pairs`); the preserve set is
+every token of the preserve and replay prompts (the replay prompts keep earlier erasures in place).
+Defaults are the authors' (erase scale 1, preserve scale 0.1, λ 0.1). Edits attn2 K/V only
+(`xattn-kv`), so the loop refuses any other parameter set for it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULTS = {"erase_scale": 1.0, "preserve_scale": 0.1, "lambda_identity": 0.1}
+EDITABLE = (".attn2.to_k.weight", ".attn2.to_v.weight")
+
+
+def aligned_pairs(target_embeds: torch.Tensor, anchor_embeds: torch.Tensor, target_tokens: torch.Tensor,
+                  anchor_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_i, c*_i) token-embedding pairs, (N, D) each, from prompt pairs (B, T, D) that differ only in
+    the concept word: tokens before the word pair by position, tokens after it by their offset from
+    the word's end, and the word's own tokens pair with the mean of the anchor word's tokens — or, with
+    an empty anchor, with the token before the gap (as UCE maps a concept erased "to nothing" onto the
+    start token). A prompt whose word was not found gives no pair."""
+    length = target_embeds.shape[1]
+    positions = torch.arange(length, device=target_embeds.device)
+    keys, values = [], []
+    for c, c_star, word, anchor_word in zip(target_embeds, anchor_embeds, target_tokens, anchor_tokens):
+        where, anchor_where = word.nonzero().flatten(), anchor_word.nonzero().flatten()
+        if where.numel() == 0:
+            continue
+        start, end = int(where[0]), int(where[-1]) + 1
+        if anchor_where.numel():
+            anchor_end, anchor_span = int(anchor_where[-1]) + 1, anchor_where
+        else:
+            anchor_end, anchor_span = start, positions[max(start - 1, 0) : max(start, 1)]
+        source = torch.where(positions < start, positions, positions - end + anchor_end)
+        context = (positions < start) | ((positions >= end) & (source < length))
+        keys += [c[context], c[start:end]]
+        values += [c_star[source[context]], c_star[anchor_span].mean(0, keepdim=True).expand(end - start, -1)]
+    return torch.cat(keys), torch.cat(values)
+
+
+def closed_form(weight: torch.Tensor, erase_keys: torch.Tensor, anchor_keys: torch.Tensor,
+                preserve_keys: torch.Tensor, *, erase_scale: float, preserve_scale: float,
+                lambda_identity: float) -> torch.Tensor:
+    """W_old · R (module docstring): rows of `erase_keys` are c_i, of `anchor_keys` c*_i, of
+    `preserve_keys` c_j. Solved in float64, returned in the weight's dtype."""
+    c, c_star, p = (x.double() for x in (erase_keys, anchor_keys, preserve_keys))
+    identity = torch.eye(c.shape[1], dtype=torch.float64, device=c.device)
+    keep = preserve_scale * p.T @ p + lambda_identity * identity
+    left = erase_scale * c_star.T @ c + keep  # Σ c*_i c_iᵀ: W_old times it is Σ v*_i c_iᵀ
+    right = erase_scale * c.T @ c + keep  # symmetric, so R = left · right⁻¹ = solve(right, leftᵀ)ᵀ
+    shared = torch.linalg.solve(right, left.T).T
+    return (weight.double() @ shared).to(weight.dtype)
+
+
+@torch.no_grad()
+def edit(trained: dict[str, torch.nn.Parameter], *, target_embeds: torch.Tensor, anchor_embeds: torch.Tensor,
+         target_tokens: torch.Tensor, anchor_tokens: torch.Tensor, preserve_embeds: torch.Tensor,
+         hyper: dict) -> dict[str, float]:
+    """Apply the closed form to every trained attn2 K/V weight in place; returns how far the edit got:
+    `erase_residual` = Σ‖W c_i − v*_i‖² after / before (0: erased exactly), `preserve_drift` =
+    Σ‖W c_j − W_old c_j‖² / Σ‖W_old c_j‖².
+
+    Raises:
+        ValueError: a trained tensor that is not an attn2 to_k / to_v weight.
+    """
+    hyper = {**DEFAULTS, **hyper}
+    others = [name for name in trained if not name.endswith(EDITABLE)]
+    if others:
+        raise ValueError(f"UCE edits attn2 to_k/to_v weights only, not {', '.join(others[:3])}")
+    keys, anchors = aligned_pairs(target_embeds, anchor_embeds, target_tokens, anchor_tokens)
+    preserve = preserve_embeds.reshape(-1, preserve_embeds.shape[-1])
+    erase_before = erase_after = drift = preserved = 0.0
+    for weight in trained.values():
+        old = weight.detach().clone()
+        weight.copy_(closed_form(old, keys, anchors, preserve, erase_scale=hyper["erase_scale"],
+                                 preserve_scale=hyper["preserve_scale"], lambda_identity=hyper["lambda_identity"]))
+        target_values = anchors @ old.T
+        erase_before += float((keys @ old.T - target_values).pow(2).sum())
+        erase_after += float((keys @ weight.T - target_values).pow(2).sum())
+        drift += float((preserve @ (weight - old).T).pow(2).sum())
+        preserved += float((preserve @ old.T).pow(2).sum())
+    return {"erase_residual": erase_after / max(erase_before, 1e-20), "preserve_drift": drift / max(preserved, 1e-20)}

@@ -310,40 +310,6 @@ def _print_evaluation(evaluation, probes, html_path) -> None:
 
 
 # ---------------------------------------------------------------- unlearn
-def _parent_for_unlearning(settings, model: str | None, workdir: Path):
-    """(parent pipeline, base model id, base sha256, ancestor delta files oldest first, parent label)."""
-    import hashlib
-
-    from unlearning.sampling import is_unlearn_dir, load_model, model_identity
-
-    model = model or settings.base_model
-    if model.startswith("models:/"):
-        from registry.loading import fetch_chain, parse_model_uri, resolve_version
-        from registry.versions import DELTA_NAME, ModelRegistry
-
-        parsed = parse_model_uri(model)
-        registry = ModelRegistry(settings.mlflow_tracking_uri, parsed.name)
-        chain = fetch_chain(registry, resolve_version(registry, parsed), workdir)
-        base_model = chain[-1].manifest["base_model"]
-        ancestors = [link.folder / DELTA_NAME for link in chain]
-    elif is_unlearn_dir(Path(model)):
-        summary = json.loads((Path(model) / "summary.json").read_text())
-        base_model = summary["base_model"]
-        ancestors = sorted((Path(model) / "parents").glob("*.safetensors")) + [Path(model) / "delta.safetensors"]
-    else:
-        base_model, ancestors = model, []
-    base_id, base_sha = model_identity(base_model)
-    parent = load_model(model if not model.startswith("models:/") else base_model)
-    if model.startswith("models:/"):
-        from unlearning.delta import apply_delta_files
-
-        apply_delta_files(parent, ancestors)
-    digest = hashlib.sha256(base_sha.encode())
-    for path in ancestors:
-        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
-    return parent, base_model, base_sha, ancestors, digest.hexdigest()
-
-
 def cmd_unlearn(args) -> int:
     import shutil
     import tempfile
@@ -385,10 +351,13 @@ def cmd_unlearn(args) -> int:
     except ValueError:
         plan = None  # not a shapes-world concept: train, but the shapes gate cannot judge it
     with tempfile.TemporaryDirectory(prefix="lethe-unlearn-") as tmp:
+        from registry.loading import load_parent
+
         try:
-            parent, base_model, base_sha, ancestors, parent_sha = _parent_for_unlearning(settings, args.model, Path(tmp))
+            loaded = load_parent(args.model or settings.base_model, tracking_uri=settings.mlflow_tracking_uri, workdir=Path(tmp))
         except (FileNotFoundError, *_refusal_types()) as error:
             raise BadInput(str(error)) from None
+        parent, base_model, base_sha, ancestors = loaded.pipe, loaded.base_model, loaded.base_sha256, loaded.ancestors
         base = load_model(base_model)
         base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
         out.mkdir(parents=True, exist_ok=True)
@@ -397,7 +366,7 @@ def cmd_unlearn(args) -> int:
             for index, path in enumerate(ancestors):
                 shutil.copyfile(path, out / "parents" / f"{index:03d}-delta.safetensors")
     metadata = {"base_model": base_model, "base_sha256": base_sha, "parent_model": args.model or settings.base_model}
-    summary = run_unlearning(parent, config, out, model_sha=parent_sha, base_values=base_values,
+    summary = run_unlearning(parent, config, out, model_sha=loaded.identity, base_values=base_values,
                              cache_dir=settings.home / "cache" / "latents", metadata=metadata, progress=not args.json)
     evaluation_json = None
     if plan is not None:

@@ -4,21 +4,26 @@ The alias is resolved once, to a version number; every later step uses that numb
 that happens while a consumer loads cannot mix two versions. Each version on the chain from the base
 to the requested one is downloaded, its manifest authenticated against the registry's tag, every file
 checked against the manifest, and the deltas applied to the base oldest first (unlearning/delta.py).
+
+`load_parent` is the one function that does this, for every way a model is named (a base, an
+`lethe unlearn` folder, a registered version): the flow, `lethe unlearn` and `load_pipeline` call it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from registry.integrity import IntegrityError, read_manifest, verify_files
+from registry.integrity import IntegrityError, read_manifest, sha256_file, verify_files
 from registry.versions import DELTA_NAME, TAG_COMPLETE, TAG_MANIFEST_SHA, ModelRegistry
 from unlearning.delta import apply_delta_files
-from unlearning.sampling import load_model, model_identity
+from unlearning.sampling import is_unlearn_dir, load_model, model_identity
 
 _URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9._-]+)(?:@(?P<alias>[A-Za-z0-9._-]+)|/(?P<version>[0-9]+))$")
 
@@ -84,6 +89,66 @@ def fetch_chain(registry: ModelRegistry, version: int, workdir: Path) -> list[Ve
     return list(reversed(chain))
 
 
+@dataclass(frozen=True)
+class Parent:
+    """A model to start an unlearning step from (or to serve), and exactly where it came from."""
+
+    pipe: object  # the diffusers pipeline: the base with every ancestor's delta applied
+    base_model: str  # the base the deltas apply to: 'shapes', a diffusers folder, ...
+    base_sha256: str
+    ancestors: list[Path]  # delta files from the base to this model, oldest first
+    identity: str  # sha256 naming exactly this model (the base's when there are no deltas); keys caches
+    version: int | None = None  # the registered version, when the source is models:/...
+    erased: list[str] = field(default_factory=list)  # concepts the deltas erased, in order
+
+
+def load_parent(source: str, *, tracking_uri: str | None, workdir: Path, base_model: str | None = None) -> Parent:
+    """The one way to load a parent model, whatever names it.
+
+    `source` is a base model ('shapes' or a diffusers folder), an `lethe unlearn --out` folder (its
+    summary names the base; its deltas sit beside it), or a registered version
+    `models:/<name>@<alias>` / `models:/<name>/<N>` (the alias resolved once; the chain downloaded
+    into `workdir` and every file verified). `base_model`, when given, is the base to load in place
+    of the one recorded (the flow's configured base); either way its sha256 must be the one the
+    deltas were trained against.
+
+    Raises:
+        FileNotFoundError: not a model. ValueError: a malformed models:/ URI. LookupError: an
+        unknown alias. IntegrityError: a tampered, truncated or missing artifact, or a base whose
+        sha256 differs from the one the deltas were trained against.
+    """
+    version, erased, recorded_sha = None, [], None
+    if source.startswith("models:/"):
+        parsed = parse_model_uri(source)
+        registry = ModelRegistry(tracking_uri, parsed.name)
+        version = resolve_version(registry, parsed)
+        chain = fetch_chain(registry, version, workdir)
+        newest = chain[-1].manifest
+        recorded_base, recorded_sha, erased = newest["base_model"], newest["base_sha256"], newest.get("erased", [])
+        ancestors = [link.folder / DELTA_NAME for link in chain]
+        what = f"version {version}"
+    elif is_unlearn_dir(Path(source)):
+        summary = json.loads((Path(source) / "summary.json").read_text())
+        recorded_base, recorded_sha = summary["base_model"], summary.get("base_sha256")
+        ancestors = sorted((Path(source) / "parents").glob("*.safetensors")) + [Path(source) / DELTA_NAME]
+        erased = [*summary.get("config", {}).get("erased", []), summary.get("config", {}).get("concept")]
+        what = str(source)
+    else:
+        recorded_base, ancestors, what = source, [], source
+    base_model = base_model or recorded_base
+    base_id, base_sha = model_identity(base_model)
+    if recorded_sha is not None and recorded_sha != base_sha:
+        raise IntegrityError(f"base model {base_id}: sha256 {base_sha[:12]}… differs from {recorded_sha[:12]}… that {what} was trained on")
+    pipe = load_model(base_model, device="cpu", dtype=torch.float32)
+    if ancestors:
+        apply_delta_files(pipe, ancestors)
+    identity = hashlib.sha256(base_sha.encode())
+    for path in ancestors:
+        identity.update(sha256_file(path).encode())
+    return Parent(pipe=pipe, base_model=base_model, base_sha256=base_sha, ancestors=ancestors,
+                  identity=identity.hexdigest() if ancestors else base_sha, version=version, erased=[e for e in erased if e])
+
+
 def load_pipeline(uri: str, *, tracking_uri: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Load a registered version as a diffusers pipeline, verified end to end.
 
@@ -93,18 +158,9 @@ def load_pipeline(uri: str, *, tracking_uri: str, device: str = "cpu", dtype: to
             base model whose sha256 differs from the one the deltas were trained against.
     """
     parsed = parse_model_uri(uri)
-    registry = ModelRegistry(tracking_uri, parsed.name)
-    version = resolve_version(registry, parsed)
     with tempfile.TemporaryDirectory(prefix="lethe-load-") as tmp:
-        chain = fetch_chain(registry, version, Path(tmp))
-        newest = chain[-1].manifest
-        base_id, base_sha = model_identity(newest["base_model"])
-        if base_sha != newest["base_sha256"]:
-            raise IntegrityError(
-                f"base model {base_id}: sha256 {base_sha[:12]}… differs from {newest['base_sha256'][:12]}… that version {version} was trained on"
-            )
-        pipe = load_model(newest["base_model"], device="cpu", dtype=torch.float32)
-        apply_delta_files(pipe, [link.folder / DELTA_NAME for link in chain])
-    pipe.lethe_version = {"model": parsed.name, "version": version, "erased": newest.get("erased", []), "uri": uri,
-                          "base_model": newest["base_model"]}
+        parent = load_parent(uri, tracking_uri=tracking_uri, workdir=Path(tmp))
+    pipe = parent.pipe
+    pipe.lethe_version = {"model": parsed.name, "version": parent.version, "erased": parent.erased, "uri": uri,
+                          "base_model": parent.base_model}
     return pipe.to(device=device, dtype=dtype)

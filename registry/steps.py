@@ -1,7 +1,8 @@
 """The heavy steps of a request's life as plain functions (no Prefect): Prefect tasks and the CLI are
 thin wrappers around them.
 
-`unlearn_and_evaluate` loads the parent (the base, or a registered version, verified), removes the
+`unlearn_and_evaluate` loads the parent (the base, or a registered version, verified: registry/loading.py's
+`load_parent`, the same function `lethe unlearn` uses), removes the
 request's concept with the one training loop, evaluates the result against the base with the gate
 policy, and writes everything under one folder. `register` turns that folder into a candidate version.
 """
@@ -15,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from registry.loading import fetch_chain, resolve_version, parse_model_uri
-from registry.versions import DELTA_NAME, Candidate, ModelRegistry
-from unlearning.delta import apply_delta_files
+from registry.loading import load_parent
+from registry.versions import Candidate, ModelRegistry
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.checks import ShapesJudge, drift, lpips_alex_distance
 from unlearning.evaluation.evaluate import evaluate
@@ -25,7 +25,7 @@ from unlearning.evaluation.gates import load_policy
 from unlearning.evaluation.plan import shapes_plan
 from unlearning.evaluation.report import evaluation_payload, write_report
 from unlearning.loop import UnlearnConfig, run_unlearning
-from unlearning.sampling import load_model, model_identity
+from unlearning.sampling import load_model
 from unlearning.shapes.train import load_detector
 
 
@@ -54,22 +54,6 @@ def flatten_metrics(checks: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def load_parent(settings: StepSettings, parent_version: int | None, workdir: Path):
-    """(parent pipeline, base pipeline, base sha256, parent identity) — verified when registered."""
-    base_id, base_sha = model_identity(settings.base_model)
-    base = load_model(settings.base_model)
-    parent = load_model(settings.base_model)
-    identity = base_sha
-    if parent_version is not None:
-        registry = ModelRegistry(settings.tracking_uri, settings.model_name, settings.artifact_root)
-        chain = fetch_chain(registry, resolve_version(registry, parse_model_uri(f"models:/{settings.model_name}/{parent_version}")), workdir)
-        if chain[-1].manifest["base_sha256"] != base_sha:
-            raise ValueError(f"version {parent_version} was trained on another base model than {settings.base_model}")
-        apply_delta_files(parent, [link.folder / DELTA_NAME for link in chain])
-        identity = chain[-1].manifest["files"][DELTA_NAME]["sha256"]
-    return parent, base, base_sha, identity
-
-
 def unlearn_and_evaluate(settings: StepSettings, *, request_id: str, request: dict, parent_version: int | None,
                          erased_before: list[str], out_dir: Path, progress: bool = False) -> dict:
     """Train and evaluate one request; returns small values (paths, metrics, the gate decision)."""
@@ -78,10 +62,12 @@ def unlearn_and_evaluate(settings: StepSettings, *, request_id: str, request: di
         preserve=tuple(request.get("preserve", ())), erased=tuple(erased_before), method=request.get("method", "duge"),
         **({"steps": settings.unlearn_steps} if settings.unlearn_steps is not None else {}),
     )
+    source = settings.base_model if parent_version is None else f"models:/{settings.model_name}/{parent_version}"
     with tempfile.TemporaryDirectory(prefix="lethe-parent-") as tmp:
-        parent, base, base_sha, parent_identity = load_parent(settings, parent_version, Path(tmp))
+        loaded = load_parent(source, tracking_uri=settings.tracking_uri, workdir=Path(tmp), base_model=settings.base_model)
+    parent, base, base_sha = loaded.pipe, load_model(loaded.base_model), loaded.base_sha256
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
-    summary = run_unlearning(parent, config, out_dir / "train", model_sha=parent_identity, base_values=base_values,
+    summary = run_unlearning(parent, config, out_dir / "train", model_sha=loaded.identity, base_values=base_values,
                              cache_dir=settings.cache_dir / "latents", progress=progress,
                              metadata={"request_id": request_id, "base_model": settings.base_model, "base_sha256": base_sha})
     plan = shapes_plan(config.concept, synonyms=config.synonyms, erased=config.erased, samples=settings.eval_samples)

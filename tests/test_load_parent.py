@@ -1,0 +1,56 @@
+"""`registry.loading.load_parent`, the one way to load a parent (the flow, `lethe unlearn` and
+`load_pipeline` call it): a base, an `lethe unlearn` folder and a registered version holding the same
+delta give the same weights and the same identity (so they share the latent cache), and a version is
+never applied to a base other than the one it was trained on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from registry.integrity import IntegrityError
+from registry.loading import load_parent
+from registry.versions import ModelRegistry
+from tests.test_registry import _candidate
+from tests.tiny_models import build_tiny_base, make_delta
+from unlearning.sampling import load_model, model_identity
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
+
+
+def test_a_base_an_unlearn_folder_and_a_version_load_alike(tiny_base, tmp_path):
+    base_id, base_sha = model_identity(tiny_base)
+    base = load_parent(str(tiny_base), tracking_uri=None, workdir=tmp_path / "w0")
+    assert (base.ancestors, base.identity, base.version, base.base_sha256) == ([], base_sha, None, base_sha)
+
+    pipe = load_model(tiny_base)
+    base_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    run = tmp_path / "unlearn-circle"
+    run.mkdir()
+    make_delta(pipe.unet, run / "delta.safetensors", seed=1, base_state=base_state)
+    (run / "summary.json").write_text(json.dumps({"base_model": str(tiny_base), "base_sha256": base_sha,
+                                                  "config": {"concept": "circle", "erased": []}}))
+    from_folder = load_parent(str(run), tracking_uri=None, workdir=tmp_path / "w1")
+
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = ModelRegistry(tracking_uri, "shapes-t2i", str(tmp_path / "artifacts"))
+    version = registry.register_candidate(_candidate("r1", run / "delta.safetensors", None, ["circle"], tiny_base))
+    from_registry = load_parent(f"models:/shapes-t2i/{version}", tracking_uri=tracking_uri, workdir=tmp_path / "w2")
+
+    assert from_registry.version == version and from_registry.erased == from_folder.erased == ["circle"]
+    assert from_registry.identity == from_folder.identity != base_sha
+    for key, value in pipe.unet.state_dict().items():
+        assert torch.equal(from_folder.pipe.unet.state_dict()[key], value), key
+        assert torch.equal(from_registry.pipe.unet.state_dict()[key], value), key
+
+    with pytest.raises(IntegrityError, match="differs"):  # the flow's configured base is another model
+        load_parent(f"models:/shapes-t2i/{version}", tracking_uri=tracking_uri, workdir=tmp_path / "w3", base_model="shapes")
+    with pytest.raises(LookupError):
+        load_parent("models:/shapes-t2i@production", tracking_uri=tracking_uri, workdir=tmp_path / "w4")
+    with pytest.raises(FileNotFoundError):
+        load_parent(str(tmp_path / "nothing-here"), tracking_uri=None, workdir=tmp_path / "w5")

@@ -27,6 +27,7 @@ from tasks.requests import (
     REJECTED,
     apply_decision,
     claim_head_request,
+    fail_if_running,
     production_version,
     record_state,
     register_candidate,
@@ -50,7 +51,8 @@ def step_settings(settings: LetheSettings, *, unlearn_steps: int | None = None) 
         tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name, artifact_root=settings.artifact_root,
         base_model=settings.base_model, cache_dir=settings.home / "cache",
         sampler={"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
-        policy_path=settings.policy, unlearn_steps=unlearn_steps,
+        policy_path=settings.policy, unlearn_steps=unlearn_steps, checkpoint_every=settings.checkpoint_every,
+        eval_samples=settings.eval_samples,
     )
 
 
@@ -74,7 +76,7 @@ def process_request(request: dict, auto_approve: bool = False, unlearn_steps: in
     create_markdown_artifact(steps.gate_markdown(request_id, outcome, version), key=f"gate-{request_id.lower()}"[:60].replace("_", "-").replace(".", "-"),
                              description=f"gate of request {request_id}")
     summary = {"id": request_id, "concept": request["concept"], "parent_version": parent["version"],
-               "candidate_version": version, "gate_passed": outcome["gate_passed"], "gate_reasons": outcome["gate_reasons"],
+               "candidate_version": version, "resumed_from_step": outcome["resumed_from_step"], "gate_passed": outcome["gate_passed"], "gate_reasons": outcome["gate_reasons"],
                "report": outcome["report_html"], "metrics": {k: outcome["metrics"][k] for k in sorted(outcome["metrics"]) if k.startswith(("forget.", "retain.ira", "retain.cra", "rebound", "retention.distance", "fid.fid", "drift"))}}
     if not outcome["gate_passed"]:
         record_state(settings.ledger_url, request_id, REJECTED, actor="gate", candidate_version=version,
@@ -116,7 +118,11 @@ def continual_unlearning(max_requests: int | None = None, auto_approve: bool = F
                     break
                 try:
                     results.append(process_request(request, auto_approve=auto_approve, unlearn_steps=unlearn_steps))
-                except Exception as error:  # recorded as failed by process_request; the queue goes on
+                except Exception as error:  # recorded by process_request; the queue goes on
+                    # An error before or after process_request's own bookkeeping must not leave the
+                    # request running either (the next claim would resume it again and again).
+                    fail_if_running(settings.ledger_url, request["id"], actor="continual-unlearning",
+                                    error=f"{type(error).__name__}: {error}")
                     results.append({"id": request["id"], "concept": request["concept"], "state": FAILED, "error": str(error)})
     except LineageBusy as busy:
         get_run_logger().info("%s; it drains the queue", busy)

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
     text,
@@ -60,6 +61,9 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 
 MAX_CONCEPT_CHARS = 200
 MAX_TEXT_CHARS = 2000
+# A request whose run stopped while it was running (a crash, a kill) is resumed this many times at
+# most; the next time it is marked failed, so one that kills its worker every time cannot hold the queue.
+MAX_RESUMES = 3
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 metadata = MetaData()
@@ -341,6 +345,39 @@ class Ledger:
                 return None
             self._change_state(conn, head.id, QUEUED, RUNNING, actor, {})
         return self.get(head.id)
+
+    def resume_stranded(self, lineage: str, *, actor: str, max_resumes: int = MAX_RESUMES) -> Request | None:
+        """The request of a lineage that a stopped run left `running`, to be resumed by the caller.
+
+        Only the holder of the lineage (one drainer per lineage: flows/concurrency.py) may call this:
+        to it, a request still `running` belongs to a run that is gone. The resumption is audited as a
+        "resumed" event. A request already resumed `max_resumes` times is marked failed with the reason
+        instead, and None is returned (the queue goes on). None also when nothing is stranded.
+        """
+        with self._transaction() as conn:
+            row = conn.execute(
+                select(requests_table.c.id)
+                .where(requests_table.c.lineage == lineage, requests_table.c.state == RUNNING)
+                .order_by(requests_table.c.seq)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            resumes = conn.execute(
+                select(func.count()).select_from(audit_table)
+                .where(audit_table.c.request_id == row.id, audit_table.c.event == "resumed")
+            ).scalar_one()
+            if resumes >= max_resumes:
+                error = f"its run stopped while running {resumes + 1} times (killed or crashed); not resumed again"
+                self._change_state(conn, row.id, RUNNING, FAILED, actor, {"reason": error}, error=error)
+                return None
+            conn.execute(
+                insert(audit_table).values(
+                    event="resumed", request_id=row.id, from_state=RUNNING, to_state=RUNNING, actor=actor, at=_now(),
+                    detail={"resume": resumes + 1, "reason": "the run that claimed it stopped while it was running"},
+                )
+            )
+        return self.get(row.id)
 
     def transition(self, request_id: str, to_state: str, *, actor: str, expected: str | None = None, **fields) -> Request:
         """Move a request to `to_state` if TRANSITIONS allow it (and it is in `expected`, if given).

@@ -40,6 +40,7 @@ class StepSettings:
     policy_path: str | None = None
     unlearn_steps: int | None = None
     eval_samples: int = 6
+    checkpoint_every: int | None = None  # None: the loop's default
 
 
 def flatten_metrics(checks: dict, prefix: str = "") -> dict[str, float]:
@@ -61,6 +62,7 @@ def unlearn_and_evaluate(settings: StepSettings, *, request_id: str, request: di
         concept=request["concept"], synonyms=tuple(request.get("synonyms", ())), anchor=request.get("anchor") or None,
         preserve=tuple(request.get("preserve", ())), erased=tuple(erased_before), method=request.get("method", "duge"),
         **({"steps": settings.unlearn_steps} if settings.unlearn_steps is not None else {}),
+        **({"checkpoint_every": settings.checkpoint_every} if settings.checkpoint_every is not None else {}),
     )
     source = settings.base_model if parent_version is None else f"models:/{settings.model_name}/{parent_version}"
     with tempfile.TemporaryDirectory(prefix="lethe-parent-") as tmp:
@@ -90,6 +92,7 @@ def unlearn_and_evaluate(settings: StepSettings, *, request_id: str, request: di
         "params": {"method": config.method, "params": config.params, "steps": config.steps, "lr": config.lr,
                    "batch_size": config.batch_size, "seed": config.seed, "train_seconds": summary["seconds"]},
         "base_sha256": base_sha,
+        "resumed_from_step": summary["resumed_from_step"],  # > 0: training went on from a checkpoint
     }
 
 

@@ -125,11 +125,19 @@ class ModelRegistry:
     def register_candidate(self, candidate: Candidate) -> int:
         """Register a candidate version and point `candidate` at it; idempotent per request id.
 
+        A run that stopped part-way through an earlier registration of the same request (killed: no
+        cleanup ran) left either a complete version, which is returned (and gets the `candidate` alias
+        it may have missed), or a version without its completeness tag, which is deleted first: a
+        request never has two versions.
+
         Returns:
             The version number MLflow assigned (or the existing one for this request).
         """
         if (existing := self.version_for_request(candidate.request_id)) is not None:
+            if candidate.gate_passed:
+                self._alias_undecided_candidate(existing)
             return existing
+        self._remove_incomplete(candidate.request_id)
         self._ensure_registered_model()
         with tempfile.TemporaryDirectory(prefix="lethe-register-") as tmp:
             folder = Path(tmp) / "lethe"  # becomes artifacts/lethe/ inside the logged model
@@ -150,6 +158,18 @@ class ModelRegistry:
         if candidate.gate_passed:
             with_retries(lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)), what="set alias")
         return version
+
+    def _alias_undecided_candidate(self, version: int) -> None:
+        """Point `candidate` at a version nobody has decided on yet (not approved, rejected or in production)."""
+        if _decision(self.version_tags(version)) is None and self.alias_version(PRODUCTION) != version \
+                and self.alias_version(CANDIDATE) != version:
+            with_retries(lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)), what="set alias")
+
+    def _remove_incomplete(self, request_id: str) -> None:
+        for version in self._versions_for_request(request_id):
+            if version.tags.get(TAG_COMPLETE) != "true":
+                log.warning("deleting version %s of %s: its registration for %s never completed", version.version, self.model_name, request_id)
+                with_retries(lambda: self.client.delete_model_version(self.model_name, str(version.version)), what="delete version")
 
     def _ensure_registered_model(self) -> None:
         try:
@@ -245,14 +265,16 @@ class ModelRegistry:
     # ---------------------------------------------------------------- read
     def version_for_request(self, request_id: str) -> int | None:
         """The complete version registered for a request, if any (used for idempotency)."""
+        complete = [int(v.version) for v in self._versions_for_request(request_id) if v.tags.get(TAG_COMPLETE) == "true"]
+        return min(complete) if complete else None
+
+    def _versions_for_request(self, request_id: str) -> list:
         try:
-            found = self.client.search_model_versions(f"name='{self.model_name}' and tags.`{TAG_REQUEST}`='{request_id}'")
+            return list(self.client.search_model_versions(f"name='{self.model_name}' and tags.`{TAG_REQUEST}`='{request_id}'"))
         except MlflowException as error:
             if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code):
-                return None
+                return []
             raise
-        complete = [int(v.version) for v in found if v.tags.get(TAG_COMPLETE) == "true"]
-        return min(complete) if complete else None
 
     def alias_version(self, alias: str) -> int | None:
         try:

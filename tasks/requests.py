@@ -12,17 +12,16 @@ from pathlib import Path
 from prefect import task
 
 from registry import governance, steps
-from registry.ledger import AWAITING_APPROVAL, FAILED, REJECTED, RUNNING, Ledger
+from registry.ledger import AWAITING_APPROVAL, FAILED, REJECTED, RUNNING, Ledger, StateConflict
 from registry.versions import PRODUCTION, ModelRegistry
 
 
 @task(name="claim-head-request")
 def claim_head_request(ledger_url: str, lineage: str, actor: str) -> dict | None:
-    """Resume a request a crashed flow left running, else claim the queue's head."""
+    """Resume a request a stopped run left running (or fail it, after too many), else claim the head."""
     ledger = Ledger(ledger_url)
-    stranded = [r for r in ledger.requests(lineage) if r.state == RUNNING]
-    if stranded:
-        return stranded[0].as_dict()
+    if (stranded := ledger.resume_stranded(lineage, actor=actor)) is not None:
+        return stranded.as_dict()
     request = ledger.claim_head(lineage, actor=actor)
     return request.as_dict() if request else None
 
@@ -52,6 +51,16 @@ def record_state(ledger_url: str, request_id: str, state: str, actor: str, **fie
     return state
 
 
+@task(name="fail-if-running")
+def fail_if_running(ledger_url: str, request_id: str, actor: str, error: str) -> bool:
+    """Mark a request failed if its flow ended in an error and left it running; True if it did."""
+    try:
+        Ledger(ledger_url).transition(request_id, FAILED, actor=actor, expected=RUNNING, error=error)
+    except StateConflict:  # already failed, rejected or awaiting approval: the flow recorded its outcome
+        return False
+    return True
+
+
 @task(name="apply-decision", retries=2, retry_delay_seconds=[2, 10])
 def apply_decision(settings: steps.StepSettings, ledger_url: str, request_id: str, decision: dict, approvers: list[str]) -> dict:
     """Approve (promote) or reject, under the governance rules, whoever answered."""
@@ -66,5 +75,5 @@ def apply_decision(settings: steps.StepSettings, ledger_url: str, request_id: st
     return {"state": REJECTED}
 
 
-__all__ = ["claim_head_request", "production_version", "unlearn_and_evaluate", "register_candidate", "record_state",
+__all__ = ["claim_head_request", "fail_if_running", "production_version", "unlearn_and_evaluate", "register_candidate", "record_state",
            "apply_decision", "AWAITING_APPROVAL", "FAILED", "REJECTED"]

@@ -395,7 +395,9 @@ def cmd_unlearn(args) -> int:
 # ---------------------------------------------------------------- run (the main job)
 def _prefect_environment(settings) -> None:
     """Prefect's state under LETHE_HOME (embedded: its ephemeral API), quiet unless asked."""
-    os.environ.setdefault("PREFECT_HOME", str((settings.home / "prefect").resolve()))
+    if "PREFECT_HOME" not in os.environ:  # Prefect creates its home only when the parent exists
+        (settings.home / "prefect").mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str((settings.home / "prefect").resolve())
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -411,10 +413,13 @@ def cmd_run(args) -> int:
     if args.requests:
         specs = _specs_from_yaml(args.requests)
         try:
-            submitted = [r.id for r in _ledger(settings).submit_many(specs, lineage=settings.model_name)]
+            submitted = _ledger(settings).submit_many(specs, lineage=settings.model_name)
         except _refusal_types() as error:
             raise BadInput(str(error)) from None
     _prefect_environment(settings)
+    if submitted:
+        _announce(settings, submitted)  # a served drainer (lethe serve) may take them; this run waits for its lineage
+        submitted = [r.id for r in submitted]
     started = time.perf_counter()
     from flows.continual import continual_unlearning
 
@@ -442,6 +447,58 @@ def cmd_run(args) -> int:
     prod = payload["production"]
     print(f"production: {'none' if prod['version'] is None else 'version ' + str(prod['version'])}; erased: "
           f"{', '.join(prod['erased']) or '-'} ({payload['seconds']} s)")
+    return 0
+
+
+# ---------------------------------------------------------------- audit and serve
+def cmd_audit(args) -> int:
+    settings = _settings()
+    from unlearning.evaluation.gates import PolicyError, load_policy
+
+    try:
+        load_policy(settings.policy)
+    except PolicyError as error:
+        raise BadInput(str(error)) from None
+    _prefect_environment(settings)
+    from flows.audit import erosion_audit
+
+    result = erosion_audit()
+    if args.json:
+        _print_json(result)
+    elif result["version"] is None:
+        print(f"{settings.model_name} has no production version: nothing to audit")
+    else:
+        print(f"erosion audit of {settings.model_name} version {result['version']} (erased: {', '.join(result['erased']) or '-'}): "
+              + ("PASSED" if result["passed"] else "FAILED"))
+        for check in result["checks"]:
+            value = "-" if check["value"] is None else f"{check['value']:.4f}"
+            bound = " ".join(p for p in (f">= {check['min']}" if check["min"] is not None else "",
+                                         f"<= {check['max']}" if check["max"] is not None else "") if p)
+            print(f"  {check['metric']:36s} {value:>8s}  {bound:12s} {'pass' if check['passed'] else 'FAIL'}")
+        print(f"report: {result['report_html']}")
+    return 0 if result["passed"] else EXIT_FAILED
+
+
+def cmd_serve(args) -> int:
+    settings = _settings()
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        raise BadInput("`lethe serve` needs a Prefect server for its schedules and events: set PREFECT_API_URL "
+                       "(e.g. http://127.0.0.1:4200/api after `prefect server start`)")
+    from flows.serve import deployments, describe, serve_deployments
+
+    served = deployments(settings)
+    if args.json:
+        _print_json({"api_url": api_url, "deployments": describe(served)})
+    else:
+        for row in describe(served):
+            print(f"serving {row['deployment']}: cron {', '.join(row['schedules'])}"
+                  + (f"; on {', '.join(e for t in row['triggers'] for e in t)}" if row["triggers"] else ""))
+        print(f"Prefect API {api_url}; Ctrl-C stops (and pauses the schedules)")
+    sys.stdout.flush()
+    serve_deployments(served)
     return 0
 
 
@@ -532,12 +589,24 @@ def cmd_submit(args) -> int:
         submitted = _ledger(settings).submit_many(specs, lineage=settings.model_name)
     except _refusal_types() as error:
         raise BadInput(str(error)) from None
+    event = _announce(settings, submitted)
     if args.json:
-        _print_json({"submitted": [{"id": r.id, "seq": r.seq, "concept": r.concept} for r in submitted]})
+        _print_json({"submitted": [{"id": r.id, "seq": r.seq, "concept": r.concept} for r in submitted], "event": event})
     else:
         for request in submitted:
             print(request.id)
     return 0
+
+
+def _announce(settings, submitted) -> str:
+    """`lethe.request.submitted` for each request, after the ledger write; a failed send is a warning."""
+    from flows.events import REQUEST_SUBMITTED, announce_submitted
+
+    event = announce_submitted(settings.model_name, [r.as_dict() for r in submitted])
+    if event.startswith("not sent"):
+        print(f"lethe: warning: {REQUEST_SUBMITTED} {event}; the drainer's schedule will pick the request up",
+              file=sys.stderr)
+    return event
 
 
 def _resume_paused_request(settings, request_id: str, decision: dict) -> bool:
@@ -717,6 +786,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print JSON")
     run.set_defaults(func=cmd_run)
 
+    audit = commands.add_parser("audit", help="erosion audit of production: every erased concept and the retain set, against the gate policy")
+    audit.add_argument("--json", action="store_true", help="print JSON")
+    audit.set_defaults(func=cmd_audit)
+
+    serve_cmd = commands.add_parser("serve", help="serve the drainer (cron + submit events) and the audit (cron) on a Prefect server")
+    serve_cmd.add_argument("--json", action="store_true", help="print what is served as JSON, then serve")
+    serve_cmd.set_defaults(func=cmd_serve)
+
     submit = commands.add_parser("submit", help="queue a removal request (or several with -f FILE)")
     submit.add_argument("-f", "--file", default=None, help="a YAML list of requests")
     submit.add_argument("--concept", default=None, help="the concept to remove")
@@ -845,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("generate", "world", "export", "evaluate", "unlearn", "run"):
+        if args.command in ("generate", "world", "export", "evaluate", "unlearn", "run", "audit", "serve"):
             import diffusers
             import transformers
 

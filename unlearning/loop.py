@@ -27,7 +27,7 @@ from unlearning.attention import record_cross_attention
 from unlearning.delta import compute_delta, save_delta
 from unlearning.methods import CLOSED_FORM, METHOD_DEFAULTS, METHOD_PARAMS, METHODS_WITH_SURGERY, get_method
 from unlearning.methods.context import StepContext
-from unlearning.parameters import PARAMETER_SETS, freeze_all_but, trainable_names
+from unlearning.parameters import PARAMETER_SETS, add_lora, freeze_all_but, lora_merged_weights, merge_lora, trainable_names
 from unlearning.prompts import build_prompts, word_token_mask
 
 DELTA_FILE = "delta.safetensors"
@@ -45,6 +45,7 @@ class UnlearnConfig:
     erased: tuple[str, ...] = ()  # concepts erased earlier in the lineage (the replay set)
     method: str = "duge"
     params: str | None = None  # None: the method's own set (METHOD_PARAMS: esd-u trains non-xattn, the rest xattn-kv)
+    lora_rank: int = 4  # rank r of the attn2 adapters when params == "lora" (α = r: adapter scale 1)
     steps: int = 150
     batch_size: int = 8  # forget and preserve batches each
     lr: float = 3e-4
@@ -80,6 +81,8 @@ class UnlearnConfig:
             problems.append(f"params: unknown {self.params!r}; known: {', '.join(PARAMETER_SETS)}")
         elif self.method in CLOSED_FORM and self.params != METHOD_PARAMS[self.method]:
             problems.append(f"params: {self.method} is a closed-form edit of {METHOD_PARAMS[self.method]} only")
+        if self.params == "lora" and self.lora_rank < 1:
+            problems.append("lora_rank: must be >= 1")
         try:
             get_method(self.method)
         except ValueError as error:
@@ -161,9 +164,12 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
     # -- setup: student = the parent's UNet, trained in place; a frozen copy is the parent θ_p
     student = pipe.unet
     parent = copy.deepcopy(student).requires_grad_(False).eval()
-    names = trainable_names(student, cfg.params)
-    trained_params = freeze_all_but(student, names)
-    trained = dict(zip(names, trained_params))
+    names = trainable_names(student, cfg.params)  # the UNet tensors the delta covers
+    if cfg.params == "lora":  # low-rank adapters on attn2 train (and checkpoint); merged into `names` at save time
+        trained = add_lora(student, rank=cfg.lora_rank, seed=cfg.seed)
+    else:
+        trained = dict(zip(names, freeze_all_but(student, names)))
+    trained_params = list(trained.values())
     base = {n: base_values[n].to(device, torch.float32) for n in names}
     pipe.text_encoder.requires_grad_(False)
     pipe.vae.requires_grad_(False)
@@ -234,7 +240,8 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
                 empty_embeds=empty_embed.expand(cfg.batch_size, -1, -1),
                 target_tokens=target_tokens[f_index], anchor_tokens=anchor_tokens[f_index],
                 preserve_noisy=p_noisy, preserve_noise=p_noise, preserve_timesteps=p_t, preserve_embeds=keep_embeds[p_index],
-                trained=trained, base_values=base, hyper=cfg.hyper,
+                # L2-SP anchors at the base: for lora, the merged weights W + B·A (what the delta will hold)
+                trained=lora_merged_weights(student) if cfg.params == "lora" else trained, base_values=base, hyper=cfg.hyper,
             )
             with autocast:
                 terms = method(ctx)
@@ -257,8 +264,12 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
     student.requires_grad_(False)
     student.set_attn_processor(AttnProcessor2_0())  # sampling after training needs no recorded maps
 
+    if cfg.params == "lora":
+        merge_lora(student)  # W ← W + B·A, adapters removed: pipe.unet is a plain UNet again
+
     # -- save: the delta from the base for the trained tensors, and a summary
-    delta = compute_delta({n: p.detach() for n, p in trained.items()}, {n: base[n] for n in names})
+    final = dict(student.named_parameters())
+    delta = compute_delta({n: final[n].detach() for n in names}, {n: base[n] for n in names})
     header = {"concept": cfg.concept, "method": cfg.method, "params": cfg.params, "steps": 0 if closed_form else cfg.steps,
               "parent_sha256": model_sha, **(metadata or {})}
     save_delta(out_dir / DELTA_FILE, delta, header)

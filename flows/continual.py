@@ -51,7 +51,8 @@ def step_settings(settings: LetheSettings, *, unlearn_steps: int | None = None) 
         tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name, artifact_root=settings.artifact_root,
         base_model=settings.base_model, cache_dir=settings.home / "cache",
         sampler={"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
-        policy_path=settings.policy, unlearn_steps=unlearn_steps, checkpoint_every=settings.checkpoint_every,
+        policy_path=settings.policy, unlearn_steps=settings.unlearn_steps if unlearn_steps is None else unlearn_steps,
+        checkpoint_every=settings.checkpoint_every,
         eval_samples=settings.eval_samples,
     )
 

@@ -34,8 +34,9 @@ class LetheSettings(BaseSettings):
     guidance_scale: float = Field(5.0, ge=1.0, le=30.0, description="default classifier-free guidance")
     clip_model: str | None = Field(None, description="local CLIP model folder: adds CLIPScore to the alignment check")
     policy: str | None = Field(None, description="gate policy YAML; default: the shipped shapes-world policy")
+    unlearn_steps: int | None = Field(None, ge=0, le=100_000, description="training steps per request; default: the method's")
     checkpoint_every: int | None = Field(None, ge=1, description="training steps between resumable checkpoints; default: the loop's (25)")
-    eval_samples: int = Field(6, ge=1, le=64, description="images per concept in a request's evaluation")
+    eval_samples: int = Field(6, ge=1, le=64, description="images per concept in a request's evaluation and in the erosion audit")
     approvers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="who may approve or reject a request (LETHE_APPROVERS=bob,carol)"
     )

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from unlearning import domain
 from unlearning.attention import record_cross_attention
 from unlearning.delta import compute_delta, save_delta
 from unlearning.methods import CLOSED_FORM, METHOD_DEFAULTS, METHOD_PARAMS, METHODS_WITH_SURGERY, get_method
@@ -51,13 +52,14 @@ class UnlearnConfig:
     lr: float = 3e-4
     grad_clip: float = 1.0
     gradient_surgery: bool = False  # project the forget gradient off the preserve gradient on conflict
+    domain_correction: bool = False  # duge only: a latent discriminator, target outputs vs anchor outputs (unlearning/domain.py)
     checkpoint_every: int = 25
     seed: int = 0
     prompts_per_concept: int = 24
     data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
     guidance_scale: float = 5.0
     compile: bool = False
-    hyper: dict = field(default_factory=dict)  # method hyper-parameters (see each method's DEFAULTS)
+    hyper: dict = field(default_factory=dict)  # method hyper-parameters (each method's DEFAULTS; domain.DEFAULTS with domain_correction)
 
     def __post_init__(self) -> None:
         # resolved here, so the config record, the checkpoint and the delta header name the set trained
@@ -87,7 +89,9 @@ class UnlearnConfig:
             get_method(self.method)
         except ValueError as error:
             problems.append(f"method: {error}")
-        unknown_hyper = set(self.hyper) - set(METHOD_DEFAULTS.get(self.method, {}))
+        if self.domain_correction and self.method != "duge":
+            problems.append(f"domain_correction: an option of duge, not of {self.method}")
+        unknown_hyper = set(self.hyper) - set(METHOD_DEFAULTS.get(self.method, {})) - set(domain.DEFAULTS if self.domain_correction else {})
         if unknown_hyper:
             problems.append(f"hyper: {self.method} has no {', '.join(sorted(unknown_hyper))}")
         if problems:
@@ -176,6 +180,10 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
     student_maps, parent_maps = record_cross_attention(student), record_cross_attention(parent)
     optimizer = torch.optim.AdamW(trained_params, lr=cfg.lr, weight_decay=0.0)
     forward = torch.compile(student) if cfg.compile else student
+    if cfg.domain_correction:  # DoCo (Wu et al. AAAI 2025): D tells the parent's anchor outputs from the student's target outputs
+        domain_hyper = {**domain.DEFAULTS, **cfg.hyper}
+        discriminator = domain.make_discriminator(student.config.out_channels, seed=cfg.seed).to(device)
+        discriminator_optimizer = domain.make_optimizer(discriminator, domain_hyper["domain_lr"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     # -- data: target/anchor pairs, preserve + replay prompts, the parent's images of them (latents)
@@ -210,6 +218,9 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
             for name, value in state["trained"].items():
                 trained[name].copy_(value.to(device))
         optimizer.load_state_dict(state["optimizer"])
+        if cfg.domain_correction:
+            discriminator.load_state_dict(state["discriminator"])
+            discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         start = state["step"]
 
@@ -245,6 +256,11 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
             )
             with autocast:
                 terms = method(ctx)
+                if cfg.domain_correction:  # the student's target outputs must pass for the parent's anchor outputs
+                    fake, real = domain.outputs(ctx)
+                    adversarial = domain.generator_loss(discriminator(fake))
+                    terms["forget"] = terms["forget"] + domain_hyper["lambda_domain"] * adversarial
+                    terms["log/adv"] = adversarial.detach()
             optimizer.zero_grad(set_to_none=True)
             if (cfg.gradient_surgery or cfg.method in METHODS_WITH_SURGERY) and "preserve" in terms:
                 _surgery_backward(terms, trained_params)
@@ -252,6 +268,8 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
                 sum(terms[k] for k in ("forget", "preserve", "regularise") if k in terms).backward()
             torch.nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
             optimizer.step()
+            if cfg.domain_correction:  # then D's own step, on the detached outputs
+                terms["log/disc"] = domain.discriminator_step(discriminator, discriminator_optimizer, real, fake)
             last = {k.removeprefix("log/"): float(v) for k, v in terms.items() if k.startswith("log/")}
             bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()})
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
@@ -259,6 +277,8 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
                     "trained": {n: p.detach().cpu().clone() for n, p in trained.items()},
                     "optimizer": optimizer.state_dict(), "step": step + 1, "rng_cpu": torch.get_rng_state(),
                     "config": config_record,
+                    "discriminator": discriminator.state_dict() if cfg.domain_correction else None,
+                    "discriminator_optimizer": discriminator_optimizer.state_dict() if cfg.domain_correction else None,
                 })
     student.eval()
     student.requires_grad_(False)

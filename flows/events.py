@@ -10,6 +10,7 @@ lineage (or all of them: `lethe.lineage.*`).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 REQUEST_SUBMITTED = "lethe.request.submitted"
 AUDIT_FAILED = "lethe.audit.failed"
@@ -50,8 +51,13 @@ def announce_submitted(model_name: str, requests: list[dict]) -> str:
             for event in events:
                 await client.emit(event)
 
+    client_log = logging.getLogger("prefect.events.clients")  # its connection warning would repeat ours
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)
     try:
         asyncio.run(asyncio.wait_for(send(), timeout=SEND_TIMEOUT_SECONDS))
     except Exception as error:  # noqa: BLE001 - unreachable, refused, timed out: reported, never fatal
         return f"not sent: {type(error).__name__}: {error}"
+    finally:
+        client_log.setLevel(level)
     return "sent"

@@ -111,14 +111,34 @@ def test_the_compose_stack_is_wired_together():
     assert "pip install ." in dockerfile and 'CMD ["prefect", "worker", "start"' in dockerfile
 
 
-def test_serve_without_a_prefect_server_is_refused(monkeypatch, tmp_path, capsys):
-    from flows.cli import main
+def _cli_env(tmp_path: Path, api_url: str | None) -> dict:
+    """A `lethe` subprocess: Prefect reads its settings at import, so these cannot be patched in-process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LETHE_"))}
+    env.update(servers.prefect_env(tmp_path / "prefect-home"), LETHE_HOME=str(tmp_path / "home"))  # no profile names a server
+    return {**env, "PREFECT_API_URL": api_url} if api_url else env
 
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "empty-prefect-home"))  # no profile names a server
-    monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
-    assert main(["serve"]) == 2
-    assert "PREFECT_API_URL" in capsys.readouterr().err
+
+def test_serve_without_a_prefect_server_is_refused(tmp_path):
+    result = subprocess.run([LETHE, "serve"], env=_cli_env(tmp_path, None), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "PREFECT_API_URL" in result.stderr
+
+
+def test_submit_is_not_failed_by_an_unreachable_prefect_api(tmp_path):
+    """The ledger write is what counts: the event is sent after it, and a failed send is a warning."""
+    from registry.ledger import Ledger
+
+    dead_api = f"http://127.0.0.1:{servers.free_port()}/api"  # nothing listens there
+    started = time.monotonic()
+    result = subprocess.run([LETHE, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--json"],
+                            env=_cli_env(tmp_path, dead_api), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["event"].startswith("not sent") and "warning" in result.stderr
+    assert time.monotonic() - started < 60
+    assert Ledger(f"sqlite:///{tmp_path / 'home' / 'ledger.db'}").get("r1").state == "queued"
+
+    embedded = subprocess.run([LETHE, "submit", "--concept", "star", "--requester", "alice", "--json"],
+                              env=_cli_env(tmp_path, None), capture_output=True, text=True, timeout=120)
+    assert embedded.returncode == 0 and json.loads(embedded.stdout)["event"].startswith("skipped")
 
 
 def test_audit_with_a_malformed_policy_is_refused(monkeypatch, tmp_path, capsys):

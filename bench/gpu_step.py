@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/gpu_step.py [--compile]                  # CUDA, SD1.5 at 512 px (latents 64×64), batch 16
     .venv/bin/python bench/gpu_step.py --device cpu --size tiny [--compile]
+    .venv/bin/python bench/gpu_step.py --flops-only                 # FLOPs per step at SD1.5 size, on any machine
     options: --params xattn-kv full  --batch N  --steps N (timed)  --warmup N  --threads N  --json
 
 The step is the training loop's (unlearning/loop.py): the real DUGE loss (unlearning/methods/duge.py:
@@ -130,18 +131,23 @@ def _peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux: KiB
 
 
+def count_flops(base_unet, *, params: str, batch: int, seq: int) -> float:
+    """FLOPs of one step (FlopCounterMode). On the meta device nothing is computed: shapes only, so the
+    SD1.5 step can be counted on any machine."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = build_step(copy.deepcopy(base_unet), params=params, batch=batch, seq=seq, compiled=False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
 def measure(base_unet, *, params: str, batch: int, seq: int, steps: int, warmup: int, compiled: bool,
-            flops: float | None) -> dict:
+            flops: float) -> dict:
     device = next(base_unet.parameters()).device
     unet = copy.deepcopy(base_unet)
     step = build_step(unet, params=params, batch=batch, seq=seq, compiled=compiled)
-    if flops is None:  # one eager step under the FLOP counter (it also serves as a warm-up step)
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        flops = float(counter.get_total_flops())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per row (the compiled rows compile here)")
     parser.add_argument("--compile", action="store_true", help="also measure with the student torch.compile'd")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--flops-only", action="store_true", help="count FLOPs per step on the meta device; no timing")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -192,19 +199,25 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.flops_only:
+        device = torch.device("meta")
     base_unet = UNet2DConditionModel(**size["unet"]).to(device)
     rows = []
     for params in args.params:
+        flops = count_flops(base_unet, params=params, batch=batch, seq=size["seq"])
+        if args.flops_only:
+            rows.append({"params": params, "batch": batch, "gflop_per_step": flops / 1e9})
+            continue
         eager = measure(base_unet, params=params, batch=batch, seq=size["seq"], steps=args.steps, warmup=args.warmup,
-                        compiled=False, flops=None)
+                        compiled=False, flops=flops)
         rows.append(eager)
         if args.compile:
             compiled = measure(base_unet, params=params, batch=batch, seq=size["seq"], steps=args.steps,
-                               warmup=args.warmup, compiled=True, flops=eager["gflop_per_step"] * 1e9)
+                               warmup=args.warmup, compiled=True, flops=flops)
             compiled["time_vs_eager"] = compiled["ms_per_step"] / eager["ms_per_step"]
             rows.append(compiled)
     result = {
-        "date": str(date.today()), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "date": str(date.today()), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "meta (count only)" if args.flops_only else _cpu_name(),
         "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "size": args.size, "batch": batch,
         "latent": size["unet"]["sample_size"], "unet_parameters": sum(p.numel() for p in base_unet.parameters()),
@@ -212,6 +225,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.json:
         print(json.dumps(result, indent=2))
+    elif args.flops_only:
+        print("\n".join([f"FLOPs of one DUGE step, {args.size} UNet, batch {batch} forget + {batch} preserve (FlopCounterMode, meta device)",
+                         "", "| params | GFLOP/step |", "|---|---|",
+                         *(f"| {row['params']} | {row['gflop_per_step']:,.1f} |" for row in rows)]))
     else:
         print(_markdown(result))
     return result

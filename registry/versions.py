@@ -292,9 +292,13 @@ class ModelRegistry:
 
     def download(self, version: int, destination: Path) -> Path:
         """Download a version's Lethe artifacts; returns the folder holding manifest.json."""
-        source = self.client.get_model_version(self.model_name, str(version)).source
+        # The version's own artifact location, asked of this registry: its source is a `models:/m-…`
+        # URI, which MLflow resolves through the process-wide registry URI, not the one passed here
+        # (a fresh process that only loads would look in ./mlflow.db and find nothing).
+        location = with_retries(lambda: self.client.get_model_version_download_uri(self.model_name, str(version)),
+                                what=f"locate version {version}")
         local = with_retries(
-            lambda: mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination), tracking_uri=self.tracking_uri),
+            lambda: mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(destination), tracking_uri=self.tracking_uri),
             what=f"download version {version}",
         )
         folder = Path(local) / "artifacts" / "lethe"

@@ -6,6 +6,8 @@ never applied to a base other than the one it was trained on."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,3 +56,25 @@ def test_a_base_an_unlearn_folder_and_a_version_load_alike(tiny_base, tmp_path):
         load_parent("models:/shapes-t2i@production", tracking_uri=tracking_uri, workdir=tmp_path / "w4")
     with pytest.raises(FileNotFoundError):
         load_parent(str(tmp_path / "nothing-here"), tracking_uri=None, workdir=tmp_path / "w5")
+
+
+def test_a_fresh_process_loads_a_version_from_the_registry_it_names(tiny_base, tmp_path):
+    """Only the tracking URI passed in is used: MLflow resolves a version's `models:/m-…` source through
+    its process-wide registry URI, which in a process that never registered anything is ./mlflow.db."""
+    import subprocess
+    import sys
+
+    pipe = load_model(tiny_base)
+    base_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    make_delta(pipe.unet, tmp_path / "d1.safetensors", seed=1, base_state=base_state)
+    tracking_uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    registry = ModelRegistry(tracking_uri, "shapes-t2i", str(tmp_path / "store" / "artifacts"))
+    version = registry.register_candidate(_candidate("r1", tmp_path / "d1.safetensors", None, ["circle"], tiny_base))
+    (tmp_path / "elsewhere").mkdir()
+    code = ("from registry.loading import load_pipeline; "
+            f"print(load_pipeline('models:/shapes-t2i/{version}', tracking_uri={tracking_uri!r}).lethe_version['erased'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path / "elsewhere",
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "['circle']"
+    assert list((tmp_path / "elsewhere").iterdir()) == []  # no stray ./mlflow.db

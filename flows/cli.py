@@ -621,22 +621,41 @@ def _resume_paused_request(settings, request_id: str, decision: dict) -> bool:
     request = ledger.get(request_id)
     if request.state != "awaiting-approval":
         return False
-    waiting = [h["detail"].get("flow_run_id") for h in ledger.history(request_id)
+    waiting = [h["detail"] for h in ledger.history(request_id)
                if h["to_state"] == "awaiting-approval" and h["detail"].get("flow_run_id")]
-    if not waiting:
+    if not waiting or _paused_process_gone(waiting[-1]):
         return False
     check_approver(decision["approver"], settings.approvers, request.requester)  # refuse before resuming
     _prefect_environment(settings)
     from prefect.flow_runs import resume_flow_run
 
     try:
-        resume_flow_run(UUID(waiting[-1]), run_input=decision)
+        resume_flow_run(UUID(waiting[-1]["flow_run_id"]), run_input=decision)
     except Exception:  # noqa: BLE001 - the run is gone (crashed or cancelled): decide directly
         return False
-    deadline = time.time() + 600
+    deadline = time.time() + 300
     while time.time() < deadline and ledger.get(request_id).state == "awaiting-approval":
         time.sleep(1)
-    return True
+    # A run that took the answer decides within seconds; one that did not is dead without Prefect
+    # knowing (killed elsewhere): decide directly. Every ledger change is a compare-and-set, so a late
+    # run and this command cannot both decide.
+    return ledger.get(request_id).state != "awaiting-approval"
+
+
+def _paused_process_gone(waiting: dict) -> bool:
+    """True when the paused run ran on this machine and its process has died (SIGKILL, a crash): no
+    one will take an answer handed to that run (Prefect still shows it paused)."""
+    import socket
+
+    if waiting.get("host") != socket.gethostname() or not waiting.get("pid"):
+        return False
+    try:
+        os.kill(int(waiting["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 def cmd_approve(args) -> int:

@@ -11,6 +11,8 @@ gate or a rejection never moves `production`, and the queue goes on from the unc
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -85,7 +87,8 @@ def process_request(request: dict, auto_approve: bool = False, unlearn_steps: in
         return {**summary, "state": REJECTED}
     from prefect.runtime import flow_run
 
-    waiting = {} if auto_approve else {"flow_run_id": str(flow_run.id)}  # `lethe approve` resumes this run
+    # `lethe approve` resumes this run; where it runs tells `lethe approve` when the run died with its process
+    waiting = {} if auto_approve else {"flow_run_id": str(flow_run.id), "host": socket.gethostname(), "pid": os.getpid()}
     record_state(settings.ledger_url, request_id, AWAITING_APPROVAL, actor="flow", candidate_version=version,
                  parent_version=parent["version"], detail=waiting)
 

@@ -262,3 +262,25 @@ def test_registration_killed_part_way_is_completed_by_the_next_run_with_one_vers
 
     assert registry.register_candidate(candidate) == complete
     assert versions_of(registry, "r1") == [complete] and registry.alias_version(CANDIDATE) == complete
+
+
+@pytest.mark.slow
+def test_a_drainer_killed_while_paused_for_approval_leaves_the_request_approvable(tiny_base, home, tmp_path):
+    """No one will take an answer handed to the dead run (Prefect still shows it paused): `lethe approve`
+    sees that the paused run's process is gone and decides directly; production moves once."""
+    assert lethe(home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1").returncode == 0
+    ledger, registry = stores(home)
+    log = tmp_path / "paused-run.log"
+    process = start_drainer(home, tiny_base, [sys.executable, "-m", "flows.cli", "run", "--unlearn-steps", "2"], log)
+    wait_for(lambda: ledger.get("r1").state == "awaiting-approval", process, log, "r1 awaiting approval")
+    kill_group(process)
+    candidate = ledger.get("r1").candidate_version
+
+    started = time.monotonic()
+    env = {"LETHE_APPROVERS": "bob"}
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "approve", "r1", "--approver", "bob", "--json"],
+                            capture_output=True, text=True, cwd=home.parent, env={**environment(home, tiny_base), **env}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["state"] == PROMOTED and time.monotonic() - started < 120
+    assert ledger.get("r1").state == PROMOTED and registry.alias_version(PRODUCTION) == candidate
+    assert versions_of(registry, "r1") == [candidate]

@@ -321,7 +321,7 @@ def cmd_unlearn(args) -> int:
         concept=args.concept, synonyms=tuple(args.synonym or ()), anchor=args.anchor, preserve=tuple(args.preserve or ()),
         erased=tuple(args.erased or ()), method=args.method, params=args.params,
         steps=args.steps if args.steps is not None else UnlearnConfig.steps, seed=args.seed,
-        gradient_surgery=args.gradient_surgery, compile=args.compile,
+        gradient_surgery=args.gradient_surgery, domain_correction=args.domain_correction, compile=args.compile,
     )
     try:
         config.validate()
@@ -893,10 +893,11 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--preserve", action="append", help="a related concept to keep (repeatable)")
     un.add_argument("--erased", action="append", help="a concept erased earlier in the lineage (repeatable): replayed")
     un.add_argument("--method", default="duge", help="duge (default), esd-x, esd-u, ablation, rgd or uce")
-    un.add_argument("--params", default=None, help="xattn-kv, xattn, non-xattn or full (default: the method's own; esd-u: non-xattn, others: xattn-kv)")
+    un.add_argument("--params", default=None, help="xattn-kv, xattn, non-xattn, full or lora (default: the method's own; esd-u: non-xattn, others: xattn-kv)")
     un.add_argument("--steps", type=int, default=None, help="training steps (default 150)")
     un.add_argument("--seed", type=int, default=0)
     un.add_argument("--gradient-surgery", action="store_true", help="project the forget gradient off the preserve gradient on conflict")
+    un.add_argument("--domain-correction", action="store_true", help="duge only: a latent discriminator makes target outputs look like anchor outputs (DoCo)")
     un.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     un.add_argument("--model", default=None, help="the parent: 'shapes', a diffusers folder, an unlearn --out folder, or models:/...")
     un.add_argument("--eval-samples", type=int, default=6, help="images per concept in the evaluation")

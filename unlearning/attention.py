@@ -9,7 +9,7 @@ concept tokens (DESIGN.md, cross-attention loss). Gradients flow through the sto
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_processor import Attention, AttnProcessor
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 
 class AttentionStore:
@@ -61,10 +61,12 @@ class RecordingCrossAttnProcessor:
 
 
 def record_cross_attention(unet) -> AttentionStore:
-    """Install recorders on every attn2 layer of `unet` (attn1 gets the plain processor)."""
+    """Install recorders on every attn2 layer of `unet`. Self-attention (attn1) keeps the fused
+    scaled-dot-product processor: its maps are not needed, and materialising them costs
+    (queries × queries) per head — gigabytes per layer at 512 px."""
     store = AttentionStore()
     processors = {
-        name: RecordingCrossAttnProcessor(store, name.removesuffix(".processor")) if ".attn2." in name else AttnProcessor()
+        name: RecordingCrossAttnProcessor(store, name.removesuffix(".processor")) if ".attn2." in name else AttnProcessor2_0()
         for name in unet.attn_processors
     }
     unet.set_attn_processor(dict(processors))  # set_attn_processor pops from the dict it is given

@@ -132,13 +132,16 @@ def _peak_memory_gib(device: torch.device) -> float:
 
 
 def count_flops(base_unet, *, params: str, batch: int, seq: int) -> float:
-    """FLOPs of one step (FlopCounterMode). On the meta device nothing is computed: shapes only, so the
-    SD1.5 step can be counted on any machine."""
+    """Model FLOPs of one step (FlopCounterMode). Attention runs the math kernel while counting, so the
+    count is the same on every device and has no kernel's recomputation in it (a flash backward
+    recomputes the scores; the CPU flash kernel has no formula at all). `main` counts on the meta device:
+    nothing is computed, shapes only, so the SD1.5 step is counted on any machine without its memory."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     step = build_step(copy.deepcopy(base_unet), params=params, batch=batch, seq=seq, compiled=False)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, sdpa_kernel(SDPBackend.MATH):
         step()
     return float(counter.get_total_flops())
 
@@ -202,9 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.flops_only:
         device = torch.device("meta")
     base_unet = UNet2DConditionModel(**size["unet"]).to(device)
+    meta_unet = base_unet if device.type == "meta" else UNet2DConditionModel(**size["unet"]).to("meta")
     rows = []
     for params in args.params:
-        flops = count_flops(base_unet, params=params, batch=batch, seq=size["seq"])
+        flops = count_flops(meta_unet, params=params, batch=batch, seq=size["seq"])
         if args.flops_only:
             rows.append({"params": params, "batch": batch, "gflop_per_step": flops / 1e9})
             continue

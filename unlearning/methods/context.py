@@ -30,6 +30,6 @@ class StepContext:
     preserve_timesteps: torch.Tensor
     preserve_embeds: torch.Tensor
     # L2-SP anchor: the *base* model's values of the trained tensors (θ_0)
-    trained: dict[str, torch.nn.Parameter]
+    trained: dict[str, torch.Tensor]  # the trained tensors by UNet name (lora: the merged W + BA, differentiable)
     base_values: dict[str, torch.Tensor]
     hyper: dict  # method hyper-parameters (λ's, η, ...)

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from tests.tiny_models import build_tiny_base
-from unlearning import domain, loop
+from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint
+from unlearning import domain
 from unlearning.delta import load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
 from unlearning.sampling import load_model
@@ -75,18 +75,10 @@ def test_two_step_run_with_domain_correction_resumes_to_the_same_weights(tiny_ba
     delta, _ = load_delta(tmp_path / "a" / "delta.safetensors")
     assert any(v.abs().max() > 0 for v in delta.values())
 
-    real_save = loop._save_checkpoint
+    def discriminator_saved(state):  # D and its Adam moments
+        assert state["discriminator"] and state["discriminator_optimizer"]["state"]
 
-    def save_then_die(path, state):
-        real_save(path, state)
-        assert state["discriminator"] and state["discriminator_optimizer"]["state"]  # D and its Adam moments
-        raise KeyboardInterrupt("killed after the checkpoint at step 1")
-
-    monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _run(tiny_base, tmp_path / "b")
-    monkeypatch.undo()
+    kill_after_checkpoint(monkeypatch, lambda: _run(tiny_base, tmp_path / "b"), check_state=discriminator_saved)
     resumed, summary = _run(tiny_base, tmp_path / "b")
     assert summary["resumed_from_step"] == 1
-    for key, value in uninterrupted.unet.state_dict().items():
-        assert torch.equal(resumed.unet.state_dict()[key], value), key
+    assert_same_weights(uninterrupted.unet, resumed.unet)

@@ -5,8 +5,7 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from tests.tiny_models import build_tiny_base
-from unlearning import loop
+from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint
 from unlearning.delta import apply_delta_files, load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
 from unlearning.methods import duge
@@ -113,18 +112,10 @@ def test_lora_run_writes_a_delta_of_merged_attn2_weights_that_reproduces_the_mod
 def test_killed_lora_run_resumes_to_the_same_weights(tiny_base, tmp_path, monkeypatch):
     uninterrupted, _ = _run(tiny_base, tmp_path / "a")
 
-    real_save = loop._save_checkpoint
+    def adapters_only(state):  # the adapters are what is checkpointed
+        assert state["trained"] and all(".lora_" in n for n in state["trained"])
 
-    def save_then_die(path, state):
-        real_save(path, state)
-        assert state["trained"] and all(".lora_" in n for n in state["trained"])  # the adapters are what is checkpointed
-        raise KeyboardInterrupt("killed after the checkpoint at step 2")
-
-    monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _run(tiny_base, tmp_path / "b")
-    monkeypatch.undo()
+    kill_after_checkpoint(monkeypatch, lambda: _run(tiny_base, tmp_path / "b"), check_state=adapters_only)
     resumed, summary = _run(tiny_base, tmp_path / "b")
     assert summary["resumed_from_step"] == 2
-    for key, value in uninterrupted.unet.state_dict().items():
-        assert torch.equal(resumed.unet.state_dict()[key], value), key
+    assert_same_weights(uninterrupted.unet, resumed.unet)

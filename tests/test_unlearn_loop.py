@@ -4,8 +4,7 @@ cross-attention maps; writes a delta that reproduces the trained model from the 
 import pytest
 import torch
 
-from tests.tiny_models import build_tiny_base
-from unlearning import loop
+from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint
 from unlearning.attention import record_cross_attention
 from unlearning.delta import load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
@@ -32,24 +31,11 @@ def _run(tiny_base, out, cfg=CONFIG):
 def test_killed_run_resumes_to_the_same_weights(tiny_base, tmp_path, monkeypatch):
     uninterrupted, _ = _run(tiny_base, tmp_path / "a")
 
-    real_save = loop._save_checkpoint
-    saves = []
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        saves.append(state["step"])
-        if len(saves) == 2:
-            raise KeyboardInterrupt("killed after the checkpoint at step 4")
-
-    monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        _run(tiny_base, tmp_path / "b")
+    kill_after_checkpoint(monkeypatch, lambda: _run(tiny_base, tmp_path / "b"), saves=2)  # steps 2 and 4
     assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "delta.safetensors").exists()
-    monkeypatch.undo()
     resumed, summary = _run(tiny_base, tmp_path / "b")
     assert summary["resumed_from_step"] == 4
-    for key, value in uninterrupted.unet.state_dict().items():
-        assert torch.equal(resumed.unet.state_dict()[key], value), key
+    assert_same_weights(uninterrupted.unet, resumed.unet)
     a, _ = load_delta(tmp_path / "a" / "delta.safetensors")
     b, _ = load_delta(tmp_path / "b" / "delta.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -51,3 +51,33 @@ def make_delta(unet, path: Path, *, seed: int, scale: float = 0.05, base_state=N
     delta = compute_delta(trained, base_state)
     save_delta(path, delta, {"method": "test-perturbation", "params": "xattn-kv"})
     return delta
+
+
+def kill_after_checkpoint(monkeypatch, run, *, saves: int = 1, check_state=None) -> None:
+    """Call `run()` and stop it as a kill would, right after the loop has written its `saves`-th
+    checkpoint (a KeyboardInterrupt once the file is on disk); `check_state(state)` sees every saved state."""
+    import pytest
+
+    from unlearning import loop
+
+    real_save = loop._save_checkpoint
+    written = []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if check_state is not None:
+            check_state(state)
+        written.append(state["step"])
+        if len(written) == saves:
+            raise KeyboardInterrupt(f"killed after the checkpoint at step {state['step']}")
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(loop, "_save_checkpoint", save_then_die)
+        run()
+
+
+def assert_same_weights(expected: torch.nn.Module, actual: torch.nn.Module) -> None:
+    """Bit-identical state dicts (a resumed run must end exactly where an uninterrupted one does)."""
+    actual_state = actual.state_dict()
+    for key, value in expected.state_dict().items():
+        assert torch.equal(actual_state[key], value), key

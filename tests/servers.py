@@ -44,14 +44,41 @@ class Server:
         raise RuntimeError(f"{name} not healthy after {timeout}s; see {log_path}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        stop_group(self.process, grace=15)
         self.log.close()
+
+
+def stop_group(process: subprocess.Popen, *, grace: float) -> None:
+    """SIGTERM the process group of `process` (started with start_new_session), SIGKILL after `grace` s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process group of `process` at once (a crash, not a shutdown)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+def wait_for(condition, process: subprocess.Popen, log: Path, what: str, timeout: float = 600, poll: float = 0.5) -> None:
+    """Poll real state until `condition()`; fail at once if `process` (a drainer) exits first, and
+    kill its group if `what` does not come within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the drainer exited ({process.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            kill_group(process)
+            raise AssertionError(f"no {what} after {timeout} s:\n{log.read_text()[-4000:]}")
+        time.sleep(poll)
 
 
 S3_ENV = {

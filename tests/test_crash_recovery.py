@@ -22,6 +22,7 @@ import torch
 from registry.ledger import FAILED, PROMOTED, QUEUED, RUNNING, Ledger, RequestSpec
 from registry.versions import CANDIDATE, PRODUCTION, TAG_REQUEST, ModelRegistry
 from tests.test_ledger import ledger_url, postgres_server_url, postgres_url  # noqa: F401 - fixtures
+from tests.servers import kill_group, wait_for
 from tests.tiny_models import build_tiny_base
 
 MODEL = "shapes-t2i"
@@ -67,26 +68,6 @@ def start_drainer(home: Path, base: Path, argv: list[str], log: Path) -> subproc
                                 start_new_session=True)
 
 
-def kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
-
-
-def wait_for(condition, process: subprocess.Popen, log: Path, what: str, timeout: float = 600) -> None:
-    """Poll real state until `condition()`; fail at once if the drainer exits first."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"the drainer exited ({process.returncode}) before {what}:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            kill_group(process)
-            raise AssertionError(f"no {what} after {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
 def stores(home: Path) -> tuple[Ledger, ModelRegistry]:
     home = home.resolve()
     return Ledger(f"sqlite:///{home / 'ledger.db'}"), ModelRegistry(f"sqlite:///{home / 'mlflow.db'}", MODEL, str(home / "artifacts"))
@@ -101,7 +82,7 @@ def kill_during_training(home: Path, base: Path, request_id: str, tmp_path: Path
     checkpoint = home / "requests" / request_id / "train" / "checkpoint.pt"
     log = tmp_path / "killed-run.log"
     process = start_drainer(home, base, [sys.executable, "-m", "flows.cli", "run", "--auto-approve", "--unlearn-steps", str(STEPS)], log)
-    wait_for(checkpoint.is_file, process, log, "a training checkpoint")
+    wait_for(checkpoint.is_file, process, log, "a training checkpoint", poll=0.05)  # kill soon after the first checkpoint
     kill_group(process)
     assert not (checkpoint.parent / "delta.safetensors").exists(), "killed after training ended: raise STEPS"
     step = torch.load(checkpoint, weights_only=False)["step"]

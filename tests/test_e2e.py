@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import boto3
 import pytest
@@ -44,17 +42,6 @@ def ledger_url(request, tmp_path):
 def s3_client(endpoint: str):
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                         region_name="us-east-1")
-
-
-def wait_for(condition, drainer: subprocess.Popen, log: Path, what: str, timeout: float = 600) -> None:
-    """Poll real state until `condition()`; fail at once if the drainer exits first."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if drainer.poll() is not None:
-            raise AssertionError(f"the drainer exited ({drainer.returncode}) before {what}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout} s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -105,7 +92,7 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             with open(log, "w") as out:
                 drainer = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--unlearn-steps", "2", "--json"],
                                            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True)
-            wait_for(lambda: ledger.get("r1").state == AWAITING_APPROVAL, drainer, log, "r1 awaiting approval")
+            servers.wait_for(lambda: ledger.get("r1").state == AWAITING_APPROVAL, drainer, log, "r1 awaiting approval")
             phases["first request to awaiting approval"] = time.monotonic() - started - sum(phases.values())
             v1 = ledger.get("r1").candidate_version
             assert v1 is not None and ledger.get("r2").state == QUEUED  # strictly one at a time
@@ -130,7 +117,7 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             phases["refusals and approval"] = time.monotonic() - started - sum(phases.values())
 
             # -- the drainer goes on from the new production; carol rejects the second
-            wait_for(lambda: ledger.get("r2").state == AWAITING_APPROVAL, drainer, log, "r2 awaiting approval")
+            servers.wait_for(lambda: ledger.get("r2").state == AWAITING_APPROVAL, drainer, log, "r2 awaiting approval")
             v2 = ledger.get("r2").candidate_version
             assert v2 not in (None, v1) and ledger.get("r2").parent_version == v1
             assert registry.alias_version(CANDIDATE) == v2
@@ -194,8 +181,7 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             assert runs.get("request-r1") == "COMPLETED" and runs.get("request-r2") == "COMPLETED", runs
     finally:
         if drainer is not None and drainer.poll() is None:
-            os.killpg(drainer.pid, signal.SIGKILL)
-            drainer.wait(timeout=30)
+            servers.kill_group(drainer)
         if mlflow_server is not None:
             mlflow_server.stop()
         moto.stop()

@@ -37,13 +37,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     args = parser.parse_args()
 
+    from pipeline.evaluator import Evaluator
+    from pipeline.settings import load_settings
     from unlearning.evaluation.cache import ImageCache
-    from unlearning.evaluation.checks import ShapesJudge, drift
-    from unlearning.evaluation.evaluate import evaluate
-    from unlearning.evaluation.gates import load_policy
-    from unlearning.evaluation.plan import shapes_plan
     from unlearning.sampling import generate, load_model, model_identity
-    from unlearning.shapes.train import load_detector
 
     base = load_model("shapes")
     candidate = copy.deepcopy(base)
@@ -52,22 +49,20 @@ def main() -> None:
         for name, param in candidate.unet.named_parameters():
             if ".attn2.to_k." in name or ".attn2.to_v." in name:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.02)
-    judge = ShapesJudge(load_detector())
-    policy = load_policy()
-    base_sha = model_identity("shapes")[1]
-    plan = shapes_plan("circle", synonyms=("disc",), erased=("striped", "star", "dotted"), samples=args.samples)
     sampler = {"scheduler": "ddim", "steps": args.steps, "guidance_scale": 5.0}
-    drift_value = drift(candidate.unet, base.unet)
+    evaluator = Evaluator.from_settings(load_settings(), samples=args.samples, sampler=sampler)
+    base_sha = model_identity("shapes")[1]
+    plan = evaluator.plan("circle", synonyms=("disc",), erased=("striped", "star", "dotted"))
 
     cold, warm = [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            cache = ImageCache(tmp)
+            evaluator.cache = ImageCache(tmp)
             started = time.perf_counter()
-            evaluate(candidate, base, judge, plan, sampler=sampler, base_sha256=base_sha, cache=cache, policy=policy, drift_value=drift_value)
+            evaluator.evaluate(candidate, base, plan, base_sha256=base_sha)
             cold.append(time.perf_counter() - started)
             started = time.perf_counter()
-            result = evaluate(candidate, base, judge, plan, sampler=sampler, base_sha256=base_sha, cache=cache, policy=policy, drift_value=drift_value)
+            result = evaluator.evaluate(candidate, base, plan, base_sha256=base_sha)
             warm.append(time.perf_counter() - started)
             assert result.timings["base_images_generated"] == 0
 

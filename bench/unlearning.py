@@ -34,38 +34,37 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 SEQUENCE = ("circle", "striped", "star", "dotted")
 
 
-def _setup():
-    from unlearning.evaluation.cache import ImageCache
-    from unlearning.evaluation.checks import ShapesJudge
+def _setup(eval_samples: int):
+    """The base, its sha256 and the evaluator the pipeline uses (settings from the environment; the
+    caches under a temporary LETHE_HOME unless one is set)."""
+    from pipeline.evaluator import Evaluator
+    from pipeline.settings import load_settings
     from unlearning.sampling import load_model, model_identity
-    from unlearning.shapes.train import load_detector
 
-    base = load_model("shapes")
-    return base, ShapesJudge(load_detector()), model_identity("shapes")[1], ImageCache(Path(tempfile.gettempdir()) / "lethe-bench-cache")
+    os.environ.setdefault("LETHE_HOME", str(Path(tempfile.gettempdir()) / "lethe-bench-home"))
+    settings = load_settings()
+    return settings, load_model("shapes"), model_identity("shapes")[1], Evaluator.from_settings(settings, samples=eval_samples)
 
 
-def _request(parent, base, judge, base_sha, cache, *, concept, synonyms, preserve, erased, method, steps, out, eval_samples):
-    from unlearning.evaluation.checks import drift
-    from unlearning.evaluation.evaluate import evaluate
-    from unlearning.evaluation.gates import load_policy
-    from unlearning.evaluation.plan import shapes_plan
+def _request(settings, parent, base, base_sha, evaluator, *, concept, synonyms, preserve, erased, method, steps, out):
+    from pipeline.prepare import request_prompts
     from unlearning.loop import UnlearnConfig, run_unlearning
 
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
     cfg = UnlearnConfig(concept=concept, synonyms=synonyms, preserve=preserve, erased=erased, method=method, steps=steps)
     started = time.perf_counter()
-    run_unlearning(parent, cfg, out, model_sha=f"bench-{out.name}", base_values=base_values, progress=False)
+    run_unlearning(parent, cfg, out, prompts=request_prompts(settings, cfg), model_sha=f"bench-{out.name}",
+                   base_values=base_values, progress=False)
     trained = time.perf_counter() - started
-    plan = shapes_plan(concept, synonyms=synonyms, erased=erased, samples=eval_samples)
-    result = evaluate(parent, base, judge, plan, sampler={"scheduler": "ddim", "steps": 25, "guidance_scale": 5.0},
-                      base_sha256=base_sha, cache=cache, policy=load_policy(), drift_value=drift(parent.unet, base.unet))
+    plan = evaluator.plan(concept, synonyms=synonyms, erased=erased)
+    result = evaluator.evaluate(parent, base, plan, base_sha256=base_sha)
     return result, trained, time.perf_counter() - started
 
 
 def single(args) -> None:
     import copy
 
-    base, judge, base_sha, cache = _setup()
+    settings, base, base_sha, evaluator = _setup(args.eval_samples)
     print(f"## One request: erase circle (synonym disc, preserve ring) — {date.today()}, {platform.machine()}, "
           f"{os.cpu_count()} cores, {args.steps} steps, {args.eval_samples} evaluation samples per concept\n")
     print("| method | UA gate | UA held-out | UA synonyms | IRA × base | CRA × base | ring × base | drift | gate | train s | request s (median) |")
@@ -75,9 +74,9 @@ def single(args) -> None:
         for repeat in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 parent = copy.deepcopy(base)
-                last, trained, wall = _request(parent, base, judge, base_sha, cache, concept="circle", synonyms=("disc",),
+                last, trained, wall = _request(settings, parent, base, base_sha, evaluator, concept="circle", synonyms=("disc",),
                                                preserve=("ring",), erased=(), method=method, steps=args.steps,
-                                               out=Path(tmp) / f"{method}-{repeat}", eval_samples=args.eval_samples)
+                                               out=Path(tmp) / f"{method}-{repeat}")
                 walls.append(wall)
         c = last.results
         print(f"| {method} | {c['forget']['gate']['ua']:.3f} | {c['forget']['heldout']['ua']:.3f} | {c['forget']['synonyms']['ua']:.3f} | "
@@ -89,7 +88,7 @@ def single(args) -> None:
 def sequence(args) -> None:
     import copy
 
-    base, judge, base_sha, cache = _setup()
+    settings, base, base_sha, evaluator = _setup(args.eval_samples)
     print(f"## Sequence {' → '.join(SEQUENCE)} — {date.today()}, {platform.machine()}, {os.cpu_count()} cores, {args.steps} steps each\n")
     print("| method | step | erased so far | UA of each erased concept | IRA × base | CRA × base | drift |")
     print("|---|---|---|---|---|---|---|")
@@ -98,9 +97,8 @@ def sequence(args) -> None:
         erased: tuple[str, ...] = ()
         with tempfile.TemporaryDirectory() as tmp:
             for step, concept in enumerate(SEQUENCE, start=1):
-                result, _, _ = _request(parent, base, judge, base_sha, cache, concept=concept, synonyms=(), preserve=(),
-                                        erased=erased, method=method, steps=args.steps, out=Path(tmp) / f"{step}",
-                                        eval_samples=args.eval_samples)
+                result, _, _ = _request(settings, parent, base, base_sha, evaluator, concept=concept, synonyms=(), preserve=(),
+                                        erased=erased, method=method, steps=args.steps, out=Path(tmp) / f"{step}")
                 erased = (*erased, concept)
                 c = result.results
                 ua = {concept: c["forget"]["gate"]["ua"], **{k: v["ua"] for k, v in c["rebound"].items()}}

@@ -16,10 +16,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from flows.concurrency import gpu_held
-from flows.continual import step_settings
 from flows.events import AUDIT_FAILED, lineage_resource
-from flows.settings import load_settings
-from registry.audit import audit_markdown
+from pipeline.markdown import audit_markdown
+from pipeline.settings import load_settings
 from tasks.audit import audit_production, record_audit
 from tasks.requests import production_version
 
@@ -29,18 +28,16 @@ def erosion_audit() -> dict:
     """Audit the lineage's `production` version; returns the outcome (state passed/failed/nothing-to-audit)."""
     logger = get_run_logger()
     settings = load_settings()
-    config = step_settings(settings)
-
-    production = production_version(config)
-    if production["version"] is None:
+    production = production_version(settings)
+    if production.version is None:
         logger.info("%s has no production version: nothing to audit", settings.model_name)
         return {"model_name": settings.model_name, "version": None, "state": "nothing-to-audit", "passed": True}
-    version = production["version"]
+    version = production.version
     report_dir = settings.home / "reports" / f"audit-{settings.model_name}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     with gpu_held(settings.gpu_slots):  # sampling hundreds of images is GPU work too
-        result = audit_production(config, version, str(report_dir))
-    record_audit(config, settings.ledger_url, result)
+        result = audit_production(settings, version, str(report_dir))
+    record_audit(settings, result)
     create_markdown_artifact(audit_markdown(result), key=f"erosion-audit-{settings.model_name}".lower()[:60].replace("_", "-").replace(".", "-"),
                              description=f"erosion audit of {settings.model_name} version {version}")
     if not result["passed"]:

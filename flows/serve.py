@@ -19,7 +19,7 @@ from prefect.schedules import Cron
 from flows.audit import erosion_audit
 from flows.continual import continual_unlearning
 from flows.events import REQUEST_SUBMITTED, lineage_resource_id
-from flows.settings import LetheSettings
+from pipeline.settings import LetheSettings
 
 
 def submitted_trigger(model_name: str) -> DeploymentEventTrigger:

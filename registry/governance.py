@@ -5,14 +5,17 @@ Rules (DESIGN.md, "Orchestration"; the registry issue, "Governance"):
 - a request can be approved only while awaiting approval, and only if `production` still points at
   the version its candidate was built on (compare before set);
 - a rejected or gate-failed version is never promoted;
-- rollback needs an approver and is recorded in the ledger's audit trail.
+- rollback needs an approver and is recorded in the ledger's audit trail;
+- a named auto-approval policy (the embedded demo's `--auto-approve`) may approve a candidate whose gate
+  passed; it is no person, so it is not on the approvers list, and the ledger and the version's
+  approval tag record the policy's name as such.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from registry.ledger import AWAITING_APPROVAL, PROMOTED, REJECTED, Ledger, LedgerError
+from registry.ledger import AWAITING_APPROVAL, PROMOTED, REJECTED, Ledger, LedgerError, StateConflict
 from registry.versions import ModelRegistry, PromotionRefused
 
 
@@ -33,24 +36,28 @@ def check_approver(approver: str, approvers: list[str], requester: str | None = 
     return approver
 
 
-def _stamp(approver: str, comment: str) -> dict:
-    return {"by": approver, "at": datetime.now(timezone.utc).isoformat(), "comment": comment}
+def _stamp(approver: str, comment: str, policy: str | None = None) -> dict:
+    return {"by": approver, "at": datetime.now(timezone.utc).isoformat(), "comment": comment,
+            **({"policy": policy} if policy else {})}
 
 
-def approve(ledger: Ledger, registry: ModelRegistry, request_id: str, *, approver: str, approvers: list[str], comment: str = "") -> int:
+def approve(ledger: Ledger, registry: ModelRegistry, request_id: str, *, approver: str, approvers: list[str], comment: str = "",
+            policy: str | None = None) -> int:
     """Promote the request's candidate to production. Returns the version now in production.
+
+    `policy`: the name of the auto-approval policy that approves instead of a person (`approver` is then
+    that name, not checked against `approvers`, and recorded as a policy).
 
     Raises:
         NotAllowed, StateConflict (not awaiting approval), PromotionRefused (production moved, or the
         candidate failed its gate — the request is then rejected with that reason).
     """
     request = ledger.get(request_id)
-    check_approver(approver, approvers, request.requester)
+    if policy is None:
+        check_approver(approver, approvers, request.requester)
     if request.state != AWAITING_APPROVAL or request.candidate_version is None:
-        from registry.ledger import StateConflict
-
         raise StateConflict(f"{request_id} is {request.state}; only a request awaiting approval can be approved")
-    stamp = _stamp(approver, comment)
+    stamp = _stamp(approver, comment, policy)
     try:
         registry.promote(request.candidate_version, expected_production=request.parent_version, approval=stamp)
     except PromotionRefused as refusal:
@@ -58,7 +65,7 @@ def approve(ledger: Ledger, registry: ModelRegistry, request_id: str, *, approve
                           detail={"reason": str(refusal)})
         raise
     ledger.transition(request_id, PROMOTED, actor=approver, expected=AWAITING_APPROVAL,
-                      detail={"version": request.candidate_version, "comment": comment})
+                      detail={"version": request.candidate_version, "comment": comment, **({"policy": policy} if policy else {})})
     return request.candidate_version
 
 

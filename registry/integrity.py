@@ -6,11 +6,12 @@ is registered, so an edited manifest is caught as surely as an edited delta.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+
+from unlearning.files import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "lethe-manifest/1"
@@ -19,14 +20,6 @@ _LIBRARIES = ("lethe", "torch", "diffusers", "transformers", "peft", "safetensor
 
 class IntegrityError(Exception):
     """An artifact is missing, truncated or altered; the message names the file."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

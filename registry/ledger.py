@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import unicodedata
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from unlearning.methods import METHOD_NAMES
+from registry.requests import LIMITS, InvalidRequest, Request, RequestSpec
 
 QUEUED, RUNNING, AWAITING_APPROVAL = "queued", "running", "awaiting-approval"
 PROMOTED, REJECTED, FAILED, CANCELLED = "promoted", "rejected", "failed", "cancelled"
@@ -59,12 +57,9 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     CANCELLED: (),
 }
 
-MAX_CONCEPT_CHARS = 200
-MAX_TEXT_CHARS = 2000
 # A request whose run stopped while it was running (a crash, a kill) is resumed this many times at
 # most; the next time it is marked failed, so one that kills its worker every time cannot hold the queue.
 MAX_RESUMES = 3
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 metadata = MetaData()
 requests_table = Table(
@@ -73,7 +68,7 @@ requests_table = Table(
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
     Column("lineage", String(200), nullable=False, index=True),
-    Column("concept", String(MAX_CONCEPT_CHARS), nullable=False),
+    Column("concept", String(LIMITS["concept"]), nullable=False),
     Column("requester", String(200), nullable=False),
     Column("body", JSON, nullable=False),
     Column("state", String(32), nullable=False, index=True),
@@ -115,10 +110,6 @@ class LedgerError(Exception):
     """Base of every refusal by the ledger; nothing was written when one is raised."""
 
 
-class InvalidRequest(LedgerError):
-    """The request body is malformed (each problem is named in the message)."""
-
-
 class DuplicateRequest(LedgerError):
     """A request with this id exists already."""
 
@@ -135,107 +126,8 @@ class StateConflict(LedgerError):
     """The request is not in a state from which this change is allowed (or it changed meanwhile)."""
 
 
-@dataclass(frozen=True)
-class RequestSpec:
-    """What a requester asks for: erase `concept` (and its synonyms) from one model lineage."""
-
-    concept: str
-    requester: str
-    synonyms: tuple[str, ...] = ()
-    anchor: str = ""
-    preserve: tuple[str, ...] = ()
-    method: str = "duge"
-    reason: str = ""
-    id: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    def body(self) -> dict:
-        return {
-            "concept": self.concept,
-            "synonyms": list(self.synonyms),
-            "anchor": self.anchor,
-            "preserve": list(self.preserve),
-            "method": self.method,
-            "reason": self.reason,
-            **({"extra": self.extra} if self.extra else {}),
-        }
-
-
-@dataclass(frozen=True)
-class Request:
-    seq: int
-    id: str
-    lineage: str
-    concept: str
-    requester: str
-    body: dict
-    state: str
-    parent_version: int | None
-    candidate_version: int | None
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-
-    def as_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "seq": self.seq,
-            "lineage": self.lineage,
-            "concept": self.concept,
-            "requester": self.requester,
-            "state": self.state,
-            "parent_version": self.parent_version,
-            "candidate_version": self.candidate_version,
-            "error": self.error,
-            "body": self.body,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _text_problems(name: str, value: str, limit: int, *, required: bool) -> list[str]:
-    if not isinstance(value, str):
-        return [f"{name}: must be text"]
-    if required and not value.strip():
-        return [f"{name}: is empty"]
-    problems = []
-    if len(value) > limit:
-        problems.append(f"{name}: has {len(value)} characters; at most {limit}")
-    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
-        problems.append(f"{name}: contains control characters")
-    return problems
-
-
-def validate(spec: RequestSpec) -> None:
-    """Collect every problem of a request and raise one error naming each field.
-
-    Raises:
-        InvalidRequest: empty or oversized concept, control characters, an id that is not a plain
-            name (path separators, '..'), an anchor equal to the concept, ...
-    """
-    problems = _text_problems("concept", spec.concept, MAX_CONCEPT_CHARS, required=True)
-    problems += _text_problems("requester", spec.requester, 200, required=True)
-    problems += _text_problems("reason", spec.reason, MAX_TEXT_CHARS, required=False)
-    problems += _text_problems("anchor", spec.anchor, MAX_CONCEPT_CHARS, required=False)
-    problems += _text_problems("method", spec.method, 64, required=True)
-    for i, synonym in enumerate(spec.synonyms):
-        problems += _text_problems(f"synonyms[{i}]", synonym, MAX_CONCEPT_CHARS, required=True)
-    for i, concept in enumerate(spec.preserve):
-        problems += _text_problems(f"preserve[{i}]", concept, MAX_CONCEPT_CHARS, required=True)
-    if spec.id is not None and not REQUEST_ID_PATTERN.fullmatch(spec.id or ""):
-        problems.append("id: must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    if isinstance(spec.method, str) and spec.method.strip() and spec.method not in METHOD_NAMES:
-        problems.append(f"method: unknown {spec.method!r}; known: {', '.join(METHOD_NAMES)}")
-    if spec.anchor and spec.anchor.strip().lower() == spec.concept.strip().lower():
-        problems.append("anchor: equals the concept")
-    if spec.concept.strip().lower() in {p.strip().lower() for p in spec.preserve}:
-        problems.append("preserve: contains the concept itself")
-    if problems:
-        raise InvalidRequest("; ".join(problems))
 
 
 def _new_request_id(concept: str) -> str:
@@ -281,16 +173,14 @@ class Ledger:
         """
         problems = []
         for i, spec in enumerate(specs):
-            try:
-                validate(spec)
-            except InvalidRequest as error:
-                problems.append(f"request {i + 1}: {error}" if len(specs) > 1 else str(error))
+            if spec_problems := spec.problems():
+                problems.append(f"request {i + 1}: " * (len(specs) > 1) + "; ".join(spec_problems))
         if problems:
             raise InvalidRequest("; ".join(problems))
         ids = [spec.id or _new_request_id(spec.concept) + f"-{i}" * (len(specs) > 1) for i, spec in enumerate(specs)]
         if len(set(ids)) != len(ids):
             raise DuplicateRequest("the same request id appears twice in one submission")
-        concepts = [spec.concept.strip() for spec in specs]
+        concepts = [spec.concept for spec in specs]
         if len(set(concepts)) != len(concepts):
             raise ConflictingRequest("the same concept appears twice in one submission")
         now = _now()
@@ -311,11 +201,11 @@ class Ledger:
                         raise ConflictingRequest(f"concept {concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}")
                     seq = conn.execute(
                         insert(requests_table).values(
-                            id=request_id, lineage=lineage, concept=concept, requester=spec.requester.strip(),
+                            id=request_id, lineage=lineage, concept=concept, requester=spec.requester,
                             body=spec.body(), state=QUEUED, created_at=now, updated_at=now,
                         )
                     ).inserted_primary_key[0]
-                    self._audit(conn, request_id, None, QUEUED, spec.requester.strip(), {"seq": seq})
+                    self._audit(conn, request_id, None, QUEUED, spec.requester, {"seq": seq})
         except IntegrityError:
             raise DuplicateRequest("a request id exists already (submitted concurrently)") from None
         return [self.get(request_id) for request_id in ids]
@@ -414,14 +304,14 @@ class Ledger:
             row = conn.execute(select(requests_table).where(requests_table.c.id == request_id)).mappings().first()
         if row is None:
             raise UnknownRequest(f"no request with id {request_id!r}")
-        return Request(**row)
+        return Request.from_row(row)
 
     def requests(self, lineage: str | None = None) -> list[Request]:
         query = select(requests_table).order_by(requests_table.c.seq)
         if lineage is not None:
             query = query.where(requests_table.c.lineage == lineage)
         with self.engine.connect() as conn:
-            return [Request(**row) for row in conn.execute(query).mappings()]
+            return [Request.from_row(row) for row in conn.execute(query).mappings()]
 
     def history(self, request_id: str | None = None) -> list[dict]:
         query = select(audit_table).order_by(audit_table.c.id)

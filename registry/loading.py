@@ -28,6 +28,14 @@ from unlearning.sampling import is_unlearn_dir, load_model, model_identity
 _URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9._-]+)(?:@(?P<alias>[A-Za-z0-9._-]+)|/(?P<version>[0-9]+))$")
 
 
+class ModelUriError(ValueError):
+    """Not a models:/<name>@<alias> or models:/<name>/<version> URI."""
+
+
+class UnknownVersion(LookupError):
+    """No version has this alias (or number)."""
+
+
 @dataclass(frozen=True)
 class ModelUri:
     name: str
@@ -39,11 +47,11 @@ def parse_model_uri(uri: str) -> ModelUri:
     """Parse `models:/name@alias` or `models:/name/N`.
 
     Raises:
-        ValueError: anything else.
+        ModelUriError: anything else.
     """
     match = _URI.fullmatch(uri.strip())
     if not match:
-        raise ValueError(f"{uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+        raise ModelUriError(f"{uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
     version = match.group("version")
     return ModelUri(match.group("name"), match.group("alias"), int(version) if version else None)
 
@@ -57,10 +65,12 @@ class VersionArtifacts:
 
 def resolve_version(registry: ModelRegistry, uri: ModelUri) -> int:
     if uri.version is not None:
+        if not registry.version_exists(uri.version):
+            raise UnknownVersion(f"models:/{uri.name}/{uri.version}: no such version")
         return uri.version
     version = registry.alias_version(uri.alias)
     if version is None:
-        raise LookupError(f"models:/{uri.name}@{uri.alias}: no version has this alias")
+        raise UnknownVersion(f"models:/{uri.name}@{uri.alias}: no version has this alias")
     return version
 
 
@@ -90,8 +100,8 @@ def fetch_chain(registry: ModelRegistry, version: int, workdir: Path) -> list[Ve
 
 
 @dataclass(frozen=True)
-class Parent:
-    """A model to start an unlearning step from (or to serve), and exactly where it came from."""
+class LoadedModel:
+    """A model to start an unlearning step from (or to serve, or to judge), and exactly where it came from."""
 
     pipe: object  # the diffusers pipeline: the base with every ancestor's delta applied
     base_model: str  # the base the deltas apply to: 'shapes', a diffusers folder, ...
@@ -102,7 +112,8 @@ class Parent:
     erased: list[str] = field(default_factory=list)  # concepts the deltas erased, in order
 
 
-def load_parent(source: str, *, tracking_uri: str | None, workdir: Path, base_model: str | None = None) -> Parent:
+def load_parent(source: str, *, tracking_uri: str | None, workdir: Path, base_model: str | None = None,
+                extra_deltas: tuple[Path, ...] = ()) -> LoadedModel:
     """The one way to load a parent model, whatever names it.
 
     `source` is a base model ('shapes' or a diffusers folder), an `lethe unlearn --out` folder (its
@@ -110,10 +121,11 @@ def load_parent(source: str, *, tracking_uri: str | None, workdir: Path, base_mo
     `models:/<name>@<alias>` / `models:/<name>/<N>` (the alias resolved once; the chain downloaded
     into `workdir` and every file verified). `base_model`, when given, is the base to load in place
     of the one recorded (the flow's configured base); either way its sha256 must be the one the
-    deltas were trained against.
+    deltas were trained against. `extra_deltas` are applied after the source's own (a candidate: its
+    parent plus the delta just trained).
 
     Raises:
-        FileNotFoundError: not a model. ValueError: a malformed models:/ URI. LookupError: an
+        FileNotFoundError: not a model. ModelUriError: a malformed models:/ URI. UnknownVersion: an
         unknown alias. IntegrityError: a tampered, truncated or missing artifact, or a base whose
         sha256 differs from the one the deltas were trained against.
     """
@@ -135,6 +147,7 @@ def load_parent(source: str, *, tracking_uri: str | None, workdir: Path, base_mo
         what = str(source)
     else:
         recorded_base, ancestors, what = source, [], source
+    ancestors = [*ancestors, *map(Path, extra_deltas)]
     base_model = base_model or recorded_base
     base_id, base_sha = model_identity(base_model)
     if recorded_sha is not None and recorded_sha != base_sha:
@@ -145,7 +158,7 @@ def load_parent(source: str, *, tracking_uri: str | None, workdir: Path, base_mo
     identity = hashlib.sha256(base_sha.encode())
     for path in ancestors:
         identity.update(sha256_file(path).encode())
-    return Parent(pipe=pipe, base_model=base_model, base_sha256=base_sha, ancestors=ancestors,
+    return LoadedModel(pipe=pipe, base_model=base_model, base_sha256=base_sha, ancestors=ancestors,
                   identity=identity.hexdigest() if ancestors else base_sha, version=version, erased=[e for e in erased if e])
 
 
@@ -153,7 +166,7 @@ def load_pipeline(uri: str, *, tracking_uri: str, device: str = "cpu", dtype: to
     """Load a registered version as a diffusers pipeline, verified end to end.
 
     Raises:
-        ValueError: malformed URI. LookupError: unknown alias or version.
+        ModelUriError: malformed URI. UnknownVersion: unknown alias or version.
         IntegrityError: a tampered, truncated or missing artifact (the message names the file), or a
             base model whose sha256 differs from the one the deltas were trained against.
     """

@@ -1,7 +1,8 @@
 """The MLflow pyfunc face of a Lethe version: `mlflow.pyfunc.load_model(uri).predict(prompts)`.
 
 The logged model carries the version's own artifacts; ancestors' deltas are fetched from the same
-registry by `load_pipeline` (the tracking URI in force when the consumer loads the model).
+registry by `load_pipeline` (the tracking URI in force when the consumer loads the model). This file
+is logged as code (MLflow's models-from-code, registry/versions.py), so it ends with `set_model`.
 """
 
 from __future__ import annotations
@@ -54,3 +55,6 @@ class LethePyfunc(mlflow.pyfunc.PythonModel):
             guidance_scale=float(params.get("guidance_scale", 5.0)),
         )
         return np.asarray(images)
+
+
+mlflow.models.set_model(LethePyfunc())

@@ -43,6 +43,9 @@ TAG_MANIFEST_SHA = "lethe.manifest_sha256"
 TAG_APPROVAL = "lethe.approval"
 TAG_COMPLETE = "lethe.complete"
 DELTA_NAME = "delta.safetensors"
+# The pyfunc wrapper is logged as code (MLflow's models-from-code), so this module never imports it:
+# the wrapper loads through registry/loading.py, which imports this module.
+PYFUNC_CODE = str(Path(__file__).with_name("pyfunc.py"))
 CARD_NAME = "README.md"
 EXPERIMENT = "lethe"
 
@@ -214,8 +217,6 @@ class ModelRegistry:
             return self.client.get_experiment_by_name(EXPERIMENT).experiment_id
 
     def _log_run(self, candidate: Candidate, folder: Path) -> tuple[str, object]:
-        from registry.pyfunc import LethePyfunc
-
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         experiment_id = with_retries(self._experiment_id, what="get experiment")
@@ -227,7 +228,7 @@ class ModelRegistry:
             info = with_retries(
                 lambda: mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=LethePyfunc(),
+                    python_model=PYFUNC_CODE,  # "models from code": no import of the loader here
                     artifacts={"lethe": str(folder)},
                     pip_requirements=["lethe"],
                 ),
@@ -283,6 +284,15 @@ class ModelRegistry:
             if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) or "not found" in str(error).lower():
                 return None
             raise
+
+    def version_exists(self, version: int) -> bool:
+        try:
+            self.client.get_model_version(self.model_name, str(version))
+        except MlflowException as error:
+            if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) or "not found" in str(error).lower():
+                return False
+            raise
+        return True
 
     def version_tags(self, version: int) -> dict[str, str]:
         return dict(self.client.get_model_version(self.model_name, str(version)).tags)

@@ -1,8 +1,9 @@
-"""Thin Prefect tasks around the ledger, the registry and the heavy steps (registry/steps.py).
+"""Thin Prefect tasks, each one call of a step of pipeline/ (the steps are plain, tested functions).
 
-Each is a few lines; each returns small values (ids, version numbers, metric dicts, decisions).
-Retries only where the work is I/O against MLflow/S3 (registration, promotion); training is never
-retried blindly — a crashed training resumes from its checkpoint when the request is run again.
+Each returns small values (a Request, a Parent, an Outcome, a version number, a state). Retries live in
+one layer only, the registry's I/O (registry/versions.py `with_retries`): no Prefect retries here, so a
+flaky MLflow call is tried a bounded number of times, not that number squared. Training is never
+retried blindly: a stopped request is resumed by the next drain (its checkpoint, its finished steps).
 """
 
 from __future__ import annotations
@@ -11,69 +12,54 @@ from pathlib import Path
 
 from prefect import task
 
-from registry import governance, steps
-from registry.ledger import AWAITING_APPROVAL, FAILED, REJECTED, RUNNING, Ledger, StateConflict
-from registry.versions import PRODUCTION, ModelRegistry
+from pipeline import claim, decide, evaluate, prepare, register, unlearn
+from pipeline.settings import LetheSettings
+from pipeline.values import Decision, Outcome, Parent
+from registry.requests import Request
 
 
-@task(name="claim-head-request")
-def claim_head_request(ledger_url: str, lineage: str, actor: str) -> dict | None:
-    """Resume a request a stopped run left running (or fail it, after too many), else claim the head."""
-    ledger = Ledger(ledger_url)
-    if (stranded := ledger.resume_stranded(lineage, actor=actor)) is not None:
-        return stranded.as_dict()
-    request = ledger.claim_head(lineage, actor=actor)
-    return request.as_dict() if request else None
+@task(name="claim-next-request")
+def claim_next_request(settings: LetheSettings, actor: str) -> Request | None:
+    return claim.claim_next(settings, actor=actor)
 
 
-@task(name="production-version", retries=3, retry_delay_seconds=[1, 4, 10])
-def production_version(settings: steps.StepSettings) -> dict:
-    registry = ModelRegistry(settings.tracking_uri, settings.model_name, settings.artifact_root)
-    version = registry.alias_version(PRODUCTION)  # None when the lineage has no version yet
-    return {"version": version, "erased": registry.erased_in(version)}
+@task(name="production-version")
+def production_version(settings: LetheSettings) -> Parent:
+    return claim.production_parent(settings)
 
 
-@task(name="unlearn-and-evaluate", tags=["gpu"])
-def unlearn_and_evaluate(settings: steps.StepSettings, request: dict, parent: dict, work_dir: str) -> dict:
-    return steps.unlearn_and_evaluate(settings, request_id=request["id"], request={**request["body"], "requester": request["requester"]},
-                                      parent_version=parent["version"], erased_before=parent["erased"], out_dir=Path(work_dir))
+@task(name="prepare", tags=["gpu"])
+def prepare_request(settings: LetheSettings, request: Request, parent: Parent) -> dict:
+    return prepare.prepare(settings, request, parent)
 
 
-@task(name="register-candidate", retries=3, retry_delay_seconds=[2, 8, 30])
-def register_candidate(settings: steps.StepSettings, request: dict, parent: dict, outcome: dict) -> int:
-    return steps.register(settings, request_id=request["id"], request={**request["body"], "requester": request["requester"]},
-                          parent_version=parent["version"], outcome=outcome)
+@task(name="unlearn", tags=["gpu"])
+def unlearn_request(settings: LetheSettings, request: Request, parent: Parent, work_dir: str) -> dict:
+    summary = unlearn.unlearn(settings, request, parent, Path(work_dir) / "train")
+    return {k: summary.get(k) for k in ("delta", "seconds", "resumed_from_step", "reused", "final_terms")}
 
 
-@task(name="record-state")
-def record_state(ledger_url: str, request_id: str, state: str, actor: str, **fields) -> str:
-    Ledger(ledger_url).transition(request_id, state, actor=actor, **fields)
-    return state
+@task(name="evaluate", tags=["gpu"])
+def evaluate_request(settings: LetheSettings, request: Request, parent: Parent, work_dir: str) -> Outcome:
+    return evaluate.evaluate_request(settings, request, parent, Path(work_dir))
 
 
-@task(name="fail-if-running")
-def fail_if_running(ledger_url: str, request_id: str, actor: str, error: str) -> bool:
-    """Mark a request failed if its flow ended in an error and left it running; True if it did."""
-    try:
-        Ledger(ledger_url).transition(request_id, FAILED, actor=actor, expected=RUNNING, error=error)
-    except StateConflict:  # already failed, rejected or awaiting approval: the flow recorded its outcome
-        return False
-    return True
+@task(name="register-candidate")
+def register_candidate(settings: LetheSettings, request: Request, parent: Parent, outcome: Outcome) -> int:
+    return register.register(settings, request, parent, outcome)
 
 
-@task(name="apply-decision", retries=2, retry_delay_seconds=[2, 10])
-def apply_decision(settings: steps.StepSettings, ledger_url: str, request_id: str, decision: dict, approvers: list[str]) -> dict:
-    """Approve (promote) or reject, under the governance rules, whoever answered."""
-    ledger = Ledger(ledger_url)
-    registry = ModelRegistry(settings.tracking_uri, settings.model_name, settings.artifact_root)
-    if decision["approve"]:
-        version = governance.approve(ledger, registry, request_id, approver=decision["approver"], approvers=approvers,
-                                     comment=decision.get("comment", ""))
-        return {"state": "promoted", "production_version": version}
-    governance.reject(ledger, registry, request_id, approver=decision["approver"], approvers=approvers,
-                      reason=decision.get("comment") or "rejected")
-    return {"state": REJECTED}
+@task(name="record-gate")
+def record_gate(settings: LetheSettings, request: Request, parent: Parent, outcome: Outcome, version: int,
+                waiting: dict | None = None) -> str:
+    return decide.record_gate(settings, request.id, parent, outcome, version, waiting=waiting)
 
 
-__all__ = ["claim_head_request", "fail_if_running", "production_version", "unlearn_and_evaluate", "register_candidate", "record_state",
-           "apply_decision", "AWAITING_APPROVAL", "FAILED", "REJECTED"]
+@task(name="decide")
+def apply_decision(settings: LetheSettings, request: Request, decision: Decision) -> dict:
+    return decide.decide(settings, request.id, decision)
+
+
+@task(name="record-failure")
+def record_failure(settings: LetheSettings, request_id: str, error: str, actor: str) -> bool:
+    return decide.record_failure(settings, request_id, error=error, actor=actor)

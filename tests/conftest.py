@@ -22,3 +22,11 @@ def detector():
     from unlearning.shapes.train import load_detector
 
     return load_detector()
+
+
+@pytest.fixture(scope="session")
+def judges():
+    """The shapes world's two judges, as every evaluation uses them."""
+    from unlearning.shapes.judge import shapes_judges
+
+    return shapes_judges()

@@ -40,6 +40,7 @@ def tiny_base(tmp_path_factory):
 def lethe_home(tmp_path, monkeypatch, tiny_base):
     monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LETHE_BASE_MODEL", str(tiny_base))
+    monkeypatch.setenv("LETHE_WORLD", "shapes")  # a tiny model judged as a shapes-world model
     monkeypatch.setenv("LETHE_SAMPLE_STEPS", "3")
     monkeypatch.setenv("LETHE_EVAL_SAMPLES", "2")
     monkeypatch.setenv("LETHE_MODEL_NAME", f"audit-{tmp_path.name}"[:60])
@@ -50,7 +51,7 @@ def lethe_home(tmp_path, monkeypatch, tiny_base):
     monkeypatch.setenv("LETHE_POLICY", str(policy))
     monkeypatch.delenv("LETHE_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
-    from flows.settings import load_settings
+    from pipeline.settings import load_settings
 
     return load_settings()
 

@@ -4,12 +4,12 @@ derived by hand in the docstrings, and each one run through the one training loo
 import pytest
 import torch
 
-from tests.tiny_models import build_tiny_base
+from tests.tiny_models import build_tiny_base, shapes_prompts_for
 from unlearning import loop
 from unlearning.delta import load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
 from unlearning.methods import ablation, esd_u, esd_x, rgd, uce
-from unlearning.methods.context import StepContext
+from unlearning.methods.context import EditContext, StepContext
 from unlearning.parameters import trainable_names
 from unlearning.sampling import load_model
 
@@ -161,14 +161,16 @@ def test_uce_edit_maps_target_tokens_to_the_anchor_values_and_refuses_other_tens
     words = torch.tensor([[False, True, False]])
     weight = torch.nn.Parameter(torch.randn(5, 4, generator=generator))
     before = weight.detach().clone()
-    logs = uce.edit({"mid.attn2.to_v.weight": weight}, target_embeds=target, anchor_embeds=anchor, target_tokens=words,
-                    anchor_tokens=words, preserve_embeds=torch.zeros(1, 1, 4),
-                    hyper={"preserve_scale": 0.0, "lambda_identity": 1e-8})
+
+    def context(name, hyper):
+        return EditContext(trained={name: weight}, base_values={name: before}, target_embeds=target, anchor_embeds=anchor,
+                           target_tokens=words, anchor_tokens=words, preserve_embeds=torch.zeros(1, 1, 4), hyper=hyper)
+
+    logs = uce.edit(context("mid.attn2.to_v.weight", {"preserve_scale": 0.0, "lambda_identity": 1e-8}))
     assert logs["erase_residual"] < 1e-6
     torch.testing.assert_close(weight.detach() @ target[0, 1], before @ anchor[0, 1], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="to_k/to_v"):
-        uce.edit({"mid.attn2.to_q.weight": weight}, target_embeds=target, anchor_embeds=anchor, target_tokens=words,
-                 anchor_tokens=words, preserve_embeds=torch.zeros(1, 1, 4), hyper={})
+        uce.edit(context("mid.attn2.to_q.weight", {}))
 
 
 # -- each method through the one loop, on a tiny model
@@ -193,7 +195,7 @@ def test_each_baseline_runs_through_the_loop(method, tiny_base, tmp_path, monkey
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     cfg = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",), erased=("striped",), method=method,
                         steps=2, batch_size=2, prompts_per_concept=4, data_steps=2)
-    summary = run_unlearning(pipe, cfg, tmp_path / method, model_sha="tiny", base_values=base, progress=False)
+    summary = run_unlearning(pipe, cfg, tmp_path / method, prompts=shapes_prompts_for(cfg), model_sha="tiny", base_values=base, progress=False)
 
     delta, header = load_delta(tmp_path / method / "delta.safetensors")
     assert header["method"] == method and header["params"] == cfg.params

@@ -84,3 +84,24 @@ def test_status_json_shows_settings_and_weights(tmp_path):
 def test_malformed_settings_file_is_one_line_exit_2(tmp_path):
     (tmp_path / "lethe.toml").write_text("device = [unclosed\n")
     assert_one_line_error(lethe("status", cwd=tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    ("evaluate", "--target", "circle", "--samples", "1", "--steps", "2"),
+    ("unlearn", "--concept", "circle", "--method", "uce", "--eval-samples", "1", "--out", "ul"),
+])
+def test_evaluate_and_unlearn_honour_settings_policy(tmp_path, command):
+    """settings.policy (LETHE_POLICY) is the gate of every evaluation, not only of the flow's."""
+    (tmp_path / "strict.yaml").write_text("name: strict-test-policy\nthresholds:\n  - metric: forget.gate.ua\n    min: 2.0\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(tmp_path / "home"), "LETHE_POLICY": str(tmp_path / "strict.yaml"),
+           "LETHE_SAMPLE_STEPS": "2"}
+    env.pop("LETHE_CONFIG", None)
+    result = subprocess.run([sys.executable, "-m", "flows.cli", *command, "--json"], capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    decision = (payload["evaluation"] if command[0] == "unlearn" else payload)["decision"]
+    assert decision["passed"] is False
+    assert [c["metric"] for c in decision["checks"]] == ["forget.gate.ua"]  # only the strict policy's threshold
+    assert "< 2.0" in decision["reasons"][0]

@@ -77,7 +77,7 @@ def test_submit_from_yaml_prints_ids_in_queue_order(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["takedown-1", "takedown-2"]
     requests, _ = ledger_snapshot(tmp_path / ".lethe")
-    assert [(r["seq"], r["body"]["synonyms"]) for r in requests] == [(1, ["disc"]), (2, [])]
+    assert [(r["seq"], r["synonyms"]) for r in requests] == [(1, ["disc"]), (2, [])]
 
 
 @pytest.mark.slow

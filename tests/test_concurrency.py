@@ -13,6 +13,7 @@ import pytest
 from prefect import flow, get_client, task
 
 from registry.ledger import FAILED, QUEUED, REJECTED, Ledger, RequestSpec
+from registry.requests import Request
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def lethe_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LETHE_MODEL_NAME", f"lineage-test-{tmp_path.name}"[:60])  # a fresh limit per test
     monkeypatch.delenv("LETHE_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
-    from flows.settings import load_settings
+    from pipeline.settings import load_settings
 
     settings = load_settings()
     return settings, Ledger(settings.ledger_url)
@@ -49,14 +50,14 @@ def _stand_in_processing(monkeypatch, ledger_url: str, lineage: str, seconds: fl
     runs: list[dict] = []
 
     @flow(name="stand-in-process-request")
-    def stand_in(request: dict, auto_approve: bool = False, unlearn_steps: int | None = None) -> dict:
-        run = {"id": request["id"], "thread": threading.current_thread().name, "start": time.monotonic(),
+    def stand_in(request: Request, auto_approve: bool = False, unlearn_steps: int | None = None) -> dict:
+        run = {"id": request.id, "thread": threading.current_thread().name, "start": time.monotonic(),
                "slots": _active_slots(lineage_limit(lineage))}
         time.sleep(seconds)
-        Ledger(ledger_url).transition(request["id"], REJECTED, actor="stand-in", error="stand-in")
+        Ledger(ledger_url).transition(request.id, REJECTED, actor="stand-in", error="stand-in")
         run["end"] = time.monotonic()
         runs.append(run)
-        return {"id": request["id"], "concept": request["concept"], "state": REJECTED}
+        return {"id": request.id, "concept": request.concept, "state": REJECTED}
 
     monkeypatch.setattr(continual, "process_request", stand_in)
     return runs
@@ -116,19 +117,19 @@ def test_a_drainer_leaves_a_held_lineage_alone_after_waiting(prefect_api, lethe_
 
 
 def test_training_holds_a_gpu_slot(prefect_api, lethe_home, monkeypatch, tmp_path):
-    """The unlearn-and-evaluate task runs inside the `gpu` limit; the slot is released when it fails."""
+    """The unlearn task runs inside the `gpu` limit; the slot is released when it fails."""
     from flows import continual
     from flows.concurrency import GPU_LIMIT
 
     settings, ledger = lethe_home
     seen = []
 
-    @task(name="stand-in-unlearn-and-evaluate")
-    def stand_in(settings_, request, parent, work_dir):
+    @task(name="stand-in-prepare")
+    def stand_in(settings_, request, parent):
         seen.append(_active_slots(GPU_LIMIT))
         raise RuntimeError("stand-in stops here")
 
-    monkeypatch.setattr(continual, "unlearn_and_evaluate", stand_in)
+    monkeypatch.setattr(continual, "prepare_request", stand_in)
     ledger.submit(RequestSpec("circle", "alice", id="r1"), lineage=settings.model_name)
 
     [result] = continual.continual_unlearning()

@@ -42,7 +42,7 @@ def home(tmp_path):
 
 
 def environment(home: Path, base: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(home), "LETHE_BASE_MODEL": str(base),
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(home), "LETHE_BASE_MODEL": str(base), "LETHE_WORLD": "shapes",
            "LETHE_SAMPLE_STEPS": "3", "LETHE_EVAL_SAMPLES": "2", "LETHE_CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),
            "LETHE_POLICY": str(home.parent / "pass.yaml"), "LETHE_LINEAGE_WAIT_SECONDS": "20"}
     for name in ("LETHE_CONFIG", "PREFECT_API_URL", "PREFECT_HOME"):  # the embedded setup, under LETHE_HOME
@@ -125,15 +125,50 @@ def test_a_worker_killed_during_training_resumes_from_its_checkpoint(tiny_base, 
 DIE_AFTER_REGISTRATION = """
 import os, signal, sys
 import flows.continual as continual
-real = continual.record_state
-def record_state(ledger_url, request_id, state, *args, **kwargs):
-    if state == continual.AWAITING_APPROVAL:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(ledger_url, request_id, state, *args, **kwargs)
-continual.record_state = record_state
+def record_gate(*args, **kwargs):  # the ledger write that follows the registration
+    os.kill(os.getpid(), signal.SIGKILL)
+continual.record_gate = record_gate
 from flows.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+# The drainer, with one change: it dies (SIGKILL) in the middle of the candidate's evaluation, after
+# sampling has begun.
+DIE_DURING_EVALUATION = """
+import os, signal, sys
+from unlearning.evaluation import evaluate as evaluation
+real = evaluation.generate
+def generate(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+evaluation.generate = generate
+from flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_killed_during_evaluation_does_not_train_again(tiny_base, home, tmp_path):
+    """Training finished, evaluation was under way when the worker died: the next drain evaluates the
+    delta it has, without training the request again (same delta, same summary, reused)."""
+    assert lethe(home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1").returncode == 0
+    ledger, registry = stores(home)
+    log = tmp_path / "killed-in-evaluation.log"
+    process = start_drainer(home, tiny_base, [sys.executable, "-c", DIE_DURING_EVALUATION, "run", "--auto-approve",
+                                              "--unlearn-steps", "4"], log)
+    assert process.wait(timeout=900) == -signal.SIGKILL, log.read_text()[-3000:]
+    kill_group(process)
+    train = home / "requests" / "r1" / "train"
+    assert (train / "summary.json").is_file() and not (home / "requests" / "r1" / "outcome.json").exists()
+    assert ledger.get("r1").state == RUNNING and versions_of(registry, "r1") == []
+    trained = {name: (train / name).read_bytes() for name in ("summary.json", "delta.safetensors")}
+
+    result = lethe(home, tiny_base, "run", "--auto-approve", "--unlearn-steps", "4", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [outcome] = json.loads(result.stdout[result.stdout.index("{"):])["requests"]
+    assert outcome["state"] == PROMOTED and outcome["reused_training"] is True, outcome
+    assert {name: (train / name).read_bytes() for name in trained} == trained  # not retrained: same files
+    assert versions_of(registry, "r1") == [outcome["candidate_version"]]
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def test_prefect_yaml_agrees_with_the_settings_and_the_flows():
     from prefect.flows import Flow, load_flow_from_entrypoint
 
     from flows.events import REQUEST_SUBMITTED
-    from flows.settings import LetheSettings
+    from pipeline.settings import LetheSettings
 
     defaults = {name: field.default for name, field in LetheSettings.model_fields.items()}
     config = _prefect_yaml()
@@ -170,7 +170,7 @@ def _environment(api_url: str, tmp_path: Path, tiny_base: Path, model_name: str)
     return {
         **os.environ, **servers.prefect_env(tmp_path / "prefect-client"), "PREFECT_API_URL": api_url,
         "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "LETHE_HOME": str(tmp_path / "home"), "LETHE_BASE_MODEL": str(tiny_base), "LETHE_SAMPLE_STEPS": "3",
+        "LETHE_HOME": str(tmp_path / "home"), "LETHE_BASE_MODEL": str(tiny_base), "LETHE_WORLD": "shapes", "LETHE_SAMPLE_STEPS": "3",
         "LETHE_MODEL_NAME": model_name, "LETHE_POLICY": str(policy), "LETHE_APPROVERS": "bob", "HF_HUB_OFFLINE": "1",
         "LETHE_UNLEARN_STEPS": "1", "LETHE_EVAL_SAMPLES": "1",  # a triggered run takes no parameters: settings keep it short
     }

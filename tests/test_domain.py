@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint
+from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint, shapes_prompts_for
 from unlearning import domain
 from unlearning.delta import load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
@@ -63,7 +63,7 @@ CONFIG = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",),
 def _run(tiny_base, out):
     pipe = load_model(tiny_base)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    summary = run_unlearning(pipe, CONFIG, out, model_sha="tiny", base_values=base, progress=False)
+    summary = run_unlearning(pipe, CONFIG, out, prompts=shapes_prompts_for(CONFIG), model_sha="tiny", base_values=base, progress=False)
     return pipe, summary
 
 

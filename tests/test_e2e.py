@@ -57,7 +57,7 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
         mlflow_server, tracking_uri = servers.start_mlflow(tmp_path, f"sqlite:///{tmp_path / 'mlflow-server.db'}",
                                                            f"s3://{bucket}/mlflow", s3_endpoint)
         with servers.prefect_server(tmp_path) as prefect_api:
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(tmp_path / "home"), "LETHE_BASE_MODEL": str(base),
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(tmp_path / "home"), "LETHE_BASE_MODEL": str(base), "LETHE_WORLD": "shapes",
                    "LETHE_MLFLOW_TRACKING_URI": tracking_uri, "LETHE_LEDGER_URL": ledger_url, "LETHE_APPROVERS": APPROVERS,
                    "LETHE_POLICY": str(tmp_path / "pass.yaml"), "LETHE_SAMPLE_STEPS": "3", "LETHE_EVAL_SAMPLES": "2",
                    "PREFECT_API_URL": prefect_api}

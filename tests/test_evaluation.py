@@ -15,20 +15,19 @@ import pytest
 import torch
 
 from unlearning.evaluation.cache import ImageCache
-from unlearning.evaluation.checks import ShapesJudge, drift
+from unlearning.evaluation.checks import drift
 from unlearning.evaluation.evaluate import evaluate
 from unlearning.evaluation.gates import load_policy
-from unlearning.evaluation.plan import shapes_plan
 from unlearning.evaluation.report import write_report
 from unlearning.sampling import model_identity
+from unlearning.shapes.plan import shapes_plan
 
 SAMPLER = {"scheduler": "ddim", "steps": 12, "guidance_scale": 5.0}
 
 
 @pytest.fixture(scope="module")
-def judge(detector):
-    return ShapesJudge(detector)
-
+def judge(judges):
+    return judges
 
 @pytest.fixture(scope="module")
 def base_sha():

@@ -3,6 +3,8 @@ built from config as the base, and the real ledger and MLflow store under a temp
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from registry.ledger import FAILED, PROMOTED, REJECTED, Ledger, RequestSpec
@@ -23,6 +25,7 @@ def lethe_home(tmp_path, monkeypatch, tmp_path_factory):
     base = build_tiny_base(tmp_path / "tiny-sd")
     monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LETHE_BASE_MODEL", str(base))
+    monkeypatch.setenv("LETHE_WORLD", "shapes")  # a tiny model judged as a shapes-world model
     monkeypatch.setenv("LETHE_SAMPLE_STEPS", "3")
     monkeypatch.delenv("LETHE_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -35,7 +38,7 @@ def _policy(path, bound):
 
 
 def _ledger_and_registry():
-    from flows.settings import load_settings
+    from pipeline.settings import load_settings
 
     settings = load_settings()
     return settings, Ledger(settings.ledger_url), ModelRegistry(settings.mlflow_tracking_uri, settings.model_name, settings.artifact_root)
@@ -43,7 +46,8 @@ def _ledger_and_registry():
 
 @pytest.mark.slow
 def test_queue_is_drained_in_order_with_auto_approval(prefect_api, lethe_home, monkeypatch):
-    from flows.continual import AUTO_APPROVER, continual_unlearning
+    from flows.continual import continual_unlearning
+    from pipeline.decide import AUTO_APPROVAL_POLICY
 
     monkeypatch.setenv("LETHE_POLICY", _policy(lethe_home / "pass.yaml", 0.0))
     settings, ledger, registry = _ledger_and_registry()
@@ -56,7 +60,11 @@ def test_queue_is_drained_in_order_with_auto_approval(prefect_api, lethe_home, m
     assert registry.alias_version(PRODUCTION) == results[1]["candidate_version"]
     assert registry.erased_in(registry.alias_version(PRODUCTION)) == ["circle", "striped"]
     assert [ledger.get(i).state for i in ("r1", "r2")] == [PROMOTED, PROMOTED]
-    assert any(h["actor"] == AUTO_APPROVER and h["to_state"] == PROMOTED for h in ledger.history("r1"))
+    promoted = [h for h in ledger.history("r1") if h["to_state"] == PROMOTED]
+    # approved by a named policy, recorded as one: no pretend person on the approvers list
+    assert promoted[0]["actor"] == AUTO_APPROVAL_POLICY and promoted[0]["detail"]["policy"] == AUTO_APPROVAL_POLICY
+    assert AUTO_APPROVAL_POLICY not in settings.approvers
+    assert json.loads(registry.version_tags(results[0]["candidate_version"])["lethe.approval"])["policy"] == AUTO_APPROVAL_POLICY
 
 
 @pytest.mark.slow
@@ -102,7 +110,7 @@ def test_a_person_approves_a_paused_run_with_lethe_approve(prefect_api, lethe_ho
     monkeypatch.setenv("LETHE_APPROVERS", "bob,alice")
     settings, ledger, registry = _ledger_and_registry()
     ledger.submit(RequestSpec("circle", "alice", id="r1"), lineage=settings.model_name)
-    request = ledger.claim_head(settings.model_name, actor="test").as_dict()
+    request = ledger.claim_head(settings.model_name, actor="test")
 
     outcome = {}
     worker = threading.Thread(target=lambda: outcome.update(process_request(request, auto_approve=False, unlearn_steps=1)))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint
+from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint, shapes_prompts_for
 from unlearning.delta import apply_delta_files, load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
 from unlearning.methods import duge
@@ -82,7 +82,7 @@ CONFIG = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",),
 def _run(tiny_base, out, cfg=CONFIG):
     pipe = load_model(tiny_base)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    summary = run_unlearning(pipe, cfg, out, model_sha="tiny", base_values=base, progress=False)
+    summary = run_unlearning(pipe, cfg, out, prompts=shapes_prompts_for(cfg), model_sha="tiny", base_values=base, progress=False)
     return pipe, summary
 
 

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from flows.settings import load_settings
+from pipeline.settings import load_settings
 
 
 def test_defaults_are_the_embedded_setup_under_home(tmp_path, monkeypatch):

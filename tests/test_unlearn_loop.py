@@ -4,10 +4,10 @@ cross-attention maps; writes a delta that reproduces the trained model from the 
 import pytest
 import torch
 
-from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint
+from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint, shapes_prompts_for
 from unlearning.attention import record_cross_attention
 from unlearning.delta import load_delta
-from unlearning.loop import UnlearnConfig, run_unlearning
+from unlearning.loop import ConfigError, UnlearnConfig, run_unlearning
 from unlearning.sampling import load_model, load_unlearn_dir
 
 
@@ -23,7 +23,8 @@ CONFIG = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",),
 def _run(tiny_base, out, cfg=CONFIG):
     pipe = load_model(tiny_base)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    summary = run_unlearning(pipe, cfg, out, model_sha="tiny", base_values=base, metadata={"base_model": str(tiny_base)}, progress=False)
+    summary = run_unlearning(pipe, cfg, out, prompts=shapes_prompts_for(cfg), model_sha="tiny", base_values=base,
+                             metadata={"base_model": str(tiny_base)}, progress=False)
     return pipe, summary
 
 
@@ -71,6 +72,6 @@ def test_bad_configs_are_refused_before_anything_is_written(tiny_base, tmp_path)
     pipe = load_model(tiny_base)
     for bad in (UnlearnConfig(concept=""), UnlearnConfig(concept="star", anchor="Star"), UnlearnConfig(concept="star", steps=-1),
                 UnlearnConfig(concept="star", method="teleport"), UnlearnConfig(concept="star", params="all")):
-        with pytest.raises(ValueError):
-            run_unlearning(pipe, bad, tmp_path / "out", model_sha="x", base_values={})
+        with pytest.raises(ConfigError):
+            run_unlearning(pipe, bad, tmp_path / "out", prompts=shapes_prompts_for(CONFIG), model_sha="x", base_values={})
     assert not (tmp_path / "out").exists()

@@ -35,6 +35,14 @@ def build_tiny_base(folder: Path) -> Path:
     return folder
 
 
+def shapes_prompts_for(cfg):
+    """The request prompts the shapes world builds for a config (what the pipeline hands the loop)."""
+    from unlearning.shapes.world import ShapesWorld
+
+    return ShapesWorld().request_prompts(cfg.concept, synonyms=cfg.synonyms, anchor=cfg.anchor, preserve=cfg.preserve,
+                                         erased=cfg.erased, per_concept=cfg.prompts_per_concept)
+
+
 def kv_names(unet) -> list[str]:
     return [n for n, _ in unet.named_parameters() if ".attn2.to_k." in n or ".attn2.to_v." in n]
 

@@ -4,6 +4,7 @@ A copy of diffusers' `AttnProcessor` (the extension point the diffusers examples
 `examples/custom_diffusion/train_custom_diffusion.py`) that keeps `attn.get_attention_scores(q, k, mask)`
 — the softmax over text tokens — in a store, averaged over heads, so a loss can compare the maps of
 concept tokens (DESIGN.md, cross-attention loss). Gradients flow through the stored maps.
+`word_token_mask` says which tokens are the concept's.
 """
 
 from __future__ import annotations
@@ -71,3 +72,18 @@ def record_cross_attention(unet) -> AttentionStore:
     }
     unet.set_attn_processor(dict(processors))  # set_attn_processor pops from the dict it is given
     return store
+
+
+def word_token_mask(tokenizer, prompts: list[str], words: list[str], max_length: int) -> torch.Tensor:
+    """(N, max_length) bool: True at the tokens of `words[i]` inside `prompts[i]` (first occurrence)."""
+    mask = torch.zeros(len(prompts), max_length, dtype=torch.bool)
+    for i, (prompt, word) in enumerate(zip(prompts, words)):
+        if not word:
+            continue
+        ids = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True).input_ids
+        word_ids = tokenizer(word, add_special_tokens=False).input_ids
+        for start in range(len(ids) - len(word_ids) + 1):
+            if ids[start : start + len(word_ids)] == word_ids:
+                mask[i, start : start + len(word_ids)] = True
+                break
+    return mask

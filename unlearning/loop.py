@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,17 +23,22 @@ from tqdm.auto import tqdm
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from unlearning import domain
-from unlearning.attention import record_cross_attention
-from unlearning.delta import compute_delta, save_delta
-from unlearning.methods import CLOSED_FORM, METHOD_DEFAULTS, METHOD_PARAMS, METHODS_WITH_SURGERY, get_method
-from unlearning.methods.context import StepContext
+from unlearning.attention import record_cross_attention, word_token_mask
+from unlearning.delta import apply_deltas, compute_delta, load_delta, save_delta
+from unlearning.files import save_torch, sha256_file, write_json
+from unlearning.methods import DEFAULT_METHOD, REQUEST_OPTIONS, UnknownMethod, get_method
+from unlearning.methods.context import EditContext, StepContext
 from unlearning.parameters import PARAMETER_SETS, add_lora, freeze_all_but, lora_merged_weights, merge_lora, trainable_names
-from unlearning.prompts import build_prompts, word_token_mask
+from unlearning.prompts import RequestPrompts
 
 DELTA_FILE = "delta.safetensors"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
-MAX_CONCEPT_CHARS = 200
+
+
+class ConfigError(ValueError):
+    """An unlearning configuration that cannot run (every problem named); nothing was written."""
+
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,8 @@ class UnlearnConfig:
     anchor: str | None = None  # None: the domain's default (shapes: "shape" for objects, "" for styles)
     preserve: tuple[str, ...] = ()
     erased: tuple[str, ...] = ()  # concepts erased earlier in the lineage (the replay set)
-    method: str = "duge"
-    params: str | None = None  # None: the method's own set (METHOD_PARAMS: esd-u trains non-xattn, the rest xattn-kv)
+    method: str = DEFAULT_METHOD
+    params: str | None = None  # None: the method's own set (its PARAMS: esd-u trains non-xattn, the rest xattn-kv)
     lora_rank: int = 4  # rank r of the attn2 adapters when params == "lora" (α = r: adapter scale 1)
     steps: int = 150
     batch_size: int = 8  # forget and preserve batches each
@@ -64,38 +68,56 @@ class UnlearnConfig:
     def __post_init__(self) -> None:
         # resolved here, so the config record, the checkpoint and the delta header name the set trained
         if self.params is None:
-            object.__setattr__(self, "params", METHOD_PARAMS.get(self.method, "xattn-kv"))
+            try:
+                object.__setattr__(self, "params", get_method(self.method).PARAMS)
+            except UnknownMethod:
+                pass  # validate() names it
+
+    @classmethod
+    def from_request(cls, request, *, erased: tuple[str, ...] = (), **operator) -> "UnlearnConfig":
+        """The config of one request: its concept, synonyms, anchor, preserve set, method and options
+        (registry/requests.py), the concepts erased before it, and operator settings (steps, checkpoint_every).
+        An operator value of None leaves the request's (or the default)."""
+        options = {k: v for k, v in dict(request.options).items() if k in REQUEST_OPTIONS}
+        options.update({k: v for k, v in operator.items() if v is not None})
+        if "hyper" in options:
+            options["hyper"] = dict(options["hyper"])
+        return cls(concept=request.concept, synonyms=tuple(request.synonyms), anchor=request.anchor or None,
+                   preserve=tuple(request.preserve), erased=tuple(erased), method=request.method, **options)
+
+    def record(self) -> dict:
+        """The config as plain JSON values: what checkpoints, summaries and idempotency compare."""
+        return json.loads(json.dumps(asdict(self)))
 
     def validate(self) -> None:
-        """Raise one ValueError naming every problem (before anything is written)."""
+        """Raise one ConfigError naming every problem (before anything is written)."""
         problems = []
         if not self.concept or not self.concept.strip():
             problems.append("concept: is empty")
-        elif len(self.concept) > MAX_CONCEPT_CHARS:
-            problems.append(f"concept: longer than {MAX_CONCEPT_CHARS} characters")
         if self.anchor is not None and self.anchor.strip().lower() == self.concept.strip().lower():
             problems.append("anchor: equals the concept")
         if self.steps < 0:
             problems.append("steps: must be >= 0")
         if self.batch_size < 1:
             problems.append("batch_size: must be >= 1")
+        try:
+            method = get_method(self.method)
+        except UnknownMethod as error:
+            method = None
+            problems.append(f"method: {error}")
         if self.params not in PARAMETER_SETS:
             problems.append(f"params: unknown {self.params!r}; known: {', '.join(PARAMETER_SETS)}")
-        elif self.method in CLOSED_FORM and self.params != METHOD_PARAMS[self.method]:
-            problems.append(f"params: {self.method} is a closed-form edit of {METHOD_PARAMS[self.method]} only")
+        elif method is not None and method.KIND == "edit" and self.params != method.PARAMS:
+            problems.append(f"params: {self.method} is a closed-form edit of {method.PARAMS} only")
         if self.params == "lora" and self.lora_rank < 1:
             problems.append("lora_rank: must be >= 1")
-        try:
-            get_method(self.method)
-        except ValueError as error:
-            problems.append(f"method: {error}")
         if self.domain_correction and self.method != "duge":
             problems.append(f"domain_correction: an option of duge, not of {self.method}")
-        unknown_hyper = set(self.hyper) - set(METHOD_DEFAULTS.get(self.method, {})) - set(domain.DEFAULTS if self.domain_correction else {})
-        if unknown_hyper:
+        known_hyper = set(method.DEFAULTS if method else {}) | set(domain.DEFAULTS if self.domain_correction else {})
+        if unknown_hyper := set(self.hyper) - known_hyper:
             problems.append(f"hyper: {self.method} has no {', '.join(sorted(unknown_hyper))}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("; ".join(problems))
 
 
 def _step_generator(seed: int, step: int, device: str = "cpu") -> torch.Generator:
@@ -126,11 +148,60 @@ def parent_latents(pipe, prompts: list[str], seeds: list[int], *, model_sha: str
         for i, latent in zip(chunk, out):
             found[i] = latent.float().cpu()
             if cache_dir:
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp = cache_dir / f".{keys[i]}.{os.getpid()}.tmp"
-                torch.save(found[i], tmp)
-                os.replace(tmp, cache_dir / f"{keys[i]}.pt")
+                save_torch(cache_dir / f"{keys[i]}.pt", found[i])
     return torch.stack(found)
+
+
+# Checkpoints go through this one name (a kill right after one is what the resume tests simulate).
+_save_checkpoint = save_torch
+
+
+def _data_seeds(cfg: UnlearnConfig, prompts: RequestPrompts) -> tuple[list[int], list[int]]:
+    keep = len(prompts.preserve) + len(prompts.replay)
+    return ([cfg.seed * 100_003 + i for i in range(len(prompts.anchor))],
+            [cfg.seed * 100_003 + 50_000 + i for i in range(keep)])
+
+
+def prepare_data(pipe, cfg: UnlearnConfig, prompts: RequestPrompts, *, model_sha: str, cache_dir: Path | None,
+                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The training data of a loss method: latents of the parent's images for the anchor prompts (the
+    forget batch is noised from them) and for the preserve + replay prompts, cached on disk by (parent,
+    prompt, seed, sampler). None for a closed-form method, which needs no images."""
+    if get_method(cfg.method).KIND == "edit":
+        return None
+    seeds_forget, seeds_keep = _data_seeds(cfg, prompts)
+    bar = tqdm(total=2, desc=f"parent images for {cfg.concept}", disable=not progress)
+    forget = parent_latents(pipe, prompts.anchor, seeds_forget, model_sha=model_sha, steps=cfg.data_steps,
+                            guidance=cfg.guidance_scale, cache_dir=cache_dir)
+    bar.update()
+    keep = parent_latents(pipe, prompts.preserve + prompts.replay, seeds_keep, model_sha=model_sha, steps=cfg.data_steps,
+                          guidance=cfg.guidance_scale, cache_dir=cache_dir)
+    bar.update()
+    bar.close()
+    return forget, keep
+
+
+def finished_summary(out_dir: Path, cfg: UnlearnConfig) -> dict | None:
+    """The summary of a step that already finished in `out_dir` under this very config (its delta
+    present and unaltered), or None. A finished step is never trained again."""
+    summary_path, delta_path = out_dir / SUMMARY_FILE, out_dir / DELTA_FILE
+    if not (summary_path.is_file() and delta_path.is_file()):
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if summary.get("config") != cfg.record() or summary.get("delta_sha256") != sha256_file(delta_path):
+        return None
+    return summary
+
+
+@torch.no_grad()
+def _apply_finished(pipe, out_dir: Path, base_values: dict[str, torch.Tensor]) -> None:
+    """Set the parent's UNet to what the finished step trained: base + its delta on the tensors it covers."""
+    delta, _ = load_delta(out_dir / DELTA_FILE)
+    names = [key.split(".", 1)[1] for key in delta]
+    apply_deltas({"unet": pipe.unet}, {"unet": {n: base_values[n] for n in names}}, [delta])
 
 
 def _encode(pipe, prompts: list[str]) -> torch.Tensor:
@@ -140,26 +211,29 @@ def _encode(pipe, prompts: list[str]) -> torch.Tensor:
         return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].float()
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, base_values: dict[str, torch.Tensor],
-                   cache_dir: Path | None = None, metadata: dict | None = None, progress: bool = True) -> dict:
+def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, prompts: RequestPrompts, model_sha: str,
+                   base_values: dict[str, torch.Tensor], cache_dir: Path | None = None, metadata: dict | None = None,
+                   progress: bool = True) -> dict:
     """Train one unlearning step on `pipe` (the parent; its UNet is modified in place) and write
     `out_dir/delta.safetensors` (θ − θ_0 for the trained tensors) and `out_dir/summary.json`.
 
+    A step that already finished in `out_dir` under the same config is not trained again: its delta is
+    applied to `pipe` and its summary returned (`"reused": true`). One stopped part-way resumes from
+    its last checkpoint.
+
     Args:
+        prompts: the request's prompt sets, built by the lineage's world (unlearning/world.py).
         base_values: θ_0 — the *base* model's values of (at least) every UNet tensor the set trains,
             keyed by UNet state-dict name.
         model_sha: the parent's identity, keying the cache of its generated latents.
 
     Raises:
-        ValueError: an invalid config (nothing written).
+        ConfigError: an invalid config (nothing written).
     """
     cfg.validate()
+    if (done := finished_summary(out_dir, cfg)) is not None:
+        _apply_finished(pipe, out_dir, base_values)
+        return {**done, "reused": True}
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pipe.device
     method = get_method(cfg.method)
@@ -187,17 +261,11 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     # -- data: target/anchor pairs, preserve + replay prompts, the parent's images of them (latents)
-    prompts = build_prompts(cfg.concept, synonyms=cfg.synonyms, anchor=cfg.anchor, preserve=cfg.preserve,
-                            erased=cfg.erased, per_concept=cfg.prompts_per_concept)
     keep_prompts = prompts.preserve + prompts.replay
-    seeds_forget = [cfg.seed * 100_003 + i for i in range(len(prompts.anchor))]
-    seeds_keep = [cfg.seed * 100_003 + 50_000 + i for i in range(len(keep_prompts))]
-    closed_form = cfg.method in CLOSED_FORM  # an edit from the prompts' embeddings: no images, no steps
+    closed_form = method.KIND == "edit"  # an edit from the prompts' embeddings: no images, no steps
     if not closed_form:
-        forget_latents = parent_latents(pipe, prompts.anchor, seeds_forget, model_sha=model_sha, steps=cfg.data_steps,
-                                        guidance=cfg.guidance_scale, cache_dir=cache_dir).to(device)
-        keep_latents = parent_latents(pipe, keep_prompts, seeds_keep, model_sha=model_sha, steps=cfg.data_steps,
-                                      guidance=cfg.guidance_scale, cache_dir=cache_dir).to(device)
+        forget_latents, keep_latents = (x.to(device) for x in
+                                        prepare_data(pipe, cfg, prompts, model_sha=model_sha, cache_dir=cache_dir))
     max_tokens = pipe.tokenizer.model_max_length
     target_embeds, anchor_embeds = _encode(pipe, prompts.target), _encode(pipe, prompts.anchor)
     keep_embeds, empty_embed = _encode(pipe, keep_prompts), _encode(pipe, [""])
@@ -209,7 +277,7 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
 
     # -- resume
     checkpoint_path, start = out_dir / CHECKPOINT_FILE, 0
-    config_record = json.loads(json.dumps(asdict(cfg)))
+    config_record = cfg.record()
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, weights_only=False)
         if state["config"] != config_record:
@@ -236,8 +304,9 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
     student.train()
     last: dict[str, float] = {}
     if closed_form:
-        last = method(trained, target_embeds=target_embeds, anchor_embeds=anchor_embeds, target_tokens=target_tokens,
-                      anchor_tokens=anchor_tokens, preserve_embeds=keep_embeds, hyper=cfg.hyper)
+        last = method.edit(EditContext(trained=trained, base_values=base, target_embeds=target_embeds, anchor_embeds=anchor_embeds,
+                                       target_tokens=target_tokens, anchor_tokens=anchor_tokens, preserve_embeds=keep_embeds,
+                                       hyper=cfg.hyper))
     else:
         bar = tqdm(range(start, cfg.steps), desc=f"unlearn {cfg.concept} ({cfg.method})", initial=start, total=cfg.steps, disable=not progress)
         for step in bar:
@@ -255,14 +324,14 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
                 trained=lora_merged_weights(student) if cfg.params == "lora" else trained, base_values=base, hyper=cfg.hyper,
             )
             with autocast:
-                terms = method(ctx)
+                terms = method.loss(ctx)
                 if cfg.domain_correction:  # the student's target outputs must pass for the parent's anchor outputs
                     fake, real = domain.outputs(ctx)
                     adversarial = domain.generator_loss(discriminator(fake))
                     terms["forget"] = terms["forget"] + domain_hyper["lambda_domain"] * adversarial
                     terms["log/adv"] = adversarial.detach()
             optimizer.zero_grad(set_to_none=True)
-            if (cfg.gradient_surgery or cfg.method in METHODS_WITH_SURGERY) and "preserve" in terms:
+            if (cfg.gradient_surgery or getattr(method, "ALWAYS_SURGERY", False)) and "preserve" in terms:
                 _surgery_backward(terms, trained_params)
             else:
                 sum(terms[k] for k in ("forget", "preserve", "regularise") if k in terms).backward()
@@ -296,6 +365,7 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
     summary = {
         "config": config_record,
         "delta": str(out_dir / DELTA_FILE),
+        "delta_sha256": sha256_file(out_dir / DELTA_FILE),
         "trained_tensors": len(names),
         "trained_parameters": sum(p.numel() for p in trained_params),
         "final_terms": last,
@@ -305,7 +375,7 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, model_sha: str, b
                     "replay": len(prompts.replay)},
         **(metadata or {}),
     }
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / SUMMARY_FILE, summary)  # last: a summary means the step finished
     checkpoint_path.unlink(missing_ok=True)
     return summary
 

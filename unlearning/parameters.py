@@ -19,7 +19,7 @@ import re
 
 import torch
 
-PARAMETER_SETS = ("xattn-kv", "xattn", "non-xattn", "full", "lora")
+from unlearning.methods import PARAMETER_SETS  # noqa: F401 - re-exported: the sets are named there, torch-free
 LORA_MODULES = r".*\.attn2\.(to_q|to_k|to_v|to_out\.0)"  # peft matches a str target with re.fullmatch
 LORA_ADAPTER = "default"
 

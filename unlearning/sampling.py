@@ -13,7 +13,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-SHAPES_BASE_MODEL = "shapes"
+from unlearning.shapes.shipped import SHAPES_BASE_MODEL
+
 MAX_PROMPT_CHARS = 1000
 
 
@@ -64,7 +65,7 @@ def model_identity(model: str | Path | None) -> tuple[str, str]:
     The sha256 keys caches and is recorded in every manifest, so a delta is never applied to a base
     other than the one it was trained against.
     """
-    from unlearning.shapes.model import WEIGHTS_DIR, weights_sha256
+    from unlearning.shapes.shipped import WEIGHTS_DIR, weights_sha256
 
     if model is None or str(model) == SHAPES_BASE_MODEL:
         return SHAPES_BASE_MODEL, weights_sha256(WEIGHTS_DIR)

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unlearning.evaluation.plan import EvaluationPlan, PromptCase
-from unlearning.shapes.detector import HEADS, classify, to_model_input
+from unlearning.evaluation.plan import EvaluationPlan
 
 
 class Judge(Protocol):
-    """A pluggable detector: class probabilities per head, features for distances."""
+    """A pluggable detector: class probabilities per head, features for distances (the shapes world's
+    two detectors: unlearning/shapes/judge.py)."""
 
+    name: str
     heads: dict[str, tuple[str, ...]]
 
     def probabilities(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
@@ -36,51 +37,25 @@ class Judge(Protocol):
     def embeddings(self, images: np.ndarray) -> np.ndarray: ...
 
 
-class ShapesJudge:
-    """The shapes-world detector as a Judge (uint8 images in, numpy out)."""
-
-    heads = HEADS
-
-    def __init__(self, detector):
-        self.detector = detector.eval()
-
-    def probabilities(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        probs = classify(self.detector, to_model_input(torch.from_numpy(images)))
-        return {head: p.numpy() for head, p in probs.items()}
-
-    @torch.no_grad()
-    def feature_maps(self, images: np.ndarray) -> list[torch.Tensor]:
-        return self.detector.stage_features(to_model_input(torch.from_numpy(images)))
-
-    @torch.no_grad()
-    def embeddings(self, images: np.ndarray) -> np.ndarray:
-        return self.detector.embed(to_model_input(torch.from_numpy(images))).numpy().astype(np.float64)
+def hits(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads: dict[str, tuple[str, ...]]) -> np.ndarray:
+    """Per case: 1 where the judge's top-1 class for the case's domain is the case's concept."""
+    return np.array([float(heads[c.domain][int(probs[c.domain][i].argmax())] == c.concept) for i, c in enumerate(plan.cases)])
 
 
-def _hits(probs: dict[str, np.ndarray], cases: list[PromptCase], indices: list[int], heads) -> np.ndarray:
-    """1 where the detector's top-1 class for the case's domain is the case's concept."""
-    return np.array([
-        float(heads[c.domain][int(probs[c.domain][i].argmax())] == c.concept) for c, i in zip(cases, indices)
-    ])
-
-
-def detection_by_group(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads=HEADS) -> dict[str, float]:
+def detection_by_group(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads: dict[str, tuple[str, ...]]) -> dict[str, float]:
     """Detection rate of each group's concept (index i of probs = plan.cases[i])."""
-    rates = {}
-    for group, cases in plan.groups().items():
-        indices = [plan.cases.index(c) for c in cases]
-        rates[group] = float(_hits(probs, cases, indices, heads).mean())
-    return rates
+    case_hits = hits(plan, probs, heads)
+    return {group: float(case_hits[indices].mean()) for group, indices in plan.groups().items()}
 
 
-def alignment(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads=HEADS, groups_prefix: str = "retain/") -> float:
+def alignment(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads: dict[str, tuple[str, ...]],
+              groups_prefix: str = "retain/") -> float:
     """Mean over retain cases of the fraction of named attributes (object, style, colour) detected."""
     scores = []
     for i, case in enumerate(plan.cases):
         if not case.group.startswith(groups_prefix):
             continue
-        named = {"object": case.scene.object, "style": case.scene.style, "colour": case.scene.colour}
-        agree = [heads[h][int(probs[h][i].argmax())] == named[h] for h in named if h in heads]
+        agree = [heads[h][int(probs[h][i].argmax())] == name for h, name in case.attributes if h in heads]
         scores.append(float(np.mean(agree)))
     return float(np.mean(scores)) if scores else float("nan")
 
@@ -94,6 +69,11 @@ def perceptual_distance(judge: Judge, a: np.ndarray, b: np.ndarray) -> np.ndarra
         fb = fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
         distances.append((fa - fb).pow(2).sum(dim=1).mean(dim=(1, 2)))
     return torch.stack(distances).mean(dim=0).numpy()
+
+
+def _unit_range(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1], LPIPS's input range."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def lpips_alex_distance() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
@@ -113,7 +93,7 @@ def lpips_alex_distance() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | No
 
     @torch.no_grad()
     def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return model(to_model_input(torch.from_numpy(a)), to_model_input(torch.from_numpy(b))).flatten().numpy()
+        return model(_unit_range(a), _unit_range(b)).flatten().numpy()
 
     return distance
 
@@ -173,9 +153,35 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def run_checks(plan: EvaluationPlan, judge: Judge, candidate_images: np.ndarray, base_images: np.ndarray, *,
+def judge_agreement(plan: EvaluationPlan, first: Judge, second: Judge, first_probs: dict, images: np.ndarray) -> dict:
+    """How often two judges give the same verdict on the same images (Lethe's second-judge check).
+
+    Per group: the fraction of images on which both judges' top-1 class for the group's domain is the
+    same. For the forget groups, `disagreement` is the fraction of images on which one judge finds the
+    target and the other does not: a candidate that fools one judge is not evidence of erasure.
+    """
+    second_probs = second.probabilities(images)
+    same = np.array([
+        first.heads[c.domain][int(first_probs[c.domain][i].argmax())] == second.heads[c.domain][int(second_probs[c.domain][i].argmax())]
+        for i, c in enumerate(plan.cases)
+    ], dtype=float)
+    first_hits, second_hits = hits(plan, first_probs, first.heads), hits(plan, second_probs, second.heads)
+    out = {"groups": {group: float(same[indices].mean()) for group, indices in plan.groups().items()},
+           "overall": float(same.mean()) if len(same) else float("nan")}
+    forget = [i for i, c in enumerate(plan.cases) if c.group.startswith("forget/")]
+    if forget:
+        out["forget_disagreement"] = float((first_hits[forget] != second_hits[forget]).mean())
+        out["forget_images"] = len(forget)
+    return out
+
+
+def run_checks(plan: EvaluationPlan, judges: tuple[Judge, ...], candidate_images: np.ndarray, base_images: np.ndarray, *,
                drift_value: float | None = None, lpips_distance=None, clip_scorer: ClipScorer | None = None) -> dict:
-    """Every check of the plan, as one nested dict of numbers (the report's JSON and the gate's input)."""
+    """Every check of the plan, as one nested dict of numbers (the report's JSON and the gate's input).
+
+    `judges[0]` judges every rate and gives the feature space for retention and FID; any further judge
+    is asked too, and its agreement with the first is reported per group (`judges`)."""
+    judge = judges[0]
     cand_probs, base_probs = judge.probabilities(candidate_images), judge.probabilities(base_images)
     cand_rates = detection_by_group(plan, cand_probs, judge.heads)
     base_rates = detection_by_group(plan, base_probs, judge.heads)
@@ -224,6 +230,10 @@ def run_checks(plan: EvaluationPlan, judge: Judge, candidate_images: np.ndarray,
         results["alignment"]["clipscore"] = {"candidate": candidate_clip, "base": base_clip, "relative": _relative(candidate_clip, base_clip)}
     if drift_value is not None:
         results["drift"] = drift_value
+    if len(judges) > 1:
+        results["judges"] = {"first": judge.name, "second": judges[1].name,
+                             "candidate": judge_agreement(plan, judge, judges[1], cand_probs, candidate_images),
+                             "base": judge_agreement(plan, judge, judges[1], base_probs, base_images)}
     return results
 
 

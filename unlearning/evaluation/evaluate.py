@@ -25,11 +25,12 @@ class Evaluation:
     timings: dict
 
 
-def evaluate(candidate_pipe, base_pipe, judge: Judge, plan: EvaluationPlan, *, sampler: dict, base_sha256: str,
+def evaluate(candidate_pipe, base_pipe, judges: tuple[Judge, ...], plan: EvaluationPlan, *, sampler: dict, base_sha256: str,
              cache: ImageCache | None, policy: Policy | None = None, drift_value: float | None = None,
              lpips_distance=None, clip_scorer=None) -> Evaluation:
     """Evaluate `candidate_pipe` against `base_pipe` on `plan`.
 
+    `judges[0]` judges; a second judge's agreement with it is reported (unlearning/evaluation/checks.py).
     When the candidate *is* the base (same object), its images are the base's: a model compared with
     itself must give distance 0 and FID 0, and costs one sampling pass.
     """
@@ -43,7 +44,7 @@ def evaluate(candidate_pipe, base_pipe, judge: Judge, plan: EvaluationPlan, *, s
     else:
         candidate_images = generate(candidate_pipe, prompts, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"])
     sample_seconds = time.perf_counter() - started - base_seconds
-    results = run_checks(plan, judge, candidate_images, base_images, drift_value=drift_value, lpips_distance=lpips_distance,
+    results = run_checks(plan, tuple(judges), candidate_images, base_images, drift_value=drift_value, lpips_distance=lpips_distance,
                          clip_scorer=clip_scorer)
     decision = decide(results, policy) if policy is not None else None
     timings = {

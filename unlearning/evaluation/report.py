@@ -49,9 +49,8 @@ def evaluation_payload(evaluation: Evaluation, extra: dict | None = None) -> dic
     })
 
 
-def _group_grid(evaluation: Evaluation, group: str, scale: int = 3):
+def _group_grid(evaluation: Evaluation, indices: list[int], scale: int = 3):
     """Two rows: base on top, candidate below, same prompt and seed in each column."""
-    indices = [i for i, c in enumerate(evaluation.plan.cases) if c.group == group]
     stacked = np.concatenate([evaluation.base_images[indices], evaluation.candidate_images[indices]])
     return upscale(image_grid(stacked, columns=len(indices)), scale)
 
@@ -64,9 +63,10 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
     (folder / "evaluation.json").write_text(json.dumps(payload, indent=2) + "\n")
 
     figures = []
-    for group, cases in evaluation.plan.groups().items():
+    for group, indices in evaluation.plan.groups().items():
         name = group.replace("/", "-") + ".png"
-        _group_grid(evaluation, group).save(folder / "grids" / name)
+        _group_grid(evaluation, indices).save(folder / "grids" / name)
+        cases = [evaluation.plan.cases[i] for i in indices]
         rates = evaluation.results["groups"][group]
         prompts = "<br>".join(html.escape(c.prompt) for c in cases[:3]) + (" …" if len(cases) > 3 else "")
         figures.append(

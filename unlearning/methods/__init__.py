@@ -1,47 +1,55 @@
-"""Unlearning methods, one file each, one loss function (or one closed-form edit) each (DESIGN.md,
-"The method").
+"""Unlearning methods, one file each (DESIGN.md, "The method"); this table names them.
 
-Every loss takes a `StepContext` and returns tensors keyed "forget", and optionally "preserve" and
-"regularise" (summed by the one training loop, with gradient surgery between forget and preserve
-when asked), plus "log/..." values for the progress bar:
+Every method module has the same record:
+- `KIND`: "loss" — `loss(ctx: StepContext) -> dict` returns tensors keyed "forget" and optionally
+  "preserve" and "regularise" (summed by the one training loop, with gradient surgery between forget
+  and preserve when asked), plus "log/..." values for the progress bar; or "edit" — a closed-form edit,
+  `edit(ctx: EditContext) -> dict`, applied once instead of training steps;
+- `PARAMS`: the parameter set it trains unless the request names another (unlearning/parameters.py);
+- `DEFAULTS`: its hyper-parameters (a request may override any of them, and only them);
+- `ALWAYS_SURGERY` (optional, True for rgd): gradient surgery is the method, not an option.
 
-- `duge`: Lethe's decremental step (duge.py);
-- `esd-x`, `esd-u`: ESD negative guidance on cross-attention / on the other weights (Gandikota 2023);
-- `ablation`: model-based Concept Ablation towards the anchor prompt (Kumari 2023);
-- `rgd`: restricted gradient — ascent on the target, descent on a diversified retain set (Ko 2024);
-  it is in `METHODS_WITH_SURGERY`, so the loop always applies gradient surgery to it;
-- `uce`: Unified Concept Editing (Gandikota 2024), in `CLOSED_FORM`: `uce.edit` rewrites attn2 K/V
-  once instead of a loss per step, and the loop skips its training steps.
+The methods: `duge` (Lethe's decremental step), `esd-x` / `esd-u` (ESD negative guidance on
+cross-attention / on the other weights, Gandikota 2023), `ablation` (Concept Ablation, Kumari 2023),
+`rgd` (restricted gradient, Ko 2024), `uce` (Unified Concept Editing, Gandikota 2024).
 
-`METHOD_PARAMS` is the parameter set each method trains unless the request names another.
+This module imports no torch: the ledger and `lethe submit` know the names without loading a model.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+from types import ModuleType
 
-from unlearning.methods import ablation, duge, esd_u, esd_x, rgd, uce
-
-METHODS: dict[str, Callable] = {
-    "duge": duge.loss, "esd-x": esd_x.loss, "esd-u": esd_u.loss, "ablation": ablation.loss, "rgd": rgd.loss,
-    "uce": uce.edit,
+# name -> module in this package: the one record of which methods exist
+_MODULES = {
+    "duge": "duge",
+    "esd-x": "esd_x",
+    "esd-u": "esd_u",
+    "ablation": "ablation",
+    "rgd": "rgd",
+    "uce": "uce",
 }
-METHOD_DEFAULTS: dict[str, dict] = {
-    "duge": duge.DEFAULTS, "esd-x": esd_x.DEFAULTS, "esd-u": esd_u.DEFAULTS, "ablation": ablation.DEFAULTS,
-    "rgd": rgd.DEFAULTS, "uce": uce.DEFAULTS,
-}
-METHOD_PARAMS: dict[str, str] = {
-    "duge": "xattn-kv", "esd-x": "xattn-kv", "esd-u": "non-xattn", "ablation": "xattn-kv", "rgd": "xattn-kv",
-    "uce": "xattn-kv",
-}
-METHODS_WITH_SURGERY = frozenset({"rgd"})  # restricted gradient is the method, not an option
-CLOSED_FORM = frozenset({"uce"})  # an edit of the trained tensors, not a loss; only its METHOD_PARAMS set
-METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+METHOD_NAMES: tuple[str, ...] = tuple(_MODULES)
 DEFAULT_METHOD = "duge"
+# The parameter sets a method may train (unlearning/parameters.py says which tensors each holds).
+PARAMETER_SETS = ("xattn-kv", "xattn", "non-xattn", "full", "lora")
+# The UnlearnConfig fields (unlearning/loop.py) a request may set as its `options`; the operator's
+# settings decide everything else (a test checks these are fields of UnlearnConfig).
+REQUEST_OPTIONS = ("params", "lora_rank", "steps", "batch_size", "lr", "gradient_surgery", "domain_correction", "seed",
+                   "prompts_per_concept", "hyper")
 
 
-def get_method(name: str) -> Callable:
-    """Raises ValueError for unknown methods."""
-    if name in METHODS:
-        return METHODS[name]
-    raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}")
+class UnknownMethod(ValueError):
+    """No method has this name."""
+
+
+def get_method(name: str) -> ModuleType:
+    """The method's module (imports torch).
+
+    Raises:
+        UnknownMethod: no method has this name.
+    """
+    if name not in _MODULES:
+        raise UnknownMethod(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}")
+    return importlib.import_module(f"unlearning.methods.{_MODULES[name]}")

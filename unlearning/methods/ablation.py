@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from unlearning.methods.context import StepContext
 
+KIND = "loss"
+PARAMS = "xattn-kv"
 DEFAULTS = {"lambda_anchor": 1.0}
 
 

@@ -33,3 +33,17 @@ class StepContext:
     trained: dict[str, torch.Tensor]  # the trained tensors by UNet name (lora: the merged W + BA, differentiable)
     base_values: dict[str, torch.Tensor]
     hyper: dict  # method hyper-parameters (λ's, η, ...)
+
+
+@dataclass
+class EditContext:
+    """What a closed-form method's `edit` receives (no images, no steps: prompt embeddings only)."""
+
+    trained: dict[str, torch.nn.Parameter]  # the tensors to edit in place, by UNet name (θ, from the parent)
+    base_values: dict[str, torch.Tensor]  # θ_0 of the same tensors (the base model's)
+    target_embeds: torch.Tensor  # c_tgt, (B, T, D): every prompt naming the target
+    anchor_embeds: torch.Tensor  # c_anc: the same prompts with the target replaced by the anchor
+    target_tokens: torch.Tensor  # (B, T) bool, tokens of the target word
+    anchor_tokens: torch.Tensor  # (B, T) bool, tokens of the anchor word
+    preserve_embeds: torch.Tensor  # (P, T, D): preserve and replay prompts
+    hyper: dict

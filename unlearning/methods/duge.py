@@ -27,6 +27,8 @@ import torch.nn.functional as F
 
 from unlearning.methods.context import StepContext
 
+KIND = "loss"
+PARAMS = "xattn-kv"
 DEFAULTS = {"lambda_attn": 1.0, "lambda_pp": 1.0, "lambda_reg": 10.0}  # 100 outweighed the forget term (bench/RESULTS.md)
 
 

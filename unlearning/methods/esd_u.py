@@ -5,7 +5,7 @@ the same negative-guidance objective as ESD-x, computed with the frozen parent Î
 
 but trained on the *non-cross-attention* ("unconditional") weights, so the erasure holds whatever the
 prompt says â€” the paper's choice for concepts that are not tied to one word (nudity, objects).
-What differs from ESD-x is the parameter set, not the loss: `METHOD_PARAMS["esd-u"]` is `non-xattn`
+What differs from ESD-x is the parameter set, not the loss: its `PARAMS` is `non-xattn`
 (every UNet tensor outside attn2), which a run uses unless `params` names another set.
 """
 
@@ -16,6 +16,8 @@ import torch
 from unlearning.methods import esd_x
 from unlearning.methods.context import StepContext
 
+KIND = "loss"
+PARAMS = "non-xattn"  # the "unconditional" weights: everything outside attn2
 DEFAULTS = dict(esd_x.DEFAULTS)
 
 

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from unlearning.methods.context import StepContext
 
+KIND = "loss"
+PARAMS = "xattn-kv"  # the paper trains all attn2; K/V keeps the comparison with duge like for like
 DEFAULTS = {"eta": 1.0}
 
 

@@ -13,7 +13,7 @@ by the parent), weighted by α:
     preserve = α ‖ε_θ(z_r, c_r, t) − ε_r‖²
 
 The update is the restricted gradient: where ∇forget and ∇preserve conflict, ∇forget is projected
-onto the normal plane of ∇preserve. RGD is listed in `METHODS_WITH_SURGERY`, so the loop always
+onto the normal plane of ∇preserve. RGD sets `ALWAYS_SURGERY`, so the loop always
 applies `_surgery_backward`. Two departures from the paper, both forced by the shared pieces:
 - the paper also projects ∇preserve off ∇forget (symmetric PCGrad); the loop's surgery projects only
   the forget gradient, which keeps the retain gradient whole;
@@ -29,6 +29,9 @@ import torch.nn.functional as F
 
 from unlearning.methods.context import StepContext
 
+KIND = "loss"
+PARAMS = "xattn-kv"
+ALWAYS_SURGERY = True  # restricted gradient is the method, not an option
 DEFAULTS = {"alpha": 1.5, "forget_bound": 1.5}  # the authors' defaults for α and the truncation m
 
 

@@ -28,6 +28,10 @@ from __future__ import annotations
 
 import torch
 
+from unlearning.methods.context import EditContext
+
+KIND = "edit"
+PARAMS = "xattn-kv"  # the only set a K/V edit can touch
 DEFAULTS = {"erase_scale": 1.0, "preserve_scale": 0.1, "lambda_identity": 0.1}
 EDITABLE = (".attn2.to_k.weight", ".attn2.to_v.weight")
 
@@ -73,9 +77,7 @@ def closed_form(weight: torch.Tensor, erase_keys: torch.Tensor, anchor_keys: tor
 
 
 @torch.no_grad()
-def edit(trained: dict[str, torch.nn.Parameter], *, target_embeds: torch.Tensor, anchor_embeds: torch.Tensor,
-         target_tokens: torch.Tensor, anchor_tokens: torch.Tensor, preserve_embeds: torch.Tensor,
-         hyper: dict) -> dict[str, float]:
+def edit(ctx: EditContext) -> dict[str, float]:
     """Apply the closed form to every trained attn2 K/V weight in place; returns how far the edit got:
     `erase_residual` = Σ‖W c_i − v*_i‖² after / before (0: erased exactly), `preserve_drift` =
     Σ‖W c_j − W_old c_j‖² / Σ‖W_old c_j‖².
@@ -83,14 +85,14 @@ def edit(trained: dict[str, torch.nn.Parameter], *, target_embeds: torch.Tensor,
     Raises:
         ValueError: a trained tensor that is not an attn2 to_k / to_v weight.
     """
-    hyper = {**DEFAULTS, **hyper}
-    others = [name for name in trained if not name.endswith(EDITABLE)]
+    hyper = {**DEFAULTS, **ctx.hyper}
+    others = [name for name in ctx.trained if not name.endswith(EDITABLE)]
     if others:
         raise ValueError(f"UCE edits attn2 to_k/to_v weights only, not {', '.join(others[:3])}")
-    keys, anchors = aligned_pairs(target_embeds, anchor_embeds, target_tokens, anchor_tokens)
-    preserve = preserve_embeds.reshape(-1, preserve_embeds.shape[-1])
+    keys, anchors = aligned_pairs(ctx.target_embeds, ctx.anchor_embeds, ctx.target_tokens, ctx.anchor_tokens)
+    preserve = ctx.preserve_embeds.reshape(-1, ctx.preserve_embeds.shape[-1])
     erase_before = erase_after = drift = preserved = 0.0
-    for weight in trained.values():
+    for weight in ctx.trained.values():
         old = weight.detach().clone()
         weight.copy_(closed_form(old, keys, anchors, preserve, erase_scale=hyper["erase_scale"],
                                  preserve_scale=hyper["preserve_scale"], lambda_identity=hyper["lambda_identity"]))

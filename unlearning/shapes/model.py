@@ -10,15 +10,14 @@ committed here. Only the VAE and UNet weights (trained by `lethe world train`) a
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import AutoTokenizer, BertModel
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+from unlearning.shapes.shipped import WEIGHTS_DIR, weights_available
+
 # Longest prompt in tokens (with [CLS] and [SEP]). Prompts are padded to it, as SD pads to 77.
 MAX_PROMPT_TOKENS = 32
 TEXT_EMBED_DIM = 384
@@ -114,12 +113,6 @@ def sampling_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**SCHEDULE, set_alpha_to_one=False)
 
 
-def weights_available(weights_dir: Path = WEIGHTS_DIR) -> bool:
-    return (weights_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (
-        weights_dir / "vae" / "diffusion_pytorch_model.safetensors"
-    ).is_file()
-
-
 def load_shapes_pipeline(
     weights_dir: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> StableDiffusionPipeline:
@@ -151,18 +144,3 @@ def export_diffusers(pipe: StableDiffusionPipeline, out_dir: str | Path) -> Path
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
-
-
-def weights_sha256(weights_dir: str | Path | None = None) -> str:
-    """One digest over the committed weight files and configs: the base model's identity in caches."""
-    weights_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
-    digest = hashlib.sha256()
-    for path in sorted(p for p in weights_dir.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(weights_dir).as_posix().encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -1,11 +1,12 @@
-"""`lethe world train`: retrain the shapes world's detector, VAE and UNet, seeded and resumable.
+"""`lethe world train`: retrain the shapes world's two judges, VAE and UNet, seeded and resumable.
 
-Three stages, in order, each writing its weights into the weights directory when it finishes:
+Four stages, in order, each writing its weights into the weights directory when it finishes:
 
 1. detector — the judge, trained on fresh renders, most of them degraded like generated images;
-2. vae      — a KL autoencoder (f=2) on fresh renders: L1 + MSE reconstruction, a tiny KL term, and
+2. second_detector — the second judge (second_detector.py): another architecture, augmentations, seed;
+3. vae      — a KL autoencoder (f=2) on fresh renders: L1 + MSE reconstruction, a tiny KL term, and
               the SD-style `scaling_factor` measured afterwards so latents have unit variance;
-3. unet     — epsilon-prediction on VAE latents of a fixed rendered set, captions from the training
+4. unet     — epsilon-prediction on VAE latents of a fixed rendered set, captions from the training
               templates (synonyms included, 10 % empty for classifier-free guidance), min-SNR-5
               loss weighting (Hang et al. 2023, eq. 7) and EMA weights, which are what ships.
 
@@ -17,7 +18,6 @@ resumes and ends where an uninterrupted run would. A stage whose weights exist i
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -28,9 +28,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from unlearning.files import save_torch, write_json
 from unlearning.shapes import model as shapes_model
 from unlearning.shapes.detector import HEADS, ShapesDetector, cosine_lr, degrade, to_model_input
 from unlearning.shapes.render import random_scenes, render_batch
+from unlearning.shapes.second_detector import ResidualDetector
+from unlearning.shapes.second_detector import augment as augment_second
 from unlearning.shapes.vocabulary import (
     UNCONDITIONAL_RATE,
     all_scenes,
@@ -45,12 +48,15 @@ class WorldTrainConfig:
     detector_steps: int = 1500  # batch 128, fresh renders each step
     detector_batch: int = 128
     detector_lr: float = 2e-3
+    second_detector_steps: int = 1500  # the second judge: another architecture, augmentations and seed
+    second_detector_batch: int = 128
+    second_detector_lr: float = 2e-3
     vae_steps: int = 2500  # batch 32, fresh renders each step
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6  # as small as SD's: latents stay informative, posterior stays sane
-    unet_images: int = 48_000  # fixed rendered set the UNet sees (~167 per scene)
-    unet_steps: int = 11000  # batch 64; ~0.5 s a step on 2 free cores (~1.5 h)
+    unet_images: int = 64_000  # fixed rendered set the UNet sees (~222 per scene)
+    unet_steps: int = 20_000  # batch 64; ~0.6 s a step on 2 free cores (~3.5 h)
     unet_batch: int = 64
     unet_lr: float = 3e-4
     ema_decay: float = 0.999
@@ -63,12 +69,8 @@ def _step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stage_id * 10_007 + step)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file and rename, so a kill mid-write never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+# Checkpoints go through this one name (a kill right after one is what the resume tests simulate).
+_save_checkpoint = save_torch
 
 
 def _load_checkpoint(path: Path, cfg: WorldTrainConfig | None = None) -> dict | None:
@@ -103,56 +105,100 @@ def _degraded_renders(n: int, seed: int, step: int, generator: torch.Generator) 
     return x, labels
 
 
-def train_detector(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
-    torch.manual_seed(cfg.seed)
-    detector = ShapesDetector()
-    optimizer = torch.optim.AdamW(detector.parameters(), lr=cfg.detector_lr, weight_decay=1e-4)
-    ckpt_path, start = work_dir / "detector.pt", 0
+def _second_detector_renders(n: int, seed: int, step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """The second judge's own stream of renders (other seeds), a third tinted, all through its `augment`."""
+    scenes = random_scenes(n, seed=seed * 1_000_033 + 500_000 + step)
+    third = n // 3
+    images = np.concatenate([
+        render_batch(scenes[:third], seed=seed * 1_000_033 + 3 * step, background_tint=0.15),
+        render_batch(scenes[third:], seed=seed * 1_000_033 + 3 * step + 1),
+    ])
+    x = augment_second(to_model_input(torch.from_numpy(images)), generator)
+    labels = {head: torch.tensor([classes.index(getattr(s, head)) for s in scenes]) for head, classes in HEADS.items()}
+    return x, labels
+
+
+def _train_judge(stage: str, cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
+    """Train one of the two judges (detector or second_detector) on fresh renders; write its weights."""
+    builder, filename, batches, seed = JUDGES[stage]
+    steps, batch, lr = getattr(cfg, f"{stage}_steps"), getattr(cfg, f"{stage}_batch"), getattr(cfg, f"{stage}_lr")
+    torch.manual_seed(cfg.seed + seed)
+    judge = builder()
+    optimizer = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
+    ckpt_path, start = work_dir / f"{stage}.pt", 0
     if (ckpt := _load_checkpoint(ckpt_path, cfg)) is not None:
-        detector.load_state_dict(ckpt["model"])
+        judge.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
-    detector.train()
-    progress = tqdm(range(start, cfg.detector_steps), desc="detector", initial=start, total=cfg.detector_steps)
+    judge.train()
+    loss = None
+    progress = tqdm(range(start, steps), desc=stage, initial=start, total=steps)
     for step in progress:
-        generator = _step_generator(cfg.seed, "detector", step)
-        images, labels = _degraded_renders(cfg.detector_batch, cfg.seed, step, generator)
+        generator = _step_generator(cfg.seed + seed, stage, step)
+        images, labels = batches(batch, cfg.seed + seed, step, generator)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, cfg.detector_steps, cfg.detector_lr)
-        logits = detector(images)
+            group["lr"] = cosine_lr(step, steps, lr)
+        logits = judge(images)
         loss = sum(F.cross_entropy(logits[h], labels[h]) for h in HEADS)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt_path, {"model": detector.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "config": asdict(cfg)})
-    detector.eval()
-    save_detector(detector, weights_dir)
-    return {"steps": cfg.detector_steps, "final_loss": float(loss.item()) if cfg.detector_steps > start else None}
-
-
-def save_detector(detector: ShapesDetector, weights_dir: Path) -> None:
+            _save_checkpoint(ckpt_path, {"model": judge.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                                         "config": asdict(cfg)})
+    judge.eval()
     from safetensors.torch import save_file
 
     weights_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, weights_dir / "detector.safetensors")
+    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, weights_dir / filename)
+    return {"steps": steps, "final_loss": float(loss.item()) if loss is not None else None,
+            "parameters": sum(p.numel() for p in judge.parameters())}
+
+
+def train_detector(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
+    return _train_judge("detector", cfg, weights_dir, work_dir)
+
+
+def train_second_detector(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
+    return _train_judge("second_detector", cfg, weights_dir, work_dir)
+
+
+def _load_judge(stage: str, weights_dir: Path | None) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    builder, filename, _, _ = JUDGES[stage]
+    path = (weights_dir or shapes_model.WEIGHTS_DIR) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"no shapes {stage.replace('_', ' ')} at {path}; run `lethe world train`")
+    judge = builder()
+    judge.load_state_dict(load_file(path))
+    return judge.eval()
 
 
 def load_detector(weights_dir: Path | None = None) -> ShapesDetector:
-    """Load the committed detector (eval mode).
+    """Load the committed detector, the first judge (eval mode).
 
     Raises:
         FileNotFoundError: it was never trained.
     """
-    from safetensors.torch import load_file
+    return _load_judge("detector", weights_dir)
 
-    path = (weights_dir or shapes_model.WEIGHTS_DIR) / "detector.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"no shapes detector at {path}; run `lethe world train`")
-    detector = ShapesDetector()
-    detector.load_state_dict(load_file(path))
-    return detector.eval()
+
+def load_second_detector(weights_dir: Path | None = None) -> ResidualDetector:
+    """Load the committed second judge (eval mode).
+
+    Raises:
+        FileNotFoundError: it was never trained.
+    """
+    return _load_judge("second_detector", weights_dir)
+
+
+# stage -> (builder, weights file, batch of (images, labels) for a step, seed offset)
+JUDGES = {
+    "detector": (ShapesDetector, "detector.safetensors", _degraded_renders, 0),
+    "second_detector": (ResidualDetector, "second_detector.safetensors", _second_detector_renders, 7_001),
+}
 
 
 def train_vae(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
@@ -289,12 +335,13 @@ def train_unet(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict
     return {"steps": cfg.unet_steps, "images": cfg.unet_images, "captions": len(captions), "loss_ema": loss_avg}
 
 
-STAGES = ("detector", "vae", "unet")
+STAGES = ("detector", "second_detector", "vae", "unet")
 
 
 def _stage_done(stage: str, weights_dir: Path) -> bool:
     return {
         "detector": (weights_dir / "detector.safetensors").is_file(),
+        "second_detector": (weights_dir / "second_detector.safetensors").is_file(),
         "vae": (weights_dir / "vae" / "diffusion_pytorch_model.safetensors").is_file(),
         "unet": (weights_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file(),
     }[stage]
@@ -308,7 +355,7 @@ def train_world(
     Returns a summary (per stage: steps, losses, wall seconds), also written to
     `weights_dir/world.json` together with the config, so the committed weights say how they were made.
     """
-    trainers = {"detector": train_detector, "vae": train_vae, "unet": train_unet}
+    trainers = {"detector": train_detector, "second_detector": train_second_detector, "vae": train_vae, "unet": train_unet}
     summary_path = weights_dir / "world.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["config"] = asdict(cfg)
@@ -324,5 +371,5 @@ def train_world(
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         result["threads"] = torch.get_num_threads()
         summary["stages"][stage] = result
-        shapes_model.write_json(summary_path, summary)
+        write_json(summary_path, summary, sort_keys=True)
     return summary

@@ -15,8 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-# The embedded default model: the shapes world shipped inside the package.
-SHAPES_BASE_MODEL = "shapes"
+from unlearning.shapes.shipped import SHAPES_BASE_MODEL  # the embedded default: the shipped shapes world
 
 
 class LetheSettings(BaseSettings):
@@ -25,6 +24,8 @@ class LetheSettings(BaseSettings):
     home: Path = Field(Path(".lethe"), description="root of everything Lethe writes in the embedded setup")
     model_name: str = Field("shapes-t2i", description="MLflow registered model = one lineage")
     base_model: str = Field(SHAPES_BASE_MODEL, description="'shapes', a diffusers directory, or a hub id")
+    world: Literal["auto", "shapes", "open"] = Field(
+        "auto", description="what judges the lineage's concepts: auto = shapes for the shipped base, else open (any text, no judge)")
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite:///<home>/mlflow.db")
     artifact_root: str | None = Field(None, description="default: <home>/artifacts; s3://bucket/prefix in production")
     ledger_url: str | None = Field(None, description="SQLAlchemy URL; default: sqlite:///<home>/ledger.db")

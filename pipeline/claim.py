@@ -1,0 +1,30 @@
+"""Claim: which request a drainer works on next, and the production version it starts from."""
+
+from __future__ import annotations
+
+from pipeline.settings import LetheSettings
+from pipeline.values import Parent
+from registry.ledger import Ledger
+from registry.requests import Request
+from registry.versions import PRODUCTION, ModelRegistry
+
+
+def registry_for(settings: LetheSettings) -> ModelRegistry:
+    return ModelRegistry(settings.mlflow_tracking_uri, settings.model_name, settings.artifact_root)
+
+
+def claim_next(settings: LetheSettings, *, actor: str) -> Request | None:
+    """A request a stopped run left running (resumed, or failed after too many resumes), else the head of
+    the lineage's queue moved to `running`; None when there is nothing to do. Only the holder of the
+    lineage (flows/concurrency.py) calls this."""
+    ledger = Ledger(settings.ledger_url)
+    if (stranded := ledger.resume_stranded(settings.model_name, actor=actor)) is not None:
+        return stranded
+    return ledger.claim_head(settings.model_name, actor=actor)
+
+
+def production_parent(settings: LetheSettings) -> Parent:
+    """What `production` points at now (None: the base) and the concepts it erased."""
+    registry = registry_for(settings)
+    version = registry.alias_version(PRODUCTION)
+    return Parent(version=version, erased=tuple(registry.erased_in(version)))

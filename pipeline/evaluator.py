@@ -1,0 +1,76 @@
+"""The one evaluator: everything an evaluation needs, built once from the settings.
+
+The lineage's world (its plans and judges), the gate policy (`settings.policy`, or the shipped one),
+the base-image cache under `home`, the sampler, the number of images per concept, the LPIPS backbone
+where it is on disk and CLIPScore where a CLIP model is configured. `lethe evaluate`, `lethe unlearn`,
+the request flow's evaluation, the erosion audit and bench/ all build it here, so they judge alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipeline.settings import LetheSettings
+from unlearning.evaluation.cache import ImageCache
+from unlearning.evaluation.checks import ClipScorer, drift, lpips_alex_distance
+from unlearning.evaluation.evaluate import Evaluation, evaluate
+from unlearning.evaluation.gates import Policy, load_policy
+from unlearning.evaluation.plan import EvaluationPlan
+from unlearning.evaluation.report import evaluation_payload, write_report
+from pipeline.world import world_for
+from unlearning.world import World
+
+
+def flatten_metrics(checks: dict, prefix: str = "") -> dict[str, float]:
+    """Every number in the checks as one flat dict ("forget.gate.ua": 0.97, ...), for MLflow metrics."""
+    flat = {}
+    for key, value in checks.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+            flat[name] = float(value)
+    return flat
+
+
+@dataclass
+class Evaluator:
+    world: World
+    policy: Policy | None  # None: report the checks, decide nothing
+    sampler: dict  # {"scheduler", "steps", "guidance_scale"}
+    samples: int  # images per concept
+    cache: ImageCache | None
+    lpips_distance: Callable | None = None
+    clip_scorer: ClipScorer | None = None
+
+    @classmethod
+    def from_settings(cls, settings: LetheSettings, *, gate: bool = True, policy_path: str | None = None,
+                      samples: int | None = None, sampler: dict | None = None, world: World | None = None) -> "Evaluator":
+        """Raises PolicyError for a malformed policy file (before anything is sampled)."""
+        return cls(
+            world=world or world_for(settings),
+            policy=load_policy(policy_path or settings.policy) if gate else None,
+            sampler=sampler or {"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
+            samples=settings.eval_samples if samples is None else samples,
+            cache=ImageCache(settings.home / "cache" / "images"),
+            lpips_distance=lpips_alex_distance(),
+            clip_scorer=ClipScorer(settings.clip_model) if settings.clip_model else None,
+        )
+
+    def plan(self, target: str | None, *, synonyms: tuple[str, ...] = (), erased: tuple[str, ...] = ()) -> EvaluationPlan:
+        """Raises PlanError (unknown concept, ...) or NoJudge (a world without judges)."""
+        return self.world.plan(target, synonyms=tuple(synonyms), erased=tuple(erased), samples=self.samples)
+
+    def evaluate(self, candidate, base, plan: EvaluationPlan, *, base_sha256: str) -> Evaluation:
+        """Sample both models on the plan (the base's images from the cache), check, apply the gate."""
+        drift_value = None if candidate is base else drift(candidate.unet, base.unet)
+        return evaluate(candidate, base, self.world.judges(), plan, sampler=self.sampler, base_sha256=base_sha256,
+                        cache=self.cache, policy=self.policy, drift_value=drift_value, lpips_distance=self.lpips_distance,
+                        clip_scorer=self.clip_scorer)
+
+    @staticmethod
+    def report(evaluation: Evaluation, folder: Path, *, title: str, extra: dict | None = None) -> tuple[Path, dict]:
+        """Write the report (report.html, evaluation.json, grids); returns its HTML path and the payload."""
+        return write_report(evaluation, folder, title=title, extra=extra), evaluation_payload(evaluation, extra)

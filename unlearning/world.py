@@ -1,0 +1,60 @@
+"""A world: what the generic core needs to know about a base model's concepts (DESIGN.md, "The shapes
+world"). The pipeline picks one for the lineage's base and hands it to the steps; nothing in the
+generic core (the loop, the checks, the gates) imports a particular world.
+
+- `known(concept)`: can this world judge the concept? An open world takes any text.
+- `request_prompts(...)`: the prompt sets of one unlearning request (unlearning/prompts.py).
+- `plan(...)`: the evaluation plan of a candidate (unlearning/evaluation/plan.py).
+- `judges()`: the judges that look at the plan's images (first: the one gates and distances use).
+
+The shapes world (unlearning/shapes/world.py) knows its vocabulary and has two judges; `OpenWorld`, for
+any other base, takes any text and has no judge, so its candidates cannot be gated until one is
+configured (`NoJudge`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from unlearning.evaluation.plan import EvaluationPlan
+from unlearning.prompts import RequestPrompts, open_prompts
+
+if TYPE_CHECKING:  # the judges need torch; knowing a world's vocabulary does not
+    from unlearning.evaluation.checks import Judge
+
+
+class NoJudge(Exception):
+    """This world has no judge for the concept: a candidate cannot be evaluated (nor gated)."""
+
+
+class World(Protocol):
+    name: str
+    vocabulary: tuple[str, ...]  # the concepts it can judge; () for an open world
+
+    def known(self, concept: str) -> bool: ...
+
+    def request_prompts(self, concept: str, *, synonyms: tuple[str, ...], anchor: str | None, preserve: tuple[str, ...],
+                        erased: tuple[str, ...], per_concept: int) -> RequestPrompts: ...
+
+    def plan(self, target: str | None, *, synonyms: tuple[str, ...], erased: tuple[str, ...], samples: int) -> EvaluationPlan: ...
+
+    def judges(self) -> tuple["Judge", ...]: ...
+
+
+class OpenWorld:
+    """Any base model: any concept text, generic prompt templates, no judge."""
+
+    name = "open"
+    vocabulary: tuple[str, ...] = ()
+
+    def known(self, concept: str) -> bool:
+        return True
+
+    def request_prompts(self, concept: str, *, synonyms=(), anchor=None, preserve=(), erased=(), per_concept=24) -> RequestPrompts:
+        return open_prompts(concept, synonyms=synonyms, anchor=anchor, preserve=preserve, erased=erased, per_concept=per_concept)
+
+    def plan(self, target, *, synonyms=(), erased=(), samples=6) -> EvaluationPlan:
+        raise NoJudge("this base model has no judge configured: its candidates cannot be evaluated or gated")
+
+    def judges(self) -> tuple["Judge", ...]:
+        raise NoJudge("this base model has no judge configured")

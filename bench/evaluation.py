@@ -16,11 +16,11 @@ import copy
 import os
 import platform
 import statistics
-from pathlib import Path
 import sys
 import tempfile
 import time
 from datetime import date
+from pathlib import Path
 
 import torch
 
@@ -74,15 +74,21 @@ def main() -> None:
         throughput.append(len(prompts) / (time.perf_counter() - started))
 
     images = len(plan.cases)
-    print(f"## Evaluation cost — {date.today().isoformat()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"Full gate: {images} images per model ({args.samples} per concept), DDIM {args.steps} steps, CFG 5.0, batch 64.\n")
+    print(
+        f"## Evaluation cost — {date.today().isoformat()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    print(f"Full gate: {images} images per model ({args.samples} per concept), DDIM {args.steps} steps, CFG 5.0.\n")
+
+    def row(label: str, runs: list[float], unit: str) -> None:
+        print(f"| {label} | {statistics.median(runs):.1f} {unit} | {', '.join(f'{x:.1f}' for x in runs)} |")
+
     print("| measure | median | runs |")
     print("|---|---|---|")
-    print(f"| full gate, cold cache (base + candidate sampled) | {statistics.median(cold):.1f} s | {', '.join(f'{x:.1f}' for x in cold)} |")
-    print(f"| full gate, warm base cache (candidate sampled) | {statistics.median(warm):.1f} s | {', '.join(f'{x:.1f}' for x in warm)} |")
+    row("full gate, cold cache (base + candidate sampled)", cold, "s")
+    row("full gate, warm base cache (candidate sampled)", warm, "s")
     print(f"| warm / cold | {statistics.median(warm) / statistics.median(cold):.2f} | |")
-    print(f"| batched sampling (batch {len(prompts)}) | {statistics.median(throughput):.1f} images/s | {', '.join(f'{x:.1f}' for x in throughput)} |")
+    row(f"batched sampling (batch {len(prompts)})", throughput, "images/s")
     target = 60.0
     print(f"\nTarget: warm-cache gate < {target:.0f} s — {'met' if statistics.median(warm) < target else 'NOT met'}.")
 

@@ -43,11 +43,30 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 SIZES = {
     # SD1.5's UNet (859.5M parameters): the UNet2DConditionModel defaults but for these
-    "sd15": dict(unet=dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                           cross_attention_dim=768, attention_head_dim=8), seq=77, batch=16),
-    "tiny": dict(unet=dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-                           attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")), seq=8, batch=2),
+    "sd15": dict(
+        unet=dict(
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        ),
+        seq=77,
+        batch=16,
+    ),
+    "tiny": dict(
+        unet=dict(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        ),
+        seq=8,
+        batch=2,
+    ),
 }
 
 
@@ -72,7 +91,9 @@ def build_step(unet, *, params: str, batch: int, seq: int, compiled: bool, seed:
     student_maps, parent_maps = record_cross_attention(student), record_cross_attention(parent)
     optimizer = torch.optim.AdamW(trained_params, lr=1e-5, weight_decay=0.0)
     forward = torch.compile(student) if compiled else student
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     student.train()
 
     g = torch.Generator().manual_seed(seed)
@@ -86,14 +107,25 @@ def build_step(unet, *, params: str, batch: int, seq: int, compiled: bool, seed:
     anchor_tokens = torch.zeros(batch, seq, dtype=torch.bool)
     anchor_tokens[:, 1] = True
     ctx = StepContext(
-        student=forward, parent=parent, student_maps=student_maps, parent_maps=parent_maps,
-        forget_noisy=rand(batch, c, size, size), forget_noise=rand(batch, c, size, size),
+        student=forward,
+        parent=parent,
+        student_maps=student_maps,
+        parent_maps=parent_maps,
+        forget_noisy=rand(batch, c, size, size),
+        forget_noise=rand(batch, c, size, size),
         forget_timesteps=torch.randint(0, 1000, (batch,), generator=g).to(device),
-        target_embeds=rand(batch, seq, dim), anchor_embeds=rand(batch, seq, dim), empty_embeds=rand(batch, seq, dim),
-        target_tokens=target_tokens.to(device), anchor_tokens=anchor_tokens.to(device),
-        preserve_noisy=rand(batch, c, size, size), preserve_noise=rand(batch, c, size, size),
-        preserve_timesteps=torch.randint(0, 1000, (batch,), generator=g).to(device), preserve_embeds=rand(batch, seq, dim),
-        trained=trained, base_values=base, hyper={},
+        target_embeds=rand(batch, seq, dim),
+        anchor_embeds=rand(batch, seq, dim),
+        empty_embeds=rand(batch, seq, dim),
+        target_tokens=target_tokens.to(device),
+        anchor_tokens=anchor_tokens.to(device),
+        preserve_noisy=rand(batch, c, size, size),
+        preserve_noise=rand(batch, c, size, size),
+        preserve_timesteps=torch.randint(0, 1000, (batch,), generator=g).to(device),
+        preserve_embeds=rand(batch, seq, dim),
+        trained=trained,
+        base_values=base,
+        hyper={},
     )
 
     def step() -> dict[str, torch.Tensor]:
@@ -146,8 +178,9 @@ def count_flops(base_unet, *, params: str, batch: int, seq: int) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(base_unet, *, params: str, batch: int, seq: int, steps: int, warmup: int, compiled: bool,
-            flops: float) -> dict:
+def measure(
+    base_unet, *, params: str, batch: int, seq: int, steps: int, warmup: int, compiled: bool, flops: float
+) -> dict:
     device = next(base_unet.parameters()).device
     unet = copy.deepcopy(base_unet)
     step = build_step(unet, params=params, batch=batch, seq=seq, compiled=compiled)
@@ -166,9 +199,14 @@ def measure(base_unet, *, params: str, batch: int, seq: int, steps: int, warmup:
         raise RuntimeError(f"non-finite loss terms: {terms}")
     seconds = statistics.median(times)
     row = {
-        "params": params, "mode": "compiled" if compiled else "eager", "batch": batch,
-        "ms_per_step": seconds * 1e3, "ms_per_step_all": [t * 1e3 for t in times],
-        "samples_per_s": 2 * batch / seconds, "gflop_per_step": flops / 1e9, "tflop_per_s": flops / seconds / 1e12,
+        "params": params,
+        "mode": "compiled" if compiled else "eager",
+        "batch": batch,
+        "ms_per_step": seconds * 1e3,
+        "ms_per_step_all": [t * 1e3 for t in times],
+        "samples_per_s": 2 * batch / seconds,
+        "gflop_per_step": flops / 1e9,
+        "tflop_per_s": flops / seconds / 1e12,
         "peak_memory_gib": _peak_memory_gib(device),
         "trained_parameters": sum(p.numel() for p in unet.parameters() if p.requires_grad),
     }
@@ -182,7 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", choices=tuple(SIZES), default="sd15")
-    parser.add_argument("--params", nargs="+", default=["xattn-kv", "full"], choices=("xattn-kv", "xattn", "full", "lora"))
+    parser.add_argument(
+        "--params", nargs="+", default=["xattn-kv", "full"], choices=("xattn-kv", "xattn", "full", "lora")
+    )
     parser.add_argument("--batch", type=int, default=None, help="default: 16 at sd15, 2 at tiny")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per row (the compiled rows compile here)")
@@ -212,27 +252,63 @@ def main(argv: list[str] | None = None) -> dict:
         if args.flops_only:
             rows.append({"params": params, "batch": batch, "gflop_per_step": flops / 1e9})
             continue
-        eager = measure(base_unet, params=params, batch=batch, seq=size["seq"], steps=args.steps, warmup=args.warmup,
-                        compiled=False, flops=flops)
+        eager = measure(
+            base_unet,
+            params=params,
+            batch=batch,
+            seq=size["seq"],
+            steps=args.steps,
+            warmup=args.warmup,
+            compiled=False,
+            flops=flops,
+        )
         rows.append(eager)
         if args.compile:
-            compiled = measure(base_unet, params=params, batch=batch, seq=size["seq"], steps=args.steps,
-                               warmup=args.warmup, compiled=True, flops=flops)
+            compiled = measure(
+                base_unet,
+                params=params,
+                batch=batch,
+                seq=size["seq"],
+                steps=args.steps,
+                warmup=args.warmup,
+                compiled=True,
+                flops=flops,
+            )
             compiled["time_vs_eager"] = compiled["ms_per_step"] / eager["ms_per_step"]
             rows.append(compiled)
     result = {
-        "date": str(date.today()), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "meta (count only)" if args.flops_only else _cpu_name(),
+        "date": str(date.today()),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "meta (count only)"
+        if args.flops_only
+        else _cpu_name(),
         "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
-        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "size": args.size, "batch": batch,
-        "latent": size["unet"]["sample_size"], "unet_parameters": sum(p.numel() for p in base_unet.parameters()),
-        "steps": args.steps, "warmup": args.warmup, "rows": rows,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "size": args.size,
+        "batch": batch,
+        "latent": size["unet"]["sample_size"],
+        "unet_parameters": sum(p.numel() for p in base_unet.parameters()),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rows": rows,
     }
     if args.json:
         print(json.dumps(result, indent=2))
     elif args.flops_only:
-        print("\n".join([f"FLOPs of one DUGE step, {args.size} UNet, batch {batch} forget + {batch} preserve (FlopCounterMode, meta device)",
-                         "", "| params | GFLOP/step |", "|---|---|",
-                         *(f"| {row['params']} | {row['gflop_per_step']:,.1f} |" for row in rows)]))
+        print(
+            "\n".join(
+                [
+                    f"FLOPs of one DUGE step, {args.size} UNet, batch {batch} forget + {batch} preserve "
+                    "(FlopCounterMode, meta device)",
+                    "",
+                    "| params | GFLOP/step |",
+                    "|---|---|",
+                    *(f"| {row['params']} | {row['gflop_per_step']:,.1f} |" for row in rows),
+                ]
+            )
+        )
     else:
         print(_markdown(result))
     return result
@@ -246,14 +322,17 @@ def _markdown(result: dict) -> str:
         f"{result['date']}, {result['device']}, torch {result['torch']}, {result['cpu_threads']} CPU threads; "
         f"median of {result['steps']} steps after {result['warmup']} warm-up",
         "",
-        f"| params | mode | ms/step (median) | compiled / eager | samples/s | GFLOP/step | TFLOP/s | {memory} | trained parameters |",
+        "| params | mode | ms/step (median) | compiled / eager | samples/s | GFLOP/step | TFLOP/s | "
+        f"{memory} | trained parameters |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         ratio = f"{row['time_vs_eager']:.2f}" if "time_vs_eager" in row else "—"
-        lines.append(f"| {row['params']} | {row['mode']} | {row['ms_per_step']:.1f} | {ratio} | {row['samples_per_s']:.1f} | "
-                     f"{row['gflop_per_step']:.2f} | {row['tflop_per_s']:.4f} | {row['peak_memory_gib']:.2f} | "
-                     f"{row['trained_parameters']:,} |")
+        lines.append(
+            f"| {row['params']} | {row['mode']} | {row['ms_per_step']:.1f} | {ratio} | {row['samples_per_s']:.1f} | "
+            f"{row['gflop_per_step']:.2f} | {row['tflop_per_s']:.4f} | {row['peak_memory_gib']:.2f} | "
+            f"{row['trained_parameters']:,} |"
+        )
     return "\n".join(lines)
 
 

@@ -43,7 +43,12 @@ def _setup(eval_samples: int):
 
     os.environ.setdefault("LETHE_HOME", str(Path(tempfile.gettempdir()) / "lethe-bench-home"))
     settings = load_settings()
-    return settings, load_model("shapes"), model_identity("shapes")[1], Evaluator.from_settings(settings, samples=eval_samples)
+    return (
+        settings,
+        load_model("shapes"),
+        model_identity("shapes")[1],
+        Evaluator.from_settings(settings, samples=eval_samples),
+    )
 
 
 def _request(settings, parent, base, base_sha, evaluator, *, concept, synonyms, preserve, erased, method, steps, out):
@@ -51,10 +56,19 @@ def _request(settings, parent, base, base_sha, evaluator, *, concept, synonyms, 
     from unlearning.loop import UnlearnConfig, run_unlearning
 
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
-    cfg = UnlearnConfig(concept=concept, synonyms=synonyms, preserve=preserve, erased=erased, method=method, steps=steps)
+    cfg = UnlearnConfig(
+        concept=concept, synonyms=synonyms, preserve=preserve, erased=erased, method=method, steps=steps
+    )
     started = time.perf_counter()
-    run_unlearning(parent, cfg, out, prompts=request_prompts(settings, cfg), model_sha=f"bench-{out.name}",
-                   base_values=base_values, progress=False)
+    run_unlearning(
+        parent,
+        cfg,
+        out,
+        prompts=request_prompts(settings, cfg),
+        model_sha=f"bench-{out.name}",
+        base_values=base_values,
+        progress=False,
+    )
     trained = time.perf_counter() - started
     plan = evaluator.plan(concept, synonyms=synonyms, erased=erased)
     result = evaluator.evaluate(parent, base, plan, base_sha256=base_sha)
@@ -65,31 +79,50 @@ def single(args) -> None:
     import copy
 
     settings, base, base_sha, evaluator = _setup(args.eval_samples)
-    print(f"## One request: erase circle (synonym disc, preserve ring) — {date.today()}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, {args.steps} steps, {args.eval_samples} evaluation samples per concept\n")
-    print("| method | UA gate | UA held-out | UA synonyms | IRA × base | CRA × base | ring × base | drift | gate | train s | request s (median) |")
+    print(
+        f"## One request: erase circle (synonym disc, preserve ring) — {date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, {args.steps} steps, {args.eval_samples} evaluation samples per concept\n"
+    )
+    print(
+        "| method | UA gate | UA held-out | UA synonyms | IRA × base | CRA × base | ring × base | drift | gate | train s | request s (median) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
         walls, last = [], None
         for repeat in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 parent = copy.deepcopy(base)
-                last, trained, wall = _request(settings, parent, base, base_sha, evaluator, concept="circle", synonyms=("disc",),
-                                               preserve=("ring",), erased=(), method=method, steps=args.steps,
-                                               out=Path(tmp) / f"{method}-{repeat}")
+                last, trained, wall = _request(
+                    settings,
+                    parent,
+                    base,
+                    base_sha,
+                    evaluator,
+                    concept="circle",
+                    synonyms=("disc",),
+                    preserve=("ring",),
+                    erased=(),
+                    method=method,
+                    steps=args.steps,
+                    out=Path(tmp) / f"{method}-{repeat}",
+                )
                 walls.append(wall)
         c = last.results
-        print(f"| {method} | {c['forget']['gate']['ua']:.3f} | {c['forget']['heldout']['ua']:.3f} | {c['forget']['synonyms']['ua']:.3f} | "
-              f"{c['retain']['ira']['relative']:.3f} | {c['retain']['cra']['relative']:.3f} | "
-              f"{c['retain']['per_concept']['ring']['relative']:.3f} | {c['drift']:.4f} | "
-              f"{'pass' if last.decision.passed else 'FAIL'} | {trained:.0f} | {statistics.median(walls):.0f} |")
+        print(
+            f"| {method} | {c['forget']['gate']['ua']:.3f} | {c['forget']['heldout']['ua']:.3f} | {c['forget']['synonyms']['ua']:.3f} | "
+            f"{c['retain']['ira']['relative']:.3f} | {c['retain']['cra']['relative']:.3f} | "
+            f"{c['retain']['per_concept']['ring']['relative']:.3f} | {c['drift']:.4f} | "
+            f"{'pass' if last.decision.passed else 'FAIL'} | {trained:.0f} | {statistics.median(walls):.0f} |"
+        )
 
 
 def sequence(args) -> None:
     import copy
 
     settings, base, base_sha, evaluator = _setup(args.eval_samples)
-    print(f"## Sequence {' → '.join(SEQUENCE)} — {date.today()}, {platform.machine()}, {os.cpu_count()} cores, {args.steps} steps each\n")
+    print(
+        f"## Sequence {' → '.join(SEQUENCE)} — {date.today()}, {platform.machine()}, {os.cpu_count()} cores, {args.steps} steps each\n"
+    )
     print("| method | step | erased so far | UA of each erased concept | IRA × base | CRA × base | drift |")
     print("|---|---|---|---|---|---|---|")
     for method in args.methods:
@@ -97,13 +130,28 @@ def sequence(args) -> None:
         erased: tuple[str, ...] = ()
         with tempfile.TemporaryDirectory() as tmp:
             for step, concept in enumerate(SEQUENCE, start=1):
-                result, _, _ = _request(settings, parent, base, base_sha, evaluator, concept=concept, synonyms=(), preserve=(),
-                                        erased=erased, method=method, steps=args.steps, out=Path(tmp) / f"{step}")
+                result, _, _ = _request(
+                    settings,
+                    parent,
+                    base,
+                    base_sha,
+                    evaluator,
+                    concept=concept,
+                    synonyms=(),
+                    preserve=(),
+                    erased=erased,
+                    method=method,
+                    steps=args.steps,
+                    out=Path(tmp) / f"{step}",
+                )
                 erased = (*erased, concept)
                 c = result.results
                 ua = {concept: c["forget"]["gate"]["ua"], **{k: v["ua"] for k, v in c["rebound"].items()}}
-                print(f"| {method} | {step} | {', '.join(erased)} | {', '.join(f'{k} {v:.2f}' for k, v in ua.items())} | "
-                      f"{c['retain']['ira']['relative']:.3f} | {c['retain']['cra']['relative']:.3f} | {c['drift']:.4f} |", flush=True)
+                print(
+                    f"| {method} | {step} | {', '.join(erased)} | {', '.join(f'{k} {v:.2f}' for k, v in ua.items())} | "
+                    f"{c['retain']['ira']['relative']:.3f} | {c['retain']['cra']['relative']:.3f} | {c['drift']:.4f} |",
+                    flush=True,
+                )
 
 
 def main() -> None:

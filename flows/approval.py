@@ -35,15 +35,21 @@ class ApprovalInput(RunInput):
 
 def wait_for_approval(request_id: str) -> Decision:
     """Pause this flow run until a person answers (the UI form or `lethe approve`/`reject`)."""
-    answer = pause_flow_run(wait_for_input=ApprovalInput.with_initial_data(approve=True, approver=""),
-                            timeout=APPROVAL_TIMEOUT_SECONDS, key=f"approval-{request_id}")
+    answer = pause_flow_run(
+        wait_for_input=ApprovalInput.with_initial_data(approve=True, approver=""),
+        timeout=APPROVAL_TIMEOUT_SECONDS,
+        key=f"approval-{request_id}",
+    )
     return Decision(approve=answer.approve, approver=answer.approver, comment=answer.comment)
 
 
 def _waiting_run(ledger: Ledger, request_id: str) -> dict | None:
     """Where the run that waits for this request's answer is (flow run id, host, pid), if any."""
-    waiting = [h["detail"] for h in ledger.history(request_id)
-               if h["to_state"] == AWAITING_APPROVAL and h["detail"].get("flow_run_id")]
+    waiting = [
+        h["detail"]
+        for h in ledger.history(request_id)
+        if h["to_state"] == AWAITING_APPROVAL and h["detail"].get("flow_run_id")
+    ]
     return waiting[-1] if waiting else None
 
 
@@ -79,8 +85,10 @@ def answer_paused_run(settings: LetheSettings, request_id: str, decision: Decisi
     from prefect.flow_runs import resume_flow_run
 
     try:
-        resume_flow_run(UUID(waiting["flow_run_id"]), run_input={"approve": decision.approve, "approver": decision.approver,
-                                                                 "comment": decision.comment})
+        resume_flow_run(
+            UUID(waiting["flow_run_id"]),
+            run_input={"approve": decision.approve, "approver": decision.approver, "comment": decision.comment},
+        )
     except Exception:  # noqa: BLE001 - the run is gone (crashed or cancelled): decide directly
         return False
     deadline = time.time() + ANSWER_WAIT_SECONDS

@@ -38,11 +38,21 @@ def erosion_audit() -> dict:
     with gpu_held(settings.gpu_slots):  # sampling hundreds of images is GPU work too
         result = audit_production(settings, version, str(report_dir))
     record_audit(settings, result)
-    create_markdown_artifact(audit_markdown(result), key=f"erosion-audit-{settings.model_name}".lower()[:60].replace("_", "-").replace(".", "-"),
-                             description=f"erosion audit of {settings.model_name} version {version}")
+    create_markdown_artifact(
+        audit_markdown(result),
+        key=f"erosion-audit-{settings.model_name}".lower()[:60].replace("_", "-").replace(".", "-"),
+        description=f"erosion audit of {settings.model_name} version {version}",
+    )
     if not result["passed"]:
         logger.error("version %s failed its erosion audit: %s", version, "; ".join(result["reasons"]))
-        emit_event(AUDIT_FAILED, resource=lineage_resource(settings.model_name, **{"lethe.version": str(version)}),
-                   payload={"version": version, "erased": result["erased"], "reasons": result["reasons"],
-                            "report": result["report_html"]})
+        emit_event(
+            AUDIT_FAILED,
+            resource=lineage_resource(settings.model_name, **{"lethe.version": str(version)}),
+            payload={
+                "version": version,
+                "erased": result["erased"],
+                "reasons": result["reasons"],
+                "report": result["report_html"],
+            },
+        )
     return result

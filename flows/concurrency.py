@@ -98,8 +98,11 @@ def lineage_held(model_name: str, *, wait_seconds: float) -> Iterator[None]:
         try:
             # A drainer may hold its lineage for days (a run paused for approval): the lease is renewed
             # in the background; a failed renewal is logged, not fatal (the ledger still guards claims).
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True,
-                                            raise_on_lease_renewal_failure=False))
+            stack.enter_context(
+                concurrency(
+                    name, occupy=1, timeout_seconds=wait_seconds, strict=True, raise_on_lease_renewal_failure=False
+                )
+            )
         except TimeoutError:
             raise LineageBusy(f"{name} is held by another run (waited {wait_seconds:g} s)") from None
         yield

@@ -64,8 +64,11 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
             outcome = evaluate_request(settings, request, parent, work_dir)
         step = "registering the candidate"
         version = register_candidate(settings, request, parent, outcome)
-        create_markdown_artifact(gate_markdown(request.id, outcome, version), key=_artifact_key("gate", request.id),
-                                 description=f"gate of request {request.id}")
+        create_markdown_artifact(
+            gate_markdown(request.id, outcome, version),
+            key=_artifact_key("gate", request.id),
+            description=f"gate of request {request.id}",
+        )
         step = "recording the gate"
         waiting = None if auto_approve else _where_this_run_waits()
         state = record_gate(settings, request, parent, outcome, version, waiting=waiting)
@@ -73,10 +76,18 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
         record_failure(settings, request.id, failure_message(step, error), actor="flow")
         raise
 
-    summary = {"id": request.id, "concept": request.concept, "parent_version": parent.version, "candidate_version": version,
-               "resumed_from_step": trained["resumed_from_step"], "reused_training": bool(trained.get("reused")),
-               "gate_passed": outcome.gate_passed, "gate_reasons": list(outcome.gate_reasons), "report": outcome.report_html,
-               "metrics": outcome.metrics}
+    summary = {
+        "id": request.id,
+        "concept": request.concept,
+        "parent_version": parent.version,
+        "candidate_version": version,
+        "resumed_from_step": trained["resumed_from_step"],
+        "reused_training": bool(trained.get("reused")),
+        "gate_passed": outcome.gate_passed,
+        "gate_reasons": list(outcome.gate_reasons),
+        "report": outcome.report_html,
+        "metrics": outcome.metrics,
+    }
     if state == REJECTED:
         return {**summary, "state": REJECTED}
     assert state == AWAITING_APPROVAL
@@ -98,7 +109,9 @@ def _where_this_run_waits() -> dict:
 
 
 @flow(name="continual-unlearning")
-def continual_unlearning(max_requests: int | None = None, auto_approve: bool = False, unlearn_steps: int | None = None) -> list[dict]:
+def continual_unlearning(
+    max_requests: int | None = None, auto_approve: bool = False, unlearn_steps: int | None = None
+) -> list[dict]:
     """Drain the queue of the configured lineage: one request at a time, strictly in order.
 
     One drainer per lineage: the run holds the lineage's concurrency slot while it drains. A run that
@@ -124,5 +137,12 @@ def _drain_one(settings: LetheSettings, request: Request, auto_approve: bool, un
     except Exception as error:  # recorded by process_request; the queue goes on
         # An error before or after process_request's own bookkeeping must not leave the request
         # running either (the next claim would resume it again and again).
-        record_failure(settings, request.id, failure_message("processing the request", error), actor="continual-unlearning")
-        return {"id": request.id, "concept": request.concept, "state": FAILED, "error": f"{type(error).__name__}: {error}"}
+        record_failure(
+            settings, request.id, failure_message("processing the request", error), actor="continual-unlearning"
+        )
+        return {
+            "id": request.id,
+            "concept": request.concept,
+            "state": FAILED,
+            "error": f"{type(error).__name__}: {error}",
+        }

@@ -43,8 +43,14 @@ def announce_submitted(model_name: str, requests: list[dict]) -> str:
     from prefect.events import Event
     from prefect.events.clients import PrefectEventsClient
 
-    events = [Event(event=REQUEST_SUBMITTED, resource=lineage_resource(model_name),
-                    payload={"request_id": r["id"], "seq": r["seq"], "concept": r["concept"]}) for r in requests]
+    events = [
+        Event(
+            event=REQUEST_SUBMITTED,
+            resource=lineage_resource(model_name),
+            payload={"request_id": r["id"], "seq": r["seq"], "concept": r["concept"]},
+        )
+        for r in requests
+    ]
 
     async def send() -> None:
         async with PrefectEventsClient(api_url=api_url, reconnection_attempts=2) as client:

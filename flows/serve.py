@@ -24,30 +24,43 @@ from pipeline.settings import LetheSettings
 
 def submitted_trigger(model_name: str) -> DeploymentEventTrigger:
     """Run the drainer on every request submitted to this lineage (extra runs wait on the lineage limit)."""
-    return DeploymentEventTrigger(name=f"drain {model_name} on submit", expect={REQUEST_SUBMITTED},
-                                  match={"prefect.resource.id": lineage_resource_id(model_name)})
+    return DeploymentEventTrigger(
+        name=f"drain {model_name} on submit",
+        expect={REQUEST_SUBMITTED},
+        match={"prefect.resource.id": lineage_resource_id(model_name)},
+    )
 
 
 def deployments(settings: LetheSettings) -> list[RunnerDeployment]:
     # Module paths, not file paths: runs import the installed package, whatever the working directory.
     common = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["lethe", settings.model_name]}
     drain = continual_unlearning.to_deployment(
-        name=f"drain-{settings.model_name}", schedule=Cron(settings.drain_cron, timezone=settings.schedule_timezone),
-        triggers=[submitted_trigger(settings.model_name)], description=f"Drain the request queue of {settings.model_name}",
+        name=f"drain-{settings.model_name}",
+        schedule=Cron(settings.drain_cron, timezone=settings.schedule_timezone),
+        triggers=[submitted_trigger(settings.model_name)],
+        description=f"Drain the request queue of {settings.model_name}",
         **common,
     )
     audit = erosion_audit.to_deployment(
-        name=f"audit-{settings.model_name}", schedule=Cron(settings.audit_cron, timezone=settings.schedule_timezone),
-        description=f"Erosion audit of {settings.model_name}@production", **common,
+        name=f"audit-{settings.model_name}",
+        schedule=Cron(settings.audit_cron, timezone=settings.schedule_timezone),
+        description=f"Erosion audit of {settings.model_name}@production",
+        **common,
     )
     return [drain, audit]
 
 
 def describe(served: list[RunnerDeployment]) -> list[dict]:
     """What `lethe serve` serves, as plain values (printed at start-up)."""
-    return [{"deployment": f"{d.flow_name}/{d.name}", "entrypoint": d.entrypoint,
-             "schedules": [s.schedule.cron for s in d.schedules],
-             "triggers": [sorted(t.expect) for t in d.triggers]} for d in served]
+    return [
+        {
+            "deployment": f"{d.flow_name}/{d.name}",
+            "entrypoint": d.entrypoint,
+            "schedules": [s.schedule.cron for s in d.schedules],
+            "triggers": [sorted(t.expect) for t in d.triggers],
+        }
+        for d in served
+    ]
 
 
 def serve_deployments(served: list[RunnerDeployment], limit: int | None = None) -> None:

@@ -10,7 +10,7 @@ model version, and an event in the ledger's append-only audit table.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.claim import registry_for
@@ -58,15 +58,26 @@ def audit_version(settings: LetheSettings, *, version: int, out_dir: Path) -> di
     evaluation = evaluator.evaluate(model.pipe, base, plan, base_sha256=model.base_sha256)
     decision = evaluation.decision
     result = {
-        "model_name": settings.model_name, "version": version, "erased": erased,
-        "state": PASSED if decision.passed else FAILED, "passed": decision.passed, "reasons": decision.reasons,
-        "policy": policy.name, "checks": [c.__dict__ for c in decision.checks],
+        "model_name": settings.model_name,
+        "version": version,
+        "erased": erased,
+        "state": PASSED if decision.passed else FAILED,
+        "passed": decision.passed,
+        "reasons": decision.reasons,
+        "policy": policy.name,
+        "checks": [c.__dict__ for c in decision.checks],
         "metrics": flatten_metrics({k: v for k, v in evaluation.results.items() if k != "groups"}),
-        "audited_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "report_dir": str(out_dir), "report_html": str(out_dir / "report.html"), "report_json": str(out_dir / "audit.json"),
+        "audited_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "report_dir": str(out_dir),
+        "report_html": str(out_dir / "report.html"),
+        "report_json": str(out_dir / "audit.json"),
     }
-    evaluator.report(evaluation, out_dir, title=f"Erosion audit of {settings.model_name} version {version}",
-                     extra={"audit": {k: result[k] for k in ("model_name", "version", "erased", "state", "policy", "audited_at")}})
+    evaluator.report(
+        evaluation,
+        out_dir,
+        title=f"Erosion audit of {settings.model_name} version {version}",
+        extra={"audit": {k: result[k] for k in ("model_name", "version", "erased", "state", "policy", "audited_at")}},
+    )
     write_json(out_dir / "audit.json", result)
     return result
 
@@ -74,12 +85,27 @@ def audit_version(settings: LetheSettings, *, version: int, out_dir: Path) -> di
 def mark_audit(settings: LetheSettings, result: dict) -> None:
     """Record the outcome on the model version (tags) and in the ledger's audit table."""
     registry = registry_for(settings)
-    tags = {TAG_AUDIT: result["state"], TAG_AUDIT_REASONS: json.dumps(result["reasons"])[:4000],
-            TAG_AUDIT_AT: result["audited_at"], TAG_AUDIT_REPORT: result["report_html"]}
+    tags = {
+        TAG_AUDIT: result["state"],
+        TAG_AUDIT_REASONS: json.dumps(result["reasons"])[:4000],
+        TAG_AUDIT_AT: result["audited_at"],
+        TAG_AUDIT_REPORT: result["report_html"],
+    }
     for key, value in tags.items():
-        with_retries(lambda key=key, value=value: registry.client.set_model_version_tag(
-            settings.model_name, str(result["version"]), key, value), what=f"tag version {result['version']}")
-    Ledger(settings.ledger_url).record_event(LEDGER_EVENT[result["state"]], actor=AUDIT_ACTOR, detail={
-        "lineage": settings.model_name, "version": result["version"], "erased": result["erased"],
-        "reasons": result["reasons"], "report": result["report_html"],
-    })
+        with_retries(
+            lambda key=key, value=value: registry.client.set_model_version_tag(
+                settings.model_name, str(result["version"]), key, value
+            ),
+            what=f"tag version {result['version']}",
+        )
+    Ledger(settings.ledger_url).record_event(
+        LEDGER_EVENT[result["state"]],
+        actor=AUDIT_ACTOR,
+        detail={
+            "lineage": settings.model_name,
+            "version": result["version"],
+            "erased": result["erased"],
+            "reasons": result["reasons"],
+            "report": result["report_html"],
+        },
+    )

@@ -25,9 +25,19 @@ from unlearning.sampling import load_model
 OUTCOME_FILE = "outcome.json"
 
 
-def evaluate_model(evaluator: Evaluator, candidate, base, *, base_sha256: str, target: str | None,
-                   synonyms: tuple[str, ...] = (), erased: tuple[str, ...] = (), report_dir: Path, title: str,
-                   extra: dict | None = None) -> tuple[Evaluation, dict]:
+def evaluate_model(
+    evaluator: Evaluator,
+    candidate,
+    base,
+    *,
+    base_sha256: str,
+    target: str | None,
+    synonyms: tuple[str, ...] = (),
+    erased: tuple[str, ...] = (),
+    report_dir: Path,
+    title: str,
+    extra: dict | None = None,
+) -> tuple[Evaluation, dict]:
     """Evaluate any candidate against its base and write the report; returns (evaluation, payload)."""
     plan = evaluator.plan(target, synonyms=synonyms, erased=erased)
     evaluation = evaluator.evaluate(candidate, base, plan, base_sha256=base_sha256)
@@ -53,20 +63,43 @@ def evaluate_request(settings: LetheSettings, request, parent: Parent, work_dir:
             return Outcome.from_dict(recorded["outcome"])
     config = unlearn_config(settings, request, parent)
     summary = json.loads((work_dir / "train" / "summary.json").read_text())
-    candidate = load_parent_model(settings, parent.source(settings.model_name, settings.base_model), extra_deltas=(delta,))
+    candidate = load_parent_model(
+        settings, parent.source(settings.model_name, settings.base_model), extra_deltas=(delta,)
+    )
     base = load_model(candidate.base_model)
     evaluation, payload = evaluate_model(
-        evaluator, candidate.pipe, base, base_sha256=candidate.base_sha256, target=config.concept, synonyms=config.synonyms,
-        erased=config.erased, report_dir=work_dir / "report", title=f"Request {request.id}: erase {config.concept}")
+        evaluator,
+        candidate.pipe,
+        base,
+        base_sha256=candidate.base_sha256,
+        target=config.concept,
+        synonyms=config.synonyms,
+        erased=config.erased,
+        report_dir=work_dir / "report",
+        title=f"Request {request.id}: erase {config.concept}",
+    )
     decision = evaluation.decision
     outcome = Outcome(
-        request_id=request.id, delta=str(delta), report_dir=str(work_dir / "report"),
-        report_html=str(work_dir / "report" / "report.html"), metrics=flatten_metrics(payload["checks"]),
-        gate_passed=decision.passed, gate_reasons=tuple(decision.reasons),
-        gate_checks=tuple(GateCheck(**c.__dict__) for c in decision.checks), erased=(*parent.erased, config.concept),
-        params={"method": config.method, "params": config.params, "steps": config.steps, "lr": config.lr,
-                "batch_size": config.batch_size, "seed": config.seed, "train_seconds": summary["seconds"]},
-        base_sha256=candidate.base_sha256, resumed_from_step=summary.get("resumed_from_step", 0),
+        request_id=request.id,
+        delta=str(delta),
+        report_dir=str(work_dir / "report"),
+        report_html=str(work_dir / "report" / "report.html"),
+        metrics=flatten_metrics(payload["checks"]),
+        gate_passed=decision.passed,
+        gate_reasons=tuple(decision.reasons),
+        gate_checks=tuple(GateCheck(**c.__dict__) for c in decision.checks),
+        erased=(*parent.erased, config.concept),
+        params={
+            "method": config.method,
+            "params": config.params,
+            "steps": config.steps,
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "train_seconds": summary["seconds"],
+        },
+        base_sha256=candidate.base_sha256,
+        resumed_from_step=summary.get("resumed_from_step", 0),
     )
     write_json(work_dir / OUTCOME_FILE, {"judged": judged, "outcome": outcome.as_dict()})
     return outcome

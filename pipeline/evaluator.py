@@ -8,18 +8,18 @@ the request flow's evaluation, the erosion audit and bench/ all build it here, s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pipeline.settings import LetheSettings
+from pipeline.world import world_for
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.checks import ClipScorer, drift, lpips_alex_distance
 from unlearning.evaluation.evaluate import Evaluation, evaluate
 from unlearning.evaluation.gates import Policy, load_policy
 from unlearning.evaluation.plan import EvaluationPlan
 from unlearning.evaluation.report import evaluation_payload, write_report
-from pipeline.world import world_for
 from unlearning.world import World
 
 
@@ -46,29 +46,50 @@ class Evaluator:
     clip_scorer: ClipScorer | None = None
 
     @classmethod
-    def from_settings(cls, settings: LetheSettings, *, gate: bool = True, policy_path: str | None = None,
-                      samples: int | None = None, sampler: dict | None = None, world: World | None = None) -> "Evaluator":
+    def from_settings(
+        cls,
+        settings: LetheSettings,
+        *,
+        gate: bool = True,
+        policy_path: str | None = None,
+        samples: int | None = None,
+        sampler: dict | None = None,
+        world: World | None = None,
+    ) -> Evaluator:
         """Raises PolicyError for a malformed policy file (before anything is sampled)."""
         return cls(
             world=world or world_for(settings),
             policy=load_policy(policy_path or settings.policy) if gate else None,
-            sampler=sampler or {"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
+            sampler=sampler
+            or {"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
             samples=settings.eval_samples if samples is None else samples,
             cache=ImageCache(settings.home / "cache" / "images"),
             lpips_distance=lpips_alex_distance(),
             clip_scorer=ClipScorer(settings.clip_model) if settings.clip_model else None,
         )
 
-    def plan(self, target: str | None, *, synonyms: tuple[str, ...] = (), erased: tuple[str, ...] = ()) -> EvaluationPlan:
+    def plan(
+        self, target: str | None, *, synonyms: tuple[str, ...] = (), erased: tuple[str, ...] = ()
+    ) -> EvaluationPlan:
         """Raises PlanError (unknown concept, ...) or NoJudge (a world without judges)."""
         return self.world.plan(target, synonyms=tuple(synonyms), erased=tuple(erased), samples=self.samples)
 
     def evaluate(self, candidate, base, plan: EvaluationPlan, *, base_sha256: str) -> Evaluation:
         """Sample both models on the plan (the base's images from the cache), check, apply the gate."""
         drift_value = None if candidate is base else drift(candidate.unet, base.unet)
-        return evaluate(candidate, base, self.world.judges(), plan, sampler=self.sampler, base_sha256=base_sha256,
-                        cache=self.cache, policy=self.policy, drift_value=drift_value, lpips_distance=self.lpips_distance,
-                        clip_scorer=self.clip_scorer)
+        return evaluate(
+            candidate,
+            base,
+            self.world.judges(),
+            plan,
+            sampler=self.sampler,
+            base_sha256=base_sha256,
+            cache=self.cache,
+            policy=self.policy,
+            drift_value=drift_value,
+            lpips_distance=self.lpips_distance,
+            clip_scorer=self.clip_scorer,
+        )
 
     @staticmethod
     def report(evaluation: Evaluation, folder: Path, *, title: str, extra: dict | None = None) -> tuple[Path, dict]:

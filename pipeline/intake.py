@@ -66,13 +66,19 @@ def read_requests_file(path_text: str) -> list[RequestSpec]:
         if any(not isinstance(v, list) for v in lists.values()):
             problems.append(f"request {i}: synonyms and preserve must be lists")
             continue
-        specs.append(RequestSpec(
-            concept=str(entry.get("concept", "")), requester=str(entry.get("requester", "")),
-            synonyms=tuple(map(str, lists["synonyms"])), anchor=str(entry.get("anchor", "") or ""),
-            preserve=tuple(map(str, lists["preserve"])), method=str(entry.get("method") or "duge"),
-            options=entry.get("options") or {}, reason=str(entry.get("reason", "") or ""),
-            id=None if entry.get("id") is None else str(entry["id"]),
-        ))
+        specs.append(
+            RequestSpec(
+                concept=str(entry.get("concept", "")),
+                requester=str(entry.get("requester", "")),
+                synonyms=tuple(map(str, lists["synonyms"])),
+                anchor=str(entry.get("anchor", "") or ""),
+                preserve=tuple(map(str, lists["preserve"])),
+                method=str(entry.get("method") or "duge"),
+                options=entry.get("options") or {},
+                reason=str(entry.get("reason", "") or ""),
+                id=None if entry.get("id") is None else str(entry["id"]),
+            )
+        )
     if problems:
         raise InvalidRequest(f"{path}: " + "; ".join(problems))
     return specs
@@ -85,8 +91,10 @@ def lineage_problems(spec: RequestSpec, world: World) -> list[str]:
     for name, concepts in (("concept", [spec.concept]), ("preserve", list(spec.preserve))):
         unknown = [c for c in concepts if isinstance(c, str) and c and not world.known(c)]
         if unknown:
-            problems.append(f"{name}: {', '.join(map(repr, unknown))} cannot be judged on this lineage's base "
-                            f"({world.name} world); known: {', '.join(world.vocabulary)}")
+            problems.append(
+                f"{name}: {', '.join(map(repr, unknown))} cannot be judged on this lineage's base "
+                f"({world.name} world); known: {', '.join(world.vocabulary)}"
+            )
     if spec.options and not spec.problems():
         from unlearning.loop import ConfigError, UnlearnConfig
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pipeline.world import world_for
 from pipeline.settings import LetheSettings
 from pipeline.values import Parent
+from pipeline.world import world_for
 from registry.loading import LoadedModel, load_parent
 from unlearning.loop import UnlearnConfig, prepare_data
 from unlearning.prompts import RequestPrompts
@@ -23,22 +23,30 @@ from unlearning.prompts import RequestPrompts
 def unlearn_config(settings: LetheSettings, request, parent: Parent) -> UnlearnConfig:
     """The request's config: its own fields and options, the lineage's erased concepts, the operator's
     training settings (`unlearn_steps`, `checkpoint_every`; None leaves the method's defaults)."""
-    return UnlearnConfig.from_request(request, erased=parent.erased, steps=settings.unlearn_steps,
-                                      checkpoint_every=settings.checkpoint_every)
+    return UnlearnConfig.from_request(
+        request, erased=parent.erased, steps=settings.unlearn_steps, checkpoint_every=settings.checkpoint_every
+    )
 
 
 def request_prompts(settings: LetheSettings, config: UnlearnConfig) -> RequestPrompts:
     """The prompt sets of the request, from the lineage's world."""
     return world_for(settings).request_prompts(
-        config.concept, synonyms=config.synonyms, anchor=config.anchor, preserve=config.preserve, erased=config.erased,
-        per_concept=config.prompts_per_concept)
+        config.concept,
+        synonyms=config.synonyms,
+        anchor=config.anchor,
+        preserve=config.preserve,
+        erased=config.erased,
+        per_concept=config.prompts_per_concept,
+    )
 
 
 def load_parent_model(settings: LetheSettings, source: str, *, extra_deltas: tuple[Path, ...] = ()) -> LoadedModel:
     """A model named by `source` (the base, an `lethe unlearn` folder, models:/...), verified against the
     base its deltas record, with `extra_deltas` applied on top (a candidate: its parent plus its delta)."""
     with tempfile.TemporaryDirectory(prefix="lethe-parent-") as tmp:
-        return load_parent(source, tracking_uri=settings.mlflow_tracking_uri, workdir=Path(tmp), extra_deltas=extra_deltas)
+        return load_parent(
+            source, tracking_uri=settings.mlflow_tracking_uri, workdir=Path(tmp), extra_deltas=extra_deltas
+        )
 
 
 def prepare(settings: LetheSettings, request, parent: Parent, *, progress: bool = False) -> dict:
@@ -47,7 +55,17 @@ def prepare(settings: LetheSettings, request, parent: Parent, *, progress: bool 
     config.validate()
     prompts = request_prompts(settings, config)
     loaded = load_parent_model(settings, parent.source(settings.model_name, settings.base_model))
-    prepare_data(loaded.pipe, config, prompts, model_sha=loaded.identity, cache_dir=settings.home / "cache" / "latents",
-                 progress=progress)
-    return {"parent_sha256": loaded.identity, "target_prompts": len(prompts.target), "preserve_prompts": len(prompts.preserve),
-            "replay_prompts": len(prompts.replay)}
+    prepare_data(
+        loaded.pipe,
+        config,
+        prompts,
+        model_sha=loaded.identity,
+        cache_dir=settings.home / "cache" / "latents",
+        progress=progress,
+    )
+    return {
+        "parent_sha256": loaded.identity,
+        "target_prompts": len(prompts.target),
+        "preserve_prompts": len(prompts.preserve),
+        "replay_prompts": len(prompts.replay),
+    }

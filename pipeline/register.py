@@ -16,9 +16,19 @@ from registry.versions import Candidate
 
 def register(settings: LetheSettings, request, parent: Parent, outcome: Outcome) -> int:
     """Returns the version number MLflow assigned (or the one registered for this request before)."""
-    return registry_for(settings).register_candidate(Candidate(
-        request_id=request.id, request={**request.spec().body(), "requester": request.requester},
-        delta_path=Path(outcome.delta), parent_version=parent.version, erased=list(outcome.erased),
-        base_model=settings.base_model, base_sha256=outcome.base_sha256, params=outcome.params, metrics=outcome.metrics,
-        gate_passed=outcome.gate_passed, gate_reasons=list(outcome.gate_reasons), report_dir=Path(outcome.report_dir),
-    ))
+    return registry_for(settings).register_candidate(
+        Candidate(
+            request_id=request.id,
+            request={**request.spec().body(), "requester": request.requester},
+            delta_path=Path(outcome.delta),
+            parent_version=parent.version,
+            erased=list(outcome.erased),
+            base_model=settings.base_model,
+            base_sha256=outcome.base_sha256,
+            params=outcome.params,
+            metrics=outcome.metrics,
+            gate_passed=outcome.gate_passed,
+            gate_reasons=list(outcome.gate_reasons),
+            report_dir=Path(outcome.report_dir),
+        )
+    )

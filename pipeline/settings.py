@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from unlearning.shapes.shipped import SHAPES_BASE_MODEL  # the embedded default: the shipped shapes world
 
@@ -25,29 +31,45 @@ class LetheSettings(BaseSettings):
     model_name: str = Field("shapes-t2i", description="MLflow registered model = one lineage")
     base_model: str = Field(SHAPES_BASE_MODEL, description="'shapes', a diffusers directory, or a hub id")
     world: Literal["auto", "shapes", "open"] = Field(
-        "auto", description="what judges the lineage's concepts: auto = shapes for the shipped base, else open (any text, no judge)")
+        "auto",
+        description="what judges the lineage's concepts: auto = shapes for the shipped base, "
+        "else open (any text, no judge)",
+    )
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite:///<home>/mlflow.db")
     artifact_root: str | None = Field(None, description="default: <home>/artifacts; s3://bucket/prefix in production")
     ledger_url: str | None = Field(None, description="SQLAlchemy URL; default: sqlite:///<home>/ledger.db")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = bf16 on cuda, fp32 on cpu")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bf16 on cuda, fp32 on cpu"
+    )
     sample_steps: int = Field(25, ge=1, le=1000, description="default sampler steps (DDIM)")
     guidance_scale: float = Field(5.0, ge=1.0, le=30.0, description="default classifier-free guidance")
     clip_model: str | None = Field(None, description="local CLIP model folder: adds CLIPScore to the alignment check")
     policy: str | None = Field(None, description="gate policy YAML; default: the shipped shapes-world policy")
-    unlearn_steps: int | None = Field(None, ge=0, le=100_000, description="training steps per request; default: the method's")
-    checkpoint_every: int | None = Field(None, ge=1, description="training steps between resumable checkpoints; default: the loop's (25)")
-    eval_samples: int = Field(6, ge=1, le=64, description="images per concept in a request's evaluation and in the erosion audit")
+    unlearn_steps: int | None = Field(
+        None, ge=0, le=100_000, description="training steps per request; default: the method's"
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="training steps between resumable checkpoints; default: the loop's (25)"
+    )
+    eval_samples: int = Field(
+        6, ge=1, le=64, description="images per concept in a request's evaluation and in the erosion audit"
+    )
     approvers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="who may approve or reject a request (LETHE_APPROVERS=bob,carol)"
     )
     # Production path (`lethe serve`, deploy/prefect.yaml): schedules and Prefect concurrency limits.
-    drain_cron: str = Field("*/15 * * * *", description="cron of the queue drainer (it also runs on every submit event)")
+    drain_cron: str = Field(
+        "*/15 * * * *", description="cron of the queue drainer (it also runs on every submit event)"
+    )
     audit_cron: str = Field("0 3 * * *", description="cron of the erosion audit of production")
     schedule_timezone: str = Field("UTC", description="IANA time zone of the cron schedules")
     gpu_slots: int = Field(1, ge=1, le=64, description="size of the `gpu` concurrency limit when Lethe creates it")
     lineage_wait_seconds: float = Field(
-        60.0, ge=1, le=86400, description="how long a drainer waits for its lineage's lock before leaving it to the holder"
+        60.0,
+        ge=1,
+        le=86400,
+        description="how long a drainer waits for its lineage's lock before leaving it to the holder",
     )
 
     @field_validator("approvers", mode="before")
@@ -82,7 +104,7 @@ class LetheSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _embedded_defaults(self) -> "LetheSettings":
+    def _embedded_defaults(self) -> LetheSettings:
         home = self.home.expanduser()
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"

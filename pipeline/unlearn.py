@@ -19,16 +19,31 @@ from unlearning.loop import UnlearnConfig, run_unlearning
 from unlearning.sampling import load_model
 
 
-def train_step(settings: LetheSettings, config: UnlearnConfig, loaded: LoadedModel, out_dir: Path, *,
-               progress: bool = True, metadata: dict | None = None) -> dict:
+def train_step(
+    settings: LetheSettings,
+    config: UnlearnConfig,
+    loaded: LoadedModel,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    metadata: dict | None = None,
+) -> dict:
     """Run the loop on a loaded parent (its pipeline is modified in place: afterwards it is the
     candidate). Returns the loop's summary."""
     base = load_model(loaded.base_model)
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
     metadata = {"base_model": loaded.base_model, "base_sha256": loaded.base_sha256, **(metadata or {})}
-    return run_unlearning(loaded.pipe, config, out_dir, prompts=request_prompts(settings, config), model_sha=loaded.identity,
-                          base_values=base_values, cache_dir=settings.home / "cache" / "latents", metadata=metadata,
-                          progress=progress)
+    return run_unlearning(
+        loaded.pipe,
+        config,
+        out_dir,
+        prompts=request_prompts(settings, config),
+        model_sha=loaded.identity,
+        base_values=base_values,
+        cache_dir=settings.home / "cache" / "latents",
+        metadata=metadata,
+        progress=progress,
+    )
 
 
 def keep_ancestors(loaded: LoadedModel, out_dir: Path) -> None:

@@ -53,7 +53,7 @@ class Outcome:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Outcome":
+    def from_dict(cls, data: dict) -> Outcome:
         data = dict(data)
         data["gate_checks"] = tuple(GateCheck(**c) for c in data["gate_checks"])
         for name in ("gate_reasons", "erased"):

@@ -13,7 +13,7 @@ Rules (DESIGN.md, "Orchestration"; the registry issue, "Governance"):
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from registry.ledger import AWAITING_APPROVAL, PROMOTED, REJECTED, Ledger, LedgerError, StateConflict
 from registry.versions import ModelRegistry, PromotionRefused
@@ -37,12 +37,24 @@ def check_approver(approver: str, approvers: list[str], requester: str | None = 
 
 
 def _stamp(approver: str, comment: str, policy: str | None = None) -> dict:
-    return {"by": approver, "at": datetime.now(timezone.utc).isoformat(), "comment": comment,
-            **({"policy": policy} if policy else {})}
+    return {
+        "by": approver,
+        "at": datetime.now(UTC).isoformat(),
+        "comment": comment,
+        **({"policy": policy} if policy else {}),
+    }
 
 
-def approve(ledger: Ledger, registry: ModelRegistry, request_id: str, *, approver: str, approvers: list[str], comment: str = "",
-            policy: str | None = None) -> int:
+def approve(
+    ledger: Ledger,
+    registry: ModelRegistry,
+    request_id: str,
+    *,
+    approver: str,
+    approvers: list[str],
+    comment: str = "",
+    policy: str | None = None,
+) -> int:
     """Promote the request's candidate to production. Returns the version now in production.
 
     `policy`: the name of the auto-approval policy that approves instead of a person (`approver` is then
@@ -61,28 +73,46 @@ def approve(ledger: Ledger, registry: ModelRegistry, request_id: str, *, approve
     try:
         registry.promote(request.candidate_version, expected_production=request.parent_version, approval=stamp)
     except PromotionRefused as refusal:
-        ledger.transition(request_id, REJECTED, actor=approver, expected=AWAITING_APPROVAL, error=str(refusal),
-                          detail={"reason": str(refusal)})
+        ledger.transition(
+            request_id,
+            REJECTED,
+            actor=approver,
+            expected=AWAITING_APPROVAL,
+            error=str(refusal),
+            detail={"reason": str(refusal)},
+        )
         raise
-    ledger.transition(request_id, PROMOTED, actor=approver, expected=AWAITING_APPROVAL,
-                      detail={"version": request.candidate_version, "comment": comment, **({"policy": policy} if policy else {})})
+    ledger.transition(
+        request_id,
+        PROMOTED,
+        actor=approver,
+        expected=AWAITING_APPROVAL,
+        detail={"version": request.candidate_version, "comment": comment, **({"policy": policy} if policy else {})},
+    )
     return request.candidate_version
 
 
-def reject(ledger: Ledger, registry: ModelRegistry, request_id: str, *, approver: str, approvers: list[str], reason: str) -> None:
+def reject(
+    ledger: Ledger, registry: ModelRegistry, request_id: str, *, approver: str, approvers: list[str], reason: str
+) -> None:
     request = ledger.get(request_id)
     check_approver(approver, approvers, request.requester)
     if not reason.strip():
         raise NotAllowed("a rejection needs a reason")
-    ledger.transition(request_id, REJECTED, actor=approver, expected=AWAITING_APPROVAL, error=reason,
-                      detail={"reason": reason})
+    ledger.transition(
+        request_id, REJECTED, actor=approver, expected=AWAITING_APPROVAL, error=reason, detail={"reason": reason}
+    )
     if request.candidate_version is not None:
         registry.mark_rejected(request.candidate_version, _stamp(approver, reason))
 
 
-def rollback(ledger: Ledger, registry: ModelRegistry, *, to_version: int, approver: str, approvers: list[str], reason: str = "") -> int | None:
+def rollback(
+    ledger: Ledger, registry: ModelRegistry, *, to_version: int, approver: str, approvers: list[str], reason: str = ""
+) -> int | None:
     """Point production back at an earlier approved version; audited. Returns the previous production."""
     check_approver(approver, approvers)
     previous = registry.rollback(to_version)
-    ledger.record_event("rollback", actor=approver, detail={"from_version": previous, "to_version": to_version, "reason": reason})
+    ledger.record_event(
+        "rollback", actor=approver, detail={"from_version": previous, "to_version": to_version, "reason": reason}
+    )
     return previous

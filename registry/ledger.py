@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import (
@@ -127,7 +127,7 @@ class StateConflict(LedgerError):
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _new_request_id(concept: str) -> str:
@@ -149,7 +149,9 @@ class Ledger:
             try:
                 metadata.create_all(self.engine)
                 with self.engine.begin() as conn:
-                    for statement in _APPEND_ONLY_SQLITE if self.engine.dialect.name == "sqlite" else _APPEND_ONLY_POSTGRES:
+                    for statement in (
+                        _APPEND_ONLY_SQLITE if self.engine.dialect.name == "sqlite" else _APPEND_ONLY_POSTGRES
+                    ):
                         conn.execute(text(statement))
                 return
             except (IntegrityError, OperationalError):
@@ -198,11 +200,19 @@ class Ledger:
                     ).first()
                     if clash:
                         verb = "was erased by" if clash.state == PROMOTED else "is already requested as"
-                        raise ConflictingRequest(f"concept {concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}")
+                        raise ConflictingRequest(
+                            f"concept {concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}"
+                        )
                     seq = conn.execute(
                         insert(requests_table).values(
-                            id=request_id, lineage=lineage, concept=concept, requester=spec.requester,
-                            body=spec.body(), state=QUEUED, created_at=now, updated_at=now,
+                            id=request_id,
+                            lineage=lineage,
+                            concept=concept,
+                            requester=spec.requester,
+                            body=spec.body(),
+                            state=QUEUED,
+                            created_at=now,
+                            updated_at=now,
                         )
                     ).inserted_primary_key[0]
                     self._audit(conn, request_id, None, QUEUED, spec.requester, {"seq": seq})
@@ -254,7 +264,8 @@ class Ledger:
             if row is None:
                 return None
             resumes = conn.execute(
-                select(func.count()).select_from(audit_table)
+                select(func.count())
+                .select_from(audit_table)
                 .where(audit_table.c.request_id == row.id, audit_table.c.event == "resumed")
             ).scalar_one()
             if resumes >= max_resumes:
@@ -263,13 +274,20 @@ class Ledger:
                 return None
             conn.execute(
                 insert(audit_table).values(
-                    event="resumed", request_id=row.id, from_state=RUNNING, to_state=RUNNING, actor=actor, at=_now(),
+                    event="resumed",
+                    request_id=row.id,
+                    from_state=RUNNING,
+                    to_state=RUNNING,
+                    actor=actor,
+                    at=_now(),
                     detail={"resume": resumes + 1, "reason": "the run that claimed it stopped while it was running"},
                 )
             )
         return self.get(row.id)
 
-    def transition(self, request_id: str, to_state: str, *, actor: str, expected: str | None = None, **fields) -> Request:
+    def transition(
+        self, request_id: str, to_state: str, *, actor: str, expected: str | None = None, **fields
+    ) -> Request:
         """Move a request to `to_state` if TRANSITIONS allow it (and it is in `expected`, if given).
 
         `fields` may set parent_version, candidate_version and error; everything is audited.
@@ -293,7 +311,12 @@ class Ledger:
         with self._transaction() as conn:
             conn.execute(
                 insert(audit_table).values(
-                    event=event, request_id=None, from_state=None, to_state=None, actor=actor, at=_now(),
+                    event=event,
+                    request_id=None,
+                    from_state=None,
+                    to_state=None,
+                    actor=actor,
+                    at=_now(),
                     detail=json.loads(json.dumps(detail, default=str)),
                 )
             )
@@ -318,9 +341,7 @@ class Ledger:
         if request_id is not None:
             query = query.where(audit_table.c.request_id == request_id)
         with self.engine.connect() as conn:
-            return [
-                {**row, "at": row["at"].isoformat()} for row in conn.execute(query).mappings()
-            ]
+            return [{**row, "at": row["at"].isoformat()} for row in conn.execute(query).mappings()]
 
     def erased_concepts(self, lineage: str) -> list[str]:
         """Concepts of promoted requests, in the order they were queued."""
@@ -336,7 +357,9 @@ class Ledger:
             raise UnknownRequest(f"no request with id {request_id!r}")
         return row.state
 
-    def _change_state(self, conn, request_id: str, from_state: str, to_state: str, actor: str, detail: dict, **fields) -> None:
+    def _change_state(
+        self, conn, request_id: str, from_state: str, to_state: str, actor: str, detail: dict, **fields
+    ) -> None:
         if to_state not in STATES:
             raise ValueError(f"unknown state {to_state!r}")
         if to_state not in TRANSITIONS[from_state]:
@@ -355,7 +378,12 @@ class Ledger:
     def _audit(conn, request_id: str, from_state: str | None, to_state: str, actor: str, detail: dict) -> None:
         conn.execute(
             insert(audit_table).values(
-                event="state", request_id=request_id, from_state=from_state, to_state=to_state, actor=actor, at=_now(),
+                event="state",
+                request_id=request_id,
+                from_state=from_state,
+                to_state=to_state,
+                actor=actor,
+                at=_now(),
                 detail=json.loads(json.dumps(detail, default=str)),
             )
         )

@@ -112,8 +112,14 @@ class LoadedModel:
     erased: list[str] = field(default_factory=list)  # concepts the deltas erased, in order
 
 
-def load_parent(source: str, *, tracking_uri: str | None, workdir: Path, base_model: str | None = None,
-                extra_deltas: tuple[Path, ...] = ()) -> LoadedModel:
+def load_parent(
+    source: str,
+    *,
+    tracking_uri: str | None,
+    workdir: Path,
+    base_model: str | None = None,
+    extra_deltas: tuple[Path, ...] = (),
+) -> LoadedModel:
     """The one way to load a parent model, whatever names it.
 
     `source` is a base model ('shapes' or a diffusers folder), an `lethe unlearn --out` folder (its
@@ -151,15 +157,25 @@ def load_parent(source: str, *, tracking_uri: str | None, workdir: Path, base_mo
     base_model = base_model or recorded_base
     base_id, base_sha = model_identity(base_model)
     if recorded_sha is not None and recorded_sha != base_sha:
-        raise IntegrityError(f"base model {base_id}: sha256 {base_sha[:12]}… differs from {recorded_sha[:12]}… that {what} was trained on")
+        raise IntegrityError(
+            f"base model {base_id}: sha256 {base_sha[:12]}… differs from {recorded_sha[:12]}… "
+            f"that {what} was trained on"
+        )
     pipe = load_model(base_model, device="cpu", dtype=torch.float32)
     if ancestors:
         apply_delta_files(pipe, ancestors)
     identity = hashlib.sha256(base_sha.encode())
     for path in ancestors:
         identity.update(sha256_file(path).encode())
-    return LoadedModel(pipe=pipe, base_model=base_model, base_sha256=base_sha, ancestors=ancestors,
-                  identity=identity.hexdigest() if ancestors else base_sha, version=version, erased=[e for e in erased if e])
+    return LoadedModel(
+        pipe=pipe,
+        base_model=base_model,
+        base_sha256=base_sha,
+        ancestors=ancestors,
+        identity=identity.hexdigest() if ancestors else base_sha,
+        version=version,
+        erased=[e for e in erased if e],
+    )
 
 
 def load_pipeline(uri: str, *, tracking_uri: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
@@ -174,6 +190,11 @@ def load_pipeline(uri: str, *, tracking_uri: str, device: str = "cpu", dtype: to
     with tempfile.TemporaryDirectory(prefix="lethe-load-") as tmp:
         parent = load_parent(uri, tracking_uri=tracking_uri, workdir=Path(tmp))
     pipe = parent.pipe
-    pipe.lethe_version = {"model": parsed.name, "version": parent.version, "erased": parent.erased, "uri": uri,
-                          "base_model": parent.base_model}
+    pipe.lethe_version = {
+        "model": parsed.name,
+        "version": parent.version,
+        "erased": parent.erased,
+        "uri": uri,
+        "base_model": parent.base_model,
+    }
     return pipe.to(device=device, dtype=dtype)

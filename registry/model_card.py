@@ -5,8 +5,17 @@ from __future__ import annotations
 import yaml
 
 
-def model_card(*, model_name: str, version_label: str, base_model: str, erased: list[str], request: dict,
-               gate_passed: bool, gate_reasons: list[str], metrics: dict[str, float]) -> str:
+def model_card(
+    *,
+    model_name: str,
+    version_label: str,
+    base_model: str,
+    erased: list[str],
+    request: dict,
+    gate_passed: bool,
+    gate_reasons: list[str],
+    metrics: dict[str, float],
+) -> str:
     front_matter = {
         "base_model": base_model,
         "base_model_relation": "finetune",
@@ -24,7 +33,7 @@ def model_card(*, model_name: str, version_label: str, base_model: str, erased: 
         f"`{base_model}` with these concepts removed, in order: {', '.join(erased) or '(none)'}.",
         "",
         "Produced by Lethe (continual, decremental unlearning). Load it with",
-        f"`registry.load_pipeline(\"models:/{model_name}/<version>\")`; every file is checked against",
+        f'`registry.load_pipeline("models:/{model_name}/<version>")`; every file is checked against',
         "`manifest.json` on load.",
         "",
         "## Request",

@@ -20,7 +20,15 @@ from datetime import datetime
 from unlearning.methods import DEFAULT_METHOD, METHOD_NAMES, REQUEST_OPTIONS
 
 # The limits of every text field, in characters (after normalisation).
-LIMITS = {"concept": 200, "synonyms": 200, "anchor": 200, "preserve": 200, "requester": 200, "method": 64, "reason": 2000}
+LIMITS = {
+    "concept": 200,
+    "synonyms": 200,
+    "anchor": 200,
+    "preserve": 200,
+    "requester": 200,
+    "method": 64,
+    "reason": 2000,
+}
 MAX_LIST = 32  # synonyms or preserve concepts per request
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # The fields a requests file (lethe submit -f, lethe run --requests) may give for each request.
@@ -78,7 +86,13 @@ class RequestSpec:
                 return value
             return normalise_concept(value) if concept else normalise_text(value)
 
-        for name, concept in (("concept", True), ("anchor", True), ("requester", False), ("method", False), ("reason", False)):
+        for name, concept in (
+            ("concept", True),
+            ("anchor", True),
+            ("requester", False),
+            ("method", False),
+            ("reason", False),
+        ):
             object.__setattr__(self, name, norm(getattr(self, name), concept))
         for name in ("synonyms", "preserve"):
             value = getattr(self, name)
@@ -118,8 +132,15 @@ class RequestSpec:
 
     def body(self) -> dict:
         """The JSON the ledger stores (everything but the id and the requester, which have columns)."""
-        return {"concept": self.concept, "synonyms": list(self.synonyms), "anchor": self.anchor,
-                "preserve": list(self.preserve), "method": self.method, "options": dict(self.options), "reason": self.reason}
+        return {
+            "concept": self.concept,
+            "synonyms": list(self.synonyms),
+            "anchor": self.anchor,
+            "preserve": list(self.preserve),
+            "method": self.method,
+            "options": dict(self.options),
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -145,22 +166,48 @@ class Request:
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row) -> "Request":
+    def from_row(cls, row) -> Request:
         body = row["body"]
-        return cls(id=row["id"], seq=row["seq"], lineage=row["lineage"], state=row["state"], requester=row["requester"],
-                   concept=row["concept"], synonyms=tuple(body.get("synonyms", ())), anchor=body.get("anchor", ""),
-                   preserve=tuple(body.get("preserve", ())), method=body.get("method", DEFAULT_METHOD),
-                   options=dict(body.get("options", {})), reason=body.get("reason", ""),
-                   parent_version=row["parent_version"], candidate_version=row["candidate_version"], error=row["error"],
-                   created_at=row["created_at"], updated_at=row["updated_at"])
+        return cls(
+            id=row["id"],
+            seq=row["seq"],
+            lineage=row["lineage"],
+            state=row["state"],
+            requester=row["requester"],
+            concept=row["concept"],
+            synonyms=tuple(body.get("synonyms", ())),
+            anchor=body.get("anchor", ""),
+            preserve=tuple(body.get("preserve", ())),
+            method=body.get("method", DEFAULT_METHOD),
+            options=dict(body.get("options", {})),
+            reason=body.get("reason", ""),
+            parent_version=row["parent_version"],
+            candidate_version=row["candidate_version"],
+            error=row["error"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
 
     def spec(self) -> RequestSpec:
-        return RequestSpec(concept=self.concept, requester=self.requester, synonyms=self.synonyms, anchor=self.anchor,
-                           preserve=self.preserve, method=self.method, options=dict(self.options), reason=self.reason, id=self.id)
+        return RequestSpec(
+            concept=self.concept,
+            requester=self.requester,
+            synonyms=self.synonyms,
+            anchor=self.anchor,
+            preserve=self.preserve,
+            method=self.method,
+            options=dict(self.options),
+            reason=self.reason,
+            id=self.id,
+        )
 
     def as_dict(self) -> dict:
         """Plain JSON values (`--json` output, Prefect parameters, events)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out.update(synonyms=list(self.synonyms), preserve=list(self.preserve),
-                   created_at=self.created_at.isoformat(), updated_at=self.updated_at.isoformat())
+        out.update(
+            synonyms=list(self.synonyms),
+            preserve=list(self.preserve),
+            created_at=self.created_at.isoformat(),
+            updated_at=self.updated_at.isoformat(),
+        )
         return out

@@ -18,9 +18,10 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import mlflow
 from mlflow import MlflowClient
@@ -51,7 +52,7 @@ EXPERIMENT = "lethe"
 
 
 def _decision(tags: dict[str, str]) -> str | None:
-    """"approved", "rejected" or None, from a version's approval tag."""
+    """ "approved", "rejected" or None, from a version's approval tag."""
     try:
         return json.loads(tags.get(TAG_APPROVAL, "{}")).get("decision")
     except (json.JSONDecodeError, AttributeError):
@@ -157,26 +158,48 @@ class ModelRegistry:
                 gate={"passed": candidate.gate_passed, "reasons": candidate.gate_reasons},
             )
             run_id, model = self._log_run(candidate, folder)
-            version = self._create_version(candidate, run_id, model, sha256_file(folder / DELTA_NAME), sha256_file(manifest_path))
+            version = self._create_version(
+                candidate, run_id, model, sha256_file(folder / DELTA_NAME), sha256_file(manifest_path)
+            )
         if candidate.gate_passed:
-            with_retries(lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)), what="set alias")
+            with_retries(
+                lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)),
+                what="set alias",
+            )
         return version
 
     def _alias_undecided_candidate(self, version: int) -> None:
         """Point `candidate` at a version nobody has decided on yet (not approved, rejected or in production)."""
-        if _decision(self.version_tags(version)) is None and self.alias_version(PRODUCTION) != version \
-                and self.alias_version(CANDIDATE) != version:
-            with_retries(lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)), what="set alias")
+        if (
+            _decision(self.version_tags(version)) is None
+            and self.alias_version(PRODUCTION) != version
+            and self.alias_version(CANDIDATE) != version
+        ):
+            with_retries(
+                lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)),
+                what="set alias",
+            )
 
     def _remove_incomplete(self, request_id: str) -> None:
         for version in self._versions_for_request(request_id):
             if version.tags.get(TAG_COMPLETE) != "true":
-                log.warning("deleting version %s of %s: its registration for %s never completed", version.version, self.model_name, request_id)
-                with_retries(lambda: self.client.delete_model_version(self.model_name, str(version.version)), what="delete version")
+                log.warning(
+                    "deleting version %s of %s: its registration for %s never completed",
+                    version.version,
+                    self.model_name,
+                    request_id,
+                )
+                with_retries(
+                    lambda number=str(version.version): self.client.delete_model_version(self.model_name, number),
+                    what="delete version",
+                )
 
     def _ensure_registered_model(self) -> None:
         try:
-            with_retries(lambda: self.client.create_registered_model(self.model_name, description="Lethe lineage"), what="create model")
+            with_retries(
+                lambda: self.client.create_registered_model(self.model_name, description="Lethe lineage"),
+                what="create model",
+            )
         except MlflowException as error:
             if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code) and "already exists" not in str(error):
                 raise
@@ -222,7 +245,11 @@ class ModelRegistry:
         experiment_id = with_retries(self._experiment_id, what="get experiment")
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"request-{candidate.request_id}") as run:
             mlflow.set_tags({TAG_REQUEST: candidate.request_id, "lethe.lineage": self.model_name})
-            params = {"request_id": candidate.request_id, **{f"request.{k}": v for k, v in candidate.request.items()}, **candidate.params}
+            params = {
+                "request_id": candidate.request_id,
+                **{f"request.{k}": v for k, v in candidate.request.items()},
+                **candidate.params,
+            }
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
             mlflow.log_metrics({k: float(v) for k, v in candidate.metrics.items()})
             info = with_retries(
@@ -255,7 +282,10 @@ class ModelRegistry:
         version = int(created.version)
         try:
             # The completeness tag is the last thing written: a version without it is half-registered.
-            with_retries(lambda: self.client.set_model_version_tag(self.model_name, str(version), TAG_COMPLETE, "true"), what="tag version")
+            with_retries(
+                lambda: self.client.set_model_version_tag(self.model_name, str(version), TAG_COMPLETE, "true"),
+                what="tag version",
+            )
         except Exception:
             try:
                 self.client.delete_model_version(self.model_name, str(version))
@@ -266,12 +296,16 @@ class ModelRegistry:
     # ---------------------------------------------------------------- read
     def version_for_request(self, request_id: str) -> int | None:
         """The complete version registered for a request, if any (used for idempotency)."""
-        complete = [int(v.version) for v in self._versions_for_request(request_id) if v.tags.get(TAG_COMPLETE) == "true"]
+        complete = [
+            int(v.version) for v in self._versions_for_request(request_id) if v.tags.get(TAG_COMPLETE) == "true"
+        ]
         return min(complete) if complete else None
 
     def _versions_for_request(self, request_id: str) -> list:
         try:
-            return list(self.client.search_model_versions(f"name='{self.model_name}' and tags.`{TAG_REQUEST}`='{request_id}'"))
+            return list(
+                self.client.search_model_versions(f"name='{self.model_name}' and tags.`{TAG_REQUEST}`='{request_id}'")
+            )
         except MlflowException as error:
             if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code):
                 return []
@@ -305,10 +339,14 @@ class ModelRegistry:
         # The version's own artifact location, asked of this registry: its source is a `models:/m-…`
         # URI, which MLflow resolves through the process-wide registry URI, not the one passed here
         # (a fresh process that only loads would look in ./mlflow.db and find nothing).
-        location = with_retries(lambda: self.client.get_model_version_download_uri(self.model_name, str(version)),
-                                what=f"locate version {version}")
+        location = with_retries(
+            lambda: self.client.get_model_version_download_uri(self.model_name, str(version)),
+            what=f"locate version {version}",
+        )
         local = with_retries(
-            lambda: mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(destination), tracking_uri=self.tracking_uri),
+            lambda: mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=str(destination), tracking_uri=self.tracking_uri
+            ),
             what=f"download version {version}",
         )
         folder = Path(local) / "artifacts" / "lethe"
@@ -338,7 +376,9 @@ class ModelRegistry:
                 f"production is version {current}, but this candidate was built on version {expected_production}; "
                 "re-run the request on the current production"
             )
-        self.client.set_model_version_tag(self.model_name, str(version), TAG_APPROVAL, json.dumps({"decision": "approved", **approval}))
+        self.client.set_model_version_tag(
+            self.model_name, str(version), TAG_APPROVAL, json.dumps({"decision": "approved", **approval})
+        )
         if current is not None:
             self.client.set_registered_model_alias(self.model_name, PREVIOUS_PRODUCTION, str(current))
         self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(version))
@@ -347,7 +387,9 @@ class ModelRegistry:
         return current
 
     def mark_rejected(self, version: int, approval: dict) -> None:
-        self.client.set_model_version_tag(self.model_name, str(version), TAG_APPROVAL, json.dumps({"decision": "rejected", **approval}))
+        self.client.set_model_version_tag(
+            self.model_name, str(version), TAG_APPROVAL, json.dumps({"decision": "rejected", **approval})
+        )
         if self.alias_version(CANDIDATE) == version:
             self.client.delete_registered_model_alias(self.model_name, CANDIDATE)
 

@@ -50,8 +50,14 @@ def register_candidate(settings: LetheSettings, request: Request, parent: Parent
 
 
 @task(name="record-gate")
-def record_gate(settings: LetheSettings, request: Request, parent: Parent, outcome: Outcome, version: int,
-                waiting: dict | None = None) -> str:
+def record_gate(
+    settings: LetheSettings,
+    request: Request,
+    parent: Parent,
+    outcome: Outcome,
+    version: int,
+    waiting: dict | None = None,
+) -> str:
     return decide.record_gate(settings, request.id, parent, outcome, version, waiting=waiting)
 
 

@@ -23,12 +23,24 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, command: list[str], health_url: str, env: dict | None = None, log_dir: Path | None = None, timeout: float = 90):
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        health_url: str,
+        env: dict | None = None,
+        log_dir: Path | None = None,
+        timeout: float = 90,
+    ):
         self.name = name
         log_path = (log_dir or Path("/tmp")) / f"{name}-{os.getpid()}.log"
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            command,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -68,7 +80,9 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def wait_for(condition, process: subprocess.Popen, log: Path, what: str, timeout: float = 600, poll: float = 0.5) -> None:
+def wait_for(
+    condition, process: subprocess.Popen, log: Path, what: str, timeout: float = 600, poll: float = 0.5
+) -> None:
     """Poll real state until `condition()`; fail at once if `process` (a drainer) exits first, and
     kill its group if `what` does not come within `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -90,15 +104,30 @@ S3_ENV = {
 
 def start_moto(log_dir: Path) -> tuple[Server, str]:
     port = free_port()
-    server = Server("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/moto-api/", log_dir=log_dir)
+    server = Server(
+        "moto",
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}/moto-api/",
+        log_dir=log_dir,
+    )
     return server, f"http://127.0.0.1:{port}"
 
 
 def start_mlflow(log_dir: Path, backend_uri: str, artifacts_destination: str, s3_endpoint: str) -> tuple[Server, str]:
     port = free_port()
     command = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts_destination,
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        artifacts_destination,
     ]
     env = {**S3_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = Server("mlflow", command, f"http://127.0.0.1:{port}/health", env=env, log_dir=log_dir, timeout=120)
@@ -129,8 +158,14 @@ def prefect_server(tmp_path: Path, *, timeout: float = 120) -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**prefect_env(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    server = Server("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                    f"http://127.0.0.1:{port}/api/health", env=env, log_dir=home, timeout=timeout)
+    server = Server(
+        "prefect",
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        f"http://127.0.0.1:{port}/api/health",
+        env=env,
+        log_dir=home,
+        timeout=timeout,
+    )
     try:
         yield f"http://127.0.0.1:{port}/api"
     finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -45,9 +45,11 @@ def lethe_home(tmp_path, monkeypatch, tiny_base):
     monkeypatch.setenv("LETHE_EVAL_SAMPLES", "2")
     monkeypatch.setenv("LETHE_MODEL_NAME", f"audit-{tmp_path.name}"[:60])
     policy = tmp_path / "audit-policy.yaml"
-    policy.write_text("name: no-erosion\nthresholds:\n"
-                      "  - metric: retention.distance\n    max: 0.0\n"
-                      "  - metric: forget.gate.ua\n    min: 0.9\n")  # a request's check: not applied by an audit
+    policy.write_text(
+        "name: no-erosion\nthresholds:\n"
+        "  - metric: retention.distance\n    max: 0.0\n"
+        "  - metric: forget.gate.ua\n    min: 0.9\n"
+    )  # a request's check: not applied by an audit
     monkeypatch.setenv("LETHE_POLICY", str(policy))
     monkeypatch.delenv("LETHE_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -65,11 +67,21 @@ def _production(settings, tiny_base: Path, work: Path, *, scale: float) -> int:
     base_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     make_delta(pipe.unet, work / "delta.safetensors", seed=1, scale=scale, base_state=base_state)
     _, base_sha = model_identity(str(tiny_base))
-    version = registry.register_candidate(Candidate(
-        request_id="r1", request={"concept": "circle", "requester": "alice"}, delta_path=work / "delta.safetensors",
-        parent_version=None, erased=["circle"], base_model=str(tiny_base), base_sha256=base_sha,
-        params={"method": "test-perturbation", "steps": 0}, metrics={}, gate_passed=True, gate_reasons=[],
-    ))
+    version = registry.register_candidate(
+        Candidate(
+            request_id="r1",
+            request={"concept": "circle", "requester": "alice"},
+            delta_path=work / "delta.safetensors",
+            parent_version=None,
+            erased=["circle"],
+            base_model=str(tiny_base),
+            base_sha256=base_sha,
+            params={"method": "test-perturbation", "steps": 0},
+            metrics={},
+            gate_passed=True,
+            gate_reasons=[],
+        )
+    )
     registry.promote(version, expected_production=None, approval={"approver": "bob", "comment": "test"})
     assert registry.alias_version(PRODUCTION) == version
     return version
@@ -79,8 +91,10 @@ def _audit_events(since: float) -> list:
     from prefect import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 
-    query = EventFilter(event=EventNameFilter(name=["lethe.audit.failed"]),
-                        occurred=EventOccurredFilter(since=datetime.fromtimestamp(since - 5, tz=timezone.utc)))
+    query = EventFilter(
+        event=EventNameFilter(name=["lethe.audit.failed"]),
+        occurred=EventOccurredFilter(since=datetime.fromtimestamp(since - 5, tz=UTC)),
+    )
     with get_client(sync_client=True) as client:
         return client.read_events(filter=query, limit=50).events  # the server refuses the default (100)
 
@@ -121,8 +135,12 @@ def test_an_eroded_production_fails_and_is_marked(prefect_api, lethe_home, tiny_
     """Through `lethe audit --json` (in-process, the harness's API): exit 1, and every mark is made."""
     from flows.cli import main
 
-    for name, value in {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_LOGGING_LEVEL": "WARNING",
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}.items():
+    for name, value in {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }.items():
         monkeypatch.setenv(name, value)  # what the CLI would set for good, restored after the test
     version = _production(lethe_home, tiny_base, tmp_path, scale=0.05)
     started = time.time()
@@ -148,4 +166,9 @@ def test_an_eroded_production_fails_and_is_marked(prefect_api, lethe_home, tiny_
 def test_nothing_to_audit_without_production(prefect_api, lethe_home):
     from flows.audit import erosion_audit
 
-    assert erosion_audit() == {"model_name": lethe_home.model_name, "version": None, "state": "nothing-to-audit", "passed": True}
+    assert erosion_audit() == {
+        "model_name": lethe_home.model_name,
+        "version": None,
+        "state": "nothing-to-audit",
+        "passed": True,
+    }

@@ -35,22 +35,49 @@ class Constant(torch.nn.Module):
 def _context(student, **fields) -> StepContext:
     """A batch of one 1×2×2 latent z = 0; every field a test does not name is None."""
     z = torch.zeros(1, 1, 2, 2)
-    defaults = dict(student=student, parent=Toy(), student_maps=None, parent_maps=None, forget_noisy=z, forget_noise=z,
-                    forget_timesteps=torch.zeros(1), target_embeds=None, anchor_embeds=None, empty_embeds=None,
-                    target_tokens=None, anchor_tokens=None, preserve_noisy=z, preserve_noise=z,
-                    preserve_timesteps=torch.zeros(1), preserve_embeds=None, trained={}, base_values={}, hyper={})
+    defaults = dict(
+        student=student,
+        parent=Toy(),
+        student_maps=None,
+        parent_maps=None,
+        forget_noisy=z,
+        forget_noise=z,
+        forget_timesteps=torch.zeros(1),
+        target_embeds=None,
+        anchor_embeds=None,
+        empty_embeds=None,
+        target_tokens=None,
+        anchor_tokens=None,
+        preserve_noisy=z,
+        preserve_noise=z,
+        preserve_timesteps=torch.zeros(1),
+        preserve_embeds=None,
+        trained={},
+        base_values={},
+        hyper={},
+    )
     return StepContext(**{**defaults, **fields})
 
 
 def _tiny_unet():
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=16, attention_head_dim=8, norm_num_groups=32)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
 
 
 # -- ESD-u: the ESD-x objective on the non-cross-attention weights
+
 
 def test_non_xattn_is_every_tensor_outside_cross_attention():
     unet = _tiny_unet()
@@ -81,14 +108,20 @@ def test_esd_u_target_is_the_esd_x_negative_guidance():
 
 # -- Concept Ablation
 
+
 def test_ablation_matches_the_parent_under_the_anchor_prompt():
     """z = 0, c_tgt ≡ 2, c_anc ≡ 1, ε ≡ 3, student ≡ 0, λ_anchor = 0.5.
     forget = ‖0 − ε_p(z, c_anc)‖² = (0 − 1)² = 1 (with the target prompt's ε_p = 2 it would be 4);
     preserve = λ ‖ε_θ(z, c_anc) − ε‖² = 0.5 · (0 − 3)² = 4.5.
     ∂forget/∂w = 2(w − 1) = −2: descent moves the target prediction to the parent's anchor output."""
     student = Constant()
-    ctx = _context(student, target_embeds=torch.full((1, 2, 3), 2.0), anchor_embeds=torch.full((1, 2, 3), 1.0),
-                   forget_noise=torch.full((1, 1, 2, 2), 3.0), hyper={"lambda_anchor": 0.5})
+    ctx = _context(
+        student,
+        target_embeds=torch.full((1, 2, 3), 2.0),
+        anchor_embeds=torch.full((1, 2, 3), 1.0),
+        forget_noise=torch.full((1, 1, 2, 2), 3.0),
+        hyper={"lambda_anchor": 0.5},
+    )
     terms = ablation.loss(ctx)
     torch.testing.assert_close(terms["forget"], torch.tensor(1.0))
     torch.testing.assert_close(terms["preserve"], torch.tensor(4.5))
@@ -98,14 +131,20 @@ def test_ablation_matches_the_parent_under_the_anchor_prompt():
 
 # -- RGD
 
+
 def test_rgd_ascends_the_target_denoising_loss_up_to_its_bound():
     """Student ≡ w = 0, target-prompt noise ε ≡ 1: L_f = (0 − 1)² = 1 < m = 1.5, forget = −1 and
     ∂forget/∂w = −2(w − 1) = +2, so a descent step lowers w, away from ε: the error grows (ascent).
     With ε ≡ 2, L_f = 4 > m: forget = −1.5 and its gradient is 0 (the truncation).
     Retain noise ε_r ≡ 1: preserve = α · (0 − 1)² = 1.5 with the default α."""
     student = Constant()
-    ctx = _context(student, target_embeds=torch.zeros(1, 2, 3), preserve_embeds=torch.zeros(1, 2, 3),
-                   forget_noise=torch.ones(1, 1, 2, 2), preserve_noise=torch.ones(1, 1, 2, 2))
+    ctx = _context(
+        student,
+        target_embeds=torch.zeros(1, 2, 3),
+        preserve_embeds=torch.zeros(1, 2, 3),
+        forget_noise=torch.ones(1, 1, 2, 2),
+        preserve_noise=torch.ones(1, 1, 2, 2),
+    )
     terms = rgd.loss(ctx)
     torch.testing.assert_close(terms["forget"], torch.tensor(-1.0))
     torch.testing.assert_close(terms["preserve"], torch.tensor(1.5))
@@ -113,14 +152,21 @@ def test_rgd_ascends_the_target_denoising_loss_up_to_its_bound():
     torch.testing.assert_close(student.w.grad, torch.tensor(2.0))
 
     student.w.grad = None
-    far = rgd.loss(_context(student, target_embeds=torch.zeros(1, 2, 3), preserve_embeds=torch.zeros(1, 2, 3),
-                            forget_noise=torch.full((1, 1, 2, 2), 2.0)))
+    far = rgd.loss(
+        _context(
+            student,
+            target_embeds=torch.zeros(1, 2, 3),
+            preserve_embeds=torch.zeros(1, 2, 3),
+            forget_noise=torch.full((1, 1, 2, 2), 2.0),
+        )
+    )
     torch.testing.assert_close(far["forget"], torch.tensor(-1.5))
     far["forget"].backward()
     torch.testing.assert_close(student.w.grad, torch.tensor(0.0))
 
 
 # -- UCE
+
 
 def test_uce_closed_form_by_hand():
     """W = [[1, 2], [3, 4]], erase c = e1 towards c* = e2, preserve e2, s_e = s_p = λ = 1:
@@ -145,11 +191,19 @@ def test_uce_pairs_tokens_around_the_concept_word():
     Target '[CLS] a circle [SEP] pad' = (0..4) against a two-token anchor word '[CLS] a po ly [SEP]'
     = (10..14): 0↔10, 1↔11, 3↔14, pad 4 would map past the end and is dropped, 2↔mean(12, 13)."""
     target = torch.arange(5.0).view(1, 5, 1)
-    keys, values = uce.aligned_pairs(target, torch.tensor([10.0, 11, 13, 14, 15]).view(1, 5, 1),
-                                     torch.tensor([[False, False, True, False, False]]), torch.zeros(1, 5, dtype=torch.bool))
+    keys, values = uce.aligned_pairs(
+        target,
+        torch.tensor([10.0, 11, 13, 14, 15]).view(1, 5, 1),
+        torch.tensor([[False, False, True, False, False]]),
+        torch.zeros(1, 5, dtype=torch.bool),
+    )
     assert keys.flatten().tolist() == [0, 1, 3, 4, 2] and values.flatten().tolist() == [10, 11, 13, 14, 11]
-    keys, values = uce.aligned_pairs(target, torch.arange(10.0, 15.0).view(1, 5, 1),
-                                     torch.tensor([[False, False, True, False, False]]), torch.tensor([[False, False, True, True, False]]))
+    keys, values = uce.aligned_pairs(
+        target,
+        torch.arange(10.0, 15.0).view(1, 5, 1),
+        torch.tensor([[False, False, True, False, False]]),
+        torch.tensor([[False, False, True, True, False]]),
+    )
     assert keys.flatten().tolist() == [0, 1, 3, 2] and values.flatten().tolist() == [10, 11, 14, 12.5]
 
 
@@ -163,8 +217,16 @@ def test_uce_edit_maps_target_tokens_to_the_anchor_values_and_refuses_other_tens
     before = weight.detach().clone()
 
     def context(name, hyper):
-        return EditContext(trained={name: weight}, base_values={name: before}, target_embeds=target, anchor_embeds=anchor,
-                           target_tokens=words, anchor_tokens=words, preserve_embeds=torch.zeros(1, 1, 4), hyper=hyper)
+        return EditContext(
+            trained={name: weight},
+            base_values={name: before},
+            target_embeds=target,
+            anchor_embeds=anchor,
+            target_tokens=words,
+            anchor_tokens=words,
+            preserve_embeds=torch.zeros(1, 1, 4),
+            hyper=hyper,
+        )
 
     logs = uce.edit(context("mid.attn2.to_v.weight", {"preserve_scale": 0.0, "lambda_identity": 1e-8}))
     assert logs["erase_residual"] < 1e-6
@@ -174,6 +236,7 @@ def test_uce_edit_maps_target_tokens_to_the_anchor_values_and_refuses_other_tens
 
 
 # -- each method through the one loop, on a tiny model
+
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
@@ -193,9 +256,26 @@ def test_each_baseline_runs_through_the_loop(method, tiny_base, tmp_path, monkey
     monkeypatch.setattr(loop, "_surgery_backward", counting_surgery)
     pipe = load_model(tiny_base)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    cfg = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",), erased=("striped",), method=method,
-                        steps=2, batch_size=2, prompts_per_concept=4, data_steps=2)
-    summary = run_unlearning(pipe, cfg, tmp_path / method, prompts=shapes_prompts_for(cfg), model_sha="tiny", base_values=base, progress=False)
+    cfg = UnlearnConfig(
+        concept="circle",
+        synonyms=("disc",),
+        preserve=("ring",),
+        erased=("striped",),
+        method=method,
+        steps=2,
+        batch_size=2,
+        prompts_per_concept=4,
+        data_steps=2,
+    )
+    summary = run_unlearning(
+        pipe,
+        cfg,
+        tmp_path / method,
+        prompts=shapes_prompts_for(cfg),
+        model_sha="tiny",
+        base_values=base,
+        progress=False,
+    )
 
     delta, header = load_delta(tmp_path / method / "delta.safetensors")
     assert header["method"] == method and header["params"] == cfg.params

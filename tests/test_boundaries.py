@@ -27,9 +27,7 @@ def imported_top_level_modules(path: Path) -> set[str]:
 def test_package_respects_its_import_boundary(package):
     files = sorted((ROOT / package).rglob("*.py"))
     assert files, f"{package}/ has no Python files"
-    offenders = {
-        str(f.relative_to(ROOT)): sorted(imported_top_level_modules(f) & FORBIDDEN[package]) for f in files
-    }
+    offenders = {str(f.relative_to(ROOT)): sorted(imported_top_level_modules(f) & FORBIDDEN[package]) for f in files}
     offenders = {f: mods for f, mods in offenders.items() if mods}
     assert offenders == {}
 

@@ -40,7 +40,15 @@ def test_help_lists_the_commands():
         ("generate", "--prompt", "a red circle", "--out", "x.jpg"),
         ("generate", "--prompt", "a red circle " * 12, "--out", "x.png"),
     ],
-    ids=["unknown-option", "unknown-command", "missing-prompt", "empty-prompt", "missing-folder", "not-png", "too-long"],
+    ids=[
+        "unknown-option",
+        "unknown-command",
+        "missing-prompt",
+        "empty-prompt",
+        "missing-folder",
+        "not-png",
+        "too-long",
+    ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args):
     result = lethe(*args, cwd=tmp_path)
@@ -63,8 +71,20 @@ def test_unwritable_output_is_refused(tmp_path):
 
 def test_generate_writes_a_grid_and_reports_json(tmp_path):
     out = tmp_path / "grid.png"
-    result = lethe("generate", "--prompt", "a purple gradient ring", "--n", "4", "--steps", "6",
-                   "--scale", "2", "--out", str(out), "--json")
+    result = lethe(
+        "generate",
+        "--prompt",
+        "a purple gradient ring",
+        "--n",
+        "4",
+        "--steps",
+        "6",
+        "--scale",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["seeds"] == [0, 1, 2, 3] and report["out"] == str(out)
@@ -87,18 +107,34 @@ def test_malformed_settings_file_is_one_line_exit_2(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [
-    ("evaluate", "--target", "circle", "--samples", "1", "--steps", "2"),
-    ("unlearn", "--concept", "circle", "--method", "uce", "--eval-samples", "1", "--out", "ul"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("evaluate", "--target", "circle", "--samples", "1", "--steps", "2"),
+        ("unlearn", "--concept", "circle", "--method", "uce", "--eval-samples", "1", "--out", "ul"),
+    ],
+)
 def test_evaluate_and_unlearn_honour_settings_policy(tmp_path, command):
     """settings.policy (LETHE_POLICY) is the gate of every evaluation, not only of the flow's."""
-    (tmp_path / "strict.yaml").write_text("name: strict-test-policy\nthresholds:\n  - metric: forget.gate.ua\n    min: 2.0\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(tmp_path / "home"), "LETHE_POLICY": str(tmp_path / "strict.yaml"),
-           "LETHE_SAMPLE_STEPS": "2"}
+    (tmp_path / "strict.yaml").write_text(
+        "name: strict-test-policy\nthresholds:\n  - metric: forget.gate.ua\n    min: 2.0\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "LETHE_HOME": str(tmp_path / "home"),
+        "LETHE_POLICY": str(tmp_path / "strict.yaml"),
+        "LETHE_SAMPLE_STEPS": "2",
+    }
     env.pop("LETHE_CONFIG", None)
-    result = subprocess.run([sys.executable, "-m", "flows.cli", *command, "--json"], capture_output=True, text=True, cwd=tmp_path,
-                            env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *command, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     decision = (payload["evaluation"] if command[0] == "unlearn" else payload)["decision"]

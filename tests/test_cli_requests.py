@@ -24,8 +24,15 @@ MODEL = "shapes-t2i"
 def lethe(cwd, *args, stdin=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_APPROVERS": "bob,carol", "LETHE_HOME": str(cwd / ".lethe")}
     env.pop("LETHE_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300, input=stdin)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+        input=stdin,
+    )
 
 
 def ledger_snapshot(home):
@@ -55,8 +62,20 @@ def assert_refused(result):
         ("-f", "bad.yaml"),
         ("-f", "half-bad.yaml"),
     ],
-    ids=["empty", "10000-chars", "control-char", "path-id", "backslash-id", "unknown-method", "anchor-is-concept",
-         "conflict", "duplicate-id", "missing-file", "malformed-yaml", "one-bad-entry"],
+    ids=[
+        "empty",
+        "10000-chars",
+        "control-char",
+        "path-id",
+        "backslash-id",
+        "unknown-method",
+        "anchor-is-concept",
+        "conflict",
+        "duplicate-id",
+        "missing-file",
+        "malformed-yaml",
+        "one-bad-entry",
+    ],
 )
 def test_bad_submissions_are_refused_and_change_nothing(tmp_path, args):
     assert lethe(tmp_path, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1").returncode == 0
@@ -114,7 +133,12 @@ def test_governance_through_the_cli(tmp_path):
     status = json.loads(lethe(tmp_path, "status", "--json").stdout)
     assert status["production"] == {"version": version, "erased": ["circle"]}
     assert {k: status["requests"][0][k] for k in ("id", "seq", "concept", "state", "candidate_version")} == {
-        "id": "r1", "seq": 1, "concept": "circle", "state": "promoted", "candidate_version": version}
+        "id": "r1",
+        "seq": 1,
+        "concept": "circle",
+        "state": "promoted",
+        "candidate_version": version,
+    }
 
     exported = lethe(tmp_path, "export", str(version), str(tmp_path / "exported"))
     assert exported.returncode == 0, exported.stderr
@@ -125,4 +149,8 @@ def test_governance_through_the_cli(tmp_path):
 
     history = json.loads(lethe(tmp_path, "history", "--json").stdout)["history"]
     assert [(h["to_state"], h["actor"]) for h in history] == [
-        ("queued", "alice"), ("running", "flow"), ("awaiting-approval", "flow"), ("promoted", "bob")]
+        ("queued", "alice"),
+        ("running", "flow"),
+        ("awaiting-approval", "flow"),
+        ("promoted", "bob"),
+    ]

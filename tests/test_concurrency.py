@@ -51,8 +51,12 @@ def _stand_in_processing(monkeypatch, ledger_url: str, lineage: str, seconds: fl
 
     @flow(name="stand-in-process-request")
     def stand_in(request: Request, auto_approve: bool = False, unlearn_steps: int | None = None) -> dict:
-        run = {"id": request.id, "thread": threading.current_thread().name, "start": time.monotonic(),
-               "slots": _active_slots(lineage_limit(lineage))}
+        run = {
+            "id": request.id,
+            "thread": threading.current_thread().name,
+            "start": time.monotonic(),
+            "slots": _active_slots(lineage_limit(lineage)),
+        }
         time.sleep(seconds)
         Ledger(ledger_url).transition(request.id, REJECTED, actor="stand-in", error="stand-in")
         run["end"] = time.monotonic()
@@ -70,7 +74,9 @@ def test_two_drainers_of_one_lineage_take_turns(prefect_api, lethe_home, monkeyp
     from flows.continual import continual_unlearning
 
     settings, ledger = lethe_home
-    ledger.submit_many([RequestSpec("circle", "alice", id="r1"), RequestSpec("star", "alice", id="r2")], lineage=settings.model_name)
+    ledger.submit_many(
+        [RequestSpec("circle", "alice", id="r1"), RequestSpec("star", "alice", id="r2")], lineage=settings.model_name
+    )
     runs = _stand_in_processing(monkeypatch, settings.ledger_url, settings.model_name, seconds=3.0)
     results = {}
 

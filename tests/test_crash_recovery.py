@@ -21,8 +21,8 @@ import torch
 
 from registry.ledger import FAILED, PROMOTED, QUEUED, RUNNING, Ledger, RequestSpec
 from registry.versions import CANDIDATE, PRODUCTION, TAG_REQUEST, ModelRegistry
-from tests.test_ledger import ledger_url, postgres_server_url, postgres_url  # noqa: F401 - fixtures
 from tests.servers import kill_group, wait_for
+from tests.test_ledger import ledger_url, postgres_server_url, postgres_url  # noqa: F401 - fixtures
 from tests.tiny_models import build_tiny_base
 
 MODEL = "shapes-t2i"
@@ -42,47 +42,77 @@ def home(tmp_path):
 
 
 def environment(home: Path, base: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(home), "LETHE_BASE_MODEL": str(base), "LETHE_WORLD": "shapes",
-           "LETHE_SAMPLE_STEPS": "3", "LETHE_EVAL_SAMPLES": "2", "LETHE_CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),
-           "LETHE_POLICY": str(home.parent / "pass.yaml"), "LETHE_LINEAGE_WAIT_SECONDS": "20"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "LETHE_HOME": str(home),
+        "LETHE_BASE_MODEL": str(base),
+        "LETHE_WORLD": "shapes",
+        "LETHE_SAMPLE_STEPS": "3",
+        "LETHE_EVAL_SAMPLES": "2",
+        "LETHE_CHECKPOINT_EVERY": str(CHECKPOINT_EVERY),
+        "LETHE_POLICY": str(home.parent / "pass.yaml"),
+        "LETHE_LINEAGE_WAIT_SECONDS": "20",
+    }
     for name in ("LETHE_CONFIG", "PREFECT_API_URL", "PREFECT_HOME"):  # the embedded setup, under LETHE_HOME
         env.pop(name, None)
     return env
 
 
 def lethe(home: Path, base: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=home.parent,
-                          env=environment(home, base), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=home.parent,
+        env=environment(home, base),
+        timeout=timeout,
+    )
 
 
 def drain(home: Path, base: Path, *extra: str) -> dict:
     result = lethe(home, base, "run", "--auto-approve", "--unlearn-steps", str(STEPS), "--json", *extra)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout[result.stdout.index("{"):])
+    return json.loads(result.stdout[result.stdout.index("{") :])
 
 
 def start_drainer(home: Path, base: Path, argv: list[str], log: Path) -> subprocess.Popen:
     """A drainer in its own process group (so that one signal reaches its ephemeral Prefect server too)."""
     with open(log, "w") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=home.parent, env=environment(home, base),
-                                start_new_session=True)
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=home.parent,
+            env=environment(home, base),
+            start_new_session=True,
+        )
 
 
 def stores(home: Path) -> tuple[Ledger, ModelRegistry]:
     home = home.resolve()
-    return Ledger(f"sqlite:///{home / 'ledger.db'}"), ModelRegistry(f"sqlite:///{home / 'mlflow.db'}", MODEL, str(home / "artifacts"))
+    return Ledger(f"sqlite:///{home / 'ledger.db'}"), ModelRegistry(
+        f"sqlite:///{home / 'mlflow.db'}", MODEL, str(home / "artifacts")
+    )
 
 
 def versions_of(registry: ModelRegistry, request_id: str) -> list[int]:
-    return sorted(int(v.version) for v in registry.client.search_model_versions(f"name='{MODEL}' and tags.`{TAG_REQUEST}`='{request_id}'"))
+    return sorted(
+        int(v.version)
+        for v in registry.client.search_model_versions(f"name='{MODEL}' and tags.`{TAG_REQUEST}`='{request_id}'")
+    )
 
 
 def kill_during_training(home: Path, base: Path, request_id: str, tmp_path: Path) -> int:
     """Start the drainer, SIGKILL it once the request's training has written a checkpoint; returns its step."""
     checkpoint = home / "requests" / request_id / "train" / "checkpoint.pt"
     log = tmp_path / "killed-run.log"
-    process = start_drainer(home, base, [sys.executable, "-m", "flows.cli", "run", "--auto-approve", "--unlearn-steps", str(STEPS)], log)
-    wait_for(checkpoint.is_file, process, log, "a training checkpoint", poll=0.05)  # kill soon after the first checkpoint
+    process = start_drainer(
+        home, base, [sys.executable, "-m", "flows.cli", "run", "--auto-approve", "--unlearn-steps", str(STEPS)], log
+    )
+    wait_for(
+        checkpoint.is_file, process, log, "a training checkpoint", poll=0.05
+    )  # kill soon after the first checkpoint
     kill_group(process)
     assert not (checkpoint.parent / "delta.safetensors").exists(), "killed after training ended: raise STEPS"
     step = torch.load(checkpoint, weights_only=False)["step"]
@@ -116,8 +146,10 @@ def test_a_worker_killed_during_training_resumes_from_its_checkpoint(tiny_base, 
     resumes = [h for h in trail if h["event"] == "resumed"]
     assert len(claims) == 1 and len(resumes) == 1 and resumes[0]["actor"] == "continual-unlearning"
     assert trail.index(claims[0]) < trail.index(resumes[0]) < len(trail) - 1
-    print(f"killed at step {killed_at}; resumed from step {result['resumed_from_step']}; "
-          f"second run {time.monotonic() - started:.0f} s")
+    print(
+        f"killed at step {killed_at}; resumed from step {result['resumed_from_step']}; "
+        f"second run {time.monotonic() - started:.0f} s"
+    )
 
 
 # The drainer, with one change: it dies (SIGKILL, no cleanup) at the ledger write that follows the
@@ -154,8 +186,12 @@ def test_a_worker_killed_during_evaluation_does_not_train_again(tiny_base, home,
     assert lethe(home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1").returncode == 0
     ledger, registry = stores(home)
     log = tmp_path / "killed-in-evaluation.log"
-    process = start_drainer(home, tiny_base, [sys.executable, "-c", DIE_DURING_EVALUATION, "run", "--auto-approve",
-                                              "--unlearn-steps", "4"], log)
+    process = start_drainer(
+        home,
+        tiny_base,
+        [sys.executable, "-c", DIE_DURING_EVALUATION, "run", "--auto-approve", "--unlearn-steps", "4"],
+        log,
+    )
     assert process.wait(timeout=900) == -signal.SIGKILL, log.read_text()[-3000:]
     kill_group(process)
     train = home / "requests" / "r1" / "train"
@@ -165,7 +201,7 @@ def test_a_worker_killed_during_evaluation_does_not_train_again(tiny_base, home,
 
     result = lethe(home, tiny_base, "run", "--auto-approve", "--unlearn-steps", "4", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
-    [outcome] = json.loads(result.stdout[result.stdout.index("{"):])["requests"]
+    [outcome] = json.loads(result.stdout[result.stdout.index("{") :])["requests"]
     assert outcome["state"] == PROMOTED and outcome["reused_training"] is True, outcome
     assert {name: (train / name).read_bytes() for name in trained} == trained  # not retrained: same files
     assert versions_of(registry, "r1") == [outcome["candidate_version"]]
@@ -176,8 +212,12 @@ def test_a_crash_between_registration_and_the_ledger_registers_one_version(tiny_
     assert lethe(home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1").returncode == 0
     ledger, registry = stores(home)
     log = tmp_path / "crashed-run.log"
-    process = start_drainer(home, tiny_base, [sys.executable, "-c", DIE_AFTER_REGISTRATION, "run", "--auto-approve",
-                                              "--unlearn-steps", "4"], log)
+    process = start_drainer(
+        home,
+        tiny_base,
+        [sys.executable, "-c", DIE_AFTER_REGISTRATION, "run", "--auto-approve", "--unlearn-steps", "4"],
+        log,
+    )
     assert process.wait(timeout=900) == -signal.SIGKILL, log.read_text()[-3000:]
     kill_group(process)  # its ephemeral Prefect server
     [registered] = versions_of(registry, "r1")
@@ -186,7 +226,7 @@ def test_a_crash_between_registration_and_the_ledger_registers_one_version(tiny_
 
     result = lethe(home, tiny_base, "run", "--auto-approve", "--unlearn-steps", "4", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
-    [outcome] = json.loads(result.stdout[result.stdout.index("{"):])["requests"]
+    [outcome] = json.loads(result.stdout[result.stdout.index("{") :])["requests"]
     assert outcome["state"] == PROMOTED and outcome["candidate_version"] == registered
     assert versions_of(registry, "r1") == [registered]
     assert registry.alias_version(PRODUCTION) == registered and registry.alias_version(CANDIDATE) is None
@@ -204,14 +244,14 @@ def test_a_request_that_fails_on_resume_is_marked_failed(tiny_base, home, tmp_pa
 
     result = lethe(home, tiny_base, "run", "--auto-approve", "--unlearn-steps", "3", "--max", "1", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
-    [outcome] = json.loads(result.stdout[result.stdout.index("{"):])["requests"]
+    [outcome] = json.loads(result.stdout[result.stdout.index("{") :])["requests"]
     assert outcome["id"] == "r1" and outcome["state"] == FAILED
     request = ledger.get("r1")
     assert request.state == FAILED and "different configuration" in request.error
     assert versions_of(registry, "r1") == [] and ledger.get("r2").state == QUEUED
 
 
-def test_a_request_stranded_again_and_again_is_failed_not_resumed_forever(ledger_url):
+def test_a_request_stranded_again_and_again_is_failed_not_resumed_forever(ledger_url):  # noqa: F811 - the fixture
     ledger = Ledger(ledger_url)
     ledger.submit_many([RequestSpec("circle", "alice", id="r1"), RequestSpec("star", "alice", id="r2")], lineage=MODEL)
     assert ledger.resume_stranded(MODEL, actor="drainer") is None  # nothing is running
@@ -231,9 +271,14 @@ def test_an_error_before_training_fails_the_request_instead_of_resuming_it_again
     failed with the reason, and the drainer stops (it used to claim the same request forever)."""
     assert lethe(home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1").returncode == 0
     env_uri = f"sqlite:///{home / 'ledger.db'}/not-a-folder/mlflow.db"  # a path under a file: every call fails
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--auto-approve", "--unlearn-steps", "2"],
-                            capture_output=True, text=True, cwd=home.parent, timeout=600,
-                            env={**environment(home, tiny_base), "LETHE_MLFLOW_TRACKING_URI": env_uri})
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--auto-approve", "--unlearn-steps", "2"],
+        capture_output=True,
+        text=True,
+        cwd=home.parent,
+        timeout=600,
+        env={**environment(home, tiny_base), "LETHE_MLFLOW_TRACKING_URI": env_uri},
+    )
     ledger, _ = stores(home)
     request = ledger.get("r1")
     assert request.state == FAILED and request.error, (result.stdout[-2000:], result.stderr[-2000:])
@@ -294,8 +339,14 @@ def test_a_drainer_killed_while_paused_for_approval_leaves_the_request_approvabl
 
     started = time.monotonic()
     env = {"LETHE_APPROVERS": "bob"}
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "approve", "r1", "--approver", "bob", "--json"],
-                            capture_output=True, text=True, cwd=home.parent, env={**environment(home, tiny_base), **env}, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "approve", "r1", "--approver", "bob", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=home.parent,
+        env={**environment(home, tiny_base), **env},
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["state"] == PROMOTED and time.monotonic() - started < 120
     assert ledger.get("r1").state == PROMOTED and registry.alias_version(PRODUCTION) == candidate

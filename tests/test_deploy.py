@@ -50,7 +50,9 @@ def test_prefect_yaml_agrees_with_the_settings_and_the_flows():
     assert config["pull"] == [] and config["build"] is None  # the flows come from the installed package
     for name in ("drain-gpu", "drain-cpu"):
         drain = _deployment(name)
-        assert [(s["cron"], s["timezone"]) for s in drain["schedules"]] == [(defaults["drain_cron"], defaults["schedule_timezone"])]
+        assert [(s["cron"], s["timezone"]) for s in drain["schedules"]] == [
+            (defaults["drain_cron"], defaults["schedule_timezone"])
+        ]
         [trigger] = drain["triggers"]
         assert trigger["expect"] == [REQUEST_SUBMITTED] and trigger["match"]["prefect.resource.id"] == "lethe.lineage.*"
         assert drain["parameters"] == {"auto_approve": False}  # production: a person approves
@@ -61,7 +63,11 @@ def test_prefect_yaml_agrees_with_the_settings_and_the_flows():
         flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
         assert isinstance(flow, Flow)
         flow_names[deployment["name"]] = flow.name
-    assert flow_names == {"drain-gpu": "continual-unlearning", "drain-cpu": "continual-unlearning", "audit": "erosion-audit"}
+    assert flow_names == {
+        "drain-gpu": "continual-unlearning",
+        "drain-cpu": "continual-unlearning",
+        "audit": "erosion-audit",
+    }
 
 
 def test_the_kubernetes_job_template_requests_a_gpu_and_declares_every_placeholder():
@@ -93,18 +99,29 @@ def test_the_compose_stack_is_wired_together():
     assert "--backend-store-uri=postgresql+psycopg://" in mlflow and "--artifacts-destination=s3://lethe/" in mlflow
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "prefect server start" in " ".join(services["prefect-server"]["command"])
-    assert services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    assert services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith(
+        "postgresql+asyncpg://"
+    )
     # the worker serves the pool that drain-cpu and audit deploy to; the deploy step names them
     worker = services["worker"]["command"]
-    assert worker[worker.index("--pool") + 1] == _deployment("drain-cpu")["work_pool"]["name"] == _deployment("audit")["work_pool"]["name"]
+    assert (
+        worker[worker.index("--pool") + 1]
+        == _deployment("drain-cpu")["work_pool"]["name"]
+        == _deployment("audit")["work_pool"]["name"]
+    )
     deploy_step = services["deploy"]["command"][-1]
     assert "--name drain-cpu --name audit" in deploy_step and "deploy/prefect.yaml" in deploy_step
     # every database the URLs name exists: POSTGRES_DB, or created by the init script
     init_sql = (DEPLOY / "postgres-init.sql").read_text()
     created = {services["postgres"]["environment"]["POSTGRES_DB"], *re.findall(r"CREATE DATABASE (\w+)", init_sql)}
-    urls = [services["worker"]["environment"]["LETHE_LEDGER_URL"], mlflow,
-            services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]]
-    assert {re.search(r"@postgres:5432/(\w+)", url).group(1) for url in urls} == {"lethe", "mlflow", "prefect"} <= created
+    urls = [
+        services["worker"]["environment"]["LETHE_LEDGER_URL"],
+        mlflow,
+        services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"],
+    ]
+    assert (
+        {re.search(r"@postgres:5432/(\w+)", url).group(1) for url in urls} == {"lethe", "mlflow", "prefect"} <= created
+    )
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert [line for line in dockerfile.splitlines() if line.startswith("FROM")] == ["FROM python:3.11-slim"]
     assert "pip install ." in dockerfile and 'CMD ["prefect", "worker", "start"' in dockerfile
@@ -113,7 +130,9 @@ def test_the_compose_stack_is_wired_together():
 def _cli_env(tmp_path: Path, api_url: str | None) -> dict:
     """A `lethe` subprocess: Prefect reads its settings at import, so these cannot be patched in-process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LETHE_"))}
-    env.update(servers.prefect_env(tmp_path / "prefect-home"), LETHE_HOME=str(tmp_path / "home"))  # no profile names a server
+    env.update(
+        servers.prefect_env(tmp_path / "prefect-home"), LETHE_HOME=str(tmp_path / "home")
+    )  # no profile names a server
     return {**env, "PREFECT_API_URL": api_url} if api_url else env
 
 
@@ -128,15 +147,25 @@ def test_submit_is_not_failed_by_an_unreachable_prefect_api(tmp_path):
 
     dead_api = f"http://127.0.0.1:{servers.free_port()}/api"  # nothing listens there
     started = time.monotonic()
-    result = subprocess.run([LETHE, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--json"],
-                            env=_cli_env(tmp_path, dead_api), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [LETHE, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--json"],
+        env=_cli_env(tmp_path, dead_api),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["event"].startswith("not sent") and "warning" in result.stderr
     assert time.monotonic() - started < 60
     assert Ledger(f"sqlite:///{tmp_path / 'home' / 'ledger.db'}").get("r1").state == "queued"
 
-    embedded = subprocess.run([LETHE, "submit", "--concept", "star", "--requester", "alice", "--json"],
-                              env=_cli_env(tmp_path, None), capture_output=True, text=True, timeout=120)
+    embedded = subprocess.run(
+        [LETHE, "submit", "--concept", "star", "--requester", "alice", "--json"],
+        env=_cli_env(tmp_path, None),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert embedded.returncode == 0 and json.loads(embedded.stdout)["event"].startswith("skipped")
 
 
@@ -168,17 +197,32 @@ def _environment(api_url: str, tmp_path: Path, tiny_base: Path, model_name: str)
     policy = tmp_path / "pass.yaml"
     policy.write_text("name: test\nthresholds:\n  - metric: forget.gate.ua\n    min: 0.0\n")
     return {
-        **os.environ, **servers.prefect_env(tmp_path / "prefect-client"), "PREFECT_API_URL": api_url,
-        "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "LETHE_HOME": str(tmp_path / "home"), "LETHE_BASE_MODEL": str(tiny_base), "LETHE_WORLD": "shapes", "LETHE_SAMPLE_STEPS": "3",
-        "LETHE_MODEL_NAME": model_name, "LETHE_POLICY": str(policy), "LETHE_APPROVERS": "bob", "HF_HUB_OFFLINE": "1",
-        "LETHE_UNLEARN_STEPS": "1", "LETHE_EVAL_SAMPLES": "1",  # a triggered run takes no parameters: settings keep it short
+        **os.environ,
+        **servers.prefect_env(tmp_path / "prefect-client"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "LETHE_HOME": str(tmp_path / "home"),
+        "LETHE_BASE_MODEL": str(tiny_base),
+        "LETHE_WORLD": "shapes",
+        "LETHE_SAMPLE_STEPS": "3",
+        "LETHE_MODEL_NAME": model_name,
+        "LETHE_POLICY": str(policy),
+        "LETHE_APPROVERS": "bob",
+        "HF_HUB_OFFLINE": "1",
+        "LETHE_UNLEARN_STEPS": "1",
+        "LETHE_EVAL_SAMPLES": "1",  # a triggered run takes no parameters: settings keep it short
     }
 
 
 def _run(env: dict, *command, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(c) for c in command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(map(str, command))} -> {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    result = subprocess.run(
+        [str(c) for c in command], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} -> {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -188,8 +232,14 @@ class Background:
     def __init__(self, command: list, env: dict, log: Path, cwd: Path):
         self.log_path = log
         self.log = open(log, "w")
-        self.process = subprocess.Popen([str(c) for c in command], env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [str(c) for c in command],
+            env=env,
+            cwd=cwd,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def output(self) -> str:
         return self.log_path.read_text()
@@ -202,7 +252,7 @@ class Background:
 def _wait(what: str, check, timeout: float, background: Background | None = None):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if (value := check()):
+        if value := check():
             return value
         if background is not None and background.process.poll() is not None:
             break
@@ -228,8 +278,11 @@ def _submit_and_approve(env: dict, tmp_path: Path, api_url: str, deployment_id, 
     """`lethe submit` → the trigger runs the deployment → awaiting approval → `lethe approve` → promoted."""
     from registry.ledger import Ledger
 
-    submitted = json.loads(_run(env, LETHE, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--json",
-                                cwd=tmp_path).stdout)
+    submitted = json.loads(
+        _run(
+            env, LETHE, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--json", cwd=tmp_path
+        ).stdout
+    )
     assert submitted["event"] == "sent"
     ledger = Ledger(f"sqlite:///{tmp_path / 'home' / 'ledger.db'}")
     _wait("the triggered drainer to reach approval", lambda: ledger.get("r1").state == "awaiting-approval", 420, runner)
@@ -240,12 +293,18 @@ def _submit_and_approve(env: dict, tmp_path: Path, api_url: str, deployment_id, 
     runs = {str(run.id): run for run in _flow_runs_of(api_url, deployment_id)}
     assert drainer_id in runs, "the request was not processed by the deployment's run"
     created_by = runs[drainer_id].created_by
-    assert created_by is not None and created_by.type == "AUTOMATION", f"not started by the submit trigger: {created_by}"
+    assert created_by is not None and created_by.type == "AUTOMATION", (
+        f"not started by the submit trigger: {created_by}"
+    )
 
     _run(env, LETHE, "approve", "r1", "--approver", "bob", "--comment", "checked", cwd=tmp_path, timeout=600)
     assert ledger.get("r1").state == "promoted"
-    _wait("the drainer run to complete", lambda: {str(r.id): r for r in _flow_runs_of(api_url, deployment_id)}[drainer_id]
-          .state.is_completed(), 120, runner)
+    _wait(
+        "the drainer run to complete",
+        lambda: {str(r.id): r for r in _flow_runs_of(api_url, deployment_id)}[drainer_id].state.is_completed(),
+        120,
+        runner,
+    )
 
 
 @pytest.mark.slow
@@ -255,6 +314,7 @@ def test_lethe_serve_drains_on_the_submit_event(prefect_api, tiny_base, tmp_path
     env = _environment(prefect_api, tmp_path, tiny_base, model)
     serving = Background([LETHE, "serve", "--json"], env, tmp_path / "serve.log", cwd=tmp_path)
     try:
+
         def deployment():
             with _client(prefect_api) as client:
                 try:
@@ -282,19 +342,35 @@ def test_prefect_yaml_deploys_and_a_process_worker_completes_a_request(prefect_a
     never polled here), `prefect deploy --all` with deploy/prefect.yaml, and a process worker on lethe-cpu."""
     env = _environment(prefect_api, tmp_path, tiny_base, "deployed-t2i")
     _run(env, PREFECT, "work-pool", "create", "lethe-cpu", "--type", "process")
-    _run(env, PREFECT, "work-pool", "create", "lethe-gpu", "--type", "kubernetes", "--base-job-template", DEPLOY / "k8s-gpu-job-template.json")
+    _run(
+        env,
+        PREFECT,
+        "work-pool",
+        "create",
+        "lethe-gpu",
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        DEPLOY / "k8s-gpu-job-template.json",
+    )
     _run(env, PREFECT, "--no-prompt", "deploy", "--prefect-file", DEPLOY / "prefect.yaml", "--all")
     with _client(prefect_api) as client:
         gpu_pool = client.read_work_pool("lethe-gpu")
         drain = client.read_deployment_by_name("continual-unlearning/drain-cpu")
         gpu_drain = client.read_deployment_by_name("continual-unlearning/drain-gpu")
-    [container] = gpu_pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    [container] = gpu_pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"][
+        "containers"
+    ]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
     assert gpu_drain.work_pool_name == "lethe-gpu" and gpu_drain.job_variables == {"gpu_count": 1}
     assert drain.entrypoint == "flows.continual.continual_unlearning" and drain.pull_steps == []
 
-    worker = Background([PREFECT, "worker", "start", "--pool", "lethe-cpu", "--type", "process"], env, tmp_path / "worker.log",
-                        cwd=tmp_path)
+    worker = Background(
+        [PREFECT, "worker", "start", "--pool", "lethe-cpu", "--type", "process"],
+        env,
+        tmp_path / "worker.log",
+        cwd=tmp_path,
+    )
     try:
         _submit_and_approve(env, tmp_path, prefect_api, drain.id, worker)
     finally:

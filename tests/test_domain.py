@@ -30,8 +30,12 @@ def test_discriminator_gives_patch_logits_and_learns_to_separate_two_domains():
     """Real = latents with mean +1, fake = mean −1: a few D steps must bring L_D well below its chance
     value 2 ln 2 (both logits 0), and push real logits above fake ones; D is built the same from a seed."""
     discriminator = domain.make_discriminator(4, seed=0, width=8)
-    assert all(torch.equal(a, b) for a, b in zip(discriminator.state_dict().values(),
-                                                 domain.make_discriminator(4, seed=0, width=8).state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            discriminator.state_dict().values(), domain.make_discriminator(4, seed=0, width=8).state_dict().values()
+        )
+    )
     optimizer = domain.make_optimizer(discriminator, lr=1e-2)
     generator = torch.Generator().manual_seed(0)
     real = torch.randn(4, 4, 8, 8, generator=generator) + 1.0
@@ -56,14 +60,26 @@ def tiny_base(tmp_path_factory):
     return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
-CONFIG = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",), domain_correction=True, steps=2,
-                       batch_size=2, prompts_per_concept=4, data_steps=2, checkpoint_every=1, hyper={"lambda_domain": 1.0})
+CONFIG = UnlearnConfig(
+    concept="circle",
+    synonyms=("disc",),
+    preserve=("ring",),
+    domain_correction=True,
+    steps=2,
+    batch_size=2,
+    prompts_per_concept=4,
+    data_steps=2,
+    checkpoint_every=1,
+    hyper={"lambda_domain": 1.0},
+)
 
 
 def _run(tiny_base, out):
     pipe = load_model(tiny_base)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    summary = run_unlearning(pipe, CONFIG, out, prompts=shapes_prompts_for(CONFIG), model_sha="tiny", base_values=base, progress=False)
+    summary = run_unlearning(
+        pipe, CONFIG, out, prompts=shapes_prompts_for(CONFIG), model_sha="tiny", base_values=base, progress=False
+    )
     return pipe, summary
 
 

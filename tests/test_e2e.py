@@ -40,8 +40,13 @@ def ledger_url(request, tmp_path):
 
 
 def s3_client(endpoint: str):
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                        region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
 
 
 @pytest.mark.slow
@@ -54,19 +59,36 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
     try:
         bucket = f"lethe-{uuid.uuid4().hex[:8]}"
         s3_client(s3_endpoint).create_bucket(Bucket=bucket)
-        mlflow_server, tracking_uri = servers.start_mlflow(tmp_path, f"sqlite:///{tmp_path / 'mlflow-server.db'}",
-                                                           f"s3://{bucket}/mlflow", s3_endpoint)
+        mlflow_server, tracking_uri = servers.start_mlflow(
+            tmp_path, f"sqlite:///{tmp_path / 'mlflow-server.db'}", f"s3://{bucket}/mlflow", s3_endpoint
+        )
         with servers.prefect_server(tmp_path) as prefect_api:
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(tmp_path / "home"), "LETHE_BASE_MODEL": str(base), "LETHE_WORLD": "shapes",
-                   "LETHE_MLFLOW_TRACKING_URI": tracking_uri, "LETHE_LEDGER_URL": ledger_url, "LETHE_APPROVERS": APPROVERS,
-                   "LETHE_POLICY": str(tmp_path / "pass.yaml"), "LETHE_SAMPLE_STEPS": "3", "LETHE_EVAL_SAMPLES": "2",
-                   "PREFECT_API_URL": prefect_api}
+            env = {
+                **os.environ,
+                "HF_HUB_OFFLINE": "1",
+                "LETHE_HOME": str(tmp_path / "home"),
+                "LETHE_BASE_MODEL": str(base),
+                "LETHE_WORLD": "shapes",
+                "LETHE_MLFLOW_TRACKING_URI": tracking_uri,
+                "LETHE_LEDGER_URL": ledger_url,
+                "LETHE_APPROVERS": APPROVERS,
+                "LETHE_POLICY": str(tmp_path / "pass.yaml"),
+                "LETHE_SAMPLE_STEPS": "3",
+                "LETHE_EVAL_SAMPLES": "2",
+                "PREFECT_API_URL": prefect_api,
+            }
             for name in ("LETHE_CONFIG", "LETHE_ARTIFACT_ROOT", "PREFECT_HOME", "MLFLOW_S3_ENDPOINT_URL"):
                 env.pop(name, None)  # the client talks to MLflow only; MLflow's server talks to S3
 
             def lethe(*args: str) -> subprocess.CompletedProcess:
-                return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True,
-                                      cwd=tmp_path, env=env, timeout=900)
+                return subprocess.run(
+                    [sys.executable, "-m", "flows.cli", *args],
+                    capture_output=True,
+                    text=True,
+                    cwd=tmp_path,
+                    env=env,
+                    timeout=900,
+                )
 
             def refused(result: subprocess.CompletedProcess) -> str:
                 lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -79,8 +101,9 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             phases = {"setup (tiny base, three servers)": time.monotonic() - started}
 
             # -- two requests, announced to the Prefect server
-            (tmp_path / "requests.yaml").write_text("- {id: r1, concept: circle, requester: alice}\n"
-                                                     "- {id: r2, concept: star, requester: alice}\n")
+            (tmp_path / "requests.yaml").write_text(
+                "- {id: r1, concept: circle, requester: alice}\n- {id: r2, concept: star, requester: alice}\n"
+            )
             submitted = lethe("submit", "-f", str(tmp_path / "requests.yaml"), "--json")
             assert submitted.returncode == 0, submitted.stderr
             assert [s["id"] for s in json.loads(submitted.stdout)["submitted"]] == ["r1", "r2"]
@@ -90,8 +113,14 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             # -- the drainer takes the first to awaiting approval and waits there (paused on Prefect)
             log = tmp_path / "drainer.log"
             with open(log, "w") as out:
-                drainer = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--unlearn-steps", "2", "--json"],
-                                           stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True)
+                drainer = subprocess.Popen(
+                    [sys.executable, "-m", "flows.cli", "run", "--unlearn-steps", "2", "--json"],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=tmp_path,
+                    env=env,
+                    start_new_session=True,
+                )
             servers.wait_for(lambda: ledger.get("r1").state == AWAITING_APPROVAL, drainer, log, "r1 awaiting approval")
             phases["first request to awaiting approval"] = time.monotonic() - started - sum(phases.values())
             v1 = ledger.get("r1").candidate_version
@@ -112,7 +141,12 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             # -- bob approves through the Prefect API: the paused run resumes and promotes
             approved = lethe("approve", "r1", "--approver", "bob", "--comment", "grids checked", "--json")
             assert approved.returncode == 0, approved.stderr
-            assert json.loads(approved.stdout) == {"id": "r1", "state": PROMOTED, "production_version": v1, "via": "prefect"}
+            assert json.loads(approved.stdout) == {
+                "id": "r1",
+                "state": PROMOTED,
+                "production_version": v1,
+                "via": "prefect",
+            }
             assert registry.alias_version(PRODUCTION) == v1
             phases["refusals and approval"] = time.monotonic() - started - sum(phases.values())
 
@@ -121,44 +155,78 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             v2 = ledger.get("r2").candidate_version
             assert v2 not in (None, v1) and ledger.get("r2").parent_version == v1
             assert registry.alias_version(CANDIDATE) == v2
-            rejected = lethe("reject", "r2", "--approver", "carol", "--reason", "star still visible in the grids", "--json")
+            rejected = lethe(
+                "reject", "r2", "--approver", "carol", "--reason", "star still visible in the grids", "--json"
+            )
             assert rejected.returncode == 0, rejected.stderr
             assert json.loads(rejected.stdout) == {"id": "r2", "state": REJECTED, "via": "prefect"}
 
             # -- the queue is empty: the drainer ends and reports both
             assert drainer.wait(timeout=300) == 0, log.read_text()[-4000:]
             phases["second request to rejected"] = time.monotonic() - started - sum(phases.values())
-            report = json.loads(log.read_text()[log.read_text().index("{\n"):])
+            report = json.loads(log.read_text()[log.read_text().index("{\n") :])
             assert [(r["id"], r["state"], r["candidate_version"]) for r in report["requests"]] == [
-                ("r1", PROMOTED, v1), ("r2", REJECTED, v2)]
+                ("r1", PROMOTED, v1),
+                ("r2", REJECTED, v2),
+            ]
             assert report["production"] == {"version": v1, "erased": ["circle"]}
 
             # -- registry: aliases and tags
-            assert (registry.alias_version(PRODUCTION), registry.alias_version(PREVIOUS_PRODUCTION),
-                    registry.alias_version(CANDIDATE)) == (v1, None, None)
+            assert (
+                registry.alias_version(PRODUCTION),
+                registry.alias_version(PREVIOUS_PRODUCTION),
+                registry.alias_version(CANDIDATE),
+            ) == (v1, None, None)
             tags1, tags2 = registry.version_tags(v1), registry.version_tags(v2)
-            assert (tags1[TAG_REQUEST], tags1["lethe.parent_version"], json.loads(tags1["lethe.erased"]),
-                    tags1["lethe.gate"], tags1["lethe.complete"]) == ("r1", "", ["circle"], "passed", "true")
-            assert json.loads(tags1["lethe.approval"])["decision"] == "approved" and json.loads(tags1["lethe.approval"])["by"] == "bob"
-            assert (tags2[TAG_REQUEST], tags2["lethe.parent_version"], json.loads(tags2["lethe.erased"])) == ("r2", str(v1), ["circle", "star"])
+            assert (
+                tags1[TAG_REQUEST],
+                tags1["lethe.parent_version"],
+                json.loads(tags1["lethe.erased"]),
+                tags1["lethe.gate"],
+                tags1["lethe.complete"],
+            ) == ("r1", "", ["circle"], "passed", "true")
+            assert (
+                json.loads(tags1["lethe.approval"])["decision"] == "approved"
+                and json.loads(tags1["lethe.approval"])["by"] == "bob"
+            )
+            assert (tags2[TAG_REQUEST], tags2["lethe.parent_version"], json.loads(tags2["lethe.erased"])) == (
+                "r2",
+                str(v1),
+                ["circle", "star"],
+            )
             assert json.loads(tags2["lethe.approval"]) | {"at": None} == {
-                "decision": "rejected", "by": "carol", "at": None, "comment": "star still visible in the grids"}
+                "decision": "rejected",
+                "by": "carol",
+                "at": None,
+                "comment": "star still visible in the grids",
+            }
 
             # -- ledger states and the audit trail, in order, with who did what
             r1, r2 = ledger.get("r1"), ledger.get("r2")
             assert (r1.state, r1.parent_version, r1.candidate_version) == (PROMOTED, None, v1)
-            assert (r2.state, r2.parent_version, r2.candidate_version, r2.error) == (REJECTED, v1, v2, "star still visible in the grids")
+            assert (r2.state, r2.parent_version, r2.candidate_version, r2.error) == (
+                REJECTED,
+                v1,
+                v2,
+                "star still visible in the grids",
+            )
             for request_id, last, who in (("r1", PROMOTED, "bob"), ("r2", REJECTED, "carol")):
                 trail = ledger.history(request_id)
                 assert [(h["from_state"], h["to_state"], h["actor"]) for h in trail] == [
-                    (None, QUEUED, "alice"), (QUEUED, RUNNING, "continual-unlearning"),
-                    (RUNNING, AWAITING_APPROVAL, "flow"), (AWAITING_APPROVAL, last, who)]
+                    (None, QUEUED, "alice"),
+                    (QUEUED, RUNNING, "continual-unlearning"),
+                    (RUNNING, AWAITING_APPROVAL, "flow"),
+                    (AWAITING_APPROVAL, last, who),
+                ]
                 assert trail[2]["detail"]["flow_run_id"]  # the paused run `lethe approve/reject` answered
 
             # -- S3 holds each version's delta, manifest and report; the registry's sha256 matches
             client = s3_client(s3_endpoint)
-            keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                    for o in page.get("Contents", [])]
+            keys = [
+                o["Key"]
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", [])
+            ]
             manifests = {}
             for key in (k for k in keys if k.endswith("lethe/manifest.json")):
                 manifest = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -186,5 +254,7 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             mlflow_server.stop()
         moto.stop()
     phases["checks and teardown"] = time.monotonic() - started - sum(phases.values())
-    print(f"end-to-end on real servers: {time.monotonic() - started:.0f} s (ledger on {ledger_url.split(':')[0]}); "
-          + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items()))
+    print(
+        f"end-to-end on real servers: {time.monotonic() - started:.0f} s (ledger on {ledger_url.split(':')[0]}); "
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items())
+    )

@@ -29,6 +29,7 @@ SAMPLER = {"scheduler": "ddim", "steps": 12, "guidance_scale": 5.0}
 def judge(judges):
     return judges
 
+
 @pytest.fixture(scope="module")
 def base_sha():
     return model_identity("shapes")[1]
@@ -37,8 +38,17 @@ def base_sha():
 @pytest.mark.slow
 def test_base_against_itself_shows_no_erosion(shapes_pipe, judge, base_sha, tmp_path):
     plan = shapes_plan("circle", synonyms=("disc",), erased=("striped",), samples=2)
-    result = evaluate(shapes_pipe, shapes_pipe, judge, plan, sampler=SAMPLER, base_sha256=base_sha,
-                      cache=ImageCache(tmp_path / "cache"), policy=load_policy(), drift_value=0.0)
+    result = evaluate(
+        shapes_pipe,
+        shapes_pipe,
+        judge,
+        plan,
+        sampler=SAMPLER,
+        base_sha256=base_sha,
+        cache=ImageCache(tmp_path / "cache"),
+        policy=load_policy(),
+        drift_value=0.0,
+    )
     checks = result.results
     assert checks["retention"]["distance"] == 0.0
     assert checks["fid"]["fid"] == pytest.approx(0.0, abs=1e-6)
@@ -60,9 +70,17 @@ def test_damaged_copy_fails_retention_gates_with_reasons(shapes_pipe, judge, bas
             param.add_(torch.randn(param.shape, generator=generator) * 0.3 * param.std().clamp_min(1e-3))
     plan = shapes_plan(None, samples=2)
     policy = load_policy()
-    result = evaluate(damaged, shapes_pipe, judge, plan, sampler=SAMPLER, base_sha256=base_sha,
-                      cache=ImageCache(tmp_path / "cache"), policy=policy,
-                      drift_value=drift(damaged.unet, shapes_pipe.unet))
+    result = evaluate(
+        damaged,
+        shapes_pipe,
+        judge,
+        plan,
+        sampler=SAMPLER,
+        base_sha256=base_sha,
+        cache=ImageCache(tmp_path / "cache"),
+        policy=policy,
+        drift_value=drift(damaged.unet, shapes_pipe.unet),
+    )
     reasons = " ".join(result.decision.reasons)
     assert not result.decision.passed
     assert "retention.distance" in reasons and "fid.fid" in reasons, reasons
@@ -78,7 +96,9 @@ def test_base_images_come_from_the_cache_the_second_time(shapes_pipe, judge, bas
     assert first.timings["base_images_generated"] == len(plan.cases)
     assert second.timings["base_images_generated"] == 0
     assert np.array_equal(first.base_images, second.base_images)
-    other = evaluate(shapes_pipe, shapes_pipe, judge, plan, sampler={**SAMPLER, "steps": 6}, base_sha256=base_sha, cache=cache)
+    other = evaluate(
+        shapes_pipe, shapes_pipe, judge, plan, sampler={**SAMPLER, "steps": 6}, base_sha256=base_sha, cache=cache
+    )
     assert other.timings["base_images_generated"] == len(plan.cases), "sampler settings are part of the key"
 
 
@@ -88,18 +108,39 @@ def test_report_renders_in_headless_chromium(shapes_pipe, judge, base_sha, tmp_p
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (scripts/test installs it when run as root)")
     plan = shapes_plan("circle", samples=2)
-    result = evaluate(shapes_pipe, shapes_pipe, judge, plan, sampler=SAMPLER, base_sha256=base_sha,
-                      cache=ImageCache(tmp_path / "cache"), policy=load_policy())
+    result = evaluate(
+        shapes_pipe,
+        shapes_pipe,
+        judge,
+        plan,
+        sampler=SAMPLER,
+        base_sha256=base_sha,
+        cache=ImageCache(tmp_path / "cache"),
+        policy=load_policy(),
+    )
     html_path = write_report(result, tmp_path / "report", title="test report")
     payload = json.loads((tmp_path / "report" / "evaluation.json").read_text())
     assert payload["decision"]["passed"] is False and payload["checks"]["forget"]["gate"]["ua"] is not None
     screenshot = tmp_path / "report.png"
     subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1200,1600",
-         f"--screenshot={screenshot}", html_path.resolve().as_uri()],
-        check=True, capture_output=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            "--window-size=1200,1600",
+            f"--screenshot={screenshot}",
+            html_path.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     from PIL import Image
 
@@ -117,16 +158,28 @@ def test_report_renders_in_headless_chromium(shapes_pipe, judge, base_sha, tmp_p
 def test_clipscore_runs_on_a_local_clip_model(tmp_path):
     """A tiny CLIP built from config stands in for a real one (no hub here): the score is
     2.5 * max(cos, 0), so it lies in [0, 2.5], and identical inputs give identical scores."""
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPImageProcessor, BertTokenizerFast
+    from transformers import BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from unlearning.evaluation.checks import ClipScorer
     from unlearning.shapes.model import text_encoder_path
 
     config = CLIPConfig(
-        text_config={"vocab_size": 30522, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 64},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
-                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        text_config={
+            "vocab_size": 30522,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 64,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
         projection_dim=16,
     )
     torch.manual_seed(0)

@@ -41,7 +41,11 @@ def _ledger_and_registry():
     from pipeline.settings import load_settings
 
     settings = load_settings()
-    return settings, Ledger(settings.ledger_url), ModelRegistry(settings.mlflow_tracking_uri, settings.model_name, settings.artifact_root)
+    return (
+        settings,
+        Ledger(settings.ledger_url),
+        ModelRegistry(settings.mlflow_tracking_uri, settings.model_name, settings.artifact_root),
+    )
 
 
 @pytest.mark.slow
@@ -51,7 +55,9 @@ def test_queue_is_drained_in_order_with_auto_approval(prefect_api, lethe_home, m
 
     monkeypatch.setenv("LETHE_POLICY", _policy(lethe_home / "pass.yaml", 0.0))
     settings, ledger, registry = _ledger_and_registry()
-    ledger.submit_many([RequestSpec("circle", "alice", id="r1"), RequestSpec("striped", "alice", id="r2")], lineage=settings.model_name)
+    ledger.submit_many(
+        [RequestSpec("circle", "alice", id="r1"), RequestSpec("striped", "alice", id="r2")], lineage=settings.model_name
+    )
 
     results = continual_unlearning(auto_approve=True, unlearn_steps=2)
 
@@ -64,7 +70,10 @@ def test_queue_is_drained_in_order_with_auto_approval(prefect_api, lethe_home, m
     # approved by a named policy, recorded as one: no pretend person on the approvers list
     assert promoted[0]["actor"] == AUTO_APPROVAL_POLICY and promoted[0]["detail"]["policy"] == AUTO_APPROVAL_POLICY
     assert AUTO_APPROVAL_POLICY not in settings.approvers
-    assert json.loads(registry.version_tags(results[0]["candidate_version"])["lethe.approval"])["policy"] == AUTO_APPROVAL_POLICY
+    assert (
+        json.loads(registry.version_tags(results[0]["candidate_version"])["lethe.approval"])["policy"]
+        == AUTO_APPROVAL_POLICY
+    )
 
 
 @pytest.mark.slow
@@ -88,7 +97,9 @@ def test_a_failing_request_is_marked_failed_and_the_queue_goes_on(prefect_api, l
 
     monkeypatch.setenv("LETHE_POLICY", str(lethe_home / "missing-policy.yaml"))  # evaluation cannot load it
     settings, ledger, _ = _ledger_and_registry()
-    ledger.submit_many([RequestSpec("circle", "alice", id="r1"), RequestSpec("star", "alice", id="r2")], lineage=settings.model_name)
+    ledger.submit_many(
+        [RequestSpec("circle", "alice", id="r1"), RequestSpec("star", "alice", id="r2")], lineage=settings.model_name
+    )
 
     results = continual_unlearning(auto_approve=True, unlearn_steps=1)
 
@@ -113,7 +124,9 @@ def test_a_person_approves_a_paused_run_with_lethe_approve(prefect_api, lethe_ho
     request = ledger.claim_head(settings.model_name, actor="test")
 
     outcome = {}
-    worker = threading.Thread(target=lambda: outcome.update(process_request(request, auto_approve=False, unlearn_steps=1)))
+    worker = threading.Thread(
+        target=lambda: outcome.update(process_request(request, auto_approve=False, unlearn_steps=1))
+    )
     worker.start()
     deadline = time.time() + 300
     while ledger.get("r1").state != "awaiting-approval" and time.time() < deadline:

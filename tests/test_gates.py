@@ -8,9 +8,14 @@ from unlearning.evaluation.gates import DEFAULT_POLICY, Policy, PolicyError, Thr
 def results(**overrides):
     base = {
         "forget": {"gate": {"ua": 0.95}, "heldout": {"ua": 0.9}, "synonyms": {"ua": 0.9}},
-        "retain": {"ira": {"relative": 0.97}, "cra": {"relative": 0.99},
-                   "per_concept": {"square": {"relative": 1.0}, "ring": {"relative": 0.95}}},
-        "retention": {"distance": 0.05}, "fid": {"fid": 0.2}, "alignment": {"relative": 0.99},
+        "retain": {
+            "ira": {"relative": 0.97},
+            "cra": {"relative": 0.99},
+            "per_concept": {"square": {"relative": 1.0}, "ring": {"relative": 0.95}},
+        },
+        "retention": {"distance": 0.05},
+        "fid": {"fid": 0.2},
+        "alignment": {"relative": 0.99},
     }
     for path, value in overrides.items():
         node = base
@@ -42,7 +47,8 @@ def test_missing_metrics_fail_unless_optional():
     decision = decide({}, policy)
     assert decision.reasons == ["forget.gate.ua: not measured"]
     assert decide({"rebound": {"star": {"ua": 0.2}}, "forget": {"gate": {"ua": 1.0}}}, policy).reasons == [
-        "rebound.star.ua = 0.200 < 0.85"]
+        "rebound.star.ua = 0.200 < 0.85"
+    ]
 
 
 def test_nan_fails():

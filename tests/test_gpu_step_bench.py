@@ -20,17 +20,51 @@ def _bench():
 def test_gpu_step_bench_runs_tiny_on_cpu(capsys):
     threads = torch.get_num_threads()
     try:  # one thread: on a shared 2-core machine two spin-waiting threads make it ~5x slower
-        result = _bench().main(["--device", "cpu", "--size", "tiny", "--steps", "2", "--warmup", "0", "--threads", "1",
-                                "--params", "xattn-kv", "full", "lora"])
+        result = _bench().main(
+            [
+                "--device",
+                "cpu",
+                "--size",
+                "tiny",
+                "--steps",
+                "2",
+                "--warmup",
+                "0",
+                "--threads",
+                "1",
+                "--params",
+                "xattn-kv",
+                "full",
+                "lora",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
-    assert [(row["params"], row["mode"]) for row in result["rows"]] == [("xattn-kv", "eager"), ("full", "eager"), ("lora", "eager")]
+    assert [(row["params"], row["mode"]) for row in result["rows"]] == [
+        ("xattn-kv", "eager"),
+        ("full", "eager"),
+        ("lora", "eager"),
+    ]
     for row in result["rows"]:
-        for field in ("ms_per_step", "samples_per_s", "gflop_per_step", "tflop_per_s", "peak_memory_gib", "trained_parameters"):
-            assert isinstance(row[field], (int, float)) and math.isfinite(row[field]) and row[field] > 0, (row["params"], field, row[field])
+        for field in (
+            "ms_per_step",
+            "samples_per_s",
+            "gflop_per_step",
+            "tflop_per_s",
+            "peak_memory_gib",
+            "trained_parameters",
+        ):
+            assert isinstance(row[field], (int, float)) and math.isfinite(row[field]) and row[field] > 0, (
+                row["params"],
+                field,
+                row[field],
+            )
         assert len(row["ms_per_step_all"]) == 2
     kv, full, lora = result["rows"]
-    assert kv["trained_parameters"] < full["trained_parameters"] and lora["trained_parameters"] < full["trained_parameters"]
+    assert (
+        kv["trained_parameters"] < full["trained_parameters"]
+        and lora["trained_parameters"] < full["trained_parameters"]
+    )
     assert full["gflop_per_step"] > kv["gflop_per_step"]  # full training back-propagates into every weight
     table = capsys.readouterr().out
     assert "| xattn-kv | eager |" in table and "| full | eager |" in table
@@ -46,6 +80,10 @@ def test_flop_count_on_the_meta_device_matches_the_cpu_step():
     size = bench.SIZES["tiny"]
     for params in ("xattn-kv", "full"):
         torch.manual_seed(0)
-        on_cpu = bench.count_flops(UNet2DConditionModel(**size["unet"]), params=params, batch=size["batch"], seq=size["seq"])
-        on_meta = bench.count_flops(UNet2DConditionModel(**size["unet"]).to("meta"), params=params, batch=size["batch"], seq=size["seq"])
+        on_cpu = bench.count_flops(
+            UNet2DConditionModel(**size["unet"]), params=params, batch=size["batch"], seq=size["seq"]
+        )
+        on_meta = bench.count_flops(
+            UNet2DConditionModel(**size["unet"]).to("meta"), params=params, batch=size["batch"], seq=size["seq"]
+        )
         assert on_meta == on_cpu > 0, params

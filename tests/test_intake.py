@@ -19,7 +19,9 @@ from unlearning.world import OpenWorld
 def lethe(cwd, *args):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(cwd / ".lethe")}
     env.pop("LETHE_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def test_text_is_normalised_before_any_rule():
@@ -72,10 +74,13 @@ def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path):
         read_requests_file(str(big))
 
 
-@pytest.mark.parametrize("argv", [
-    ("--concept", "circle'; DROP TABLE requests;--", "--requester", "alice"),
-    ("--concept", "teapot", "--requester", "alice"),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--concept", "circle'; DROP TABLE requests;--", "--requester", "alice"),
+        ("--concept", "teapot", "--requester", "alice"),
+    ],
+)
 def test_the_cli_refuses_unknown_concepts_with_nothing_written(tmp_path, argv):
     result = lethe(tmp_path, "submit", *argv)
     assert result.returncode == 2 and "cannot be judged" in result.stderr, result.stderr

@@ -80,8 +80,12 @@ def test_submit_claim_and_audit_in_fifo_order(ledger_url):
     assert ledger.claim_head(LINEAGE, actor="flow").id == "req-2"
 
     trail = [(h["from_state"], h["to_state"], h["actor"]) for h in ledger.history("req-1")]
-    assert trail == [(None, QUEUED, "alice"), (QUEUED, RUNNING, "flow"), (RUNNING, AWAITING_APPROVAL, "flow"),
-                     (AWAITING_APPROVAL, PROMOTED, "bob")]
+    assert trail == [
+        (None, QUEUED, "alice"),
+        (QUEUED, RUNNING, "flow"),
+        (RUNNING, AWAITING_APPROVAL, "flow"),
+        (AWAITING_APPROVAL, PROMOTED, "bob"),
+    ]
     assert ledger.get("req-1").candidate_version == 3
     assert ledger.erased_concepts(LINEAGE) == ["circle"]
 
@@ -142,8 +146,11 @@ def _submit_many(url, worker, count, queue):
     ledger = Ledger(url)
     ids = []
     for k in range(count):
-        ids.append(ledger.submit(spec(f"concept {worker}-{k}", requester=f"w{worker}", id=f"w{worker}-r{k}"),
-                                 lineage=LINEAGE).id)
+        ids.append(
+            ledger.submit(
+                spec(f"concept {worker}-{k}", requester=f"w{worker}", id=f"w{worker}-r{k}"), lineage=LINEAGE
+            ).id
+        )
     queue.put(ids)
 
 

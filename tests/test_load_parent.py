@@ -35,8 +35,11 @@ def test_a_base_an_unlearn_folder_and_a_version_load_alike(tiny_base, tmp_path):
     run = tmp_path / "unlearn-circle"
     run.mkdir()
     make_delta(pipe.unet, run / "delta.safetensors", seed=1, base_state=base_state)
-    (run / "summary.json").write_text(json.dumps({"base_model": str(tiny_base), "base_sha256": base_sha,
-                                                  "config": {"concept": "circle", "erased": []}}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {"base_model": str(tiny_base), "base_sha256": base_sha, "config": {"concept": "circle", "erased": []}}
+        )
+    )
     from_folder = load_parent(str(run), tracking_uri=None, workdir=tmp_path / "w1")
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -51,7 +54,9 @@ def test_a_base_an_unlearn_folder_and_a_version_load_alike(tiny_base, tmp_path):
         assert torch.equal(from_registry.pipe.unet.state_dict()[key], value), key
 
     with pytest.raises(IntegrityError, match="differs"):  # the flow's configured base is another model
-        load_parent(f"models:/shapes-t2i/{version}", tracking_uri=tracking_uri, workdir=tmp_path / "w3", base_model="shapes")
+        load_parent(
+            f"models:/shapes-t2i/{version}", tracking_uri=tracking_uri, workdir=tmp_path / "w3", base_model="shapes"
+        )
     with pytest.raises(LookupError):
         load_parent("models:/shapes-t2i@production", tracking_uri=tracking_uri, workdir=tmp_path / "w4")
     with pytest.raises(FileNotFoundError):
@@ -71,10 +76,18 @@ def test_a_fresh_process_loads_a_version_from_the_registry_it_names(tiny_base, t
     registry = ModelRegistry(tracking_uri, "shapes-t2i", str(tmp_path / "store" / "artifacts"))
     version = registry.register_candidate(_candidate("r1", tmp_path / "d1.safetensors", None, ["circle"], tiny_base))
     (tmp_path / "elsewhere").mkdir()
-    code = ("from registry.loading import load_pipeline; "
-            f"print(load_pipeline('models:/shapes-t2i/{version}', tracking_uri={tracking_uri!r}).lethe_version['erased'])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path / "elsewhere",
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=300)
+    code = (
+        "from registry.loading import load_pipeline; "
+        f"print(load_pipeline('models:/shapes-t2i/{version}', tracking_uri={tracking_uri!r}).lethe_version['erased'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path / "elsewhere",
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "['circle']"
     assert list((tmp_path / "elsewhere").iterdir()) == []  # no stray ./mlflow.db

@@ -19,9 +19,18 @@ def _tiny_unet():
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=16, attention_head_dim=8, norm_num_groups=32)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
 
 
 def test_lora_trains_only_adapters_and_merges_into_the_attn2_weights():
@@ -75,14 +84,26 @@ def tiny_base(tmp_path_factory):
     return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
-CONFIG = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",), params="lora", steps=4, batch_size=2,
-                       prompts_per_concept=4, data_steps=2, checkpoint_every=2, lr=1e-2)
+CONFIG = UnlearnConfig(
+    concept="circle",
+    synonyms=("disc",),
+    preserve=("ring",),
+    params="lora",
+    steps=4,
+    batch_size=2,
+    prompts_per_concept=4,
+    data_steps=2,
+    checkpoint_every=2,
+    lr=1e-2,
+)
 
 
 def _run(tiny_base, out, cfg=CONFIG):
     pipe = load_model(tiny_base)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    summary = run_unlearning(pipe, cfg, out, prompts=shapes_prompts_for(cfg), model_sha="tiny", base_values=base, progress=False)
+    summary = run_unlearning(
+        pipe, cfg, out, prompts=shapes_prompts_for(cfg), model_sha="tiny", base_values=base, progress=False
+    )
     return pipe, summary
 
 
@@ -92,7 +113,9 @@ def test_lora_run_writes_a_delta_of_merged_attn2_weights_that_reproduces_the_mod
     unet = trained.unet
     assert not any(isinstance(m, BaseTunerLayer) for m in unet.modules()), "pipe.unet must be a plain UNet again"
     assert not any("lora" in k for k in unet.state_dict())
-    assert summary["trained_parameters"] < sum(v.numel() for k, v in unet.state_dict().items() if k.endswith(LORA_SUFFIXES))
+    assert summary["trained_parameters"] < sum(
+        v.numel() for k, v in unet.state_dict().items() if k.endswith(LORA_SUFFIXES)
+    )
 
     delta, header = load_delta(tmp_path / "run" / "delta.safetensors")
     assert header["params"] == "lora"

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from unlearning.methods import duge
-from unlearning.methods import get_method
 from unlearning.loop import _surgery_backward
+from unlearning.methods import duge, get_method
 from unlearning.parameters import trainable_names
 
 
@@ -41,10 +40,14 @@ def test_gradient_surgery_projects_only_conflicting_forget_gradients():
     g_f·g_p = -1 < 0, so g_f <- g_f − (−1/1)·g_p = (1, 0); total = (1, 0) + (0, 1) = (1, 1).
     With g_f = (1, 1) (no conflict) the total is g_f + g_p = (1, 2)."""
     x = torch.nn.Parameter(torch.zeros(2))
-    _surgery_backward({"forget": (torch.tensor([1.0, -1.0]) * x).sum(), "preserve": (torch.tensor([0.0, 1.0]) * x).sum()}, [x])
+    _surgery_backward(
+        {"forget": (torch.tensor([1.0, -1.0]) * x).sum(), "preserve": (torch.tensor([0.0, 1.0]) * x).sum()}, [x]
+    )
     torch.testing.assert_close(x.grad, torch.tensor([1.0, 1.0]))
     x.grad = None
-    _surgery_backward({"forget": (torch.tensor([1.0, 1.0]) * x).sum(), "preserve": (torch.tensor([0.0, 1.0]) * x).sum()}, [x])
+    _surgery_backward(
+        {"forget": (torch.tensor([1.0, 1.0]) * x).sum(), "preserve": (torch.tensor([0.0, 1.0]) * x).sum()}, [x]
+    )
     torch.testing.assert_close(x.grad, torch.tensor([1.0, 2.0]))
 
 
@@ -67,21 +70,47 @@ def test_esd_x_target_is_negative_guidance():
             return type("Out", (), {"sample": z * 0 + self.w})()
 
     z = torch.zeros(1, 1, 2, 2)
-    ctx = StepContext(student=Zero(), parent=Toy(), student_maps=None, parent_maps=None, forget_noisy=z,
-                      forget_noise=z, forget_timesteps=torch.zeros(1), target_embeds=torch.full((1, 2, 3), 2.0),
-                      anchor_embeds=None, empty_embeds=torch.zeros(1, 2, 3), target_tokens=None, anchor_tokens=None,
-                      preserve_noisy=None, preserve_noise=None, preserve_timesteps=None, preserve_embeds=None,
-                      trained={}, base_values={}, hyper={})
+    ctx = StepContext(
+        student=Zero(),
+        parent=Toy(),
+        student_maps=None,
+        parent_maps=None,
+        forget_noisy=z,
+        forget_noise=z,
+        forget_timesteps=torch.zeros(1),
+        target_embeds=torch.full((1, 2, 3), 2.0),
+        anchor_embeds=None,
+        empty_embeds=torch.zeros(1, 2, 3),
+        target_tokens=None,
+        anchor_tokens=None,
+        preserve_noisy=None,
+        preserve_noise=None,
+        preserve_timesteps=None,
+        preserve_embeds=None,
+        trained={},
+        base_values={},
+        hyper={},
+    )
     torch.testing.assert_close(esd_x.loss(ctx)["forget"], torch.tensor(4.0))
 
 
 def test_parameter_sets_select_the_documented_tensors():
-    from tests.tiny_models import kv_names
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=16, attention_head_dim=8, norm_num_groups=32)
+    from tests.tiny_models import kv_names
+
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
     assert trainable_names(unet, "xattn-kv") == kv_names(unet)
     assert all(".attn2." in n for n in trainable_names(unet, "xattn"))
     assert len(trainable_names(unet, "full")) == len(list(unet.parameters()))

@@ -9,7 +9,9 @@ def test_plan_covers_target_rebound_and_both_retain_domains():
     groups = plan.groups()
     assert {"forget/gate", "forget/heldout", "forget/synonyms", "rebound/striped"} <= set(groups)
     assert {g for g in groups if g.startswith("retain/in/")} == {f"retain/in/{o}" for o in OBJECTS if o != "circle"}
-    assert {g for g in groups if g.startswith("retain/cross/")} == {f"retain/cross/{s}" for s in STYLES if s != "striped"}
+    assert {g for g in groups if g.startswith("retain/cross/")} == {
+        f"retain/cross/{s}" for s in STYLES if s != "striped"
+    }
     assert all(len(indices) == 3 for indices in groups.values())
     assert len({c.seed for c in plan.cases}) == len(plan.cases)
     assert all("disc" in plan.cases[i].prompt for i in groups["forget/synonyms"])
@@ -33,7 +35,9 @@ def test_plans_are_deterministic():
     assert shapes_plan("star", samples=2) == shapes_plan("star", samples=2)
 
 
-@pytest.mark.parametrize("kwargs", [{"target": "teapot"}, {"target": "star", "erased": ("star",)}, {"target": "star", "samples": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"target": "teapot"}, {"target": "star", "erased": ("star",)}, {"target": "star", "samples": 0}]
+)
 def test_bad_plans_are_refused(kwargs):
     with pytest.raises(ValueError):
         shapes_plan(**kwargs)

@@ -39,10 +39,17 @@ def tiny_base(tmp_path_factory):
 def _candidate(request_id, delta_path, parent, erased, base_dir, gate_passed=True):
     base_id, base_sha = model_identity(base_dir)
     return Candidate(
-        request_id=request_id, request={"concept": erased[-1], "requester": "alice"}, delta_path=delta_path,
-        parent_version=parent, erased=erased, base_model=str(base_dir), base_sha256=base_sha,
-        params={"method": "test-perturbation", "steps": 0}, metrics={"ua": 0.95, "ira": 0.99},
-        gate_passed=gate_passed, gate_reasons=[] if gate_passed else ["ua 0.40 < 0.90"],
+        request_id=request_id,
+        request={"concept": erased[-1], "requester": "alice"},
+        delta_path=delta_path,
+        parent_version=parent,
+        erased=erased,
+        base_model=str(base_dir),
+        base_sha256=base_sha,
+        params={"method": "test-perturbation", "steps": 0},
+        metrics={"ua": 0.95, "ira": 0.99},
+        gate_passed=gate_passed,
+        gate_reasons=[] if gate_passed else ["ua 0.40 < 0.90"],
     )
 
 
@@ -92,7 +99,9 @@ def run_lifecycle(tracking_uri, artifact_root, tiny_base, work: Path, find_artif
 
     # request 3 fails its gate: registered for the audit, never aliased, never promotable
     make_delta(pipe.unet, work / "d3.safetensors", seed=3, base_state=base_state)
-    v3 = registry.register_candidate(_candidate("r3", work / "d3.safetensors", v2, ["circle", "star", "ring"], tiny_base, gate_passed=False))
+    v3 = registry.register_candidate(
+        _candidate("r3", work / "d3.safetensors", v2, ["circle", "star", "ring"], tiny_base, gate_passed=False)
+    )
     assert registry.alias_version(CANDIDATE) != v3
     _to_awaiting(ledger, "r3", "ring", v3, v2)
     with pytest.raises(PromotionRefused, match="failed its gate"):
@@ -101,7 +110,9 @@ def run_lifecycle(tracking_uri, artifact_root, tiny_base, work: Path, find_artif
 
     # a rejected version is never promoted, even by rollback
     make_delta(pipe.unet, work / "d4.safetensors", seed=4, base_state=base_state)
-    v4 = registry.register_candidate(_candidate("r4", work / "d4.safetensors", v2, ["circle", "star", "heart"], tiny_base))
+    v4 = registry.register_candidate(
+        _candidate("r4", work / "d4.safetensors", v2, ["circle", "star", "heart"], tiny_base)
+    )
     _to_awaiting(ledger, "r4", "heart", v4, v2)
     reject(ledger, registry, "r4", approver="bob", approvers=APPROVERS, reason="heart still visible in grids")
     with pytest.raises(PromotionRefused):
@@ -208,7 +219,12 @@ def s3_server(tmp_path_factory):
 
 
 def _s3(endpoint):
-    return boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in servers.S3_ENV.items() if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        **{k.lower(): v for k, v in servers.S3_ENV.items() if k != "AWS_DEFAULT_REGION"},
+        region_name="us-east-1",
+    )
 
 
 def _s3_artifact_access(endpoint, bucket):
@@ -264,14 +280,18 @@ def test_mlflow_server_on_postgresql(tiny_base, tmp_path, s3_server, monkeypatch
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     server = None
     try:
-        server, tracking_uri, bucket = _serve_mlflow(tmp_path, s3_server, f"{url.rsplit('/', 1)[0]}/{name}", monkeypatch)
+        server, tracking_uri, bucket = _serve_mlflow(
+            tmp_path, s3_server, f"{url.rsplit('/', 1)[0]}/{name}", monkeypatch
+        )
         from diffusers import StableDiffusionPipeline
 
         registry = ModelRegistry(tracking_uri, MODEL)
         pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
         base_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
         make_delta(pipe.unet, tmp_path / "d1.safetensors", seed=1, base_state=base_state)
-        version = registry.register_candidate(_candidate("r1", tmp_path / "d1.safetensors", None, ["circle"], tiny_base))
+        version = registry.register_candidate(
+            _candidate("r1", tmp_path / "d1.safetensors", None, ["circle"], tiny_base)
+        )
         registry.promote(version, expected_production=None, approval={"by": "bob"})
         loaded = load_pipeline(f"models:/{MODEL}@production", tracking_uri=tracking_uri)
         assert loaded.lethe_version["version"] == version

@@ -16,19 +16,25 @@ HEAVY = ("torch", "diffusers", "transformers")
 
 def _modules_after(code: str, tmp_path) -> list[str]:
     """Run `code` in a fresh interpreter (LETHE_HOME under tmp_path); the heavy modules it imported."""
-    probe = code + f"\nimport sys, json\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    probe = (
+        code + f"\nimport sys, json\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    )
     env = {**os.environ, "LETHE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
     env.pop("LETHE_CONFIG", None)
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("argv", [["submit", "--help"], ["status"], ["status", "--json"], ["history"]])
 def test_light_commands_import_no_torch(tmp_path, argv):
-    code = ("from flows.cli import main\n"
-            f"try:\n    code = main({argv!r})\nexcept SystemExit as stop:\n    code = stop.code\n"
-            "assert code == 0, code")
+    code = (
+        "from flows.cli import main\n"
+        f"try:\n    code = main({argv!r})\nexcept SystemExit as stop:\n    code = stop.code\n"
+        "assert code == 0, code"
+    )
     assert _modules_after(code, tmp_path) == []
 
 
@@ -65,7 +71,9 @@ def test_the_command_map_and_the_parsers_agree():
         defaults = commands.choices[name]._defaults
         if handler is None:  # a command with actions (world): each action has its handler
             [actions] = [a for a in commands.choices[name]._actions if a.dest == f"{name}_command"]
-            assert all(sub._defaults["func"].__name__ == f"cmd_{name}_{action}" for action, sub in actions.choices.items())
+            assert all(
+                sub._defaults["func"].__name__ == f"cmd_{name}_{action}" for action, sub in actions.choices.items()
+            )
         else:
             assert defaults["func"] is handler, name
             assert handler.__name__ == f"cmd_{name}"

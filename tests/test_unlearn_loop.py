@@ -16,15 +16,32 @@ def tiny_base(tmp_path_factory):
     return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
-CONFIG = UnlearnConfig(concept="circle", synonyms=("disc",), preserve=("ring",), erased=("striped",), steps=6,
-                       batch_size=2, prompts_per_concept=4, data_steps=2, checkpoint_every=2)
+CONFIG = UnlearnConfig(
+    concept="circle",
+    synonyms=("disc",),
+    preserve=("ring",),
+    erased=("striped",),
+    steps=6,
+    batch_size=2,
+    prompts_per_concept=4,
+    data_steps=2,
+    checkpoint_every=2,
+)
 
 
 def _run(tiny_base, out, cfg=CONFIG):
     pipe = load_model(tiny_base)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    summary = run_unlearning(pipe, cfg, out, prompts=shapes_prompts_for(cfg), model_sha="tiny", base_values=base,
-                             metadata={"base_model": str(tiny_base)}, progress=False)
+    summary = run_unlearning(
+        pipe,
+        cfg,
+        out,
+        prompts=shapes_prompts_for(cfg),
+        model_sha="tiny",
+        base_values=base,
+        metadata={"base_model": str(tiny_base)},
+        progress=False,
+    )
     return pipe, summary
 
 
@@ -62,7 +79,9 @@ def test_recorder_keeps_cross_attention_maps_with_gradients(tiny_base):
     embeds = torch.randn(2, 32, 384)
     out = pipe.unet(z, torch.tensor([10, 500]), embeds).sample
     assert store.maps and all(m.shape[0] == 2 and m.shape[-1] == 32 for m in store.maps.values())
-    torch.testing.assert_close(next(iter(store.maps.values())).sum(-1), torch.ones_like(next(iter(store.maps.values())).sum(-1)))
+    torch.testing.assert_close(
+        next(iter(store.maps.values())).sum(-1), torch.ones_like(next(iter(store.maps.values())).sum(-1))
+    )
     sum(m.sum() for m in store.maps.values()).backward()
     assert any(p.grad is not None for n, p in pipe.unet.named_parameters() if ".attn2.to_k." in n)
     assert out.shape == z.shape
@@ -70,8 +89,15 @@ def test_recorder_keeps_cross_attention_maps_with_gradients(tiny_base):
 
 def test_bad_configs_are_refused_before_anything_is_written(tiny_base, tmp_path):
     pipe = load_model(tiny_base)
-    for bad in (UnlearnConfig(concept=""), UnlearnConfig(concept="star", anchor="Star"), UnlearnConfig(concept="star", steps=-1),
-                UnlearnConfig(concept="star", method="teleport"), UnlearnConfig(concept="star", params="all")):
+    for bad in (
+        UnlearnConfig(concept=""),
+        UnlearnConfig(concept="star", anchor="Star"),
+        UnlearnConfig(concept="star", steps=-1),
+        UnlearnConfig(concept="star", method="teleport"),
+        UnlearnConfig(concept="star", params="all"),
+    ):
         with pytest.raises(ConfigError):
-            run_unlearning(pipe, bad, tmp_path / "out", prompts=shapes_prompts_for(CONFIG), model_sha="x", base_values={})
+            run_unlearning(
+                pipe, bad, tmp_path / "out", prompts=shapes_prompts_for(CONFIG), model_sha="x", base_values={}
+            )
     assert not (tmp_path / "out").exists()

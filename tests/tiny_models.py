@@ -17,19 +17,39 @@ def build_tiny_base(folder: Path) -> Path:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=384, attention_head_dim=8, norm_num_groups=32,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=384,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
     vae = AutoencoderKL(
-        sample_size=16, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=32, mid_block_add_attention=False,
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=32,
+        mid_block_add_attention=False,
     )
     encoder, tokenizer = load_text_encoder()
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=sampling_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sampling_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
     return folder
@@ -39,8 +59,14 @@ def shapes_prompts_for(cfg):
     """The request prompts the shapes world builds for a config (what the pipeline hands the loop)."""
     from unlearning.shapes.world import ShapesWorld
 
-    return ShapesWorld().request_prompts(cfg.concept, synonyms=cfg.synonyms, anchor=cfg.anchor, preserve=cfg.preserve,
-                                         erased=cfg.erased, per_concept=cfg.prompts_per_concept)
+    return ShapesWorld().request_prompts(
+        cfg.concept,
+        synonyms=cfg.synonyms,
+        anchor=cfg.anchor,
+        preserve=cfg.preserve,
+        erased=cfg.erased,
+        per_concept=cfg.prompts_per_concept,
+    )
 
 
 def kv_names(unet) -> list[str]:

@@ -28,7 +28,16 @@ class RecordingCrossAttnProcessor:
         self.store = store
         self.name = name
 
-    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        *args,
+        **kwargs,
+    ):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -36,7 +45,9 @@ class RecordingCrossAttnProcessor:
         if input_ndim == 4:
             batch_size, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
         attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
@@ -50,7 +61,9 @@ class RecordingCrossAttnProcessor:
         query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
         attention_probs = attn.get_attention_scores(query, key, attention_mask)
         # (batch*heads, queries, tokens) -> mean over heads: (batch, queries, tokens)
-        self.store.maps[self.name] = attention_probs.view(batch_size, attn.heads, *attention_probs.shape[1:]).mean(dim=1)
+        self.store.maps[self.name] = attention_probs.view(batch_size, attn.heads, *attention_probs.shape[1:]).mean(
+            dim=1
+        )
         hidden_states = torch.bmm(attention_probs, value)
         hidden_states = attn.batch_to_head_dim(hidden_states)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -67,7 +80,9 @@ def record_cross_attention(unet) -> AttentionStore:
     (queries × queries) per head — gigabytes per layer at 512 px."""
     store = AttentionStore()
     processors = {
-        name: RecordingCrossAttnProcessor(store, name.removesuffix(".processor")) if ".attn2." in name else AttnProcessor2_0()
+        name: RecordingCrossAttnProcessor(store, name.removesuffix(".processor"))
+        if ".attn2." in name
+        else AttnProcessor2_0()
         for name in unet.attn_processors
     }
     unet.set_attn_processor(dict(processors))  # set_attn_processor pops from the dict it is given

@@ -20,7 +20,9 @@ DELTA_FORMAT = "lethe-delta/1"
 COMPONENTS = ("unet", "text_encoder")
 
 
-def compute_delta(trained: dict[str, torch.Tensor], base: dict[str, torch.Tensor], component: str = "unet") -> dict[str, torch.Tensor]:
+def compute_delta(
+    trained: dict[str, torch.Tensor], base: dict[str, torch.Tensor], component: str = "unet"
+) -> dict[str, torch.Tensor]:
     """θ_trained − θ_0 for the given (trained) tensors, in fp32, keys prefixed with the component.
 
     Raises:
@@ -92,7 +94,11 @@ def apply_delta_files(pipe, paths: list[str | Path]) -> set[str]:
 
 
 @torch.no_grad()
-def apply_deltas(modules: dict[str, torch.nn.Module], base_state: dict[str, dict[str, torch.Tensor]], deltas: list[dict[str, torch.Tensor]]) -> set[str]:
+def apply_deltas(
+    modules: dict[str, torch.nn.Module],
+    base_state: dict[str, dict[str, torch.Tensor]],
+    deltas: list[dict[str, torch.Tensor]],
+) -> set[str]:
     """Set modules to base + deltas (oldest first; later deltas overwrite). Returns the keys changed.
 
     `base_state` holds the base tensors of every covered key ({component: state_dict}); keeping it

@@ -37,8 +37,10 @@ def make_discriminator(channels: int, *, seed: int, width: int = 64) -> torch.nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return torch.nn.Sequential(
-            torch.nn.Conv2d(channels, width, 4, stride=2, padding=1), torch.nn.LeakyReLU(0.2),
-            torch.nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(channels, width, 4, stride=2, padding=1),
+            torch.nn.LeakyReLU(0.2),
+            torch.nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            torch.nn.LeakyReLU(0.2),
             torch.nn.Conv2d(2 * width, 1, 3, padding=1),
         )
 
@@ -66,8 +68,9 @@ def outputs(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
     return fake, real
 
 
-def discriminator_step(discriminator: torch.nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor,
-                       fake: torch.Tensor) -> torch.Tensor:
+def discriminator_step(
+    discriminator: torch.nn.Module, optimizer: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor
+) -> torch.Tensor:
     """One update of D on detached outputs (fp32); returns L_D before the update."""
     loss = discriminator_loss(discriminator(real.detach().float()), discriminator(fake.detach().float()))
     optimizer.zero_grad(set_to_none=True)  # also drops what L_adv's backward left in D

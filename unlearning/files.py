@@ -27,7 +27,9 @@ def replace_atomically(path: Path, write) -> Path:
 
 
 def write_json(path: Path, payload: dict, *, sort_keys: bool = False) -> Path:
-    return replace_atomically(Path(path), lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n"))
+    return replace_atomically(
+        Path(path), lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
+    )
 
 
 def save_torch(path: Path, state: dict) -> Path:

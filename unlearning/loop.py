@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-
 from diffusers.models.attention_processor import AttnProcessor2_0
+from tqdm.auto import tqdm
 
 from unlearning import domain
 from unlearning.attention import record_cross_attention, word_token_mask
@@ -28,7 +27,14 @@ from unlearning.delta import apply_deltas, compute_delta, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import DEFAULT_METHOD, REQUEST_OPTIONS, UnknownMethod, get_method
 from unlearning.methods.context import EditContext, StepContext
-from unlearning.parameters import PARAMETER_SETS, add_lora, freeze_all_but, lora_merged_weights, merge_lora, trainable_names
+from unlearning.parameters import (
+    PARAMETER_SETS,
+    add_lora,
+    freeze_all_but,
+    lora_merged_weights,
+    merge_lora,
+    trainable_names,
+)
 from unlearning.prompts import RequestPrompts
 
 DELTA_FILE = "delta.safetensors"
@@ -38,7 +44,6 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 class ConfigError(ValueError):
     """An unlearning configuration that cannot run (every problem named); nothing was written."""
-
 
 
 @dataclass(frozen=True)
@@ -56,14 +61,18 @@ class UnlearnConfig:
     lr: float = 1e-3  # tuned on the shapes world: see bench/RESULTS.md ("Tuning DUGE")
     grad_clip: float = 1.0
     gradient_surgery: bool = False  # project the forget gradient off the preserve gradient on conflict
-    domain_correction: bool = False  # duge only: a latent discriminator, target outputs vs anchor outputs (unlearning/domain.py)
+    domain_correction: bool = (
+        False  # duge only: a latent discriminator, target outputs vs anchor outputs (unlearning/domain.py)
+    )
     checkpoint_every: int = 25
     seed: int = 0
     prompts_per_concept: int = 24
     data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
     guidance_scale: float = 5.0
     compile: bool = False
-    hyper: dict = field(default_factory=dict)  # method hyper-parameters (each method's DEFAULTS; domain.DEFAULTS with domain_correction)
+    hyper: dict = field(
+        default_factory=dict
+    )  # method hyper-parameters (each method's DEFAULTS; domain.DEFAULTS with domain_correction)
 
     def __post_init__(self) -> None:
         # resolved here, so the config record, the checkpoint and the delta header name the set trained
@@ -74,7 +83,7 @@ class UnlearnConfig:
                 pass  # validate() names it
 
     @classmethod
-    def from_request(cls, request, *, erased: tuple[str, ...] = (), **operator) -> "UnlearnConfig":
+    def from_request(cls, request, *, erased: tuple[str, ...] = (), **operator) -> UnlearnConfig:
         """The config of one request: its concept, synonyms, anchor, preserve set, method and options
         (registry/requests.py), the concepts erased before it, and operator settings (steps, checkpoint_every).
         An operator value of None leaves the request's (or the default)."""
@@ -82,8 +91,15 @@ class UnlearnConfig:
         options.update({k: v for k, v in operator.items() if v is not None})
         if "hyper" in options:
             options["hyper"] = dict(options["hyper"])
-        return cls(concept=request.concept, synonyms=tuple(request.synonyms), anchor=request.anchor or None,
-                   preserve=tuple(request.preserve), erased=tuple(erased), method=request.method, **options)
+        return cls(
+            concept=request.concept,
+            synonyms=tuple(request.synonyms),
+            anchor=request.anchor or None,
+            preserve=tuple(request.preserve),
+            erased=tuple(erased),
+            method=request.method,
+            **options,
+        )
 
     def record(self) -> dict:
         """The config as plain JSON values: what checkpoints, summaries and idempotency compare."""
@@ -129,8 +145,9 @@ def _latents_key(model_sha: str, prompt: str, seed: int, steps: int, guidance: f
 
 
 @torch.no_grad()
-def parent_latents(pipe, prompts: list[str], seeds: list[int], *, model_sha: str, steps: int, guidance: float,
-                   cache_dir: Path | None) -> torch.Tensor:
+def parent_latents(
+    pipe, prompts: list[str], seeds: list[int], *, model_sha: str, steps: int, guidance: float, cache_dir: Path | None
+) -> torch.Tensor:
     """Latents of the images the parent generates for `prompts` (the UNet's own latent space),
     cached on disk by (model sha256, prompt, seed, sampler)."""
     keys = [_latents_key(model_sha, p, s, steps, guidance) for p, s in zip(prompts, seeds)]
@@ -143,8 +160,13 @@ def parent_latents(pipe, prompts: list[str], seeds: list[int], *, model_sha: str
         chunk = missing[start : start + 32]
         shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         init = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seeds[i])) for i in chunk])
-        out = pipe([prompts[i] for i in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                   latents=init.to(pipe.device, pipe.unet.dtype), output_type="latent").images
+        out = pipe(
+            [prompts[i] for i in chunk],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            latents=init.to(pipe.device, pipe.unet.dtype),
+            output_type="latent",
+        ).images
         for i, latent in zip(chunk, out):
             found[i] = latent.float().cpu()
             if cache_dir:
@@ -158,12 +180,15 @@ _save_checkpoint = save_torch
 
 def _data_seeds(cfg: UnlearnConfig, prompts: RequestPrompts) -> tuple[list[int], list[int]]:
     keep = len(prompts.preserve) + len(prompts.replay)
-    return ([cfg.seed * 100_003 + i for i in range(len(prompts.anchor))],
-            [cfg.seed * 100_003 + 50_000 + i for i in range(keep)])
+    return (
+        [cfg.seed * 100_003 + i for i in range(len(prompts.anchor))],
+        [cfg.seed * 100_003 + 50_000 + i for i in range(keep)],
+    )
 
 
-def prepare_data(pipe, cfg: UnlearnConfig, prompts: RequestPrompts, *, model_sha: str, cache_dir: Path | None,
-                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+def prepare_data(
+    pipe, cfg: UnlearnConfig, prompts: RequestPrompts, *, model_sha: str, cache_dir: Path | None, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The training data of a loss method: latents of the parent's images for the anchor prompts (the
     forget batch is noised from them) and for the preserve + replay prompts, cached on disk by (parent,
     prompt, seed, sampler). None for a closed-form method, which needs no images."""
@@ -171,11 +196,25 @@ def prepare_data(pipe, cfg: UnlearnConfig, prompts: RequestPrompts, *, model_sha
         return None
     seeds_forget, seeds_keep = _data_seeds(cfg, prompts)
     bar = tqdm(total=2, desc=f"parent images for {cfg.concept}", disable=not progress)
-    forget = parent_latents(pipe, prompts.anchor, seeds_forget, model_sha=model_sha, steps=cfg.data_steps,
-                            guidance=cfg.guidance_scale, cache_dir=cache_dir)
+    forget = parent_latents(
+        pipe,
+        prompts.anchor,
+        seeds_forget,
+        model_sha=model_sha,
+        steps=cfg.data_steps,
+        guidance=cfg.guidance_scale,
+        cache_dir=cache_dir,
+    )
     bar.update()
-    keep = parent_latents(pipe, prompts.preserve + prompts.replay, seeds_keep, model_sha=model_sha, steps=cfg.data_steps,
-                          guidance=cfg.guidance_scale, cache_dir=cache_dir)
+    keep = parent_latents(
+        pipe,
+        prompts.preserve + prompts.replay,
+        seeds_keep,
+        model_sha=model_sha,
+        steps=cfg.data_steps,
+        guidance=cfg.guidance_scale,
+        cache_dir=cache_dir,
+    )
     bar.update()
     bar.close()
     return forget, keep
@@ -205,15 +244,25 @@ def _apply_finished(pipe, out_dir: Path, base_values: dict[str, torch.Tensor]) -
 
 
 def _encode(pipe, prompts: list[str]) -> torch.Tensor:
-    tokens = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt")
+    tokens = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     with torch.no_grad():
         return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].float()
 
 
-def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, prompts: RequestPrompts, model_sha: str,
-                   base_values: dict[str, torch.Tensor], cache_dir: Path | None = None, metadata: dict | None = None,
-                   progress: bool = True) -> dict:
+def run_unlearning(
+    pipe,
+    cfg: UnlearnConfig,
+    out_dir: Path,
+    *,
+    prompts: RequestPrompts,
+    model_sha: str,
+    base_values: dict[str, torch.Tensor],
+    cache_dir: Path | None = None,
+    metadata: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Train one unlearning step on `pipe` (the parent; its UNet is modified in place) and write
     `out_dir/delta.safetensors` (θ − θ_0 for the trained tensors) and `out_dir/summary.json`.
 
@@ -254,18 +303,23 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, prompts: RequestP
     student_maps, parent_maps = record_cross_attention(student), record_cross_attention(parent)
     optimizer = torch.optim.AdamW(trained_params, lr=cfg.lr, weight_decay=0.0)
     forward = torch.compile(student) if cfg.compile else student
-    if cfg.domain_correction:  # DoCo (Wu et al. AAAI 2025): D tells the parent's anchor outputs from the student's target outputs
+    if (
+        cfg.domain_correction
+    ):  # DoCo (Wu et al. AAAI 2025): D tells the parent's anchor outputs from the student's target outputs
         domain_hyper = {**domain.DEFAULTS, **cfg.hyper}
         discriminator = domain.make_discriminator(student.config.out_channels, seed=cfg.seed).to(device)
         discriminator_optimizer = domain.make_optimizer(discriminator, domain_hyper["domain_lr"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
     # -- data: target/anchor pairs, preserve + replay prompts, the parent's images of them (latents)
     keep_prompts = prompts.preserve + prompts.replay
     closed_form = method.KIND == "edit"  # an edit from the prompts' embeddings: no images, no steps
     if not closed_form:
-        forget_latents, keep_latents = (x.to(device) for x in
-                                        prepare_data(pipe, cfg, prompts, model_sha=model_sha, cache_dir=cache_dir))
+        forget_latents, keep_latents = (
+            x.to(device) for x in prepare_data(pipe, cfg, prompts, model_sha=model_sha, cache_dir=cache_dir)
+        )
     max_tokens = pipe.tokenizer.model_max_length
     target_embeds, anchor_embeds = _encode(pipe, prompts.target), _encode(pipe, prompts.anchor)
     keep_embeds, empty_embed = _encode(pipe, keep_prompts), _encode(pipe, [""])
@@ -304,24 +358,51 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, prompts: RequestP
     student.train()
     last: dict[str, float] = {}
     if closed_form:
-        last = method.edit(EditContext(trained=trained, base_values=base, target_embeds=target_embeds, anchor_embeds=anchor_embeds,
-                                       target_tokens=target_tokens, anchor_tokens=anchor_tokens, preserve_embeds=keep_embeds,
-                                       hyper=cfg.hyper))
+        last = method.edit(
+            EditContext(
+                trained=trained,
+                base_values=base,
+                target_embeds=target_embeds,
+                anchor_embeds=anchor_embeds,
+                target_tokens=target_tokens,
+                anchor_tokens=anchor_tokens,
+                preserve_embeds=keep_embeds,
+                hyper=cfg.hyper,
+            )
+        )
     else:
-        bar = tqdm(range(start, cfg.steps), desc=f"unlearn {cfg.concept} ({cfg.method})", initial=start, total=cfg.steps, disable=not progress)
+        bar = tqdm(
+            range(start, cfg.steps),
+            desc=f"unlearn {cfg.concept} ({cfg.method})",
+            initial=start,
+            total=cfg.steps,
+            disable=not progress,
+        )
         for step in bar:
             generator = _step_generator(cfg.seed, step)
             f_index, f_noisy, f_noise, f_t = noised(forget_latents, generator)
             p_index, p_noisy, p_noise, p_t = noised(keep_latents, generator)
             ctx = StepContext(
-                student=forward, parent=parent, student_maps=student_maps, parent_maps=parent_maps,
-                forget_noisy=f_noisy, forget_noise=f_noise, forget_timesteps=f_t,
-                target_embeds=target_embeds[f_index], anchor_embeds=anchor_embeds[f_index],
+                student=forward,
+                parent=parent,
+                student_maps=student_maps,
+                parent_maps=parent_maps,
+                forget_noisy=f_noisy,
+                forget_noise=f_noise,
+                forget_timesteps=f_t,
+                target_embeds=target_embeds[f_index],
+                anchor_embeds=anchor_embeds[f_index],
                 empty_embeds=empty_embed.expand(cfg.batch_size, -1, -1),
-                target_tokens=target_tokens[f_index], anchor_tokens=anchor_tokens[f_index],
-                preserve_noisy=p_noisy, preserve_noise=p_noise, preserve_timesteps=p_t, preserve_embeds=keep_embeds[p_index],
+                target_tokens=target_tokens[f_index],
+                anchor_tokens=anchor_tokens[f_index],
+                preserve_noisy=p_noisy,
+                preserve_noise=p_noise,
+                preserve_timesteps=p_t,
+                preserve_embeds=keep_embeds[p_index],
                 # L2-SP anchors at the base: for lora, the merged weights W + B·A (what the delta will hold)
-                trained=lora_merged_weights(student) if cfg.params == "lora" else trained, base_values=base, hyper=cfg.hyper,
+                trained=lora_merged_weights(student) if cfg.params == "lora" else trained,
+                base_values=base,
+                hyper=cfg.hyper,
             )
             with autocast:
                 terms = method.loss(ctx)
@@ -342,13 +423,20 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, prompts: RequestP
             last = {k.removeprefix("log/"): float(v) for k, v in terms.items() if k.startswith("log/")}
             bar.set_postfix({k: f"{v:.4f}" for k, v in last.items()})
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                _save_checkpoint(checkpoint_path, {
-                    "trained": {n: p.detach().cpu().clone() for n, p in trained.items()},
-                    "optimizer": optimizer.state_dict(), "step": step + 1, "rng_cpu": torch.get_rng_state(),
-                    "config": config_record,
-                    "discriminator": discriminator.state_dict() if cfg.domain_correction else None,
-                    "discriminator_optimizer": discriminator_optimizer.state_dict() if cfg.domain_correction else None,
-                })
+                _save_checkpoint(
+                    checkpoint_path,
+                    {
+                        "trained": {n: p.detach().cpu().clone() for n, p in trained.items()},
+                        "optimizer": optimizer.state_dict(),
+                        "step": step + 1,
+                        "rng_cpu": torch.get_rng_state(),
+                        "config": config_record,
+                        "discriminator": discriminator.state_dict() if cfg.domain_correction else None,
+                        "discriminator_optimizer": discriminator_optimizer.state_dict()
+                        if cfg.domain_correction
+                        else None,
+                    },
+                )
     student.eval()
     student.requires_grad_(False)
     student.set_attn_processor(AttnProcessor2_0())  # sampling after training needs no recorded maps
@@ -359,8 +447,14 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, prompts: RequestP
     # -- save: the delta from the base for the trained tensors, and a summary
     final = dict(student.named_parameters())
     delta = compute_delta({n: final[n].detach() for n in names}, {n: base[n] for n in names})
-    header = {"concept": cfg.concept, "method": cfg.method, "params": cfg.params, "steps": 0 if closed_form else cfg.steps,
-              "parent_sha256": model_sha, **(metadata or {})}
+    header = {
+        "concept": cfg.concept,
+        "method": cfg.method,
+        "params": cfg.params,
+        "steps": 0 if closed_form else cfg.steps,
+        "parent_sha256": model_sha,
+        **(metadata or {}),
+    }
     save_delta(out_dir / DELTA_FILE, delta, header)
     summary = {
         "config": config_record,
@@ -371,8 +465,12 @@ def run_unlearning(pipe, cfg: UnlearnConfig, out_dir: Path, *, prompts: RequestP
         "final_terms": last,
         "seconds": round(time.perf_counter() - started, 2),
         "resumed_from_step": start,
-        "prompts": {"target": prompts.target[:4], "anchor": prompts.anchor[:4], "preserve": len(prompts.preserve),
-                    "replay": len(prompts.replay)},
+        "prompts": {
+            "target": prompts.target[:4],
+            "anchor": prompts.anchor[:4],
+            "preserve": len(prompts.preserve),
+            "replay": len(prompts.replay),
+        },
         **(metadata or {}),
     }
     write_json(out_dir / SUMMARY_FILE, summary)  # last: a summary means the step finished
@@ -384,6 +482,7 @@ def _surgery_backward(terms: dict[str, torch.Tensor], params: list[torch.nn.Para
     """Gradient surgery (restricted gradient, Ko et al. NeurIPS 2024; concept-preserving gradient,
     Wu et al. AAAI 2025): where g_forget · g_preserve < 0, replace g_forget by its projection onto the
     normal plane of g_preserve, g_f ← g_f − (g_f·g_p / ‖g_p‖²) g_p; then g = g_f + g_p + g_reg."""
+
     def grads(term):
         result = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for g, p in zip(result, params)]

@@ -20,6 +20,7 @@ import re
 import torch
 
 from unlearning.methods import PARAMETER_SETS  # noqa: F401 - re-exported: the sets are named there, torch-free
+
 LORA_MODULES = r".*\.attn2\.(to_q|to_k|to_v|to_out\.0)"  # peft matches a str target with re.fullmatch
 LORA_ADAPTER = "default"
 
@@ -83,8 +84,11 @@ def lora_merged_weights(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     UNet's state-dict name (`...attn2.to_k.weight`) — what the weight will be once merged."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return {f"{name}.weight": module.get_base_layer().weight + module.get_delta_weight(LORA_ADAPTER)
-            for name, module in unet.named_modules() if isinstance(module, BaseTunerLayer)}
+    return {
+        f"{name}.weight": module.get_base_layer().weight + module.get_delta_weight(LORA_ADAPTER)
+        for name, module in unet.named_modules()
+        if isinstance(module, BaseTunerLayer)
+    }
 
 
 @torch.no_grad()

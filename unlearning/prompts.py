@@ -35,8 +35,15 @@ def concept_words(concept: str, synonyms: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys([concept.strip().lower(), *(s.strip().lower() for s in synonyms)]))
 
 
-def open_prompts(concept: str, *, synonyms: tuple[str, ...] = (), anchor: str | None = None,
-                 preserve: tuple[str, ...] = (), erased: tuple[str, ...] = (), per_concept: int = 24) -> RequestPrompts:
+def open_prompts(
+    concept: str,
+    *,
+    synonyms: tuple[str, ...] = (),
+    anchor: str | None = None,
+    preserve: tuple[str, ...] = (),
+    erased: tuple[str, ...] = (),
+    per_concept: int = 24,
+) -> RequestPrompts:
     """Prompts for a model without a vocabulary: generic templates around the concept text."""
     words, anchor_word = concept_words(concept, synonyms), (anchor or "").strip().lower()
     target, anchors, target_words, anchor_words = [], [], [], []
@@ -50,6 +57,11 @@ def open_prompts(concept: str, *, synonyms: tuple[str, ...] = (), anchor: str | 
     def generic(name: str, count: int) -> list[str]:
         return [GENERIC_TEMPLATES[k % len(GENERIC_TEMPLATES)].format(name) for k in range(count)]
 
-    return RequestPrompts(target, anchors, target_words, anchor_words,
-                          preserve=[p for name in preserve for p in generic(name, per_concept // 2)],
-                          replay=[p for name in erased for p in generic(name, per_concept // 2)])
+    return RequestPrompts(
+        target,
+        anchors,
+        target_words,
+        anchor_words,
+        preserve=[p for name in preserve for p in generic(name, per_concept // 2)],
+        replay=[p for name in erased for p in generic(name, per_concept // 2)],
+    )

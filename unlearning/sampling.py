@@ -22,7 +22,9 @@ class PromptError(ValueError):
     """A prompt the model cannot take: empty, or longer than its tokenizer's limit."""
 
 
-def load_model(model: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+def load_model(
+    model: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> StableDiffusionPipeline:
     """Load a pipeline: the shapes base (None or "shapes") or a local diffusers directory.
 
     Raises:
@@ -36,7 +38,10 @@ def load_model(model: str | Path | None = None, *, device: str = "cpu", dtype: t
     if is_unlearn_dir(path):
         return load_unlearn_dir(path, device=device, dtype=dtype)
     if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model}: not a diffusers directory (no model_index.json), not an `lethe unlearn --out` folder, and not 'shapes'")
+        raise FileNotFoundError(
+            f"{model}: not a diffusers directory (no model_index.json), not an `lethe unlearn --out` folder, "
+            "and not 'shapes'"
+        )
     pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -86,7 +91,12 @@ def use_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-    classes = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler, "pndm": PNDMScheduler}
+    classes = {
+        "ddim": DDIMScheduler,
+        "dpm++": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "pndm": PNDMScheduler,
+    }
     if name not in classes:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
     if not isinstance(pipe.scheduler, classes[name]):
@@ -105,7 +115,9 @@ def check_prompt(tokenizer, prompt: str) -> None:
         raise PromptError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
     needed = len(tokenizer(prompt, truncation=False).input_ids)
     if needed > tokenizer.model_max_length:
-        raise PromptError(f"the prompt needs {needed} tokens; this model's tokenizer takes at most {tokenizer.model_max_length}")
+        raise PromptError(
+            f"the prompt needs {needed} tokens; this model's tokenizer takes at most {tokenizer.model_max_length}"
+        )
 
 
 @torch.no_grad()

@@ -33,12 +33,22 @@ class World(Protocol):
 
     def known(self, concept: str) -> bool: ...
 
-    def request_prompts(self, concept: str, *, synonyms: tuple[str, ...], anchor: str | None, preserve: tuple[str, ...],
-                        erased: tuple[str, ...], per_concept: int) -> RequestPrompts: ...
+    def request_prompts(
+        self,
+        concept: str,
+        *,
+        synonyms: tuple[str, ...],
+        anchor: str | None,
+        preserve: tuple[str, ...],
+        erased: tuple[str, ...],
+        per_concept: int,
+    ) -> RequestPrompts: ...
 
-    def plan(self, target: str | None, *, synonyms: tuple[str, ...], erased: tuple[str, ...], samples: int) -> EvaluationPlan: ...
+    def plan(
+        self, target: str | None, *, synonyms: tuple[str, ...], erased: tuple[str, ...], samples: int
+    ) -> EvaluationPlan: ...
 
-    def judges(self) -> tuple["Judge", ...]: ...
+    def judges(self) -> tuple[Judge, ...]: ...
 
 
 class OpenWorld:
@@ -50,11 +60,15 @@ class OpenWorld:
     def known(self, concept: str) -> bool:
         return True
 
-    def request_prompts(self, concept: str, *, synonyms=(), anchor=None, preserve=(), erased=(), per_concept=24) -> RequestPrompts:
-        return open_prompts(concept, synonyms=synonyms, anchor=anchor, preserve=preserve, erased=erased, per_concept=per_concept)
+    def request_prompts(
+        self, concept: str, *, synonyms=(), anchor=None, preserve=(), erased=(), per_concept=24
+    ) -> RequestPrompts:
+        return open_prompts(
+            concept, synonyms=synonyms, anchor=anchor, preserve=preserve, erased=erased, per_concept=per_concept
+        )
 
     def plan(self, target, *, synonyms=(), erased=(), samples=6) -> EvaluationPlan:
         raise NoJudge("this base model has no judge configured: its candidates cannot be evaluated or gated")
 
-    def judges(self) -> tuple["Judge", ...]:
+    def judges(self) -> tuple[Judge, ...]:
         raise NoJudge("this base model has no judge configured")

@@ -18,10 +18,19 @@ from flows.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, Parser
 MODULES = (requests, jobs, model, world)
 # command -> handler: what `lethe --help` lists (a test checks that the parsers say the same)
 COMMANDS = {
-    "status": requests.cmd_status, "submit": requests.cmd_submit, "approve": requests.cmd_approve,
-    "reject": requests.cmd_reject, "rollback": requests.cmd_rollback, "history": requests.cmd_history,
-    "run": jobs.cmd_run, "audit": jobs.cmd_audit, "serve": jobs.cmd_serve,
-    "generate": model.cmd_generate, "evaluate": model.cmd_evaluate, "unlearn": model.cmd_unlearn, "export": model.cmd_export,
+    "status": requests.cmd_status,
+    "submit": requests.cmd_submit,
+    "approve": requests.cmd_approve,
+    "reject": requests.cmd_reject,
+    "rollback": requests.cmd_rollback,
+    "history": requests.cmd_history,
+    "run": jobs.cmd_run,
+    "audit": jobs.cmd_audit,
+    "serve": jobs.cmd_serve,
+    "generate": model.cmd_generate,
+    "evaluate": model.cmd_evaluate,
+    "unlearn": model.cmd_unlearn,
+    "export": model.cmd_export,
     "world": None,  # its actions: world.cmd_world_train, cmd_world_eval, cmd_world_export
 }
 MODEL_COMMANDS = ("generate", "world", "export", "evaluate", "unlearn", "run", "audit", "serve")
@@ -51,7 +60,13 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # The model is logged as a python_model on purpose (registry/versions.py): MLflow's advice about
     # type hints, cloudpickle and pip requirements does not apply.
-    for pattern in (".*type hint.*", ".*[Cc]loud[Pp]ickle.*", ".*pip requirement.*", ".*input example.*", ".*signature.*"):
+    for pattern in (
+        ".*type hint.*",
+        ".*[Cc]loud[Pp]ickle.*",
+        ".*pip requirement.*",
+        ".*input example.*",
+        ".*signature.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -77,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("LETHE_DEBUG"):
             raise
         cause = f" (caused by {type(error.__cause__).__name__}: {error.__cause__})" if error.__cause__ else ""
-        print(f"lethe: failed: {type(error).__name__}: {error}{cause} (LETHE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(
+            f"lethe: failed: {type(error).__name__}: {error}{cause} (LETHE_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 

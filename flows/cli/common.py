@@ -37,8 +37,16 @@ def refusals() -> tuple[type[Exception], ...]:
     from unlearning.evaluation.gates import PolicyError
     from unlearning.methods import UnknownMethod
 
-    return (LedgerError, InvalidRequest, PromotionRefused, IntegrityError, ModelUriError, UnknownVersion, PolicyError,
-            UnknownMethod)
+    return (
+        LedgerError,
+        InvalidRequest,
+        PromotionRefused,
+        IntegrityError,
+        ModelUriError,
+        UnknownVersion,
+        PolicyError,
+        UnknownMethod,
+    )
 
 
 def model_refusals() -> tuple[type[Exception], ...]:

@@ -5,29 +5,52 @@ from __future__ import annotations
 import sys
 import time
 
-from flows.cli.common import EXIT_FAILED, BadInput, add_json, in_range, prefect_environment, print_json, refusals, registry, settings
+from flows.cli.common import (
+    EXIT_FAILED,
+    BadInput,
+    add_json,
+    in_range,
+    prefect_environment,
+    print_json,
+    refusals,
+    registry,
+    settings,
+)
 from flows.cli.requests import announce, read_requests_file, submit_requests
 from pipeline.markdown import bound_text
 
 # The metrics the run table shows for each request (all of them are in the report and in --json).
-RUN_COLUMNS = (("UA gate", "forget.gate.ua"), ("UA syn", "forget.synonyms.ua"), ("IRA", "retain.ira.relative"),
-               ("CRA", "retain.cra.relative"))
+RUN_COLUMNS = (
+    ("UA gate", "forget.gate.ua"),
+    ("UA syn", "forget.synonyms.ua"),
+    ("IRA", "retain.ira.relative"),
+    ("CRA", "retain.cra.relative"),
+)
 
 
 def _print_run(payload: dict) -> None:
-    print(f"{'request':28s} {'concept':10s} {'parent':>6s} {'cand.':>5s}  " + " ".join(f"{name:>7s}" for name, _ in RUN_COLUMNS) + "  state")
+    print(
+        f"{'request':28s} {'concept':10s} {'parent':>6s} {'cand.':>5s}  "
+        + " ".join(f"{name:>7s}" for name, _ in RUN_COLUMNS)
+        + "  state"
+    )
     for r in payload["requests"]:
         metrics = r.get("metrics", {})
         cells = [metrics.get(key) for _, key in RUN_COLUMNS]
         shown = " ".join(f"{c:7.2f}" if isinstance(c, float) else f"{'-':>7s}" for c in cells)
         reasons = f" ({'; '.join(r['gate_reasons'])})" if r.get("gate_reasons") and r["state"] == "rejected" else ""
-        print(f"{r['id']:28s} {r['concept']:10s} {str(r.get('parent_version')):>6s} {str(r.get('candidate_version')):>5s}  "
-              f"{shown}  {r['state']}{reasons}" + (f" ({r['error']})" if r.get("error") else ""))
+        print(
+            f"{r['id']:28s} {r['concept']:10s} {str(r.get('parent_version')):>6s} "
+            f"{str(r.get('candidate_version')):>5s}  "
+            f"{shown}  {r['state']}{reasons}" + (f" ({r['error']})" if r.get("error") else "")
+        )
         if r.get("report"):
             print(f"{'':28s} report: {r['report']}")
     prod = payload["production"]
-    print(f"production: {'none' if prod['version'] is None else 'version ' + str(prod['version'])}; erased: "
-          f"{', '.join(prod['erased']) or '-'} ({payload['seconds']} s)")
+    print(
+        f"production: {'none' if prod['version'] is None else 'version ' + str(prod['version'])}; erased: "
+        f"{', '.join(prod['erased']) or '-'} ({payload['seconds']} s)"
+    )
 
 
 def cmd_run(args) -> int:
@@ -42,11 +65,17 @@ def cmd_run(args) -> int:
     from flows.continual import continual_unlearning
     from registry.versions import PRODUCTION
 
-    results = continual_unlearning(max_requests=args.max, auto_approve=args.auto_approve, unlearn_steps=args.unlearn_steps)
+    results = continual_unlearning(
+        max_requests=args.max, auto_approve=args.auto_approve, unlearn_steps=args.unlearn_steps
+    )
     models = registry(config)
     production = models.alias_version(PRODUCTION)
-    payload = {"submitted": [r.id for r in submitted], "requests": results, "seconds": round(time.perf_counter() - started, 1),
-               "production": {"version": production, "erased": models.erased_in(production)}}
+    payload = {
+        "submitted": [r.id for r in submitted],
+        "requests": results,
+        "seconds": round(time.perf_counter() - started, 1),
+        "production": {"version": production, "erased": models.erased_in(production)},
+    }
     print_json(payload) if args.json else _print_run(payload)
     return 0
 
@@ -54,7 +83,9 @@ def cmd_run(args) -> int:
 def run_parser(commands) -> None:
     p = commands.add_parser("run", help="the main job: submit requests (optional) and drain the queue")
     p.add_argument("--requests", default=None, help="a YAML list of requests to submit first")
-    p.add_argument("--auto-approve", action="store_true", help="approve passing candidates by the auto-approval policy (demo)")
+    p.add_argument(
+        "--auto-approve", action="store_true", help="approve passing candidates by the auto-approval policy (demo)"
+    )
     p.add_argument("--max", type=int, default=None, help="process at most N requests")
     p.add_argument("--unlearn-steps", type=int, default=None, help="training steps per request (default: the method's)")
     add_json(p)
@@ -78,8 +109,10 @@ def cmd_audit(args) -> int:
     elif result["version"] is None:
         print(f"{config.model_name} has no production version: nothing to audit")
     else:
-        print(f"erosion audit of {config.model_name} version {result['version']} (erased: {', '.join(result['erased']) or '-'}): "
-              + ("PASSED" if result["passed"] else "FAILED"))
+        print(
+            f"erosion audit of {config.model_name} version {result['version']} "
+            f"(erased: {', '.join(result['erased']) or '-'}): " + ("PASSED" if result["passed"] else "FAILED")
+        )
         for check in result["checks"]:
             value = "-" if check["value"] is None else f"{check['value']:.4f}"
             bound = bound_text(check["min"], check["max"], ascii_only=True)
@@ -89,7 +122,9 @@ def cmd_audit(args) -> int:
 
 
 def audit_parser(commands) -> None:
-    p = commands.add_parser("audit", help="erosion audit of production: every erased concept and the retain set, against the gate policy")
+    p = commands.add_parser(
+        "audit", help="erosion audit of production: every erased concept and the retain set, against the gate policy"
+    )
     add_json(p)
     p.set_defaults(func=cmd_audit)
 
@@ -100,8 +135,10 @@ def cmd_serve(args) -> int:
 
     api_url = PREFECT_API_URL.value()
     if not api_url:
-        raise BadInput("`lethe serve` needs a Prefect server for its schedules and events: set PREFECT_API_URL "
-                       "(e.g. http://127.0.0.1:4200/api after `prefect server start`)")
+        raise BadInput(
+            "`lethe serve` needs a Prefect server for its schedules and events: set PREFECT_API_URL "
+            "(e.g. http://127.0.0.1:4200/api after `prefect server start`)"
+        )
     from flows.serve import deployments, describe, serve_deployments
 
     served = deployments(config)
@@ -109,8 +146,10 @@ def cmd_serve(args) -> int:
         print_json({"api_url": api_url, "deployments": describe(served)})
     else:
         for row in describe(served):
-            print(f"serving {row['deployment']}: cron {', '.join(row['schedules'])}"
-                  + (f"; on {', '.join(e for t in row['triggers'] for e in t)}" if row["triggers"] else ""))
+            print(
+                f"serving {row['deployment']}: cron {', '.join(row['schedules'])}"
+                + (f"; on {', '.join(e for t in row['triggers'] for e in t)}" if row["triggers"] else "")
+            )
         print(f"Prefect API {api_url}; Ctrl-C stops (and pauses the schedules)")
     sys.stdout.flush()
     serve_deployments(served)
@@ -118,7 +157,9 @@ def cmd_serve(args) -> int:
 
 
 def serve_parser(commands) -> None:
-    p = commands.add_parser("serve", help="serve the drainer (cron + submit events) and the audit (cron) on a Prefect server")
+    p = commands.add_parser(
+        "serve", help="serve the drainer (cron + submit events) and the audit (cron) on a Prefect server"
+    )
     p.add_argument("--json", action="store_true", help="print what is served as JSON, then serve")
     p.set_defaults(func=cmd_serve)
 

@@ -37,8 +37,11 @@ def _load(config, model: str | None):
 
 def _sampler(config, args) -> dict:
     in_range("steps", args.steps, 1, 1000)
-    return {"scheduler": getattr(args, "scheduler", "ddim"), "steps": config.sample_steps if args.steps is None else args.steps,
-            "guidance_scale": config.guidance_scale if args.guidance is None else args.guidance}
+    return {
+        "scheduler": getattr(args, "scheduler", "ddim"),
+        "steps": config.sample_steps if args.steps is None else args.steps,
+        "guidance_scale": config.guidance_scale if args.guidance is None else args.guidance,
+    }
 
 
 def _add_sampler_options(p) -> None:
@@ -65,14 +68,26 @@ def cmd_generate(args) -> int:
         raise BadInput(str(error)) from None
     started = time.perf_counter()
     seeds = [args.seed + k for k in range(args.n)]
-    images = generate(pipe, [args.prompt] * args.n, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"])
+    images = generate(
+        pipe, [args.prompt] * args.n, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"]
+    )
     save_picture(upscale(image_grid(images, columns=min(args.n, 8)), args.scale), out)
-    result = {"out": str(out), "prompt": args.prompt, "model": args.model or config.base_model, "seeds": seeds,
-              "steps": sampler["steps"], "guidance_scale": sampler["guidance_scale"], "seconds": round(time.perf_counter() - started, 2)}
+    result = {
+        "out": str(out),
+        "prompt": args.prompt,
+        "model": args.model or config.base_model,
+        "seeds": seeds,
+        "steps": sampler["steps"],
+        "guidance_scale": sampler["guidance_scale"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     if args.json:
         print_json(result)
     else:
-        print(f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seeds {seeds[0]}..{seeds[-1]}, {result['seconds']} s)")
+        print(
+            f"wrote {out} ({args.n} image{'s' if args.n > 1 else ''}, seeds {seeds[0]}..{seeds[-1]}, "
+            f"{result['seconds']} s)"
+        )
     return 0
 
 
@@ -112,17 +127,32 @@ def print_evaluation(payload: dict, html_path, probes=()) -> None:
     for concept, value in checks.get("rebound", {}).items():
         print(f"rebound UA     {concept} {value['ua']:.3f}")
     retain = checks["retain"]
-    print(f"retain         IRA {retain['ira']['accuracy']:.3f} ({retain['ira']['relative']:.3f} x base)  "
-          f"CRA {retain['cra']['accuracy']:.3f} ({retain['cra']['relative']:.3f} x base)")
-    print(f"retention      distance {checks['retention']['distance']:.4f}   FID {checks['fid']['fid']:.3f}  KID {checks['fid']['kid']:.4f}")
-    print(f"alignment      {checks['alignment']['candidate']:.3f} (base {checks['alignment']['base']:.3f})"
-          + (f"   drift {checks['drift']:.4f}" if checks.get("drift") is not None else ""))
+    print(
+        f"retain         IRA {retain['ira']['accuracy']:.3f} ({retain['ira']['relative']:.3f} x base)  "
+        f"CRA {retain['cra']['accuracy']:.3f} ({retain['cra']['relative']:.3f} x base)"
+    )
+    print(
+        f"retention      distance {checks['retention']['distance']:.4f}   "
+        f"FID {checks['fid']['fid']:.3f}  KID {checks['fid']['kid']:.4f}"
+    )
+    print(
+        f"alignment      {checks['alignment']['candidate']:.3f} (base {checks['alignment']['base']:.3f})"
+        + (f"   drift {checks['drift']:.4f}" if checks.get("drift") is not None else "")
+    )
     if "judges" in checks:
         agreement = checks["judges"]["candidate"]
-        print(f"judges         agree on {agreement['overall']:.3f} of the candidate's images"
-              + (f"; disagree on {agreement['forget_disagreement']:.3f} of the forget images" if "forget_disagreement" in agreement else ""))
+        print(
+            f"judges         agree on {agreement['overall']:.3f} of the candidate's images"
+            + (
+                f"; disagree on {agreement['forget_disagreement']:.3f} of the forget images"
+                if "forget_disagreement" in agreement
+                else ""
+            )
+        )
     for probe in probes:
-        tops = "  ".join(f"{head}: {max(rates, key=rates.get)} {max(rates.values()):.2f}" for head, rates in probe["top1"].items())
+        tops = "  ".join(
+            f"{head}: {max(rates, key=rates.get)} {max(rates.values()):.2f}" for head, rates in probe["top1"].items()
+        )
         print(f"prompt         {probe['prompt']!r} ({probe['samples']} samples)  {tops}")
     decision = payload.get("decision")
     if decision is not None:
@@ -150,7 +180,9 @@ def cmd_evaluate(args) -> int:
     prompts = list(args.prompt or []) + (_prompts_from_file(args.prompts_file) if args.prompts_file else [])
     if any(not p.strip() for p in prompts):
         raise BadInput("a prompt is empty")
-    report_dir = Path(args.report) if args.report else config.home / "reports" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
+    report_dir = (
+        Path(args.report) if args.report else config.home / "reports" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     if report_dir.exists() and not report_dir.is_dir():
         raise BadInput(f"{report_dir}: exists and is not a folder")
     sampler = _sampler(config, args)
@@ -162,8 +194,13 @@ def cmd_evaluate(args) -> int:
 
     try:
         # the gate applies when a target is named or a policy is given: settings.policy unless --policy
-        evaluator = Evaluator.from_settings(config, gate=bool(args.policy or args.target), policy_path=args.policy,
-                                            samples=args.samples, sampler=sampler)
+        evaluator = Evaluator.from_settings(
+            config,
+            gate=bool(args.policy or args.target),
+            policy_path=args.policy,
+            samples=args.samples,
+            sampler=sampler,
+        )
         evaluator.plan(args.target, synonyms=tuple(args.synonym or ()), erased=tuple(args.erased or ()))  # refuse early
     except model_refusals() as error:
         raise BadInput(str(error)) from None
@@ -179,14 +216,31 @@ def cmd_evaluate(args) -> int:
     if prompts:
         seeds = [900_000 + k for _ in prompts for k in range(args.samples)]
         expanded = [p for p in prompts for _ in range(args.samples)]
-        images = generate(candidate.pipe, expanded, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"])
+        images = generate(
+            candidate.pipe, expanded, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"]
+        )
         probes = probe_prompts(evaluator.world.judges()[0], prompts, images, args.samples)
     label = args.model or config.base_model
-    extra = {"model": label, "base_model": candidate.base_model if candidate.ancestors else config.base_model,
-             "base_sha256": base_sha, "sampler": sampler, "prompts": probes, "report": str(report_dir)}
-    _, payload = evaluate_model(evaluator, candidate.pipe, base, base_sha256=base_sha, target=args.target,
-                                synonyms=tuple(args.synonym or ()), erased=tuple(args.erased or ()), report_dir=report_dir,
-                                title=f"Lethe evaluation of {label}", extra=extra)
+    extra = {
+        "model": label,
+        "base_model": candidate.base_model if candidate.ancestors else config.base_model,
+        "base_sha256": base_sha,
+        "sampler": sampler,
+        "prompts": probes,
+        "report": str(report_dir),
+    }
+    _, payload = evaluate_model(
+        evaluator,
+        candidate.pipe,
+        base,
+        base_sha256=base_sha,
+        target=args.target,
+        synonyms=tuple(args.synonym or ()),
+        erased=tuple(args.erased or ()),
+        report_dir=report_dir,
+        title=f"Lethe evaluation of {label}",
+        extra=extra,
+    )
     if args.json:
         print_json(payload)
     else:
@@ -196,14 +250,23 @@ def cmd_evaluate(args) -> int:
 
 def evaluate_parser(commands) -> None:
     p = commands.add_parser("evaluate", help="erosion checks of a model against the base, with a gate")
-    p.add_argument("--model", default=None, help="'shapes' (default), a diffusers or unlearn folder, or models:/NAME@ALIAS|/N")
+    p.add_argument(
+        "--model", default=None, help="'shapes' (default), a diffusers or unlearn folder, or models:/NAME@ALIAS|/N"
+    )
     p.add_argument("--target", default=None, help="the concept that should be gone")
     p.add_argument("--synonym", action="append", help="another name of the target (repeatable)")
     p.add_argument("--erased", action="append", help="a concept erased earlier (repeatable): rebound check")
     p.add_argument("--prompt", action="append", help="probe this prompt too (repeatable)")
     p.add_argument("--prompts-file", default=None, help="probe prompts, one per line")
-    p.add_argument("--samples", type=int, default=None, help="images per concept and per probe prompt (default: settings.eval_samples)")
-    p.add_argument("--policy", default=None, help="gate policy YAML (default: settings.policy, or the shipped one, when --target)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="images per concept and per probe prompt (default: settings.eval_samples)",
+    )
+    p.add_argument(
+        "--policy", default=None, help="gate policy YAML (default: settings.policy, or the shipped one, when --target)"
+    )
     p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm++", "euler", "pndm"))
     _add_sampler_options(p)
     p.add_argument("--report", default=None, help="report folder (default <home>/reports/evaluate-TIME)")
@@ -217,13 +280,28 @@ def cmd_unlearn(args) -> int:
     from registry.requests import RequestSpec
 
     # The same request type and checks as `lethe submit`: fields, limits and the lineage's world.
-    options = {k: v for k, v in {"params": args.params, "steps": args.steps, "seed": args.seed,
-                                 "gradient_surgery": args.gradient_surgery or None,
-                                 "domain_correction": args.domain_correction or None}.items() if v is not None}
-    spec = RequestSpec(concept=args.concept, requester="lethe unlearn", synonyms=tuple(args.synonym or ()),
-                       anchor=args.anchor or "", preserve=tuple(args.preserve or ()), method=args.method, options=options)
-    from pipeline.world import world_for
+    options = {
+        k: v
+        for k, v in {
+            "params": args.params,
+            "steps": args.steps,
+            "seed": args.seed,
+            "gradient_surgery": args.gradient_surgery or None,
+            "domain_correction": args.domain_correction or None,
+        }.items()
+        if v is not None
+    }
+    spec = RequestSpec(
+        concept=args.concept,
+        requester="lethe unlearn",
+        synonyms=tuple(args.synonym or ()),
+        anchor=args.anchor or "",
+        preserve=tuple(args.preserve or ()),
+        method=args.method,
+        options=options,
+    )
     from pipeline.intake import check_requests
+    from pipeline.world import world_for
 
     try:
         check_requests([spec], world_for(config))
@@ -235,7 +313,12 @@ def cmd_unlearn(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / CHECKPOINT_FILE).is_file() and not (out / SUMMARY_FILE).is_file():
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not (out / CHECKPOINT_FILE).is_file()
+        and not (out / SUMMARY_FILE).is_file()
+    ):
         raise BadInput(f"{out}: is not empty; choose another --out (a folder with a checkpoint resumes)")
     in_range("eval-samples", args.eval_samples, 1, 256)
 
@@ -252,18 +335,40 @@ def cmd_unlearn(args) -> int:
     loaded = _load(config, args.model)
     out.mkdir(parents=True, exist_ok=True)
     keep_ancestors(loaded, out)
-    summary = train_step(config, unlearn_config, loaded, out, progress=not args.json,
-                         metadata={"parent_model": args.model or config.base_model})
-    _, payload = evaluate_model(evaluator, loaded.pipe, load_model(loaded.base_model), base_sha256=loaded.base_sha256,
-                                target=unlearn_config.concept, synonyms=unlearn_config.synonyms, erased=unlearn_config.erased,
-                                report_dir=out / "report", title=f"Lethe: erase {unlearn_config.concept} ({unlearn_config.method})")
-    result = {"out": str(out), "delta": summary["delta"], "seconds": summary["seconds"], "reused": bool(summary.get("reused")),
-              "evaluation": payload}
+    summary = train_step(
+        config,
+        unlearn_config,
+        loaded,
+        out,
+        progress=not args.json,
+        metadata={"parent_model": args.model or config.base_model},
+    )
+    _, payload = evaluate_model(
+        evaluator,
+        loaded.pipe,
+        load_model(loaded.base_model),
+        base_sha256=loaded.base_sha256,
+        target=unlearn_config.concept,
+        synonyms=unlearn_config.synonyms,
+        erased=unlearn_config.erased,
+        report_dir=out / "report",
+        title=f"Lethe: erase {unlearn_config.concept} ({unlearn_config.method})",
+    )
+    result = {
+        "out": str(out),
+        "delta": summary["delta"],
+        "seconds": summary["seconds"],
+        "reused": bool(summary.get("reused")),
+        "evaluation": payload,
+    }
     if args.json:
         print_json(result)
     else:
-        print(f"wrote {summary['delta']} ({summary['trained_parameters']} trained parameters, {summary['seconds']} s"
-              + (", finished before: not retrained" if summary.get("reused") else "") + ")")
+        print(
+            f"wrote {summary['delta']} ({summary['trained_parameters']} trained parameters, {summary['seconds']} s"
+            + (", finished before: not retrained" if summary.get("reused") else "")
+            + ")"
+        )
         print_evaluation(payload, out / "report" / "report.html")
     return 0
 
@@ -274,18 +379,39 @@ def unlearn_parser(commands) -> None:
     p = commands.add_parser("unlearn", help="remove one concept from a model (one decremental step) and evaluate it")
     p.add_argument("--concept", required=True, help="the concept to remove")
     p.add_argument("--synonym", action="append", help="another name of the concept (repeatable)")
-    p.add_argument("--anchor", default=None, help="what the concept should become (default: 'shape' for objects, nothing for styles)")
+    p.add_argument(
+        "--anchor",
+        default=None,
+        help="what the concept should become (default: 'shape' for objects, nothing for styles)",
+    )
     p.add_argument("--preserve", action="append", help="a related concept to keep (repeatable)")
     p.add_argument("--erased", action="append", help="a concept erased earlier in the lineage (repeatable): replayed")
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"{', '.join(METHOD_NAMES)} (default {DEFAULT_METHOD})")
     p.add_argument("--params", default=None, help=f"{', '.join(PARAMETER_SETS)} (default: the method's own)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--gradient-surgery", action="store_true", help="project the forget gradient off the preserve gradient on conflict")
-    p.add_argument("--domain-correction", action="store_true", help="duge only: a latent discriminator makes target outputs look like anchor outputs (DoCo)")
+    p.add_argument(
+        "--gradient-surgery",
+        action="store_true",
+        help="project the forget gradient off the preserve gradient on conflict",
+    )
+    p.add_argument(
+        "--domain-correction",
+        action="store_true",
+        help="duge only: a latent discriminator makes target outputs look like anchor outputs (DoCo)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    p.add_argument("--model", default=None, help="the parent: 'shapes', a diffusers folder, an unlearn --out folder, or models:/...")
-    p.add_argument("--eval-samples", type=int, default=None, help="images per concept in the evaluation (default: settings.eval_samples)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="the parent: 'shapes', a diffusers folder, an unlearn --out folder, or models:/...",
+    )
+    p.add_argument(
+        "--eval-samples",
+        type=int,
+        default=None,
+        help="images per concept in the evaluation (default: settings.eval_samples)",
+    )
     p.add_argument("--out", required=True, help="output folder (new or empty; a folder with a checkpoint resumes)")
     add_json(p)
     p.set_defaults(func=cmd_unlearn)
@@ -298,7 +424,13 @@ def cmd_export(args) -> int:
     uri = args.version if args.version.startswith("models:/") else f"models:/{config.model_name}/{args.version}"
     loaded = _load(config, uri)
     loaded.pipe.save_pretrained(out, safe_serialization=True)
-    result = {"out": str(out), "uri": uri, "version": loaded.version, "erased": loaded.erased, "base_model": loaded.base_model}
+    result = {
+        "out": str(out),
+        "uri": uri,
+        "version": loaded.version,
+        "erased": loaded.erased,
+        "base_model": loaded.base_model,
+    }
     print_json(result) if args.json else print(f"wrote {uri} (erased: {', '.join(loaded.erased)}) to {out}")
     return 0
 

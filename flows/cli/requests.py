@@ -22,8 +22,8 @@ from flows.cli.common import (
 
 def submit_requests(config, specs: list) -> list:
     """Check requests against the lineage's world, then queue them (all or nothing); announce them."""
-    from pipeline.world import world_for
     from pipeline.intake import check_requests
+    from pipeline.world import world_for
 
     try:
         check_requests(specs, world_for(config))
@@ -39,7 +39,10 @@ def announce(config, submitted) -> str:
 
     event = announce_submitted(config.model_name, [r.as_dict() for r in submitted])
     if event.startswith("not sent"):
-        print(f"lethe: warning: {REQUEST_SUBMITTED} {event}; the drainer's schedule will pick the request up", file=sys.stderr)
+        print(
+            f"lethe: warning: {REQUEST_SUBMITTED} {event}; the drainer's schedule will pick the request up",
+            file=sys.stderr,
+        )
     return event
 
 
@@ -65,9 +68,18 @@ def cmd_submit(args) -> int:
     else:
         if args.concept is None or args.requester is None:
             raise BadInput("--concept and --requester are required (or -f FILE)")
-        specs = [RequestSpec(concept=args.concept, requester=args.requester, synonyms=tuple(args.synonym or ()),
-                             anchor=args.anchor or "", preserve=tuple(args.preserve or ()), method=args.method,
-                             reason=args.reason or "", id=args.id)]
+        specs = [
+            RequestSpec(
+                concept=args.concept,
+                requester=args.requester,
+                synonyms=tuple(args.synonym or ()),
+                anchor=args.anchor or "",
+                preserve=tuple(args.preserve or ()),
+                method=args.method,
+                reason=args.reason or "",
+                id=args.id,
+            )
+        ]
     submitted = submit_requests(config, specs)
     event = announce(config, submitted)
     if args.json:
@@ -88,7 +100,11 @@ def submit_parser(commands) -> None:
     p.add_argument("--synonym", action="append", help="another name of the concept (repeatable)")
     p.add_argument("--anchor", default=None, help="what the concept should become (default: the world's)")
     p.add_argument("--preserve", action="append", help="a related concept to keep (repeatable)")
-    p.add_argument("--method", default=DEFAULT_METHOD, help=f"unlearning method: {', '.join(METHOD_NAMES)} (default {DEFAULT_METHOD})")
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        help=f"unlearning method: {', '.join(METHOD_NAMES)} (default {DEFAULT_METHOD})",
+    )
     p.add_argument("--reason", default=None, help="why (takedown reference, ...)")
     p.add_argument("--id", default=None, help="request id (default: generated)")
     add_json(p)
@@ -108,29 +124,47 @@ def cmd_status(args) -> int:
     result = {
         "production": {"version": production, "erased": models.erased_in(production)},
         "requests": [
-            {"id": r.id, "seq": r.seq, "concept": r.concept, "state": r.state, "requester": r.requester,
-             "parent_version": r.parent_version, "candidate_version": r.candidate_version, "error": r.error}
+            {
+                "id": r.id,
+                "seq": r.seq,
+                "concept": r.concept,
+                "state": r.state,
+                "requester": r.requester,
+                "parent_version": r.parent_version,
+                "candidate_version": r.candidate_version,
+                "error": r.error,
+            }
             for r in requests
         ],
         "settings": config.shown(),
-        "shapes_world": {"weights_dir": str(WEIGHTS_DIR), "trained": trained, "bytes": weights_bytes(),
-                         "sha256": weights_sha256() if trained else None},
+        "shapes_world": {
+            "weights_dir": str(WEIGHTS_DIR),
+            "trained": trained,
+            "bytes": weights_bytes(),
+            "sha256": weights_sha256() if trained else None,
+        },
     }
     if args.json:
         print_json(result)
         return 0
     prod = result["production"]
-    print(f"production: {'none' if prod['version'] is None else 'version ' + str(prod['version'])}"
-          f"  erased: {', '.join(prod['erased']) or '-'}")
+    print(
+        f"production: {'none' if prod['version'] is None else 'version ' + str(prod['version'])}"
+        f"  erased: {', '.join(prod['erased']) or '-'}"
+    )
     print(f"requests ({len(requests)}):")
     for r in result["requests"]:
-        print(f"  {r['seq']:4d}  {r['id']:28s} {r['state']:18s} {r['concept']}"
-              + (f"  candidate v{r['candidate_version']}" if r["candidate_version"] else ""))
+        print(
+            f"  {r['seq']:4d}  {r['id']:28s} {r['state']:18s} {r['concept']}"
+            + (f"  candidate v{r['candidate_version']}" if r["candidate_version"] else "")
+        )
     print("settings:")
     for key, value in result["settings"].items():
         print(f"  {key:22s}{value}")
     world = result["shapes_world"]
-    print(f"  {'shapes weights':22s}{world['weights_dir']} ({world['bytes'] / 1e6:.1f} MB, trained: {world['trained']})")
+    print(
+        f"  {'shapes weights':22s}{world['weights_dir']} ({world['bytes'] / 1e6:.1f} MB, trained: {world['trained']})"
+    )
     return 0
 
 
@@ -184,14 +218,20 @@ def cmd_approve(args) -> int:
     try:
         if (state := _answer(config, args.id, decision)) is not None:
             request = ledger(config).get(args.id)
-            result = {"id": args.id, "state": state, "via": "prefect",
-                      "production_version": request.candidate_version if state == "promoted" else None}
+            result = {
+                "id": args.id,
+                "state": state,
+                "via": "prefect",
+                "production_version": request.candidate_version if state == "promoted" else None,
+            }
             print_json(result) if args.json else print(f"{args.id}: {state} (answered the paused flow run)")
             return 0 if state == "promoted" else EXIT_FAILED
         result = {"id": args.id, **decide(config, args.id, decision)}
     except refusals() as error:
         raise BadInput(str(error)) from None
-    print_json(result) if args.json else print(f"{args.id}: promoted; production is now version {result['production_version']}")
+    print_json(result) if args.json else print(
+        f"{args.id}: promoted; production is now version {result['production_version']}"
+    )
     return 0
 
 
@@ -214,7 +254,9 @@ def cmd_reject(args) -> int:
     decision = Decision(approve=False, approver=args.approver, comment=args.reason)
     try:
         if (state := _answer(config, args.id, decision)) is not None:
-            print_json({"id": args.id, "state": state, "via": "prefect"}) if args.json else print(f"{args.id}: {state} (answered the paused flow run)")
+            print_json({"id": args.id, "state": state, "via": "prefect"}) if args.json else print(
+                f"{args.id}: {state} (answered the paused flow run)"
+            )
             return 0 if state == "rejected" else EXIT_FAILED
         result = {"id": args.id, **decide(config, args.id, decision)}
     except refusals() as error:
@@ -240,8 +282,14 @@ def cmd_rollback(args) -> int:
     if args.to < 1:
         raise BadInput("--to must be a version number >= 1")
     try:
-        previous = rollback(ledger(config), registry(config), to_version=args.to, approver=args.approver,
-                            approvers=config.approvers, reason=args.reason or "")
+        previous = rollback(
+            ledger(config),
+            registry(config),
+            to_version=args.to,
+            approver=args.approver,
+            approvers=config.approvers,
+            reason=args.reason or "",
+        )
     except refusals() as error:
         raise BadInput(str(error)) from None
     result = {"production_version": args.to, "previous_production_version": previous}

@@ -56,11 +56,15 @@ def cmd_world_eval(args) -> int:
 
     try:
         judges = shapes_judges()
-        pipe = load_model(args.model or config.base_model, device=config.resolved_device(), dtype=config.resolved_dtype())
+        pipe = load_model(
+            args.model or config.base_model, device=config.resolved_device(), dtype=config.resolved_dtype()
+        )
     except FileNotFoundError as error:
         raise BadInput(str(error)) from None
     report_dir.mkdir(parents=True, exist_ok=True)
-    numbers, pictures = evaluate_world(pipe, judges, steps=steps, guidance_scale=guidance, colours_per_combination=args.colours)
+    numbers, pictures = evaluate_world(
+        pipe, judges, steps=steps, guidance_scale=guidance, colours_per_combination=args.colours
+    )
     for split, images in pictures.items():
         save_picture(combination_grid(images, args.colours), report_dir / f"grid-{split}.png")
     numbers["report"] = str(report_dir)
@@ -72,7 +76,10 @@ def cmd_world_eval(args) -> int:
         print(f"{judge + ', clean renders':34s}{_format_accuracy(rows['clean'])}")
         print(f"{judge + ', degraded renders':34s}{_format_accuracy(rows['degraded'])}")
     for split, row in numbers["base"].items():
-        print(f"base, {split:28s}{_format_accuracy(row)}  ({row['images']} images; judges agree on {row['judge_agreement']:.3f})")
+        print(
+            f"base, {split:28s}{_format_accuracy(row)}  "
+            f"({row['images']} images; judges agree on {row['judge_agreement']:.3f})"
+        )
     print(f"targets met: {json.dumps(numbers['meets_targets'])}")
     print(f"grids and JSON in {report_dir} ({numbers['wall_seconds']} s)")
     return 0
@@ -96,8 +103,12 @@ def world_parser(commands) -> None:
     world = commands.add_parser("world", help="the embedded shapes world: train, eval, export")
     actions = world.add_subparsers(dest="world_command", required=True, parser_class=Parser, metavar="ACTION")
     train = actions.add_parser("train", help="retrain the two judges, VAE and UNet (seeded, resumable)")
-    train.add_argument("--stage", action="append", choices=("detector", "second_detector", "vae", "unet"),
-                       help="only these stages (repeatable)")
+    train.add_argument(
+        "--stage",
+        action="append",
+        choices=("detector", "second_detector", "vae", "unet"),
+        help="only these stages (repeatable)",
+    )
     train.add_argument("--force", action="store_true", help="retrain stages whose weights exist")
     train.add_argument("--seed", type=int, default=None, help="master seed (default 0)")
     train.add_argument("--unet-steps", type=int, default=None, help="UNet training steps (default 20000)")
@@ -108,7 +119,9 @@ def world_parser(commands) -> None:
     ev.add_argument("--model", default=None, help="'shapes' (default), or a diffusers directory")
     ev.add_argument("--steps", type=int, default=None, help="sampler steps")
     ev.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    ev.add_argument("--colours", type=int, default=6, help="colours per object x style combination (1-6; 6: 288 images per set)")
+    ev.add_argument(
+        "--colours", type=int, default=6, help="colours per object x style combination (1-6; 6: 288 images per set)"
+    )
     ev.add_argument("--report", default=None, help="folder for grids and JSON (default <home>/reports/world)")
     add_json(ev)
     ev.set_defaults(func=cmd_world_eval)

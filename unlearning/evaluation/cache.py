@@ -18,7 +18,9 @@ from unlearning.sampling import generate
 
 
 def cache_key(model_sha256: str, prompt: str, seed: int, sampler: dict) -> str:
-    payload = json.dumps({"model": model_sha256, "prompt": prompt, "seed": int(seed), "sampler": sampler}, sort_keys=True)
+    payload = json.dumps(
+        {"model": model_sha256, "prompt": prompt, "seed": int(seed), "sampler": sampler}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -44,15 +46,21 @@ class ImageCache:
         os.replace(tmp, path)
 
 
-def generate_cached(pipe, prompts: list[str], seeds: list[int], *, model_sha256: str, sampler: dict,
-                    cache: ImageCache | None) -> tuple[np.ndarray, int]:
+def generate_cached(
+    pipe, prompts: list[str], seeds: list[int], *, model_sha256: str, sampler: dict, cache: ImageCache | None
+) -> tuple[np.ndarray, int]:
     """Images for (prompt, seed) pairs, generating only those not cached. Returns (images, generated)."""
     keys = [cache_key(model_sha256, p, s, sampler) for p, s in zip(prompts, seeds)]
     found = [cache.get(k) if cache else None for k in keys]
     missing = [i for i, image in enumerate(found) if image is None]
     if missing:
-        fresh = generate(pipe, [prompts[i] for i in missing], [seeds[i] for i in missing],
-                         steps=sampler["steps"], guidance_scale=sampler["guidance_scale"])
+        fresh = generate(
+            pipe,
+            [prompts[i] for i in missing],
+            [seeds[i] for i in missing],
+            steps=sampler["steps"],
+            guidance_scale=sampler["guidance_scale"],
+        )
         for i, image in zip(missing, fresh):
             found[i] = image
             if cache:

@@ -14,7 +14,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -39,17 +40,25 @@ class Judge(Protocol):
 
 def hits(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads: dict[str, tuple[str, ...]]) -> np.ndarray:
     """Per case: 1 where the judge's top-1 class for the case's domain is the case's concept."""
-    return np.array([float(heads[c.domain][int(probs[c.domain][i].argmax())] == c.concept) for i, c in enumerate(plan.cases)])
+    return np.array(
+        [float(heads[c.domain][int(probs[c.domain][i].argmax())] == c.concept) for i, c in enumerate(plan.cases)]
+    )
 
 
-def detection_by_group(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads: dict[str, tuple[str, ...]]) -> dict[str, float]:
+def detection_by_group(
+    plan: EvaluationPlan, probs: dict[str, np.ndarray], heads: dict[str, tuple[str, ...]]
+) -> dict[str, float]:
     """Detection rate of each group's concept (index i of probs = plan.cases[i])."""
     case_hits = hits(plan, probs, heads)
     return {group: float(case_hits[indices].mean()) for group, indices in plan.groups().items()}
 
 
-def alignment(plan: EvaluationPlan, probs: dict[str, np.ndarray], heads: dict[str, tuple[str, ...]],
-              groups_prefix: str = "retain/") -> float:
+def alignment(
+    plan: EvaluationPlan,
+    probs: dict[str, np.ndarray],
+    heads: dict[str, tuple[str, ...]],
+    groups_prefix: str = "retain/",
+) -> float:
     """Mean over retain cases of the fraction of named attributes (object, style, colour) detected."""
     scores = []
     for i, case in enumerate(plan.cases):
@@ -161,13 +170,19 @@ def judge_agreement(plan: EvaluationPlan, first: Judge, second: Judge, first_pro
     target and the other does not: a candidate that fools one judge is not evidence of erasure.
     """
     second_probs = second.probabilities(images)
-    same = np.array([
-        first.heads[c.domain][int(first_probs[c.domain][i].argmax())] == second.heads[c.domain][int(second_probs[c.domain][i].argmax())]
-        for i, c in enumerate(plan.cases)
-    ], dtype=float)
+    same = np.array(
+        [
+            first.heads[c.domain][int(first_probs[c.domain][i].argmax())]
+            == second.heads[c.domain][int(second_probs[c.domain][i].argmax())]
+            for i, c in enumerate(plan.cases)
+        ],
+        dtype=float,
+    )
     first_hits, second_hits = hits(plan, first_probs, first.heads), hits(plan, second_probs, second.heads)
-    out = {"groups": {group: float(same[indices].mean()) for group, indices in plan.groups().items()},
-           "overall": float(same.mean()) if len(same) else float("nan")}
+    out = {
+        "groups": {group: float(same[indices].mean()) for group, indices in plan.groups().items()},
+        "overall": float(same.mean()) if len(same) else float("nan"),
+    }
     forget = [i for i, c in enumerate(plan.cases) if c.group.startswith("forget/")]
     if forget:
         out["forget_disagreement"] = float((first_hits[forget] != second_hits[forget]).mean())
@@ -175,8 +190,16 @@ def judge_agreement(plan: EvaluationPlan, first: Judge, second: Judge, first_pro
     return out
 
 
-def run_checks(plan: EvaluationPlan, judges: tuple[Judge, ...], candidate_images: np.ndarray, base_images: np.ndarray, *,
-               drift_value: float | None = None, lpips_distance=None, clip_scorer: ClipScorer | None = None) -> dict:
+def run_checks(
+    plan: EvaluationPlan,
+    judges: tuple[Judge, ...],
+    candidate_images: np.ndarray,
+    base_images: np.ndarray,
+    *,
+    drift_value: float | None = None,
+    lpips_distance=None,
+    clip_scorer: ClipScorer | None = None,
+) -> dict:
     """Every check of the plan, as one nested dict of numbers (the report's JSON and the gate's input).
 
     `judges[0]` judges every rate and gives the feature space for retention and FID; any further judge
@@ -202,13 +225,26 @@ def run_checks(plan: EvaluationPlan, judges: tuple[Judge, ...], candidate_images
             continue
         _, kind, concept = group.split("/")
         base_rate = base_rates[group]
-        per_concept[concept] = {"accuracy": rate, "base_accuracy": base_rate, "relative": _relative(rate, base_rate), "kind": kind}
+        per_concept[concept] = {
+            "accuracy": rate,
+            "base_accuracy": base_rate,
+            "relative": _relative(rate, base_rate),
+            "kind": kind,
+        }
         (ira if kind == "in" else cra).append(rate)
         (ira_base if kind == "in" else cra_base).append(base_rate)
     results["retain"] = {
         "per_concept": per_concept,
-        "ira": {"accuracy": _mean(ira), "base_accuracy": _mean(ira_base), "relative": _relative(_mean(ira), _mean(ira_base))},
-        "cra": {"accuracy": _mean(cra), "base_accuracy": _mean(cra_base), "relative": _relative(_mean(cra), _mean(cra_base))},
+        "ira": {
+            "accuracy": _mean(ira),
+            "base_accuracy": _mean(ira_base),
+            "relative": _relative(_mean(ira), _mean(ira_base)),
+        },
+        "cra": {
+            "accuracy": _mean(cra),
+            "base_accuracy": _mean(cra_base),
+            "relative": _relative(_mean(cra), _mean(cra_base)),
+        },
     }
     relatives = [v["relative"] for v in per_concept.values() if not np.isnan(v["relative"])]
     results["retain"]["min_concept_relative"] = min(relatives) if relatives else float("nan")
@@ -220,20 +256,30 @@ def run_checks(plan: EvaluationPlan, judges: tuple[Judge, ...], candidate_images
     if lpips_distance is not None:
         results["retention"]["lpips_alex"] = float(lpips_distance(cand_retain, base_retain).mean())
     results["fid"] = fid_kid(judge.embeddings(cand_retain), judge.embeddings(base_retain))
-    results["alignment"] = {"candidate": alignment(plan, cand_probs, judge.heads), "base": alignment(plan, base_probs, judge.heads)}
+    results["alignment"] = {
+        "candidate": alignment(plan, cand_probs, judge.heads),
+        "base": alignment(plan, base_probs, judge.heads),
+    }
     base_alignment = results["alignment"]["base"]
     results["alignment"]["relative"] = _relative(results["alignment"]["candidate"], base_alignment)
     if clip_scorer is not None:
         retain_prompts = [plan.cases[i].prompt for i in retain_idx]
         candidate_clip = float(clip_scorer(cand_retain, retain_prompts).mean())
         base_clip = float(clip_scorer(base_retain, retain_prompts).mean())
-        results["alignment"]["clipscore"] = {"candidate": candidate_clip, "base": base_clip, "relative": _relative(candidate_clip, base_clip)}
+        results["alignment"]["clipscore"] = {
+            "candidate": candidate_clip,
+            "base": base_clip,
+            "relative": _relative(candidate_clip, base_clip),
+        }
     if drift_value is not None:
         results["drift"] = drift_value
     if len(judges) > 1:
-        results["judges"] = {"first": judge.name, "second": judges[1].name,
-                             "candidate": judge_agreement(plan, judge, judges[1], cand_probs, candidate_images),
-                             "base": judge_agreement(plan, judge, judges[1], base_probs, base_images)}
+        results["judges"] = {
+            "first": judge.name,
+            "second": judges[1].name,
+            "candidate": judge_agreement(plan, judge, judges[1], cand_probs, candidate_images),
+            "base": judge_agreement(plan, judge, judges[1], base_probs, base_images),
+        }
     return results
 
 

@@ -25,9 +25,20 @@ class Evaluation:
     timings: dict
 
 
-def evaluate(candidate_pipe, base_pipe, judges: tuple[Judge, ...], plan: EvaluationPlan, *, sampler: dict, base_sha256: str,
-             cache: ImageCache | None, policy: Policy | None = None, drift_value: float | None = None,
-             lpips_distance=None, clip_scorer=None) -> Evaluation:
+def evaluate(
+    candidate_pipe,
+    base_pipe,
+    judges: tuple[Judge, ...],
+    plan: EvaluationPlan,
+    *,
+    sampler: dict,
+    base_sha256: str,
+    cache: ImageCache | None,
+    policy: Policy | None = None,
+    drift_value: float | None = None,
+    lpips_distance=None,
+    clip_scorer=None,
+) -> Evaluation:
     """Evaluate `candidate_pipe` against `base_pipe` on `plan`.
 
     `judges[0]` judges; a second judge's agreement with it is reported (unlearning/evaluation/checks.py).
@@ -37,19 +48,33 @@ def evaluate(candidate_pipe, base_pipe, judges: tuple[Judge, ...], plan: Evaluat
     prompts = [c.prompt for c in plan.cases]
     seeds = [c.seed for c in plan.cases]
     started = time.perf_counter()
-    base_images, generated = generate_cached(base_pipe, prompts, seeds, model_sha256=base_sha256, sampler=sampler, cache=cache)
+    base_images, generated = generate_cached(
+        base_pipe, prompts, seeds, model_sha256=base_sha256, sampler=sampler, cache=cache
+    )
     base_seconds = time.perf_counter() - started
     if candidate_pipe is base_pipe:
         candidate_images = base_images
     else:
-        candidate_images = generate(candidate_pipe, prompts, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"])
+        candidate_images = generate(
+            candidate_pipe, prompts, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"]
+        )
     sample_seconds = time.perf_counter() - started - base_seconds
-    results = run_checks(plan, tuple(judges), candidate_images, base_images, drift_value=drift_value, lpips_distance=lpips_distance,
-                         clip_scorer=clip_scorer)
+    results = run_checks(
+        plan,
+        tuple(judges),
+        candidate_images,
+        base_images,
+        drift_value=drift_value,
+        lpips_distance=lpips_distance,
+        clip_scorer=clip_scorer,
+    )
     decision = decide(results, policy) if policy is not None else None
     timings = {
-        "base_seconds": round(base_seconds, 2), "base_images_generated": generated, "base_images_cached": len(prompts) - generated,
-        "candidate_seconds": round(sample_seconds, 2), "total_seconds": round(time.perf_counter() - started, 2),
+        "base_seconds": round(base_seconds, 2),
+        "base_images_generated": generated,
+        "base_images_cached": len(prompts) - generated,
+        "candidate_seconds": round(sample_seconds, 2),
+        "total_seconds": round(time.perf_counter() - started, 2),
         "images": len(prompts),
     }
     return Evaluation(plan, results, decision, candidate_images, base_images, timings)

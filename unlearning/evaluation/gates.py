@@ -54,8 +54,7 @@ class Decision:
     checks: list[CheckOutcome] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"passed": self.passed, "reasons": self.reasons,
-                "checks": [c.__dict__ for c in self.checks]}
+        return {"passed": self.passed, "reasons": self.reasons, "checks": [c.__dict__ for c in self.checks]}
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -90,8 +89,15 @@ def load_policy(path: str | Path | None = None) -> Policy:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 problems.append(f"threshold {i}: '{key}' must be a number")
         if not problems:
-            thresholds.append(Threshold(entry["metric"], entry.get("min"), entry.get("max"),
-                                        bool(entry.get("optional", False)), str(entry.get("why", ""))))
+            thresholds.append(
+                Threshold(
+                    entry["metric"],
+                    entry.get("min"),
+                    entry.get("max"),
+                    bool(entry.get("optional", False)),
+                    str(entry.get("why", "")),
+                )
+            )
     if problems:
         raise PolicyError(f"{path}: " + "; ".join(problems))
     return Policy(str(document.get("name", path.stem)), tuple(thresholds))
@@ -119,7 +125,9 @@ def decide(results: dict, policy: Policy) -> Decision:
         if not values:
             if threshold.optional:
                 continue
-            outcome = CheckOutcome(threshold.metric, None, threshold.min, threshold.max, False, f"{threshold.metric}: not measured")
+            outcome = CheckOutcome(
+                threshold.metric, None, threshold.min, threshold.max, False, f"{threshold.metric}: not measured"
+            )
             outcomes.append(outcome)
             reasons.append(outcome.reason)
             continue
@@ -134,7 +142,11 @@ def decide(results: dict, policy: Policy) -> Decision:
                 if threshold.max is not None and number > threshold.max:
                     problems.append(f"{name} = {number:.3f} > {threshold.max}")
             reason = "; ".join(problems) + (f" ({threshold.why})" if problems and threshold.why else "")
-            outcomes.append(CheckOutcome(name, None if math.isnan(number) else number, threshold.min, threshold.max, not problems, reason))
+            outcomes.append(
+                CheckOutcome(
+                    name, None if math.isnan(number) else number, threshold.min, threshold.max, not problems, reason
+                )
+            )
             if problems:
                 reasons.append(reason)
     return Decision(passed=not reasons, reasons=reasons, checks=outcomes)

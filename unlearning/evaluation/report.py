@@ -39,14 +39,21 @@ def _json_safe(value):
 
 def evaluation_payload(evaluation: Evaluation, extra: dict | None = None) -> dict:
     plan = evaluation.plan
-    return _json_safe({
-        "plan": {"target": plan.target, "synonyms": list(plan.synonyms), "erased": list(plan.erased),
-                 "samples": plan.samples, "images": len(plan.cases)},
-        "checks": evaluation.results,
-        "decision": evaluation.decision.as_dict() if evaluation.decision else None,
-        "timings": evaluation.timings,
-        **(extra or {}),
-    })
+    return _json_safe(
+        {
+            "plan": {
+                "target": plan.target,
+                "synonyms": list(plan.synonyms),
+                "erased": list(plan.erased),
+                "samples": plan.samples,
+                "images": len(plan.cases),
+            },
+            "checks": evaluation.results,
+            "decision": evaluation.decision.as_dict() if evaluation.decision else None,
+            "timings": evaluation.timings,
+            **(extra or {}),
+        }
+    )
 
 
 def _group_grid(evaluation: Evaluation, indices: list[int], scale: int = 3):
@@ -71,7 +78,8 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
         prompts = "<br>".join(html.escape(c.prompt) for c in cases[:3]) + (" …" if len(cases) > 3 else "")
         figures.append(
             f'<figure><img src="grids/{name}" alt="{html.escape(group)}"><figcaption><b>{html.escape(group)}</b> — '
-            f'detected: base {rates["base_detection"]:.2f}, candidate {rates["detection"]:.2f}<br>{prompts}</figcaption></figure>'
+            f"detected: base {rates['base_detection']:.2f}, candidate {rates['detection']:.2f}<br>{prompts}"
+            "</figcaption></figure>"
         )
 
     decision = evaluation.decision
@@ -79,11 +87,12 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
         banner = '<div class="banner none">No policy applied</div>'
         rows = ""
     else:
-        banner = f'<div class="banner {"pass" if decision.passed else "fail"}">Gate {"PASSED" if decision.passed else "FAILED"}</div>'
+        verdict = "PASSED" if decision.passed else "FAILED"
+        banner = f'<div class="banner {"pass" if decision.passed else "fail"}">Gate {verdict}</div>'
         rows = "".join(
             f'<tr class="{"pass" if c.passed else "fail"}"><td>{html.escape(c.metric)}</td>'
-            f'<td>{"—" if c.value is None else f"{c.value:.4f}"}</td>'
-            f'<td>{"" if c.min is None else "≥ " + str(c.min)} {"" if c.max is None else "≤ " + str(c.max)}</td>'
+            f"<td>{'—' if c.value is None else f'{c.value:.4f}'}</td>"
+            f"<td>{'' if c.min is None else '≥ ' + str(c.min)} {'' if c.max is None else '≤ ' + str(c.max)}</td>"
             f'<td class="verdict">{"pass" if c.passed else "fail"}</td><td>{html.escape(c.reason)}</td></tr>'
             for c in decision.checks
         )
@@ -92,7 +101,8 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
 <style>{_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Target: <b>{html.escape(plan.target or "—")}</b>; erased earlier: {html.escape(", ".join(plan.erased) or "—")};
-{plan.samples} samples per concept, {len(plan.cases)} images per model; base images: {evaluation.timings["base_images_cached"]} cached,
+{plan.samples} samples per concept, {len(plan.cases)} images per model;
+base images: {evaluation.timings["base_images_cached"]} cached,
 {evaluation.timings["base_images_generated"]} generated.</p>
 {banner}
 <h2>Checks</h2>

@@ -57,9 +57,16 @@ def passes_rate_test(k: int, n: int, p0: float, alpha: float = 0.05) -> bool:
     return n > 0 and binomial_upper_tail(k, n, p0) <= alpha
 
 
-def cluster_bootstrap_interval(values: np.ndarray, clusters: np.ndarray, *, statistic: Callable[[np.ndarray], float] = np.mean,
-                               replicates: int = 1000, seed: int = 0, level: float = 0.95,
-                               paired: np.ndarray | None = None) -> tuple[float, float]:
+def cluster_bootstrap_interval(
+    values: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    replicates: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    paired: np.ndarray | None = None,
+) -> tuple[float, float]:
     """A percentile interval of `statistic(values)` resampling whole clusters (prompts) with replacement.
 
     With `paired` (a second array over the same images), the statistic is `statistic(values, paired)`
@@ -75,7 +82,11 @@ def cluster_bootstrap_interval(values: np.ndarray, clusters: np.ndarray, *, stat
     estimates = []
     for _ in range(replicates):
         drawn = np.concatenate([members[i] for i in rng.integers(0, len(members), size=len(members))])
-        estimate = statistic(values[drawn]) if paired is None else statistic(values[drawn], np.asarray(paired, dtype=float)[drawn])
+        estimate = (
+            statistic(values[drawn])
+            if paired is None
+            else statistic(values[drawn], np.asarray(paired, dtype=float)[drawn])
+        )
         if not math.isnan(estimate):
             estimates.append(estimate)
     if not estimates:
@@ -96,6 +107,11 @@ def rate(successes: np.ndarray, clusters: np.ndarray, *, seed: int = 0) -> dict:
     """A rate with everything a reader needs to trust it: k, n, the rate, Wilson and bootstrap intervals."""
     successes = np.asarray(successes, dtype=float)
     k, n = int(successes.sum()), int(successes.size)
-    return {"rate": k / n if n else float("nan"), "k": k, "n": n, "wilson": list(wilson_interval(k, n)),
-            "bootstrap": list(cluster_bootstrap_interval(successes, clusters, seed=seed)),
-            "prompts": int(len(np.unique(clusters))) if n else 0}
+    return {
+        "rate": k / n if n else float("nan"),
+        "k": k,
+        "n": n,
+        "wilson": list(wilson_interval(k, n)),
+        "bootstrap": list(cluster_bootstrap_interval(successes, clusters, seed=seed)),
+        "prompts": int(len(np.unique(clusters))) if n else 0,
+    }

@@ -36,8 +36,18 @@ DEFAULT_METHOD = "duge"
 PARAMETER_SETS = ("xattn-kv", "xattn", "non-xattn", "full", "lora")
 # The UnlearnConfig fields (unlearning/loop.py) a request may set as its `options`; the operator's
 # settings decide everything else (a test checks these are fields of UnlearnConfig).
-REQUEST_OPTIONS = ("params", "lora_rank", "steps", "batch_size", "lr", "gradient_surgery", "domain_correction", "seed",
-                   "prompts_per_concept", "hyper")
+REQUEST_OPTIONS = (
+    "params",
+    "lora_rank",
+    "steps",
+    "batch_size",
+    "lr",
+    "gradient_surgery",
+    "domain_correction",
+    "seed",
+    "prompts_per_concept",
+    "hyper",
+)
 
 
 class UnknownMethod(ValueError):

@@ -29,7 +29,11 @@ from unlearning.methods.context import StepContext
 
 KIND = "loss"
 PARAMS = "xattn-kv"
-DEFAULTS = {"lambda_attn": 1.0, "lambda_pp": 1.0, "lambda_reg": 10.0}  # 100 outweighed the forget term (bench/RESULTS.md)
+DEFAULTS = {
+    "lambda_attn": 1.0,
+    "lambda_pp": 1.0,
+    "lambda_reg": 10.0,
+}  # 100 outweighed the forget term (bench/RESULTS.md)
 
 
 def concept_attention(maps: dict[str, torch.Tensor], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -42,7 +46,9 @@ def concept_attention(maps: dict[str, torch.Tensor], tokens: torch.Tensor) -> di
 def attention_loss(student_maps, parent_maps, target_tokens, anchor_tokens) -> torch.Tensor:
     student = concept_attention(student_maps, target_tokens)
     parent = concept_attention(parent_maps, anchor_tokens)
-    terms = [F.mse_loss(student[name], parent[name].detach(), reduction="sum") / student[name].shape[0] for name in student]
+    terms = [
+        F.mse_loss(student[name], parent[name].detach(), reduction="sum") / student[name].shape[0] for name in student
+    ]
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

@@ -36,8 +36,9 @@ DEFAULTS = {"erase_scale": 1.0, "preserve_scale": 0.1, "lambda_identity": 0.1}
 EDITABLE = (".attn2.to_k.weight", ".attn2.to_v.weight")
 
 
-def aligned_pairs(target_embeds: torch.Tensor, anchor_embeds: torch.Tensor, target_tokens: torch.Tensor,
-                  anchor_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def aligned_pairs(
+    target_embeds: torch.Tensor, anchor_embeds: torch.Tensor, target_tokens: torch.Tensor, anchor_tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_i, c*_i) token-embedding pairs, (N, D) each, from prompt pairs (B, T, D) that differ only in
     the concept word: tokens before the word pair by position, tokens after it by their offset from
     the word's end, and the word's own tokens pair with the mean of the anchor word's tokens — or, with
@@ -62,9 +63,16 @@ def aligned_pairs(target_embeds: torch.Tensor, anchor_embeds: torch.Tensor, targ
     return torch.cat(keys), torch.cat(values)
 
 
-def closed_form(weight: torch.Tensor, erase_keys: torch.Tensor, anchor_keys: torch.Tensor,
-                preserve_keys: torch.Tensor, *, erase_scale: float, preserve_scale: float,
-                lambda_identity: float) -> torch.Tensor:
+def closed_form(
+    weight: torch.Tensor,
+    erase_keys: torch.Tensor,
+    anchor_keys: torch.Tensor,
+    preserve_keys: torch.Tensor,
+    *,
+    erase_scale: float,
+    preserve_scale: float,
+    lambda_identity: float,
+) -> torch.Tensor:
     """W_old · R (module docstring): rows of `erase_keys` are c_i, of `anchor_keys` c*_i, of
     `preserve_keys` c_j. Solved in float64, returned in the weight's dtype."""
     c, c_star, p = (x.double() for x in (erase_keys, anchor_keys, preserve_keys))
@@ -94,8 +102,17 @@ def edit(ctx: EditContext) -> dict[str, float]:
     erase_before = erase_after = drift = preserved = 0.0
     for weight in ctx.trained.values():
         old = weight.detach().clone()
-        weight.copy_(closed_form(old, keys, anchors, preserve, erase_scale=hyper["erase_scale"],
-                                 preserve_scale=hyper["preserve_scale"], lambda_identity=hyper["lambda_identity"]))
+        weight.copy_(
+            closed_form(
+                old,
+                keys,
+                anchors,
+                preserve,
+                erase_scale=hyper["erase_scale"],
+                preserve_scale=hyper["preserve_scale"],
+                lambda_identity=hyper["lambda_identity"],
+            )
+        )
         target_values = anchors @ old.T
         erase_before += float((keys @ old.T - target_values).pow(2).sum())
         erase_after += float((keys @ weight.T - target_values).pow(2).sum())

@@ -101,7 +101,7 @@ def degrade(images: torch.Tensor, generator: torch.Generator, strength: float = 
         small = F.interpolate(x[soft], scale_factor=0.5, mode="bilinear", align_corners=False)
         x[soft] = F.interpolate(small, scale_factor=2.0, mode="bilinear", align_corners=False)
     x = x + torch.randn(x.shape, generator=generator) * uniform(0.0, 0.07 * strength, 1, 1, 1)
-    return (x.clamp(0.0, 1.0) * 2.0 - 1.0)
+    return x.clamp(0.0, 1.0) * 2.0 - 1.0
 
 
 @torch.no_grad()

@@ -39,4 +39,6 @@ def shapes_judges(weights_dir=None) -> tuple[ShapesJudge, ShapesJudge]:
     """
     from unlearning.shapes.train import load_detector, load_second_detector
 
-    return ShapesJudge(load_detector(weights_dir), "detector"), ShapesJudge(load_second_detector(weights_dir), "second-detector")
+    return ShapesJudge(load_detector(weights_dir), "detector"), ShapesJudge(
+        load_second_detector(weights_dir), "second-detector"
+    )

@@ -87,7 +87,9 @@ def encode_prompts(encoder: BertModel, tokenizer, prompts: list[str]) -> torch.T
     attention mask (BERT configs have no `use_attention_mask`), taking the last hidden state. Training
     must condition on the same thing the pipeline will feed at sampling time.
     """
-    tokens = tokenizer(prompts, padding="max_length", max_length=MAX_PROMPT_TOKENS, truncation=True, return_tensors="pt")
+    tokens = tokenizer(
+        prompts, padding="max_length", max_length=MAX_PROMPT_TOKENS, truncation=True, return_tensors="pt"
+    )
     return encoder(tokens.input_ids.to(encoder.device))[0]
 
 

@@ -39,7 +39,9 @@ def _scene_for(concept: str, domain: str, k: int, avoid: set[str]) -> Scene:
 def _prompt(scene: Scene, template: str, domain: str, word: str | None = None) -> str:
     if word is None:
         return caption(scene, template)
-    return caption(scene, template, object_word=word) if domain == "object" else caption(scene, template, style_word=word)
+    return (
+        caption(scene, template, object_word=word) if domain == "object" else caption(scene, template, style_word=word)
+    )
 
 
 def validate_concepts(target: str | None, erased: tuple[str, ...]) -> None:
@@ -56,7 +58,9 @@ def validate_concepts(target: str | None, erased: tuple[str, ...]) -> None:
         raise PlanError("; ".join(problems))
 
 
-def shapes_plan(target: str | None = None, *, synonyms: tuple[str, ...] = (), erased: tuple[str, ...] = (), samples: int = 6) -> EvaluationPlan:
+def shapes_plan(
+    target: str | None = None, *, synonyms: tuple[str, ...] = (), erased: tuple[str, ...] = (), samples: int = 6
+) -> EvaluationPlan:
     """Build the evaluation plan for the shapes world.
 
     Raises:

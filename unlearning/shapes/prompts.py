@@ -10,7 +10,16 @@ the whole world); replay prompts hold every concept erased earlier.
 from __future__ import annotations
 
 from unlearning.prompts import RequestPrompts, concept_words, replace_word
-from unlearning.shapes.vocabulary import COLOUR_NAMES, DOMAINS, SYNONYMS, TRAIN_TEMPLATES, Scene, canonical, caption, domain_of
+from unlearning.shapes.vocabulary import (
+    COLOUR_NAMES,
+    DOMAINS,
+    SYNONYMS,
+    TRAIN_TEMPLATES,
+    Scene,
+    canonical,
+    caption,
+    domain_of,
+)
 
 # What an erased concept becomes when no anchor is given: a generic word of its domain (objects),
 # or nothing (styles: "a red striped heart" -> "a red heart").
@@ -32,12 +41,22 @@ def scenes_with(concept: str, domain: str, avoid: set[str], count: int) -> list[
 def concept_prompts(name: str, avoid: set[str], count: int, templates: tuple[str, ...] = TRAIN_TEMPLATES) -> list[str]:
     """`count` prompts asking for concept `name` (canonical), avoiding the concepts in `avoid`."""
     concept = canonical(name)
-    return [caption(s, templates[k % len(templates)]) for k, s in enumerate(scenes_with(concept, domain_of(concept), avoid, count))]
+    return [
+        caption(s, templates[k % len(templates)])
+        for k, s in enumerate(scenes_with(concept, domain_of(concept), avoid, count))
+    ]
 
 
-def shapes_prompts(concept: str, *, synonyms: tuple[str, ...] = (), anchor: str | None = None, preserve: tuple[str, ...] = (),
-                   erased: tuple[str, ...] = (), per_concept: int = 24,
-                   templates: tuple[str, ...] = TRAIN_TEMPLATES) -> RequestPrompts:
+def shapes_prompts(
+    concept: str,
+    *,
+    synonyms: tuple[str, ...] = (),
+    anchor: str | None = None,
+    preserve: tuple[str, ...] = (),
+    erased: tuple[str, ...] = (),
+    per_concept: int = 24,
+    templates: tuple[str, ...] = TRAIN_TEMPLATES,
+) -> RequestPrompts:
     """Prompt sets for erasing shapes concept `concept` (see the module docstring).
 
     Raises:
@@ -52,7 +71,11 @@ def shapes_prompts(concept: str, *, synonyms: tuple[str, ...] = (), anchor: str 
     target, anchors, target_words = [], [], []
     for k, scene in enumerate(scenes_with(target_name, domain, avoid, per_concept)):
         word = words[k % len(words)]
-        text = caption(scene, templates[k % len(templates)], **({"object_word": word} if domain == "object" else {"style_word": word}))
+        text = caption(
+            scene,
+            templates[k % len(templates)],
+            **({"object_word": word} if domain == "object" else {"style_word": word}),
+        )
         target.append(text)
         anchors.append(replace_word(text, word, anchor_word))
         target_words.append(word)

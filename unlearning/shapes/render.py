@@ -153,7 +153,9 @@ def random_scenes(n: int, seed: int) -> list[Scene]:
     return [
         Scene(OBJECTS[o], STYLES[s], COLOUR_NAMES[c])
         for o, s, c in zip(
-            rng.integers(len(OBJECTS), size=n), rng.integers(len(STYLES), size=n), rng.integers(len(COLOUR_NAMES), size=n)
+            rng.integers(len(OBJECTS), size=n),
+            rng.integers(len(STYLES), size=n),
+            rng.integers(len(COLOUR_NAMES), size=n),
         )
     ]
 

@@ -78,7 +78,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     # translation by up to 3 pixels (edge pixels repeated), and a horizontal flip for half
     shifts = torch.randint(-3, 4, (n, 2), generator=generator)
     padded = F.pad(images, (3, 3, 3, 3), mode="replicate")
-    x = torch.stack([padded[i, :, 3 + int(dy) : 35 + int(dy), 3 + int(dx) : 35 + int(dx)] for i, (dy, dx) in enumerate(shifts)])
+    x = torch.stack(
+        [padded[i, :, 3 + int(dy) : 35 + int(dy), 3 + int(dx) : 35 + int(dx)] for i, (dy, dx) in enumerate(shifts)]
+    )
     flip = torch.rand(n, generator=generator) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(dims=(3,)), x)
     # a 3x3 box blur for a third, mixed in by a random amount

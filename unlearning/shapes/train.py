@@ -109,10 +109,12 @@ def _second_detector_renders(n: int, seed: int, step: int, generator: torch.Gene
     """The second judge's own stream of renders (other seeds), a third tinted, all through its `augment`."""
     scenes = random_scenes(n, seed=seed * 1_000_033 + 500_000 + step)
     third = n // 3
-    images = np.concatenate([
-        render_batch(scenes[:third], seed=seed * 1_000_033 + 3 * step, background_tint=0.15),
-        render_batch(scenes[third:], seed=seed * 1_000_033 + 3 * step + 1),
-    ])
+    images = np.concatenate(
+        [
+            render_batch(scenes[:third], seed=seed * 1_000_033 + 3 * step, background_tint=0.15),
+            render_batch(scenes[third:], seed=seed * 1_000_033 + 3 * step + 1),
+        ]
+    )
     x = augment_second(to_model_input(torch.from_numpy(images)), generator)
     labels = {head: torch.tensor([classes.index(getattr(s, head)) for s in scenes]) for head, classes in HEADS.items()}
     return x, labels
@@ -145,15 +147,25 @@ def _train_judge(stage: str, cfg: WorldTrainConfig, weights_dir: Path, work_dir:
         optimizer.step()
         progress.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt_path, {"model": judge.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                                         "config": asdict(cfg)})
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "model": judge.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step + 1,
+                    "config": asdict(cfg),
+                },
+            )
     judge.eval()
     from safetensors.torch import save_file
 
     weights_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, weights_dir / filename)
-    return {"steps": steps, "final_loss": float(loss.item()) if loss is not None else None,
-            "parameters": sum(p.numel() for p in judge.parameters())}
+    return {
+        "steps": steps,
+        "final_loss": float(loss.item()) if loss is not None else None,
+        "parameters": sum(p.numel() for p in judge.parameters()),
+    }
 
 
 def train_detector(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
@@ -216,7 +228,11 @@ def train_vae(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
         generator = _step_generator(cfg.seed, "vae", step)
         scenes = random_scenes(cfg.vae_batch, seed=cfg.seed * 7_919 + step)
         tint = 0.12 if step % 2 else 0.0  # the decoder must also reproduce tinted backgrounds
-        x = to_model_input(torch.from_numpy(render_batch(scenes, seed=cfg.seed * 100_000_000 + 10_000_000 + step, background_tint=tint)))
+        x = to_model_input(
+            torch.from_numpy(
+                render_batch(scenes, seed=cfg.seed * 100_000_000 + 10_000_000 + step, background_tint=tint)
+            )
+        )
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg.vae_steps, cfg.vae_lr)
         posterior = vae.encode(x).latent_dist
@@ -230,7 +246,15 @@ def train_vae(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict:
         optimizer.step()
         progress.set_postfix(rec=f"{rec_loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt_path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1, "config": asdict(cfg)})
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "model": vae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step + 1,
+                    "config": asdict(cfg),
+                },
+            )
     vae.eval()
     # SD-style scaling: make the diffusion model's latents unit-variance (Rombach et al. 2022, sec. 3.1).
     with torch.no_grad():
@@ -249,7 +273,9 @@ class _CaptionTable:
     def __init__(self, captions: list[str]):
         encoder, tokenizer = shapes_model.load_text_encoder()
         self.index = {c: i for i, c in enumerate(captions)}
-        chunks = [shapes_model.encode_prompts(encoder, tokenizer, captions[i : i + 256]) for i in range(0, len(captions), 256)]
+        chunks = [
+            shapes_model.encode_prompts(encoder, tokenizer, captions[i : i + 256]) for i in range(0, len(captions), 256)
+        ]
         self.embeddings = torch.cat(chunks).to(torch.float16)  # halves memory; fp32 on lookup
 
     def lookup(self, captions: list[str]) -> torch.Tensor:
@@ -327,8 +353,13 @@ def train_unet(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
             _save_checkpoint(
                 ckpt_path,
-                {"model": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
-                 "config": asdict(cfg)},
+                {
+                    "model": unet.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step + 1,
+                    "config": asdict(cfg),
+                },
             )
     # Ship the EMA weights in fp16 (halves the committed size; loaded back into fp32 modules).
     ema.to(torch.float16).save_pretrained(weights_dir / "unet", safe_serialization=True)
@@ -355,7 +386,12 @@ def train_world(
     Returns a summary (per stage: steps, losses, wall seconds), also written to
     `weights_dir/world.json` together with the config, so the committed weights say how they were made.
     """
-    trainers = {"detector": train_detector, "second_detector": train_second_detector, "vae": train_vae, "unet": train_unet}
+    trainers = {
+        "detector": train_detector,
+        "second_detector": train_second_detector,
+        "vae": train_vae,
+        "unet": train_unet,
+    }
     summary_path = weights_dir / "world.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["config"] = asdict(cfg)

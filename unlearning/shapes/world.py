@@ -24,7 +24,9 @@ class ShapesWorld:
         return f"objects and styles of the shapes world: {synonyms}"
 
     def request_prompts(self, concept, *, synonyms=(), anchor=None, preserve=(), erased=(), per_concept=24):
-        return shapes_prompts(concept, synonyms=synonyms, anchor=anchor, preserve=preserve, erased=erased, per_concept=per_concept)
+        return shapes_prompts(
+            concept, synonyms=synonyms, anchor=anchor, preserve=preserve, erased=erased, per_concept=per_concept
+        )
 
     def plan(self, target, *, synonyms=(), erased=(), samples=6):
         return shapes_plan(target, synonyms=synonyms, erased=erased, samples=samples)

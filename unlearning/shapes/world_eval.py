@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import torch
-
 from tqdm.auto import tqdm
 
 from unlearning.sampling import generate, image_grid, upscale
@@ -52,7 +51,9 @@ def _accuracy(probs: dict[str, torch.Tensor], scenes: list[Scene]) -> tuple[dict
         truth = np.array([classes.index(getattr(s, head)) for s in scenes])
         right = probs[head].argmax(dim=1).numpy() == truth
         overall[head] = round(float(right.mean()), 4)
-        per_class[head] = {c: round(float(right[truth == i].mean()), 4) for i, c in enumerate(classes) if (truth == i).any()}
+        per_class[head] = {
+            c: round(float(right[truth == i].mean()), 4) for i, c in enumerate(classes) if (truth == i).any()
+        }
     return overall, per_class
 
 
@@ -99,7 +100,9 @@ def _agreement(first: dict, second: dict) -> float:
     return round(float(same.mean()), 4)
 
 
-def evaluate_base(pipe, judges, *, steps: int, guidance_scale: float, colours_per_combination: int = 6) -> tuple[dict, dict]:
+def evaluate_base(
+    pipe, judges, *, steps: int, guidance_scale: float, colours_per_combination: int = 6
+) -> tuple[dict, dict]:
     """Returns (numbers, images per split); `judges[0]` judges, the second's agreement is reported."""
     results, pictures = {}, {}
     for split in tqdm(("train_templates", "heldout", "synonyms"), desc="world eval: sampling the base"):
@@ -107,18 +110,31 @@ def evaluate_base(pipe, judges, *, steps: int, guidance_scale: float, colours_pe
         images = generate(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale)
         probs = [judge.probabilities(images) for judge in judges]
         overall, per_class = _accuracy({h: torch.from_numpy(p) for h, p in probs[0].items()}, scenes)
-        results[split] = {**overall, "per_concept": per_class, "images": len(images),
-                          "judge_agreement": _agreement(probs[0], probs[1]) if len(probs) > 1 else None}
+        results[split] = {
+            **overall,
+            "per_concept": per_class,
+            "images": len(images),
+            "judge_agreement": _agreement(probs[0], probs[1]) if len(probs) > 1 else None,
+        }
         pictures[split] = images
     return results, pictures
 
 
-def evaluate_world(pipe, judges, *, steps: int = 25, guidance_scale: float = 5.0, colours_per_combination: int = 6,
-                   detector_renders: int = 2000) -> tuple[dict, dict]:
+def evaluate_world(
+    pipe,
+    judges,
+    *,
+    steps: int = 25,
+    guidance_scale: float = 5.0,
+    colours_per_combination: int = 6,
+    detector_renders: int = 2000,
+) -> tuple[dict, dict]:
     """Everything `lethe world eval` reports, plus the generated images for the report grid."""
     started = time.perf_counter()
     judged = {judge.name: evaluate_detector(judge.detector, detector_renders) for judge in judges}
-    base, pictures = evaluate_base(pipe, judges, steps=steps, guidance_scale=guidance_scale, colours_per_combination=colours_per_combination)
+    base, pictures = evaluate_base(
+        pipe, judges, steps=steps, guidance_scale=guidance_scale, colours_per_combination=colours_per_combination
+    )
     first = judged[judges[0].name]
     numbers = {
         "detector": first["clean"],
@@ -136,7 +152,12 @@ def evaluate_world(pipe, judges, *, steps: int = 25, guidance_scale: float = 5.0
 def _meets_targets(numbers: dict) -> dict:
     measured = {"detector": numbers["detector"], "detector_degraded": numbers["detector_degraded"], **numbers["base"]}
     met = {group: all(measured[group][head] >= bar for head, bar in bars.items()) for group, bars in TARGETS.items()}
-    lowest = min(v for split in numbers["base"].values() for head in ("object", "style") for v in split["per_concept"][head].values())
+    lowest = min(
+        v
+        for split in numbers["base"].values()
+        for head in ("object", "style")
+        for v in split["per_concept"][head].values()
+    )
     met["every_concept"] = lowest >= MIN_CONCEPT_ACCURACY
     return met
 

@@ -1,12 +1,14 @@
 """Benchmark: the cost of a full gate evaluation on the shapes world, cold and with a warm base cache,
 and the throughput of batched sampling.
 
-    .venv/bin/python bench/evaluation.py [--repeats 3] [--samples 6] [--steps 25]
+    .venv/bin/python bench/evaluation.py [--repeats 3] [--erased striped star ...] [--steps 25]
 
-A full gate = target (gate, held-out, synonyms) + 3 concepts erased earlier (rebound) + every retained
-concept of both domains. The candidate here is a copy of the base with its attn2 K/V perturbed (the
-shape of an unlearning delta), so both models are sampled. Prints a Markdown table with medians.
-Target (evaluation issue): warm-cache gate < 60 s on 2 cores.
+A full gate at the gate's size (the settings: 60 images per forget and rebound set, 24 per retained
+concept) = the first request's target `circle` (gate, held-out, synonyms) + the concepts `--erased`
+earlier (rebound; none for the first request) + every retained concept of both domains. The
+candidate is a copy of the base with its attn2 K/V perturbed (the shape of an unlearning delta), so
+both models are sampled. Prints a Markdown table with medians. Target (erasure issue): the first
+request's gate <= 120 s with the base cache warm, on 2 cores.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=6)
+    parser.add_argument("--erased", nargs="*", default=[], help="concepts erased earlier (rebound sets)")
     parser.add_argument("--steps", type=int, default=25)
     args = parser.parse_args()
 
@@ -50,9 +52,9 @@ def main() -> None:
             if ".attn2.to_k." in name or ".attn2.to_v." in name:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.02)
     sampler = {"scheduler": "ddim", "steps": args.steps, "guidance_scale": 5.0}
-    evaluator = Evaluator.from_settings(load_settings(), samples=args.samples, sampler=sampler)
+    evaluator = Evaluator.from_settings(load_settings(), sampler=sampler)
     base_sha = model_identity("shapes")[1]
-    plan = evaluator.plan("circle", synonyms=("disc",), erased=("striped", "star", "dotted"))
+    plan = evaluator.plan("circle", synonyms=("disc",), erased=tuple(args.erased))
 
     cold, warm = [], []
     for _ in range(args.repeats):
@@ -78,7 +80,11 @@ def main() -> None:
         f"## Evaluation cost — {date.today().isoformat()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n"
     )
-    print(f"Full gate: {images} images per model ({args.samples} per concept), DDIM {args.steps} steps, CFG 5.0.\n")
+    print(
+        f"Full gate: {images} images per model ({evaluator.size.forget_images} per forget/rebound set, "
+        f"{evaluator.size.retain_images} per retained concept; erased earlier: {', '.join(args.erased) or 'none'}), "
+        f"DDIM {args.steps} steps, CFG 5.0.\n"
+    )
 
     def row(label: str, runs: list[float], unit: str) -> None:
         print(f"| {label} | {statistics.median(runs):.1f} {unit} | {', '.join(f'{x:.1f}' for x in runs)} |")
@@ -89,7 +95,7 @@ def main() -> None:
     row("full gate, warm base cache (candidate sampled)", warm, "s")
     print(f"| warm / cold | {statistics.median(warm) / statistics.median(cold):.2f} | |")
     row(f"batched sampling (batch {len(prompts)})", throughput, "images/s")
-    target = 60.0
+    target = 120.0
     print(f"\nTarget: warm-cache gate < {target:.0f} s — {'met' if statistics.median(warm) < target else 'NOT met'}.")
 
 

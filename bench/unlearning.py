@@ -1,16 +1,20 @@
 """Benchmark: unlearning on the shapes world (CPU) — one request per method, and a sequence.
 
-    .venv/bin/python bench/unlearning.py single   [--methods duge esd-x] [--repeats 1] [--steps 150]
-    .venv/bin/python bench/unlearning.py sequence [--methods duge esd-x] [--steps 150]
+    .venv/bin/python bench/unlearning.py single   [--methods continual-uce duge uce esd-x] [--repeats 1]
+    .venv/bin/python bench/unlearning.py sequence [--methods continual-uce uce esd-x]
 
-`single`: erase `circle` (synonym `disc`, preserve `ring`) from the base with each method; the same
-evaluation (forget UA on gate / held-out / synonym prompts, IRA and CRA relative to base, `ring`
-relative accuracy) and the median wall time of the request (train + evaluate).
-`sequence`: erase circle, striped, star, dotted in turn, each from the previous version; after every
-step the UA of every erased concept and IRA/CRA. `esd-x` runs without base-anchored regularisation,
-as the unregularised sequence CUIG reports drift and rebound for.
+Every run goes through the pipeline's own steps (pipeline/unlearn.py `train_step`, pipeline/evaluate.py
+`evaluate_model`) with the evaluator the settings build (the gate's plan: 60 images per forget and
+rebound set, 24 per retained concept; the shipped policy), methods side by side on the same prompts
+and seeds. Caches live under a temporary LETHE_HOME unless one is set.
 
-Prints Markdown tables (paste them into bench/RESULTS.md with the date and machine).
+`single`: erase `circle` (synonym `disc`, preserve `ring`) from the base with each method.
+`sequence`: erase circle, striped, star, dotted, heart, gradient in turn, each from the previous step's
+model (an `lethe unlearn --out` folder: deltas and lineage terms chained), the UA of every erased
+concept re-measured after every step.
+
+UA is measured where the base draws the concept (k/n and the Wilson 95 % interval). Prints Markdown
+tables (paste them into bench/RESULTS.md with the date and machine).
 """
 
 from __future__ import annotations
@@ -25,144 +29,169 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
 # shadow the `unlearning` package: take the folder off the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-SEQUENCE = ("circle", "striped", "star", "dotted")
+SEQUENCE = ("circle", "striped", "star", "dotted", "heart", "gradient")
 
 
-def _setup(eval_samples: int):
-    """The base, its sha256 and the evaluator the pipeline uses (settings from the environment; the
-    caches under a temporary LETHE_HOME unless one is set)."""
+def _setup():
     from pipeline.evaluator import Evaluator
     from pipeline.settings import load_settings
-    from unlearning.sampling import load_model, model_identity
+    from unlearning.sampling import load_model
 
     os.environ.setdefault("LETHE_HOME", str(Path(tempfile.gettempdir()) / "lethe-bench-home"))
     settings = load_settings()
-    return (
-        settings,
-        load_model("shapes"),
-        model_identity("shapes")[1],
-        Evaluator.from_settings(settings, samples=eval_samples),
-    )
+    return settings, Evaluator.from_settings(settings), load_model("shapes")
 
 
-def _request(settings, parent, base, base_sha, evaluator, *, concept, synonyms, preserve, erased, method, steps, out):
-    from pipeline.prepare import request_prompts
-    from unlearning.loop import UnlearnConfig, run_unlearning
+def request(
+    settings,
+    evaluator,
+    base,
+    parent: str,
+    out: Path,
+    *,
+    concept,
+    synonyms=(),
+    preserve=(),
+    erased=(),
+    method,
+    steps=None,
+):
+    """One decremental step from `parent` (a model name) into `out`, evaluated; (payload, train s, total s)."""
+    from pipeline.evaluate import evaluate_model
+    from pipeline.prepare import load_parent_model
+    from pipeline.unlearn import keep_ancestors, train_step
+    from unlearning.loop import UnlearnConfig
 
-    base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
-    cfg = UnlearnConfig(
-        concept=concept, synonyms=synonyms, preserve=preserve, erased=erased, method=method, steps=steps
-    )
     started = time.perf_counter()
-    run_unlearning(
-        parent,
-        cfg,
-        out,
-        prompts=request_prompts(settings, cfg),
-        model_sha=f"bench-{out.name}",
-        base_values=base_values,
-        progress=False,
+    loaded = load_parent_model(settings, parent)
+    config = UnlearnConfig(
+        concept=concept,
+        synonyms=synonyms,
+        preserve=preserve,
+        erased=erased,
+        method=method,
+        **({"steps": steps} if steps is not None else {}),
     )
+    out.mkdir(parents=True, exist_ok=True)
+    keep_ancestors(loaded, out)
+    train_step(settings, config, loaded, out, progress=False)
     trained = time.perf_counter() - started
-    plan = evaluator.plan(concept, synonyms=synonyms, erased=erased)
-    result = evaluator.evaluate(parent, base, plan, base_sha256=base_sha)
-    return result, trained, time.perf_counter() - started
+    _, payload = evaluate_model(
+        evaluator,
+        loaded.pipe,
+        base,
+        base_sha256=loaded.base_sha256,
+        target=concept,
+        synonyms=synonyms,
+        erased=erased,
+        report_dir=out / "report",
+        title=f"bench: {method}",
+    )
+    return payload, trained, time.perf_counter() - started
+
+
+def ua(entry: dict) -> str:
+    drawn = entry["where_base_draws"]
+    low, high = drawn["wilson"]
+    return f"{drawn['ua']:.3f} ({drawn['k']}/{drawn['n']}, [{low:.2f}, {high:.2f}])"
 
 
 def single(args) -> None:
-    import copy
-
-    settings, base, base_sha, evaluator = _setup(args.eval_samples)
+    settings, evaluator, base = _setup()
     print(
         f"## One request: erase circle (synonym disc, preserve ring) — {date.today()}, {platform.machine()}, "
-        f"{os.cpu_count()} cores, {args.steps} steps, {args.eval_samples} evaluation samples per concept\n"
+        f"{os.cpu_count()} cores\n"
     )
     print(
-        "| method | UA gate | UA held-out | UA synonyms | IRA × base | CRA × base | ring × base | drift | gate | train s | request s (median) |"
+        "UA where the base draws circle: rate (erased/n, Wilson 95 %). "
+        "Relative figures: candidate / base, same images.\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| method | UA gate | UA held-out | UA synonyms | IRA × | CRA × | ring × | retention | FID | judges disagree "
+        "| drift | gate | train s | request s (median) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
-        walls, last = [], None
+        walls, payload, trained = [], None, 0.0
         for repeat in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
-                parent = copy.deepcopy(base)
-                last, trained, wall = _request(
+                payload, trained, wall = request(
                     settings,
-                    parent,
-                    base,
-                    base_sha,
                     evaluator,
+                    base,
+                    "shapes",
+                    Path(tmp) / f"{method}-{repeat}",
                     concept="circle",
                     synonyms=("disc",),
                     preserve=("ring",),
-                    erased=(),
                     method=method,
                     steps=args.steps,
-                    out=Path(tmp) / f"{method}-{repeat}",
                 )
                 walls.append(wall)
-        c = last.results
+        c, decision = payload["checks"], payload["decision"]
+        retain = c["retain"]
         print(
-            f"| {method} | {c['forget']['gate']['ua']:.3f} | {c['forget']['heldout']['ua']:.3f} | {c['forget']['synonyms']['ua']:.3f} | "
-            f"{c['retain']['ira']['relative']:.3f} | {c['retain']['cra']['relative']:.3f} | "
-            f"{c['retain']['per_concept']['ring']['relative']:.3f} | {c['drift']:.4f} | "
-            f"{'pass' if last.decision.passed else 'FAIL'} | {trained:.0f} | {statistics.median(walls):.0f} |"
+            f"| {method} | {ua(c['forget']['gate'])} | {ua(c['forget']['heldout'])} | {ua(c['forget']['synonyms'])} | "
+            f"{retain['ira']['relative']:.3f} | {retain['cra']['relative']:.3f} | "
+            f"{retain['per_concept']['ring']['relative']:.3f} | {c['retention']['distance']:.3f} | "
+            f"{c['fid']['fid']:.2f} | "
+            f"{c['judges']['candidate']['forget_disagreement']:.3f} | {c['drift']:.3f} | "
+            f"{'pass' if decision['passed'] else 'FAIL'} | {trained:.0f} | {statistics.median(walls):.0f} |",
+            flush=True,
         )
+        if not decision["passed"]:
+            print(f"|   | {'; '.join(decision['reasons'])[:400]} |||||||||||||", flush=True)
 
 
 def sequence(args) -> None:
-    import copy
-
-    settings, base, base_sha, evaluator = _setup(args.eval_samples)
+    settings, evaluator, base = _setup()
+    print(f"## Sequence {' → '.join(SEQUENCE)} — {date.today()}, {platform.machine()}, {os.cpu_count()} cores\n")
     print(
-        f"## Sequence {' → '.join(SEQUENCE)} — {date.today()}, {platform.machine()}, {os.cpu_count()} cores, {args.steps} steps each\n"
+        "| method | step | target UA | erased earlier: UA each (where the base draws it) | IRA × | CRA × "
+        "| retention | FID "
+        "| gate | s |"
     )
-    print("| method | step | erased so far | UA of each erased concept | IRA × base | CRA × base | drift |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
-        parent = copy.deepcopy(base)
-        erased: tuple[str, ...] = ()
+        parent, erased = "shapes", ()
         with tempfile.TemporaryDirectory() as tmp:
             for step, concept in enumerate(SEQUENCE, start=1):
-                result, _, _ = _request(
+                out = Path(tmp) / f"{step}-{concept}"
+                payload, _, wall = request(
                     settings,
-                    parent,
-                    base,
-                    base_sha,
                     evaluator,
+                    base,
+                    parent,
+                    out,
                     concept=concept,
-                    synonyms=(),
-                    preserve=(),
                     erased=erased,
                     method=method,
                     steps=args.steps,
-                    out=Path(tmp) / f"{step}",
                 )
-                erased = (*erased, concept)
-                c = result.results
-                ua = {concept: c["forget"]["gate"]["ua"], **{k: v["ua"] for k, v in c["rebound"].items()}}
+                c, decision = payload["checks"], payload["decision"]
+                rebound = ", ".join(f"{k} {v['where_base_draws']['ua']:.2f}" for k, v in c["rebound"].items()) or "—"
                 print(
-                    f"| {method} | {step} | {', '.join(erased)} | {', '.join(f'{k} {v:.2f}' for k, v in ua.items())} | "
-                    f"{c['retain']['ira']['relative']:.3f} | {c['retain']['cra']['relative']:.3f} | {c['drift']:.4f} |",
+                    f"| {method} | {step} | {concept} {ua(c['forget']['gate'])} | {rebound} | "
+                    f"{c['retain']['ira']['relative']:.3f} | {c['retain']['cra']['relative']:.3f} | "
+                    f"{c['retention']['distance']:.3f} | {c['fid']['fid']:.2f} | "
+                    f"{'pass' if decision['passed'] else 'FAIL'} | "
+                    f"{wall:.0f} |",
                     flush=True,
                 )
+                parent, erased = str(out), (*erased, concept)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("single", "sequence"))
-    parser.add_argument("--methods", nargs="+", default=["duge", "esd-x"])
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--methods", nargs="+", default=["continual-uce", "duge", "uce", "esd-x"])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: each method's)")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--eval-samples", type=int, default=6)
     args = parser.parse_args()
-    torch.manual_seed(0)
     single(args) if args.mode == "single" else sequence(args)
 
 

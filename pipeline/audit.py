@@ -39,7 +39,8 @@ NOT_AUDITED = ("forget.", "retain.ira.")
 
 def audit_policy(policy: Policy) -> Policy:
     """The gate policy as an audit applies it: the same thresholds, less those on `NOT_AUDITED`."""
-    return Policy(f"{policy.name} (audit)", tuple(t for t in policy.thresholds if not t.metric.startswith(NOT_AUDITED)))
+    kept = tuple(t for t in policy.thresholds if not t.metric.startswith(NOT_AUDITED))
+    return Policy(f"{policy.name} (audit)", kept, policy.alpha)
 
 
 def audit_version(settings: LetheSettings, *, version: int, out_dir: Path) -> dict:

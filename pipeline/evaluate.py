@@ -20,6 +20,7 @@ from pipeline.settings import LetheSettings
 from pipeline.values import GateCheck, Outcome, Parent
 from unlearning.evaluation.evaluate import Evaluation
 from unlearning.files import sha256_file, write_json
+from unlearning.loop import LINEAGE_FILE
 from unlearning.sampling import load_model
 
 OUTCOME_FILE = "outcome.json"
@@ -48,7 +49,7 @@ def evaluate_model(
 def _judged(evaluator: Evaluator, delta: Path) -> str:
     """What an evaluation of this delta depends on: the delta, the policy, the sampler, the plan's size."""
     policy = None if evaluator.policy is None else [asdict(t) for t in evaluator.policy.thresholds]
-    key = {"delta": sha256_file(delta), "policy": policy, "sampler": evaluator.sampler, "samples": evaluator.samples}
+    key = {"delta": sha256_file(delta), "policy": policy, "sampler": evaluator.sampler, "size": asdict(evaluator.size)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -100,6 +101,7 @@ def evaluate_request(settings: LetheSettings, request, parent: Parent, work_dir:
         },
         base_sha256=candidate.base_sha256,
         resumed_from_step=summary.get("resumed_from_step", 0),
+        extra_files={LINEAGE_FILE: str(lineage)} if (lineage := work_dir / "train" / LINEAGE_FILE).is_file() else {},
     )
     write_json(work_dir / OUTCOME_FILE, {"judged": judged, "outcome": outcome.as_dict()})
     return outcome

@@ -18,7 +18,7 @@ from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.checks import ClipScorer, drift, lpips_alex_distance
 from unlearning.evaluation.evaluate import Evaluation, evaluate
 from unlearning.evaluation.gates import Policy, load_policy
-from unlearning.evaluation.plan import EvaluationPlan
+from unlearning.evaluation.plan import EvaluationPlan, PlanSize
 from unlearning.evaluation.report import evaluation_payload, write_report
 from unlearning.world import World
 
@@ -40,7 +40,7 @@ class Evaluator:
     world: World
     policy: Policy | None  # None: report the checks, decide nothing
     sampler: dict  # {"scheduler", "steps", "guidance_scale"}
-    samples: int  # images per concept
+    size: PlanSize  # images per forget, rebound and retain set
     cache: ImageCache | None
     lpips_distance: Callable | None = None
     clip_scorer: ClipScorer | None = None
@@ -52,7 +52,7 @@ class Evaluator:
         *,
         gate: bool = True,
         policy_path: str | None = None,
-        samples: int | None = None,
+        size: PlanSize | None = None,
         sampler: dict | None = None,
         world: World | None = None,
     ) -> Evaluator:
@@ -62,7 +62,7 @@ class Evaluator:
             policy=load_policy(policy_path or settings.policy) if gate else None,
             sampler=sampler
             or {"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
-            samples=settings.eval_samples if samples is None else samples,
+            size=size or PlanSize(forget_images=settings.eval_forget_images, retain_images=settings.eval_retain_images),
             cache=ImageCache(settings.home / "cache" / "images"),
             lpips_distance=lpips_alex_distance(),
             clip_scorer=ClipScorer(settings.clip_model) if settings.clip_model else None,
@@ -72,7 +72,7 @@ class Evaluator:
         self, target: str | None, *, synonyms: tuple[str, ...] = (), erased: tuple[str, ...] = ()
     ) -> EvaluationPlan:
         """Raises PlanError (unknown concept, ...) or NoJudge (a world without judges)."""
-        return self.world.plan(target, synonyms=tuple(synonyms), erased=tuple(erased), samples=self.samples)
+        return self.world.plan(target, synonyms=tuple(synonyms), erased=tuple(erased), size=self.size)
 
     def evaluate(self, candidate, base, plan: EvaluationPlan, *, base_sha256: str) -> Evaluation:
         """Sample both models on the plan (the base's images from the cache), check, apply the gate."""

@@ -30,14 +30,7 @@ def unlearn_config(settings: LetheSettings, request, parent: Parent) -> UnlearnC
 
 def request_prompts(settings: LetheSettings, config: UnlearnConfig) -> RequestPrompts:
     """The prompt sets of the request, from the lineage's world."""
-    return world_for(settings).request_prompts(
-        config.concept,
-        synonyms=config.synonyms,
-        anchor=config.anchor,
-        preserve=config.preserve,
-        erased=config.erased,
-        per_concept=config.prompts_per_concept,
-    )
+    return world_for(settings).request_prompts(config)
 
 
 def load_parent_model(settings: LetheSettings, source: str, *, extra_deltas: tuple[Path, ...] = ()) -> LoadedModel:

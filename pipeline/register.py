@@ -30,5 +30,6 @@ def register(settings: LetheSettings, request, parent: Parent, outcome: Outcome)
             gate_passed=outcome.gate_passed,
             gate_reasons=list(outcome.gate_reasons),
             report_dir=Path(outcome.report_dir),
+            extra_files={name: Path(path) for name, path in outcome.extra_files.items()},
         )
     )

@@ -52,9 +52,10 @@ class LetheSettings(BaseSettings):
     checkpoint_every: int | None = Field(
         None, ge=1, description="training steps between resumable checkpoints; default: the loop's (25)"
     )
-    eval_samples: int = Field(
-        6, ge=1, le=64, description="images per concept in a request's evaluation and in the erosion audit"
+    eval_forget_images: int = Field(
+        60, ge=1, le=600, description="images per forget and rebound set of an evaluation (20 phrasings x 3 seeds)"
     )
+    eval_retain_images: int = Field(24, ge=1, le=600, description="images per retained concept (8 phrasings x 3 seeds)")
     approvers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="who may approve or reject a request (LETHE_APPROVERS=bob,carol)"
     )

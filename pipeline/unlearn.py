@@ -15,7 +15,7 @@ from pipeline.prepare import load_parent_model, request_prompts, unlearn_config
 from pipeline.settings import LetheSettings
 from pipeline.values import Parent
 from registry.loading import LoadedModel
-from unlearning.loop import UnlearnConfig, run_unlearning
+from unlearning.loop import LINEAGE_FILE, UnlearnConfig, run_unlearning
 from unlearning.sampling import load_model
 
 
@@ -43,15 +43,21 @@ def train_step(
         cache_dir=settings.home / "cache" / "latents",
         metadata=metadata,
         progress=progress,
+        lineage=loaded.lineage,
     )
 
 
 def keep_ancestors(loaded: LoadedModel, out_dir: Path) -> None:
-    """Copy the parent's deltas beside the new one, so `out_dir` is a model by itself (`--model out_dir`)."""
+    """Copy the parent's deltas (and lineage terms) beside the new one, so `out_dir` is a model by itself."""
     if loaded.ancestors:
         (out_dir / "parents").mkdir(parents=True, exist_ok=True)
         for index, path in enumerate(loaded.ancestors):
             shutil.copyfile(path, out_dir / "parents" / f"{index:03d}-delta.safetensors")
+    if loaded.lineage is not None:
+        from safetensors.torch import save_file
+
+        (out_dir / "parents").mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in loaded.lineage.items()}, out_dir / "parents" / LINEAGE_FILE)
 
 
 def unlearn(settings: LetheSettings, request, parent: Parent, out_dir: Path, *, progress: bool = False) -> dict:

@@ -29,6 +29,8 @@ class GateCheck:
     max: float | None
     passed: bool
     reason: str = ""
+    n: int | None = None  # the images the value rests on
+    interval: list | None = None  # its 95 % interval
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import torch
 from registry.integrity import IntegrityError, read_manifest, sha256_file, verify_files
 from registry.versions import DELTA_NAME, TAG_COMPLETE, TAG_MANIFEST_SHA, ModelRegistry
 from unlearning.delta import apply_delta_files
+from unlearning.loop import LINEAGE_FILE, load_lineage
 from unlearning.sampling import is_unlearn_dir, load_model, model_identity
 
 _URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9._-]+)(?:@(?P<alias>[A-Za-z0-9._-]+)|/(?P<version>[0-9]+))$")
@@ -110,6 +111,7 @@ class LoadedModel:
     identity: str  # sha256 naming exactly this model (the base's when there are no deltas); keys caches
     version: int | None = None  # the registered version, when the source is models:/...
     erased: list[str] = field(default_factory=list)  # concepts the deltas erased, in order
+    lineage: dict | None = None  # the newest closed-form lineage terms on the chain (unlearning/loop.py), if any
 
 
 def load_parent(
@@ -144,15 +146,19 @@ def load_parent(
         newest = chain[-1].manifest
         recorded_base, recorded_sha, erased = newest["base_model"], newest["base_sha256"], newest.get("erased", [])
         ancestors = [link.folder / DELTA_NAME for link in chain]
+        lineage_files = [link.folder / LINEAGE_FILE for link in chain if LINEAGE_FILE in link.manifest["files"]]
         what = f"version {version}"
     elif is_unlearn_dir(Path(source)):
         summary = json.loads((Path(source) / "summary.json").read_text())
         recorded_base, recorded_sha = summary["base_model"], summary.get("base_sha256")
-        ancestors = sorted((Path(source) / "parents").glob("*.safetensors")) + [Path(source) / DELTA_NAME]
+        ancestors = sorted((Path(source) / "parents").glob("*-delta.safetensors")) + [Path(source) / DELTA_NAME]
+        lineage_files = [
+            p for p in (Path(source) / "parents" / LINEAGE_FILE, Path(source) / LINEAGE_FILE) if p.is_file()
+        ]
         erased = [*summary.get("config", {}).get("erased", []), summary.get("config", {}).get("concept")]
         what = str(source)
     else:
-        recorded_base, ancestors, what = source, [], source
+        recorded_base, ancestors, what, lineage_files = source, [], source, []
     ancestors = [*ancestors, *map(Path, extra_deltas)]
     base_model = base_model or recorded_base
     base_id, base_sha = model_identity(base_model)
@@ -168,6 +174,7 @@ def load_parent(
     for path in ancestors:
         identity.update(sha256_file(path).encode())
     return LoadedModel(
+        lineage=load_lineage(lineage_files[-1]) if lineage_files else None,
         pipe=pipe,
         base_model=base_model,
         base_sha256=base_sha,

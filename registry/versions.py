@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -114,6 +114,7 @@ class Candidate:
     gate_passed: bool
     gate_reasons: list[str]
     report_dir: Path | None = None
+    extra_files: dict = field(default_factory=dict)  # artifact name -> file (e.g. a closed form's lineage terms)
 
 
 class ModelRegistry:
@@ -208,6 +209,9 @@ class ModelRegistry:
         folder.mkdir(parents=True)
         shutil.copyfile(candidate.delta_path, folder / DELTA_NAME)
         files = [DELTA_NAME]
+        for name, path in sorted(candidate.extra_files.items()):  # listed in the manifest, verified on load
+            shutil.copyfile(path, folder / name)
+            files.append(name)
         if candidate.report_dir is not None and candidate.report_dir.is_dir():
             for path in sorted(candidate.report_dir.rglob("*")):
                 if path.is_file():

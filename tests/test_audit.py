@@ -42,7 +42,8 @@ def lethe_home(tmp_path, monkeypatch, tiny_base):
     monkeypatch.setenv("LETHE_BASE_MODEL", str(tiny_base))
     monkeypatch.setenv("LETHE_WORLD", "shapes")  # a tiny model judged as a shapes-world model
     monkeypatch.setenv("LETHE_SAMPLE_STEPS", "3")
-    monkeypatch.setenv("LETHE_EVAL_SAMPLES", "2")
+    monkeypatch.setenv("LETHE_EVAL_FORGET_IMAGES", "2")
+    monkeypatch.setenv("LETHE_EVAL_RETAIN_IMAGES", "2")
     monkeypatch.setenv("LETHE_MODEL_NAME", f"audit-{tmp_path.name}"[:60])
     policy = tmp_path / "audit-policy.yaml"
     policy.write_text(

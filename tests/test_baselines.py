@@ -225,6 +225,7 @@ def test_uce_edit_maps_target_tokens_to_the_anchor_values_and_refuses_other_tens
             target_tokens=words,
             anchor_tokens=words,
             preserve_embeds=torch.zeros(1, 1, 4),
+            replay_embeds=torch.zeros(0, 1, 4),
             hyper=hyper,
         )
 

@@ -212,7 +212,8 @@ def _environment(api_url: str, tmp_path: Path, tiny_base: Path, model_name: str)
         "LETHE_APPROVERS": "bob",
         "HF_HUB_OFFLINE": "1",
         "LETHE_UNLEARN_STEPS": "1",
-        "LETHE_EVAL_SAMPLES": "1",  # a triggered run takes no parameters: settings keep it short
+        "LETHE_EVAL_FORGET_IMAGES": "1",
+        "LETHE_EVAL_RETAIN_IMAGES": "1",  # a triggered run takes no parameters: settings keep it short
     }
 
 

@@ -74,7 +74,8 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
                 "LETHE_APPROVERS": APPROVERS,
                 "LETHE_POLICY": str(tmp_path / "pass.yaml"),
                 "LETHE_SAMPLE_STEPS": "3",
-                "LETHE_EVAL_SAMPLES": "2",
+                "LETHE_EVAL_FORGET_IMAGES": "2",
+                "LETHE_EVAL_RETAIN_IMAGES": "2",
                 "PREFECT_API_URL": prefect_api,
             }
             for name in ("LETHE_CONFIG", "LETHE_ARTIFACT_ROOT", "PREFECT_HOME", "MLFLOW_S3_ENDPOINT_URL"):

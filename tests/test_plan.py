@@ -1,24 +1,35 @@
+"""The shapes world's evaluation plans: sets of phrasings x seeds, sized for a decision, stable across
+requests so that the base's images come from the cache."""
+
 import pytest
 
-from unlearning.shapes.plan import shapes_plan
+from unlearning.evaluation.plan import PlanSize
+from unlearning.shapes.plan import PlanError, shapes_plan
+from unlearning.shapes.prompts import ERASE_TEMPLATES, shapes_prompts
 from unlearning.shapes.vocabulary import HELDOUT_TEMPLATES, OBJECTS, STYLES
 
 
-def test_plan_covers_target_rebound_and_both_retain_domains():
-    plan = shapes_plan("circle", synonyms=("disc",), erased=("striped",), samples=3)
+def test_plan_covers_target_rebound_and_both_retain_domains_at_the_default_size():
+    plan = shapes_plan("circle", synonyms=("disc",), erased=("striped",))
     groups = plan.groups()
     assert {"forget/gate", "forget/heldout", "forget/synonyms", "rebound/striped"} <= set(groups)
     assert {g for g in groups if g.startswith("retain/in/")} == {f"retain/in/{o}" for o in OBJECTS if o != "circle"}
     assert {g for g in groups if g.startswith("retain/cross/")} == {
         f"retain/cross/{s}" for s in STYLES if s != "striped"
     }
-    assert all(len(indices) == 3 for indices in groups.values())
-    assert len({c.seed for c in plan.cases}) == len(plan.cases)
-    assert all("disc" in plan.cases[i].prompt for i in groups["forget/synonyms"])
+    for group, indices in groups.items():
+        prompts = {plan.cases[i].prompt for i in indices}
+        if group.startswith(("forget/", "rebound/")):
+            assert len(indices) == 60 and len(prompts) == 20, group  # 20 phrasings x 3 seeds
+        else:
+            assert len(indices) == 24 and len(prompts) == 8, group
+    for indices in groups.values():  # one image per (prompt, seed) in a set; two sets may share an image
+        assert len({(plan.cases[i].prompt, plan.cases[i].seed) for i in indices}) == len(indices)
+    assert all(any(w in plan.cases[i].prompt for w in ("disc",)) for i in groups["forget/synonyms"])
 
 
 def test_retain_prompts_never_ask_for_erased_or_target_concepts():
-    plan = shapes_plan("circle", erased=("striped", "star"), samples=4)
+    plan = shapes_plan("circle", erased=("striped", "star"), size=PlanSize(forget_images=12, retain_images=12))
     for case in plan.cases:
         if case.group.startswith("retain/"):
             named = dict(case.attributes)
@@ -26,18 +37,37 @@ def test_retain_prompts_never_ask_for_erased_or_target_concepts():
 
 
 def test_heldout_group_uses_only_heldout_templates():
-    plan = shapes_plan("dotted", samples=2)
+    plan = shapes_plan("dotted", size=PlanSize.quick(6))
     starts = tuple(t.split("{")[0] for t in HELDOUT_TEMPLATES)
     assert all(plan.cases[i].prompt.startswith(starts) for i in plan.groups()["forget/heldout"])
 
 
-def test_plans_are_deterministic():
-    assert shapes_plan("star", samples=2) == shapes_plan("star", samples=2)
+def test_prompts_and_seeds_are_stable_from_one_request_to_the_next():
+    """A retain concept keeps its (prompt, seed) pairs when another concept is erased, except for the prompts
+    that would name the newly erased one: the base's images of the rest come from the cache."""
+    first = shapes_plan("circle")
+    second = shapes_plan("striped", erased=("circle",))
+    square_first = {(c.prompt, c.seed) for c in first.cases if c.group.endswith("/square")}
+    square_second = {(c.prompt, c.seed) for c in second.cases if c.group.endswith("/square")}
+    assert not any("striped" in p for p, _ in square_second)
+    kept = {pair for pair in square_first if "striped" not in pair[0]}
+    assert kept and kept <= square_second
+    assert shapes_plan("star") == shapes_plan("star")
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"target": "teapot"}, {"target": "star", "erased": ("star",)}, {"target": "star", "samples": 0}]
+    "kwargs",
+    [{"target": "teapot"}, {"target": "star", "erased": ("star",)}, {"target": "star", "size": PlanSize.quick(0)}],
 )
 def test_bad_plans_are_refused(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(PlanError):
         shapes_plan(**kwargs)
+
+
+def test_the_erasing_templates_never_contain_a_heldout_evaluation_template():
+    assert not set(ERASE_TEMPLATES) & set(HELDOUT_TEMPLATES)
+    prompts = shapes_prompts("circle", synonyms=("disc",), per_concept=80, templates="erase", preserve_per_concept=12)
+    assert len(prompts.target) == len(set(prompts.target)) == 80
+    heldout_starts = tuple(t.split("{")[0] for t in HELDOUT_TEMPLATES)
+    assert not any(p.startswith(heldout_starts) for p in prompts.target + prompts.preserve)
+    assert all(a != t for a, t in zip(prompts.anchor, prompts.target))

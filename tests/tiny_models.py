@@ -59,14 +59,7 @@ def shapes_prompts_for(cfg):
     """The request prompts the shapes world builds for a config (what the pipeline hands the loop)."""
     from unlearning.shapes.world import ShapesWorld
 
-    return ShapesWorld().request_prompts(
-        cfg.concept,
-        synonyms=cfg.synonyms,
-        anchor=cfg.anchor,
-        preserve=cfg.preserve,
-        erased=cfg.erased,
-        per_concept=cfg.prompts_per_concept,
-    )
+    return ShapesWorld().request_prompts(cfg)
 
 
 def kv_names(unet) -> list[str]:

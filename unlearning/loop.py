@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from unlearning import domain
 from unlearning.attention import record_cross_attention, word_token_mask
 from unlearning.delta import apply_deltas, compute_delta, load_delta, save_delta
-from unlearning.files import save_torch, sha256_file, write_json
+from unlearning.files import replace_atomically, save_torch, sha256_file, write_json
 from unlearning.methods import DEFAULT_METHOD, REQUEST_OPTIONS, UnknownMethod, get_method
-from unlearning.methods.context import EditContext, StepContext
+from unlearning.methods.context import EditContext, EncodedPairs, StepContext
 from unlearning.parameters import (
     PARAMETER_SETS,
     add_lora,
@@ -35,11 +35,13 @@ from unlearning.parameters import (
     merge_lora,
     trainable_names,
 )
-from unlearning.prompts import RequestPrompts
+from unlearning.prompts import ConceptPairs, RequestPrompts
 
 DELTA_FILE = "delta.safetensors"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+LINEAGE_FILE = "lineage.safetensors"  # a closed form's per-concept terms, re-solved from at the next request
+LINEAGE_FORMAT = "lethe-lineage/1"
 
 
 class ConfigError(ValueError):
@@ -66,7 +68,9 @@ class UnlearnConfig:
     )
     checkpoint_every: int = 25
     seed: int = 0
-    prompts_per_concept: int = 24
+    prompts_per_concept: int | None = None  # target prompts; None: the method's (PROMPTS_PER_CONCEPT, else 24)
+    preserve_per_concept: int | None = None  # preserve prompts per other concept; None: the method's (else 2)
+    prompt_templates: str | None = None  # the world's template set: None: the method's (PROMPT_TEMPLATES, else "train")
     data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
     guidance_scale: float = 5.0
     compile: bool = False
@@ -76,11 +80,18 @@ class UnlearnConfig:
 
     def __post_init__(self) -> None:
         # resolved here, so the config record, the checkpoint and the delta header name the set trained
-        if self.params is None:
-            try:
-                object.__setattr__(self, "params", get_method(self.method).PARAMS)
-            except UnknownMethod:
-                pass  # validate() names it
+        try:
+            method = get_method(self.method)
+        except UnknownMethod:
+            return  # validate() names it
+        for name, attribute, default in (
+            ("params", "PARAMS", None),
+            ("prompts_per_concept", "PROMPTS_PER_CONCEPT", 24),
+            ("preserve_per_concept", "PRESERVE_PER_CONCEPT", 2),
+            ("prompt_templates", "PROMPT_TEMPLATES", "train"),
+        ):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(method, attribute, default))
 
     @classmethod
     def from_request(cls, request, *, erased: tuple[str, ...] = (), **operator) -> UnlearnConfig:
@@ -244,11 +255,51 @@ def _apply_finished(pipe, out_dir: Path, base_values: dict[str, torch.Tensor]) -
 
 
 def _encode(pipe, prompts: list[str]) -> torch.Tensor:
-    tokens = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    if not prompts:
+        dim = pipe.text_encoder.config.hidden_size
+        return torch.zeros(0, pipe.tokenizer.model_max_length, dim, device=pipe.device)
+    chunks = []
+    for start in range(0, len(prompts), 256):
+        tokens = pipe.tokenizer(
+            prompts[start : start + 256],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            chunks.append(pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].float())
+    return torch.cat(chunks)
+
+
+def _encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
+    """A concept's target/anchor prompt pairs as embeddings and word-token masks."""
+    length = pipe.tokenizer.model_max_length
+    return EncodedPairs(
+        pairs.concept,
+        _encode(pipe, pairs.target),
+        _encode(pipe, pairs.anchor),
+        word_token_mask(pipe.tokenizer, pairs.target, pairs.target_words, length).to(pipe.device),
+        word_token_mask(pipe.tokenizer, pairs.anchor, pairs.anchor_words, length).to(pipe.device),
     )
-    with torch.no_grad():
-        return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].float()
+
+
+def _save_lineage(path: Path, terms: dict[str, torch.Tensor], concepts: list[str]) -> dict:
+    """Write a closed form's lineage terms (safetensors, atomically); returns what the summary records."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in terms.items()}
+    replace_atomically(
+        path, lambda tmp: save_file(tensors, tmp, metadata={"format": LINEAGE_FORMAT, "concepts": json.dumps(concepts)})
+    )
+    return {"file": str(path), "sha256": sha256_file(path), "concepts": concepts}
+
+
+def load_lineage(path: Path) -> dict[str, torch.Tensor] | None:
+    """The lineage terms a closed-form step kept beside its delta (None when it kept none)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path)) if path.is_file() else None
 
 
 def run_unlearning(
@@ -262,6 +313,7 @@ def run_unlearning(
     cache_dir: Path | None = None,
     metadata: dict | None = None,
     progress: bool = True,
+    lineage: dict[str, torch.Tensor] | None = None,
 ) -> dict:
     """Train one unlearning step on `pipe` (the parent; its UNet is modified in place) and write
     `out_dir/delta.safetensors` (θ − θ_0 for the trained tensors) and `out_dir/summary.json`.
@@ -275,6 +327,8 @@ def run_unlearning(
         base_values: θ_0 — the *base* model's values of (at least) every UNet tensor the set trains,
             keyed by UNet state-dict name.
         model_sha: the parent's identity, keying the cache of its generated latents.
+        lineage: the parent version's lineage terms (`lineage.safetensors`), for a closed form that
+            re-solves from the base; the new version's are written beside its delta.
 
     Raises:
         ConfigError: an invalid config (nothing written).
@@ -357,19 +411,26 @@ def run_unlearning(
     # -- train (a closed-form method instead edits the trained tensors once)
     student.train()
     last: dict[str, float] = {}
+    lineage_record = None
     if closed_form:
-        last = method.edit(
-            EditContext(
-                trained=trained,
-                base_values=base,
-                target_embeds=target_embeds,
-                anchor_embeds=anchor_embeds,
-                target_tokens=target_tokens,
-                anchor_tokens=anchor_tokens,
-                preserve_embeds=keep_embeds,
-                hyper=cfg.hyper,
-            )
+        edit = EditContext(
+            trained=trained,
+            base_values=base,
+            target_embeds=target_embeds,
+            anchor_embeds=anchor_embeds,
+            target_tokens=target_tokens,
+            anchor_tokens=anchor_tokens,
+            preserve_embeds=_encode(pipe, prompts.preserve),
+            replay_embeds=_encode(pipe, prompts.replay),
+            hyper=cfg.hyper,
+            concept=cfg.concept,
+            earlier=tuple(_encode_pairs(pipe, pairs) for pairs in prompts.earlier),
+            lineage=lineage,
         )
+        last = method.edit(edit)
+        if edit.lineage_out is not None:
+            concepts = sorted({key.rsplit("::", 1)[0] for key in edit.lineage_out})
+            lineage_record = _save_lineage(out_dir / LINEAGE_FILE, edit.lineage_out, concepts)
     else:
         bar = tqdm(
             range(start, cfg.steps),
@@ -465,6 +526,7 @@ def run_unlearning(
         "final_terms": last,
         "seconds": round(time.perf_counter() - started, 2),
         "resumed_from_step": start,
+        "lineage": lineage_record,
         "prompts": {
             "target": prompts.target[:4],
             "anchor": prompts.anchor[:4],

@@ -15,6 +15,17 @@ GENERIC_TEMPLATES = ("{}", "a picture of {}", "a photo of {}", "an image of {}")
 
 
 @dataclass(frozen=True)
+class ConceptPairs:
+    """Prompts naming one concept, each paired with the prompt that names its anchor instead."""
+
+    concept: str
+    target: list[str]
+    anchor: list[str]
+    target_words: list[str]  # the word used in each target prompt
+    anchor_words: list[str]
+
+
+@dataclass(frozen=True)
 class RequestPrompts:
     target: list[str]  # prompts naming the target (or a synonym)
     anchor: list[str]  # the same prompts with the target word replaced by the anchor
@@ -22,6 +33,7 @@ class RequestPrompts:
     anchor_words: list[str]
     preserve: list[str]  # related, non-target concepts, distilled from the parent
     replay: list[str]  # prompts of concepts erased earlier, distilled from the parent (no rebound)
+    earlier: tuple[ConceptPairs, ...] = ()  # target/anchor pairs of every concept erased earlier (closed forms)
 
 
 def replace_word(prompt: str, word: str, replacement: str) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from unlearning.evaluation.plan import EvaluationPlan
+from unlearning.evaluation.plan import EvaluationPlan, PlanSize
 from unlearning.prompts import RequestPrompts, open_prompts
 
 if TYPE_CHECKING:  # the judges need torch; knowing a world's vocabulary does not
@@ -33,19 +33,13 @@ class World(Protocol):
 
     def known(self, concept: str) -> bool: ...
 
-    def request_prompts(
-        self,
-        concept: str,
-        *,
-        synonyms: tuple[str, ...],
-        anchor: str | None,
-        preserve: tuple[str, ...],
-        erased: tuple[str, ...],
-        per_concept: int,
-    ) -> RequestPrompts: ...
+    def request_prompts(self, config) -> RequestPrompts:
+        """The prompt sets of one request: `config` names the concept, synonyms, anchor, preserve and erased
+        concepts, `prompts_per_concept`, `preserve_per_concept` and `prompt_templates` (an UnlearnConfig)."""
+        ...
 
     def plan(
-        self, target: str | None, *, synonyms: tuple[str, ...], erased: tuple[str, ...], samples: int
+        self, target: str | None, *, synonyms: tuple[str, ...], erased: tuple[str, ...], size: PlanSize
     ) -> EvaluationPlan: ...
 
     def judges(self) -> tuple[Judge, ...]: ...
@@ -60,14 +54,17 @@ class OpenWorld:
     def known(self, concept: str) -> bool:
         return True
 
-    def request_prompts(
-        self, concept: str, *, synonyms=(), anchor=None, preserve=(), erased=(), per_concept=24
-    ) -> RequestPrompts:
+    def request_prompts(self, config) -> RequestPrompts:
         return open_prompts(
-            concept, synonyms=synonyms, anchor=anchor, preserve=preserve, erased=erased, per_concept=per_concept
+            config.concept,
+            synonyms=config.synonyms,
+            anchor=config.anchor,
+            preserve=config.preserve,
+            erased=config.erased,
+            per_concept=config.prompts_per_concept,
         )
 
-    def plan(self, target, *, synonyms=(), erased=(), samples=6) -> EvaluationPlan:
+    def plan(self, target, *, synonyms=(), erased=(), size=PlanSize()) -> EvaluationPlan:
         raise NoJudge("this base model has no judge configured: its candidates cannot be evaluated or gated")
 
     def judges(self) -> tuple[Judge, ...]:

@@ -19,33 +19,41 @@ from flows.cli.common import (
 from flows.cli.requests import announce, read_requests_file, submit_requests
 from pipeline.markdown import bound_text
 
-# The metrics the run table shows for each request (all of them are in the report and in --json).
+# The metrics the run table shows for each request (all of them are in the report and in --json):
+# UA where the base draws the target (erased/n), and retained accuracy relative to the base.
 RUN_COLUMNS = (
-    ("UA gate", "forget.gate.ua"),
-    ("UA syn", "forget.synonyms.ua"),
-    ("IRA", "retain.ira.relative"),
-    ("CRA", "retain.cra.relative"),
+    ("UA gate", "forget.gate.where_base_draws"),
+    ("UA held-out", "forget.heldout.where_base_draws"),
+    ("UA syn.", "forget.synonyms.where_base_draws"),
+    ("IRA x", "retain.ira.relative"),
+    ("CRA x", "retain.cra.relative"),
 )
+CELL = 13
+
+
+def _cell(metrics: dict, key: str) -> str:
+    if f"{key}.n" in metrics:  # a rate: its value and its counts
+        return f"{metrics[f'{key}.ua']:.2f} {int(metrics[f'{key}.k'])}/{int(metrics[f'{key}.n'])}"
+    return f"{metrics[key]:.3f}" if key in metrics else "-"
 
 
 def _print_run(payload: dict) -> None:
     print(
-        f"{'request':28s} {'concept':10s} {'parent':>6s} {'cand.':>5s}  "
-        + " ".join(f"{name:>7s}" for name, _ in RUN_COLUMNS)
+        f"{'request':22s} {'concept':9s} {'parent':>6s} {'cand.':>5s} "
+        + " ".join(f"{name:>{CELL}s}" for name, _ in RUN_COLUMNS)
         + "  state"
     )
     for r in payload["requests"]:
         metrics = r.get("metrics", {})
-        cells = [metrics.get(key) for _, key in RUN_COLUMNS]
-        shown = " ".join(f"{c:7.2f}" if isinstance(c, float) else f"{'-':>7s}" for c in cells)
+        shown = " ".join(f"{_cell(metrics, key):>{CELL}s}" for _, key in RUN_COLUMNS)
         reasons = f" ({'; '.join(r['gate_reasons'])})" if r.get("gate_reasons") and r["state"] == "rejected" else ""
         print(
-            f"{r['id']:28s} {r['concept']:10s} {str(r.get('parent_version')):>6s} "
-            f"{str(r.get('candidate_version')):>5s}  "
+            f"{r['id']:22s} {r['concept']:9s} {str(r.get('parent_version')):>6s} "
+            f"{str(r.get('candidate_version')):>5s} "
             f"{shown}  {r['state']}{reasons}" + (f" ({r['error']})" if r.get("error") else "")
         )
         if r.get("report"):
-            print(f"{'':28s} report: {r['report']}")
+            print(f"{'':22s} report: {r['report']}")
     prod = payload["production"]
     print(
         f"production: {'none' if prod['version'] is None else 'version ' + str(prod['version'])}; erased: "

@@ -122,15 +122,29 @@ def _prompts_from_file(path_text: str) -> list[str]:
 def print_evaluation(payload: dict, html_path, probes=()) -> None:
     """The evaluation's headline numbers, one line each (the report has everything)."""
     checks = payload["checks"]
-    if "forget" in checks:
-        print("forget UA      " + "  ".join(f"{k} {v['ua']:.3f}" for k, v in checks["forget"].items()))
-    for concept, value in checks.get("rebound", {}).items():
-        print(f"rebound UA     {concept} {value['ua']:.3f}")
+
+    def number(value, spec: str = ".2f") -> str:  # the payload is JSON: an undefined number is None
+        return "-" if value is None else format(value, spec)
+
+    def ua(entry: dict) -> str:  # UA where the base draws the concept, with its counts and Wilson interval
+        drawn = entry["where_base_draws"]
+        low, high = drawn["wilson"]
+        return f"{number(drawn['ua'], '.3f')} ({drawn['k']}/{drawn['n']}, 95% [{number(low)}, {number(high)}])"
+
+    for kind, entry in checks.get("forget", {}).items():
+        print(f"forget UA      {kind:9s} {ua(entry)}   all images {number(entry['ua'], '.3f')} of {entry['n']}")
+    for concept, entry in checks.get("rebound", {}).items():
+        print(f"rebound UA     {concept:9s} {ua(entry)}")
     retain = checks["retain"]
-    print(
-        f"retain         IRA {retain['ira']['accuracy']:.3f} ({retain['ira']['relative']:.3f} x base)  "
-        f"CRA {retain['cra']['accuracy']:.3f} ({retain['cra']['relative']:.3f} x base)"
-    )
+
+    def relative(entry: dict) -> str:
+        low, high = entry["relative_bootstrap"]
+        return (
+            f"{number(entry['accuracy'], '.3f')} ({number(entry['relative'], '.3f')} x base, "
+            f"95% [{number(low)}, {number(high)}], n {entry['n']})"
+        )
+
+    print(f"retain         IRA {relative(retain['ira'])}  CRA {relative(retain['cra'])}")
     print(
         f"retention      distance {checks['retention']['distance']:.4f}   "
         f"FID {checks['fid']['fid']:.3f}  KID {checks['fid']['kid']:.4f}"
@@ -174,9 +188,38 @@ def _candidate_and_base(config, model: str | None):
     return candidate, load_model(base_model), base_sha
 
 
+def _plan_size(config, args, samples_flag: str):
+    """The plan's size: `--samples N` makes every set N images (a quick look); `--forget-images` /
+    `--retain-images` set one kind; the rest come from the settings."""
+    from unlearning.evaluation.plan import PlanSize
+
+    quick = getattr(args, samples_flag.replace("-", "_"))
+    for name, value in (
+        (samples_flag, quick),
+        ("forget-images", args.forget_images),
+        ("retain-images", args.retain_images),
+    ):
+        in_range(name, value, 1, 600)
+    return PlanSize(
+        forget_images=args.forget_images or quick or config.eval_forget_images,
+        retain_images=args.retain_images or quick or config.eval_retain_images,
+    )
+
+
+def _add_size_options(p, samples_flag: str) -> None:
+    p.add_argument(
+        f"--{samples_flag}", type=int, default=None, help="images in every set: a quick look (the gate refuses too few)"
+    )
+    p.add_argument("--forget-images", type=int, default=None, help="images per forget/rebound set (default: settings)")
+    p.add_argument("--retain-images", type=int, default=None, help="images per retained concept (default: settings)")
+
+
+PROBE_IMAGES = 6  # images per probe prompt (--prompt) unless --samples says
+
+
 def cmd_evaluate(args) -> int:
     config = settings()
-    in_range("samples", args.samples, 1, 256)
+    size = _plan_size(config, args, "samples")
     prompts = list(args.prompt or []) + (_prompts_from_file(args.prompts_file) if args.prompts_file else [])
     if any(not p.strip() for p in prompts):
         raise BadInput("a prompt is empty")
@@ -198,7 +241,7 @@ def cmd_evaluate(args) -> int:
             config,
             gate=bool(args.policy or args.target),
             policy_path=args.policy,
-            samples=args.samples,
+            size=size,
             sampler=sampler,
         )
         evaluator.plan(args.target, synonyms=tuple(args.synonym or ()), erased=tuple(args.erased or ()))  # refuse early
@@ -214,12 +257,13 @@ def cmd_evaluate(args) -> int:
         raise BadInput(str(error)) from None
     probes = []
     if prompts:
-        seeds = [900_000 + k for _ in prompts for k in range(args.samples)]
-        expanded = [p for p in prompts for _ in range(args.samples)]
+        per_prompt = args.samples or PROBE_IMAGES
+        seeds = [900_000 + k for _ in prompts for k in range(per_prompt)]
+        expanded = [p for p in prompts for _ in range(per_prompt)]
         images = generate(
             candidate.pipe, expanded, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"]
         )
-        probes = probe_prompts(evaluator.world.judges()[0], prompts, images, args.samples)
+        probes = probe_prompts(evaluator.world.judges()[0], prompts, images, per_prompt)
     label = args.model or config.base_model
     extra = {
         "model": label,
@@ -258,12 +302,7 @@ def evaluate_parser(commands) -> None:
     p.add_argument("--erased", action="append", help="a concept erased earlier (repeatable): rebound check")
     p.add_argument("--prompt", action="append", help="probe this prompt too (repeatable)")
     p.add_argument("--prompts-file", default=None, help="probe prompts, one per line")
-    p.add_argument(
-        "--samples",
-        type=int,
-        default=None,
-        help="images per concept and per probe prompt (default: settings.eval_samples)",
-    )
+    _add_size_options(p, "samples")
     p.add_argument(
         "--policy", default=None, help="gate policy YAML (default: settings.policy, or the shipped one, when --target)"
     )
@@ -320,7 +359,7 @@ def cmd_unlearn(args) -> int:
         and not (out / SUMMARY_FILE).is_file()
     ):
         raise BadInput(f"{out}: is not empty; choose another --out (a folder with a checkpoint resumes)")
-    in_range("eval-samples", args.eval_samples, 1, 256)
+    size = _plan_size(config, args, "eval-samples")
 
     from pipeline.evaluate import evaluate_model
     from pipeline.evaluator import Evaluator
@@ -329,7 +368,7 @@ def cmd_unlearn(args) -> int:
 
     try:
         unlearn_config.validate()
-        evaluator = Evaluator.from_settings(config, samples=args.eval_samples)
+        evaluator = Evaluator.from_settings(config, size=size)
     except model_refusals() as error:
         raise BadInput(str(error)) from None
     loaded = _load(config, args.model)
@@ -406,12 +445,7 @@ def unlearn_parser(commands) -> None:
         default=None,
         help="the parent: 'shapes', a diffusers folder, an unlearn --out folder, or models:/...",
     )
-    p.add_argument(
-        "--eval-samples",
-        type=int,
-        default=None,
-        help="images per concept in the evaluation (default: settings.eval_samples)",
-    )
+    _add_size_options(p, "eval-samples")
     p.add_argument("--out", required=True, help="output folder (new or empty; a folder with a checkpoint resumes)")
     add_json(p)
     p.set_defaults(func=cmd_unlearn)

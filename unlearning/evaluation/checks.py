@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unlearning.evaluation import stats
 from unlearning.evaluation.plan import EvaluationPlan
 
 
@@ -158,8 +159,10 @@ def _relative(value: float, base_value: float) -> float:
     return value / base_value if base_value > 0 else 1.0
 
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
+def _rename(rate: dict, name: str) -> dict:
+    """A stats.rate dict with its rate under `name` ("ua", "accuracy")."""
+    rate = dict(rate)
+    return {name: rate.pop("rate"), **rate}
 
 
 def judge_agreement(plan: EvaluationPlan, first: Judge, second: Judge, first_probs: dict, images: np.ndarray) -> dict:
@@ -186,7 +189,7 @@ def judge_agreement(plan: EvaluationPlan, first: Judge, second: Judge, first_pro
     forget = [i for i, c in enumerate(plan.cases) if c.group.startswith("forget/")]
     if forget:
         out["forget_disagreement"] = float((first_hits[forget] != second_hits[forget]).mean())
-        out["forget_images"] = len(forget)
+        out["n"] = len(forget)  # the forget images the disagreement rests on
     return out
 
 
@@ -210,41 +213,55 @@ def run_checks(
     base_rates = detection_by_group(plan, base_probs, judge.heads)
     results: dict = {"groups": {g: {"detection": cand_rates[g], "base_detection": base_rates[g]} for g in cand_rates}}
 
-    if plan.target:
-        results["forget"] = {
-            kind: {"ua": 1.0 - cand_rates[f"forget/{kind}"], "base_ua": 1.0 - base_rates[f"forget/{kind}"]}
-            for kind in ("gate", "heldout", "synonyms")
-        }
-    results["rebound"] = {c: {"ua": 1.0 - cand_rates[f"rebound/{c}"]} for c in plan.erased}
-    if plan.erased:
-        results["rebound_min_ua"] = min(v["ua"] for v in results["rebound"].values())
+    cand_hits, base_hits = hits(plan, cand_probs, judge.heads), hits(plan, base_probs, judge.heads)
+    prompts = np.array([c.prompt for c in plan.cases])
+    groups = plan.groups()
 
-    per_concept, ira, cra, ira_base, cra_base = {}, [], [], [], []
-    for group, rate in cand_rates.items():
-        if not group.startswith("retain/"):
-            continue
-        _, kind, concept = group.split("/")
-        base_rate = base_rates[group]
-        per_concept[concept] = {
-            "accuracy": rate,
-            "base_accuracy": base_rate,
-            "relative": _relative(rate, base_rate),
-            "kind": kind,
+    def unlearning_accuracy(group: str) -> dict:
+        """UA of a forget or rebound set, and UA where the base draws the concept (Six-CD's filter):
+        there, a miss is erasure, not the base's own miss."""
+        idx = np.array(groups[group], dtype=int)
+        erased = 1.0 - cand_hits[idx]
+        overall = stats.rate(erased, prompts[idx])
+        drawn = idx[base_hits[idx] == 1]
+        return {
+            "ua": overall.pop("rate"),
+            **overall,
+            "base_ua": float(1.0 - base_hits[idx].mean()),
+            "where_base_draws": _rename(stats.rate(1.0 - cand_hits[drawn], prompts[drawn]), "ua"),
         }
-        (ira if kind == "in" else cra).append(rate)
-        (ira_base if kind == "in" else cra_base).append(base_rate)
+
+    if plan.target:
+        results["forget"] = {kind: unlearning_accuracy(f"forget/{kind}") for kind in ("gate", "heldout", "synonyms")}
+    results["rebound"] = {c: unlearning_accuracy(f"rebound/{c}") for c in plan.erased}
+    if plan.erased:
+        results["rebound_min_ua"] = min(v["where_base_draws"]["ua"] for v in results["rebound"].values())
+
+    def retained(idx: np.ndarray) -> dict:
+        """Accuracy of the candidate and of the base on the same images, and the candidate's relative to the
+        base with a paired bootstrap interval over prompts."""
+        accuracy = stats.rate(cand_hits[idx], prompts[idx])
+        return {
+            "accuracy": accuracy.pop("rate"),
+            **accuracy,
+            "base_accuracy": float(base_hits[idx].mean()),
+            "relative": stats.ratio_of_means(cand_hits[idx], base_hits[idx]),
+            "relative_bootstrap": list(
+                stats.cluster_bootstrap_interval(
+                    cand_hits[idx], prompts[idx], statistic=stats.ratio_of_means, paired=base_hits[idx]
+                )
+            ),
+        }
+
+    per_concept, by_kind = {}, {"in": [], "cross": []}
+    for group, indices in groups.items():
+        if group.startswith("retain/"):
+            _, kind, concept = group.split("/")
+            per_concept[concept] = {**retained(np.array(indices, dtype=int)), "kind": kind}
+            by_kind[kind] += indices
     results["retain"] = {
         "per_concept": per_concept,
-        "ira": {
-            "accuracy": _mean(ira),
-            "base_accuracy": _mean(ira_base),
-            "relative": _relative(_mean(ira), _mean(ira_base)),
-        },
-        "cra": {
-            "accuracy": _mean(cra),
-            "base_accuracy": _mean(cra_base),
-            "relative": _relative(_mean(cra), _mean(cra_base)),
-        },
+        **{name: retained(np.array(by_kind[kind], dtype=int)) for name, kind in (("ira", "in"), ("cra", "cross"))},
     }
     relatives = [v["relative"] for v in per_concept.values() if not np.isnan(v["relative"])]
     results["retain"]["min_concept_relative"] = min(relatives) if relatives else float("nan")
@@ -252,10 +269,15 @@ def run_checks(
     retain_idx = [i for i, c in enumerate(plan.cases) if c.group.startswith("retain/")]
     cand_retain, base_retain = candidate_images[retain_idx], base_images[retain_idx]
     distances = perceptual_distance(judge, cand_retain, base_retain)
-    results["retention"] = {"distance": float(distances.mean()), "backbone": "detector-features"}
+    results["retention"] = {
+        "distance": float(distances.mean()),
+        "n": len(retain_idx),
+        "backbone": "detector-features",
+        "bootstrap": list(stats.cluster_bootstrap_interval(distances, prompts[retain_idx])),
+    }
     if lpips_distance is not None:
         results["retention"]["lpips_alex"] = float(lpips_distance(cand_retain, base_retain).mean())
-    results["fid"] = fid_kid(judge.embeddings(cand_retain), judge.embeddings(base_retain))
+    results["fid"] = {**fid_kid(judge.embeddings(cand_retain), judge.embeddings(base_retain)), "n": len(retain_idx)}
     results["alignment"] = {
         "candidate": alignment(plan, cand_probs, judge.heads),
         "base": alignment(plan, base_probs, judge.heads),

@@ -45,8 +45,11 @@ def evaluate(
     When the candidate *is* the base (same object), its images are the base's: a model compared with
     itself must give distance 0 and FID 0, and costs one sampling pass.
     """
-    prompts = [c.prompt for c in plan.cases]
-    seeds = [c.seed for c in plan.cases]
+    # Two sets may share an image (a ring with a dotted pattern retains both): sample each pair once.
+    pairs = list(dict.fromkeys((c.prompt, c.seed) for c in plan.cases))
+    where = {pair: i for i, pair in enumerate(pairs)}
+    rows = np.array([where[(c.prompt, c.seed)] for c in plan.cases])
+    prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
     started = time.perf_counter()
     base_images, generated = generate_cached(
         base_pipe, prompts, seeds, model_sha256=base_sha256, sampler=sampler, cache=cache
@@ -58,6 +61,7 @@ def evaluate(
         candidate_images = generate(
             candidate_pipe, prompts, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"]
         )
+    base_images, candidate_images = base_images[rows], candidate_images[rows]
     sample_seconds = time.perf_counter() - started - base_seconds
     results = run_checks(
         plan,
@@ -75,6 +79,7 @@ def evaluate(
         "base_images_cached": len(prompts) - generated,
         "candidate_seconds": round(sample_seconds, 2),
         "total_seconds": round(time.perf_counter() - started, 2),
-        "images": len(prompts),
+        "images": len(plan.cases),
+        "unique_images": len(prompts),
     }
     return Evaluation(plan, results, decision, candidate_images, base_images, timings)

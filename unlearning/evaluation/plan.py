@@ -8,7 +8,10 @@ Groups (DESIGN.md, "Evaluation and gates"):
 - `retain/in/<c>`   every other concept of the target's domain (in-domain retain, IRA);
 - `retain/cross/<c>` every concept of the other domain (cross-domain retain, CRA).
 
-A world builds its plans (the shapes world: unlearning/shapes/plan.py); the checks only read them.
+Every set is a number of phrasings (distinct prompts) times a few seeds each, so that a rate rests on
+enough images to decide (a one-sided test of "UA > 0.85" needs about 60: unlearning/evaluation/stats.py)
+and an interval can resample whole prompts. A world builds its plans (the shapes world:
+unlearning/shapes/plan.py); the checks only read them.
 """
 
 from __future__ import annotations
@@ -17,12 +20,32 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class PlanSize:
+    """How many images each kind of set holds (each a number of phrasings x `seeds_per_prompt`)."""
+
+    forget_images: int = 60  # per forget set (gate, held-out, synonyms) and per rebound set: 20 phrasings x 3 seeds
+    retain_images: int = 24  # per retained concept: 8 phrasings x 3 seeds
+    seeds_per_prompt: int = 3
+    seed_offset: int = 0  # other seeds for the same prompts (the noise floor: the base against itself)
+
+    def phrasings(self, images: int) -> tuple[int, int]:
+        """(phrasings, seeds each) for a set of about `images` images (at least one of each)."""
+        seeds = max(1, min(self.seeds_per_prompt, images))
+        return max(1, -(-images // seeds)), seeds
+
+    @classmethod
+    def quick(cls, images: int) -> PlanSize:
+        """Every set `images` images (a quick look; a gate refuses to decide on too few)."""
+        return cls(forget_images=images, retain_images=images)
+
+
+@dataclass(frozen=True)
 class PromptCase:
     group: str  # e.g. "forget/gate", "rebound/star", "retain/in/square"
     concept: str  # the concept this case measures (canonical name)
     domain: str  # the judge's head that judges it (shapes: "object" or "style")
     attributes: tuple[tuple[str, str], ...]  # (head, class) of every attribute the prompt names
-    prompt: str
+    prompt: str  # also the cluster of the bootstrap: images of one prompt are correlated
     seed: int
 
 
@@ -31,7 +54,7 @@ class EvaluationPlan:
     target: str | None
     synonyms: tuple[str, ...]
     erased: tuple[str, ...]
-    samples: int
+    size: PlanSize
     cases: tuple[PromptCase, ...]
 
     def groups(self) -> dict[str, list[int]]:

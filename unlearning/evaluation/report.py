@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def evaluation_payload(evaluation: Evaluation, extra: dict | None = None) -> dic
                 "target": plan.target,
                 "synonyms": list(plan.synonyms),
                 "erased": list(plan.erased),
-                "samples": plan.samples,
+                "size": asdict(plan.size),
                 "images": len(plan.cases),
             },
             "checks": evaluation.results,
@@ -54,6 +55,15 @@ def evaluation_payload(evaluation: Evaluation, extra: dict | None = None) -> dic
             **(extra or {}),
         }
     )
+
+
+GRID_COLUMNS = 20  # phrasings shown per group (every number in the table rests on all of them)
+
+
+def _interval(interval) -> str:
+    if not interval or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in interval):
+        return "—"
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def _group_grid(evaluation: Evaluation, indices: list[int], scale: int = 3):
@@ -72,7 +82,8 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
     figures = []
     for group, indices in evaluation.plan.groups().items():
         name = group.replace("/", "-") + ".png"
-        _group_grid(evaluation, indices).save(folder / "grids" / name)
+        shown = indices[:: evaluation.plan.size.seeds_per_prompt][:GRID_COLUMNS]  # first seed of each phrasing
+        _group_grid(evaluation, shown).save(folder / "grids" / name)
         cases = [evaluation.plan.cases[i] for i in indices]
         rates = evaluation.results["groups"][group]
         prompts = "<br>".join(html.escape(c.prompt) for c in cases[:3]) + (" …" if len(cases) > 3 else "")
@@ -91,7 +102,8 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
         banner = f'<div class="banner {"pass" if decision.passed else "fail"}">Gate {verdict}</div>'
         rows = "".join(
             f'<tr class="{"pass" if c.passed else "fail"}"><td>{html.escape(c.metric)}</td>'
-            f"<td>{'—' if c.value is None else f'{c.value:.4f}'}</td>"
+            f"<td>{'—' if c.value is None else f'{c.value:.4f}'}</td><td>{_interval(c.interval)}</td>"
+            f"<td>{'—' if c.n is None else c.n}</td>"
             f"<td>{'' if c.min is None else '≥ ' + str(c.min)} {'' if c.max is None else '≤ ' + str(c.max)}</td>"
             f'<td class="verdict">{"pass" if c.passed else "fail"}</td><td>{html.escape(c.reason)}</td></tr>'
             for c in decision.checks
@@ -101,12 +113,15 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
 <style>{_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Target: <b>{html.escape(plan.target or "—")}</b>; erased earlier: {html.escape(", ".join(plan.erased) or "—")};
-{plan.samples} samples per concept, {len(plan.cases)} images per model;
+{plan.size.forget_images} images per forget and rebound set, {plan.size.retain_images} per retained concept
+({plan.size.seeds_per_prompt} seeds per prompt), {len(plan.cases)} images per model;
 base images: {evaluation.timings["base_images_cached"]} cached,
 {evaluation.timings["base_images_generated"]} generated.</p>
 {banner}
 <h2>Checks</h2>
-<table><tr><th>metric</th><th>value</th><th>bound</th><th>verdict</th><th>reason</th></tr>{rows}</table>
+<table><tr><th>metric</th><th>value</th><th>95 % interval</th><th>n</th><th>bound</th><th>verdict</th>
+<th>reason</th></tr>
+{rows}</table>
 <h2>Base (top row) vs candidate (bottom row), same prompts and seeds</h2>
 {"".join(figures)}
 <p>All numbers: <a href="evaluation.json">evaluation.json</a></p>

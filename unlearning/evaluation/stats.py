@@ -97,9 +97,9 @@ def cluster_bootstrap_interval(
 
 def ratio_of_means(candidate: np.ndarray, base: np.ndarray) -> float:
     """mean(candidate) / mean(base); 1.0 when the base never shows the concept (nothing could erode)."""
-    base_mean = float(np.mean(base)) if len(base) else float("nan")
-    if math.isnan(base_mean):
+    if len(base) == 0 or len(candidate) == 0:
         return float("nan")
+    base_mean = float(np.mean(base))
     return float(np.mean(candidate)) / base_mean if base_mean > 0 else 1.0
 
 

@@ -11,7 +11,12 @@ Every method module has the same record:
 
 The methods: `duge` (Lethe's decremental step), `esd-x` / `esd-u` (ESD negative guidance on
 cross-attention / on the other weights, Gandikota 2023), `ablation` (Concept Ablation, Kumari 2023),
-`rgd` (restricted gradient, Ko 2024), `uce` (Unified Concept Editing, Gandikota 2024).
+`rgd` (restricted gradient, Ko 2024), `uce` (Unified Concept Editing, Gandikota 2024), `continual-uce`
+(UCE over every aligned token of many phrasings, re-solved from the base with the lineage's terms at
+every request, hardened with RECE's adversarial embeddings).
+
+A method may also set `PROMPTS_PER_CONCEPT`, `PRESERVE_PER_CONCEPT` and `PROMPT_TEMPLATES` (the
+world's template set), the defaults of the config fields of the same names.
 
 This module imports no torch: the ledger and `lethe submit` know the names without loading a model.
 """
@@ -29,6 +34,7 @@ _MODULES = {
     "ablation": "ablation",
     "rgd": "rgd",
     "uce": "uce",
+    "continual-uce": "continual_uce",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_MODULES)
 DEFAULT_METHOD = "duge"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,5 +45,21 @@ class EditContext:
     anchor_embeds: torch.Tensor  # c_anc: the same prompts with the target replaced by the anchor
     target_tokens: torch.Tensor  # (B, T) bool, tokens of the target word
     anchor_tokens: torch.Tensor  # (B, T) bool, tokens of the anchor word
-    preserve_embeds: torch.Tensor  # (P, T, D): preserve and replay prompts
+    preserve_embeds: torch.Tensor  # (P, T, D): preserve prompts (retained concepts)
+    replay_embeds: torch.Tensor  # (R, T, D): prompts of the concepts erased earlier
     hyper: dict
+    concept: str = ""  # the target's name (closed forms that keep terms per concept)
+    earlier: tuple[EncodedPairs, ...] = ()  # target/anchor pairs of each concept erased earlier
+    lineage: dict[str, torch.Tensor] | None = None  # the parent version's lineage terms, if it kept any
+    lineage_out: dict[str, torch.Tensor] | None = field(default=None)  # set by an edit that keeps lineage terms
+
+
+@dataclass
+class EncodedPairs:
+    """One concept's target/anchor prompt pairs, encoded: what a closed form pairs token by token."""
+
+    concept: str
+    target_embeds: torch.Tensor
+    anchor_embeds: torch.Tensor
+    target_tokens: torch.Tensor
+    anchor_tokens: torch.Tensor

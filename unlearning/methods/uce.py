@@ -98,7 +98,9 @@ def edit(ctx: EditContext) -> dict[str, float]:
     if others:
         raise ValueError(f"UCE edits attn2 to_k/to_v weights only, not {', '.join(others[:3])}")
     keys, anchors = aligned_pairs(ctx.target_embeds, ctx.anchor_embeds, ctx.target_tokens, ctx.anchor_tokens)
-    preserve = ctx.preserve_embeds.reshape(-1, ctx.preserve_embeds.shape[-1])
+    # the parent's images of earlier concepts are kept as they are (already erased in the parent)
+    kept = torch.cat([ctx.preserve_embeds, ctx.replay_embeds])
+    preserve = kept.reshape(-1, kept.shape[-1])
     erase_before = erase_after = drift = preserved = 0.0
     for weight in ctx.trained.values():
         old = weight.detach().clone()

@@ -1,47 +1,40 @@
 """The shapes world's evaluation plans (the groups are those of unlearning/evaluation/plan.py).
 
-Without a target, every concept is a retain case (a plain quality check of a model). The attributes
-a case does not test are drawn from concepts that are neither the target nor erased, so a retain
-prompt never asks for something the model was told to forget.
+Each set is drawn as distinct phrasings x seeds (unlearning/shapes/prompts.py `phrasings`: template,
+word, other attribute and colour from one fixed, seeded order of every combination), filtered to
+those that ask for no avoided concept (the target and every concept erased earlier): so a retain
+prompt never asks for something the model was told to forget, and the prompts of a concept change
+from one request to the next only where they would name a newly erased concept. Seeds are a digest
+of (prompt, index), so the same prompt and seed come back in every plan and the base model's images
+come from the cache.
+
+- forget/gate: the target named as requested, training templates;
+- forget/heldout: held-out templates (never seen in training), the target's name;
+- forget/synonyms: the target's synonyms (requested and the vocabulary's), every template;
+- rebound/<c>: each concept erased earlier, named or by a synonym, every template;
+- retain/in|cross/<c>: every other concept, training templates.
+
+Without a target, every concept is a retain case (a plain quality check of a model).
 """
 
 from __future__ import annotations
 
-from unlearning.evaluation.plan import EvaluationPlan, PromptCase
-from unlearning.shapes.vocabulary import (
-    COLOUR_NAMES,
-    DOMAINS,
-    HELDOUT_TEMPLATES,
-    SYNONYMS,
-    TRAIN_TEMPLATES,
-    Scene,
-    canonical,
-    caption,
-    domain_of,
-)
+import hashlib
+
+from unlearning.evaluation.plan import EvaluationPlan, PlanSize, PromptCase
+from unlearning.shapes.prompts import phrasings
+from unlearning.shapes.vocabulary import DOMAINS, HELDOUT_TEMPLATES, SYNONYMS, TRAIN_TEMPLATES, canonical, domain_of
 
 PLAN_SEED = 700_000_000  # evaluation seeds live far from training seeds
 
 
 class PlanError(ValueError):
-    """An evaluation that cannot be planned: an unknown concept, a target also erased, no samples."""
+    """An evaluation that cannot be planned: an unknown concept, a target also erased, no images."""
 
 
-def _scene_for(concept: str, domain: str, k: int, avoid: set[str]) -> Scene:
-    """A scene showing `concept`, other attributes rotating through allowed concepts and colours."""
-    other_domain = "style" if domain == "object" else "object"
-    others = [c for c in DOMAINS[other_domain] if c not in avoid] or list(DOMAINS[other_domain])
-    other = others[k % len(others)]
-    colour = COLOUR_NAMES[(k * 5 + len(concept)) % len(COLOUR_NAMES)]
-    return Scene(concept, other, colour) if domain == "object" else Scene(other, concept, colour)
-
-
-def _prompt(scene: Scene, template: str, domain: str, word: str | None = None) -> str:
-    if word is None:
-        return caption(scene, template)
-    return (
-        caption(scene, template, object_word=word) if domain == "object" else caption(scene, template, style_word=word)
-    )
+def case_seed(prompt: str, index: int) -> int:
+    """The seed of image `index` of a prompt: the same in every plan that asks for this prompt."""
+    return PLAN_SEED + int(hashlib.sha256(f"{prompt}|{index}".encode()).hexdigest()[:8], 16) % 100_000_000
 
 
 def validate_concepts(target: str | None, erased: tuple[str, ...]) -> None:
@@ -59,40 +52,54 @@ def validate_concepts(target: str | None, erased: tuple[str, ...]) -> None:
 
 
 def shapes_plan(
-    target: str | None = None, *, synonyms: tuple[str, ...] = (), erased: tuple[str, ...] = (), samples: int = 6
+    target: str | None = None,
+    *,
+    synonyms: tuple[str, ...] = (),
+    erased: tuple[str, ...] = (),
+    size: PlanSize = PlanSize(),
 ) -> EvaluationPlan:
     """Build the evaluation plan for the shapes world.
 
     Raises:
-        PlanError: an unknown concept, a target also listed as erased, or samples < 1.
+        PlanError: an unknown concept, a target also listed as erased, or a set of no images.
     """
-    if samples < 1:
-        raise PlanError("samples must be at least 1")
+    if size.forget_images < 1 or size.retain_images < 1:
+        raise PlanError("every set needs at least one image")
     validate_concepts(target, erased)
     target_name = canonical(target) if target else None
-    erased_names = tuple(canonical(c) for c in erased)
+    erased_names = tuple(dict.fromkeys(canonical(c) for c in erased))
     avoid = set(erased_names) | ({target_name} if target_name else set())
     cases: list[PromptCase] = []
 
-    def add(group: str, concept: str, domain: str, templates: tuple[str, ...], words: list[str | None]) -> None:
-        for k in range(samples):
-            scene = _scene_for(concept, domain, k, avoid)
-            prompt = _prompt(scene, templates[k % len(templates)], domain, words[k % len(words)])
+    def add(group: str, concept: str, words: list[str], templates: tuple[str, ...], images: int) -> None:
+        count, seeds = size.phrasings(images)
+        for phrasing in phrasings(concept, words, templates, count, avoid):
+            scene, prompt = phrasing.scene, phrasing.prompt
             attributes = (("object", scene.object), ("style", scene.style), ("colour", scene.colour))
-            cases.append(PromptCase(group, concept, domain, attributes, prompt, PLAN_SEED + len(cases)))
+            for index in range(seeds):
+                cases.append(
+                    PromptCase(
+                        group,
+                        concept,
+                        domain_of(concept),
+                        attributes,
+                        prompt,
+                        case_seed(prompt, size.seed_offset + index),
+                    )
+                )
 
+    every_template = TRAIN_TEMPLATES + HELDOUT_TEMPLATES
     if target_name:
-        domain = domain_of(target_name)
-        add("forget/gate", target_name, domain, TRAIN_TEMPLATES, [target.strip().lower()])
-        add("forget/heldout", target_name, domain, HELDOUT_TEMPLATES, [None])
+        add("forget/gate", target_name, [target.strip().lower()], TRAIN_TEMPLATES, size.forget_images)
+        add("forget/heldout", target_name, [target_name], HELDOUT_TEMPLATES, size.forget_images)
         synonym_words = list(dict.fromkeys([*(s.strip().lower() for s in synonyms), *SYNONYMS.get(target_name, ())]))
-        add("forget/synonyms", target_name, domain, TRAIN_TEMPLATES + HELDOUT_TEMPLATES, synonym_words or [None])
+        add("forget/synonyms", target_name, synonym_words or [target_name], every_template, size.forget_images)
     for concept in erased_names:
-        add(f"rebound/{concept}", concept, domain_of(concept), TRAIN_TEMPLATES, [None])
+        add(f"rebound/{concept}", concept, [concept, *SYNONYMS.get(concept, ())], every_template, size.forget_images)
     target_domain = domain_of(target_name) if target_name else None
     for domain, concepts in DOMAINS.items():
         kind = "in" if domain == target_domain else "cross"
         for concept in concepts:
             if concept not in avoid:
-                add(f"retain/{kind}/{concept}", concept, domain, TRAIN_TEMPLATES, [None])
-    return EvaluationPlan(target_name, tuple(synonyms), erased_names, samples, tuple(cases))
+                add(f"retain/{kind}/{concept}", concept, [concept], TRAIN_TEMPLATES, size.retain_images)
+    return EvaluationPlan(target_name, tuple(synonyms), erased_names, size, tuple(cases))

@@ -1,15 +1,28 @@
-"""The shapes world's prompts for one unlearning request, from its vocabulary and training templates.
+"""The shapes world's prompts: distinct phrasings of a concept, and the prompt sets of one request.
 
-Target prompts rotate the target's words (name, requested synonyms, the vocabulary's synonyms) through
-scenes whose other attributes avoid every erased concept; the anchor prompt replaces the target word
-by the anchor (default: "shape" for objects, nothing for styles). Preserve prompts cover the named
-preserve concepts and, two prompts each, every other concept of the world (prior preservation over
-the whole world); replay prompts hold every concept erased earlier.
+A phrasing fixes the template, the word naming the concept (its name or a synonym), the other
+attribute and the colour. `phrasings` draws distinct ones from one fixed, seeded order of every
+combination, skipping those that ask for an avoided concept: evaluation plans (plan.py) and request
+prompts both use it.
+
+Request prompts: target prompts name the target (its name, requested synonyms, the vocabulary's
+synonyms); anchor prompts replace the target word by the anchor (default: "shape" for objects,
+nothing for styles). Preserve prompts cover the named preserve concepts and `preserve_per_concept`
+prompts of every other concept of the world (prior preservation over the whole world); replay
+prompts hold every concept erased earlier, and `earlier` their target/anchor pairs.
+
+Template sets: the four training templates ("train"), or the erasing methods' own ("erase"): the
+training templates and eight phrasings more. Neither holds a held-out evaluation template: erasure
+is judged on phrasings the method never saw (a test checks).
 """
 
 from __future__ import annotations
 
-from unlearning.prompts import RequestPrompts, concept_words, replace_word
+import itertools
+import random
+from dataclasses import dataclass
+
+from unlearning.prompts import ConceptPairs, RequestPrompts, concept_words, replace_word
 from unlearning.shapes.vocabulary import (
     COLOUR_NAMES,
     DOMAINS,
@@ -24,27 +37,79 @@ from unlearning.shapes.vocabulary import (
 # What an erased concept becomes when no anchor is given: a generic word of its domain (objects),
 # or nothing (styles: "a red striped heart" -> "a red heart").
 DEFAULT_ANCHORS = {"object": "shape", "style": ""}
+ERASE_TEMPLATES: tuple[str, ...] = TRAIN_TEMPLATES + (
+    "{colour} {style} {object}",
+    "the {object} is {colour} and {style}",
+    "a {colour} {object} with a {style} fill",
+    "{style} {object}",
+    "a {object}",
+    "an illustration: {colour} {object}, {style} surface",
+    "a {style} {object} on a plain background",
+    "one {colour} {style} {object}",
+)
+TEMPLATE_SETS = {"train": TRAIN_TEMPLATES, "erase": ERASE_TEMPLATES}
 
 
-def scenes_with(concept: str, domain: str, avoid: set[str], count: int) -> list[Scene]:
-    """`count` scenes showing `concept`, the other attribute rotating through the concepts not avoided."""
+@dataclass(frozen=True)
+class Phrasing:
+    scene: Scene
+    word: str  # the word that names the concept in the prompt
+    prompt: str
+
+
+def phrasings(
+    concept: str, words: list[str], templates: tuple[str, ...], count: int, avoid: set[str]
+) -> list[Phrasing]:
+    """`count` distinct phrasings of `concept` (named by one of `words`), none asking for an avoided
+    concept; fewer if the world has fewer. Templates that do not name the concept's domain are skipped."""
+    domain = domain_of(concept)
     other_domain = "style" if domain == "object" else "object"
-    others = [c for c in DOMAINS[other_domain] if c not in avoid]
-    scenes = []
-    for k in range(count):
-        other = others[k % len(others)]
-        colour = COLOUR_NAMES[(k * 7 + 3) % len(COLOUR_NAMES)]
-        scenes.append(Scene(concept, other, colour) if domain == "object" else Scene(other, concept, colour))
-    return scenes
+    usable = tuple(t for t in templates if "{" + domain + "}" in t)
+    combinations = list(itertools.product(range(len(words)), range(len(usable)), DOMAINS[other_domain], COLOUR_NAMES))
+    random.Random(f"{concept}|{'|'.join(words)}|{'|'.join(usable)}").shuffle(combinations)  # one fixed order
+    chosen, seen = [], set()
+    for word_index, template_index, other, colour in combinations:
+        if other in avoid:
+            continue
+        scene = Scene(concept, other, colour) if domain == "object" else Scene(other, concept, colour)
+        word = words[word_index]
+        prompt = caption(scene, usable[template_index], **{f"{domain}_word": word})
+        if prompt not in seen:
+            seen.add(prompt)
+            chosen.append(Phrasing(scene, word, prompt))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def concept_pairs(
+    concept: str,
+    *,
+    synonyms: tuple[str, ...] = (),
+    anchor: str | None = None,
+    avoid: set[str],
+    count: int,
+    templates: tuple[str, ...],
+) -> ConceptPairs:
+    """Target prompts naming `concept` and their anchor prompts (the word replaced by the anchor)."""
+    domain, name = domain_of(concept), canonical(concept)
+    words = concept_words(concept, synonyms)
+    words += [s for s in SYNONYMS.get(name, ()) if s not in words]
+    anchor_word = DEFAULT_ANCHORS[domain] if anchor is None else anchor.strip().lower()
+    chosen = phrasings(name, words, templates, count, avoid)
+    return ConceptPairs(
+        name,
+        [p.prompt for p in chosen],
+        [replace_word(p.prompt, p.word, anchor_word) for p in chosen],
+        [p.word for p in chosen],
+        [anchor_word] * len(chosen),
+    )
 
 
 def concept_prompts(name: str, avoid: set[str], count: int, templates: tuple[str, ...] = TRAIN_TEMPLATES) -> list[str]:
-    """`count` prompts asking for concept `name` (canonical), avoiding the concepts in `avoid`."""
+    """`count` prompts asking for concept `name` by its name, avoiding the concepts in `avoid`."""
     concept = canonical(name)
-    return [
-        caption(s, templates[k % len(templates)])
-        for k, s in enumerate(scenes_with(concept, domain_of(concept), avoid, count))
-    ]
+    return [p.prompt for p in phrasings(concept, [concept], templates, count, avoid)]
 
 
 def shapes_prompts(
@@ -55,36 +120,31 @@ def shapes_prompts(
     preserve: tuple[str, ...] = (),
     erased: tuple[str, ...] = (),
     per_concept: int = 24,
-    templates: tuple[str, ...] = TRAIN_TEMPLATES,
+    preserve_per_concept: int = 2,
+    templates: str = "train",
 ) -> RequestPrompts:
     """Prompt sets for erasing shapes concept `concept` (see the module docstring).
 
     Raises:
         ValueError: `concept` is not a concept of the shapes world.
     """
-    domain, target_name = domain_of(concept), canonical(concept)
-    avoid = {target_name, *(canonical(e) for e in erased)}
-    words = concept_words(concept, synonyms)
-    words += [s for s in SYNONYMS.get(target_name, ()) if s not in words]
-    anchor_word = DEFAULT_ANCHORS[domain] if anchor is None else anchor.strip().lower()
-
-    target, anchors, target_words = [], [], []
-    for k, scene in enumerate(scenes_with(target_name, domain, avoid, per_concept)):
-        word = words[k % len(words)]
-        text = caption(
-            scene,
-            templates[k % len(templates)],
-            **({"object_word": word} if domain == "object" else {"style_word": word}),
-        )
-        target.append(text)
-        anchors.append(replace_word(text, word, anchor_word))
-        target_words.append(word)
-
+    template_set = TEMPLATE_SETS[templates]
+    target_name = canonical(concept)
+    erased_names = [canonical(e) for e in erased]
+    avoid = {target_name, *erased_names}
+    pairs = concept_pairs(
+        concept, synonyms=synonyms, anchor=anchor, avoid=avoid, count=per_concept, templates=template_set
+    )
     named = {canonical(p) for p in preserve}
     preserve_prompts = [p for name in preserve for p in concept_prompts(name, avoid, per_concept // 2)]
     for names in DOMAINS.values():  # prior preservation over the rest of the world, not only the named concepts
         for name in names:
             if name not in avoid and name not in named:
-                preserve_prompts += concept_prompts(name, avoid, 2)
-    replay_prompts = [p for name in erased for p in concept_prompts(name, avoid, per_concept // 2)]
-    return RequestPrompts(target, anchors, target_words, [anchor_word] * len(target), preserve_prompts, replay_prompts)
+                preserve_prompts += concept_prompts(name, avoid, preserve_per_concept, template_set)
+    replay_prompts = [p for name in erased_names for p in concept_prompts(name, avoid, per_concept // 2)]
+    earlier = tuple(
+        concept_pairs(name, avoid=avoid, count=per_concept, templates=template_set) for name in erased_names
+    )
+    return RequestPrompts(
+        pairs.target, pairs.anchor, pairs.target_words, pairs.anchor_words, preserve_prompts, replay_prompts, earlier
+    )

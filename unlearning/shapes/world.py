@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from unlearning.evaluation.plan import PlanSize
 from unlearning.shapes.plan import shapes_plan
 from unlearning.shapes.prompts import shapes_prompts
 from unlearning.shapes.vocabulary import OBJECTS, STYLES, SYNONYMS, canonical
@@ -23,13 +24,20 @@ class ShapesWorld:
         synonyms = ", ".join(f"{name} ({'/'.join(words)})" for name, words in SYNONYMS.items())
         return f"objects and styles of the shapes world: {synonyms}"
 
-    def request_prompts(self, concept, *, synonyms=(), anchor=None, preserve=(), erased=(), per_concept=24):
+    def request_prompts(self, config):
         return shapes_prompts(
-            concept, synonyms=synonyms, anchor=anchor, preserve=preserve, erased=erased, per_concept=per_concept
+            config.concept,
+            synonyms=config.synonyms,
+            anchor=config.anchor,
+            preserve=config.preserve,
+            erased=config.erased,
+            per_concept=config.prompts_per_concept,
+            preserve_per_concept=config.preserve_per_concept,
+            templates=config.prompt_templates,
         )
 
-    def plan(self, target, *, synonyms=(), erased=(), samples=6):
-        return shapes_plan(target, synonyms=synonyms, erased=erased, samples=samples)
+    def plan(self, target, *, synonyms=(), erased=(), size=PlanSize()):
+        return shapes_plan(target, synonyms=synonyms, erased=erased, size=size)
 
     @cached_property
     def _judges(self):

@@ -1,0 +1,163 @@
+"""Benchmark: the noise floor of the gate — the shapes base against itself with other seeds, at the
+gate's n — and the policy bounds it implies at stated multiples.
+
+    .venv/bin/python bench/calibrate.py [--repeats 4] [--target circle]
+
+The first request's plan (target `circle`: 3 forget sets of 60 images, 13 retained concepts of 24) is
+sampled from the base with its own seeds and with `--repeats` other seed sets (same prompts). Each other
+set is judged as if it were a candidate against the first, so every retain metric shows what chance
+alone gives: retention distance (the distance of two independent draws of a prompt), FID/KID in the
+detector's features, per-concept and IRA/CRA accuracy relative to the base, and how often the two
+judges disagree. The bounds, the multiples and these measurements go into shapes_policy.yaml and
+bench/RESULTS.md.
+
+Multiples (stated before looking at any candidate):
+- retention.distance ≤ 0.5 × the mean distance of independent draws (a candidate's retained images
+  must be closer to the base's than half-way to an unrelated sample);
+- fid.fid ≤ 2 × the mean base-vs-base FID at this n;
+- retain.per_concept.*.relative ≥ 1 − 3σ and retain.ira/cra.relative ≥ 1 − 3σ, σ the standard deviation
+  of those ratios between seed sets (three standard deviations of pure chance);
+- judges.candidate.forget_disagreement ≤ 3 × the judges' disagreement on the base's forget images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
+# shadow the `unlearning` package: take the folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=4, help="other seed sets")
+    parser.add_argument("--target", default="circle")
+    parser.add_argument("--json", default=None, help="also write the measurements here")
+    args = parser.parse_args()
+
+    from pipeline.evaluator import Evaluator
+    from pipeline.settings import load_settings
+    from unlearning.evaluation.cache import generate_cached
+    from unlearning.evaluation.checks import run_checks
+    from unlearning.sampling import load_model, model_identity
+
+    os.environ.setdefault("LETHE_HOME", str(Path(tempfile.gettempdir()) / "lethe-bench-home"))
+    evaluator = Evaluator.from_settings(load_settings())
+    base, base_sha = load_model("shapes"), model_identity("shapes")[1]
+    judges = evaluator.world.judges()
+
+    def images(size):
+        plan = evaluator.world.plan(args.target, synonyms=(), erased=(), size=size)
+        pairs = [(c.prompt, c.seed) for c in plan.cases]
+        found, _ = generate_cached(
+            base,
+            [p for p, _ in pairs],
+            [s for _, s in pairs],
+            model_sha256=base_sha,
+            sampler=evaluator.sampler,
+            cache=evaluator.cache,
+        )
+        return plan, found
+
+    plan, reference = images(evaluator.size)
+    rows = []
+    for repeat in range(1, args.repeats + 1):
+        other_plan, other = images(replace(evaluator.size, seed_offset=1000 * repeat))
+        assert [c.prompt for c in other_plan.cases] == [c.prompt for c in plan.cases]
+        checks = run_checks(plan, judges, other, reference)
+        per_concept = {c: v["relative"] for c, v in checks["retain"]["per_concept"].items()}
+        rows.append(
+            {
+                "retention": checks["retention"]["distance"],
+                "fid": checks["fid"]["fid"],
+                "kid": checks["fid"]["kid"],
+                "ira": checks["retain"]["ira"]["relative"],
+                "cra": checks["retain"]["cra"]["relative"],
+                "per_concept": per_concept,
+                "judges_forget_disagreement_base": checks["judges"]["base"]["forget_disagreement"],
+                "base_detection": {k: 1 - v["base_ua"] for k, v in checks["forget"].items()},
+            }
+        )
+        print(f"seed set {repeat}: {json.dumps({k: v for k, v in rows[-1].items() if k != 'per_concept'})}", flush=True)
+
+    def mean(key):
+        return statistics.mean(r[key] for r in rows)
+
+    def sd(values):
+        return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+    concept_ratios = [v for r in rows for v in r["per_concept"].values()]
+    floor = {
+        "retention_independent_draws": mean("retention"),
+        "fid": mean("fid"),
+        "kid": mean("kid"),
+        "per_concept_sd": sd(concept_ratios),
+        "ira_sd": sd([r["ira"] for r in rows]),
+        "cra_sd": sd([r["cra"] for r in rows]),
+        "judges_forget_disagreement_base": mean("judges_forget_disagreement_base"),
+    }
+    bounds = {
+        "retention.distance": round(0.5 * floor["retention_independent_draws"], 3),
+        "fid.fid": round(2 * floor["fid"], 3),
+        "retain.per_concept.*.relative": round(1 - 3 * floor["per_concept_sd"], 3),
+        "retain.ira.relative": round(1 - 3 * floor["ira_sd"], 3),
+        "retain.cra.relative": round(1 - 3 * floor["cra_sd"], 3),
+        "judges.candidate.forget_disagreement": round(3 * floor["judges_forget_disagreement_base"], 3),
+    }
+
+    def per_set(key: str, spec: str) -> str:
+        return ", ".join(format(r[key], spec) for r in rows)
+
+    print(
+        f"\n## Gate calibration: the base against itself — {date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores\n"
+    )
+    print(
+        f"Plan of the first request (target {args.target}): {len(plan.cases)} images; {args.repeats} other seed sets; "
+        f"sampler {evaluator.sampler}.\n"
+    )
+    print("| measure | mean over seed sets | per set | multiple | bound |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| retention distance, independent draws | {floor['retention_independent_draws']:.4f} | "
+        f"{per_set('retention', '.4f')} | × 0.5 | max {bounds['retention.distance']} |"
+    )
+    print(
+        f"| FID (detector features), n = {len([c for c in plan.cases if c.group.startswith('retain/')])} | "
+        f"{floor['fid']:.3f} | {per_set('fid', '.3f')} | × 2 | max {bounds['fid.fid']} |"
+    )
+    print(f"| KID | {floor['kid']:.4f} | {per_set('kid', '.4f')} | reported, not gated | — |")
+    print(
+        f"| per-concept relative accuracy, σ | {floor['per_concept_sd']:.4f} | range {min(concept_ratios):.3f}–"
+        f"{max(concept_ratios):.3f} | 1 − 3σ | min {bounds['retain.per_concept.*.relative']} |"
+    )
+    print(
+        f"| IRA relative, σ | {floor['ira_sd']:.4f} | {per_set('ira', '.3f')} | 1 − 3σ | "
+        f"min {bounds['retain.ira.relative']} |"
+    )
+    print(
+        f"| CRA relative, σ | {floor['cra_sd']:.4f} | {per_set('cra', '.3f')} | 1 − 3σ | "
+        f"min {bounds['retain.cra.relative']} |"
+    )
+    print(
+        f"| judges' disagreement on the base's forget images | {floor['judges_forget_disagreement_base']:.4f} | "
+        f"{per_set('judges_forget_disagreement_base', '.3f')} | × 3 | "
+        f"max {bounds['judges.candidate.forget_disagreement']} |"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"floor": floor, "bounds": bounds, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

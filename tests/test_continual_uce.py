@@ -1,0 +1,158 @@
+"""Continual UCE (unlearning/methods/continual_uce.py): the closed form by hand, a sequence equal to
+erasing everything at once, RECE's adversarial embedding, and the lineage terms through the loop."""
+
+import pytest
+import torch
+
+from tests.tiny_models import build_tiny_base, shapes_prompts_for
+from unlearning.loop import LINEAGE_FILE, UnlearnConfig, load_lineage, run_unlearning
+from unlearning.methods import continual_uce as cu
+from unlearning.methods.context import EditContext
+from unlearning.sampling import load_model
+
+
+def _context(weight, base, target, anchor, words, concept, lineage=None, preserve=None, hyper=None):
+    return EditContext(
+        trained={"mid.attn2.to_k.weight": weight},
+        base_values={"mid.attn2.to_k.weight": base},
+        target_embeds=target,
+        anchor_embeds=anchor,
+        target_tokens=words,
+        anchor_tokens=words,
+        preserve_embeds=torch.zeros(1, 1, target.shape[-1]) if preserve is None else preserve,
+        replay_embeds=torch.zeros(0, 1, target.shape[-1]),
+        hyper=hyper or {"adversarial_rounds": 0},
+        concept=concept,
+        lineage=lineage,
+    )
+
+
+def test_solve_by_hand():
+    """One pair e = (1, 0), ê = (0, 1), no preserve set, λ = 1, s_e = 1: A = ê eᵀ = [[0, 0], [1, 0]],
+    B = e eᵀ = [[1, 0], [0, 0]], R = (A + I)(B + I)⁻¹ = [[1, 0], [1, 1]] · diag(1/2, 1) = [[0.5, 0], [0.5, 1]];
+    so R e = (0.5, 0.5): halfway to ê, as the ridge λ = 1 asks for a single pair."""
+    e, e_hat = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    cross, gram = cu.concept_terms(e, e_hat)
+    shared = cu.solve(
+        cross, gram, torch.zeros(2, 2, dtype=torch.float64), erase_scale=1.0, preserve_scale=0.0, lambda_identity=1.0
+    )
+    torch.testing.assert_close(shared, torch.tensor([[0.5, 0.0], [0.5, 1.0]], dtype=torch.float64))
+
+
+def test_a_sequence_equals_erasing_everything_at_once_and_revoking_drops_one_concept():
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 4, generator=generator)
+    words = torch.tensor([[False, True, False]])
+    pairs = {c: (torch.randn(1, 3, 4, generator=generator), torch.randn(1, 3, 4, generator=generator)) for c in "ab"}
+    preserve = torch.randn(2, 3, 4, generator=generator)
+
+    weight = torch.nn.Parameter(base.clone())
+    first = _context(weight, base, *pairs["a"], words, "a", preserve=preserve)
+    cu.edit(first)
+    second = _context(weight, base, *pairs["b"], words, "b", lineage=first.lineage_out, preserve=preserve)
+    cu.edit(second)
+
+    terms = second.lineage_out
+    assert {cu.concept_of(k) for k in terms} == {"a", "b"}
+    p = preserve.reshape(-1, 4).double()
+    at_once = base.double() @ cu.solve(
+        terms["a" + cu.CROSS] + terms["b" + cu.CROSS],
+        terms["a" + cu.GRAM] + terms["b" + cu.GRAM],
+        p.T @ p,
+        erase_scale=1.0,
+        preserve_scale=0.1,
+        lambda_identity=0.1,
+    )
+    torch.testing.assert_close(weight.detach().double(), at_once, rtol=1e-5, atol=1e-6)
+    # the order does not matter: b then a gives the same weights
+    other = torch.nn.Parameter(base.clone())
+    b_first = _context(other, base, *pairs["b"], words, "b", preserve=preserve)
+    cu.edit(b_first)
+    cu.edit(_context(other, base, *pairs["a"], words, "a", lineage=b_first.lineage_out, preserve=preserve))
+    torch.testing.assert_close(other.detach(), weight.detach(), rtol=1e-5, atol=1e-6)
+    # revoking b = re-solving with a's terms only = erasing a alone
+    only_a = base.double() @ cu.solve(
+        terms["a" + cu.CROSS], terms["a" + cu.GRAM], p.T @ p, erase_scale=1.0, preserve_scale=0.1, lambda_identity=0.1
+    )
+    alone = torch.nn.Parameter(base.clone())
+    cu.edit(_context(alone, base, *pairs["a"], words, "a", preserve=preserve))
+    torch.testing.assert_close(alone.detach().double(), only_a, rtol=1e-5, atol=1e-6)
+
+
+def test_the_adversarial_embedding_minimises_rece_objective():
+    """e′ = argmin Σ_l ‖W₀_l R e′ − W₀_l e‖² + ρ‖e′‖²: the gradient 2 Rᵀ M (R e′ − e) + 2ρ e′ vanishes there."""
+    generator = torch.Generator().manual_seed(1)
+    layers = [torch.randn(5, 4, generator=generator, dtype=torch.float64) for _ in range(2)]
+    shared = torch.eye(4, dtype=torch.float64) + 0.3 * torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    gram = sum(w.T @ w for w in layers)
+    e = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    adversarial = cu.adversarial_embeddings(e, shared, gram, ridge=0.1)
+    rho = 0.1 * torch.trace(gram) / 4
+    gradient = (shared.T @ gram @ (shared @ adversarial.T - e.T)).T + rho * adversarial
+    torch.testing.assert_close(gradient, torch.zeros_like(gradient), atol=1e-9, rtol=0)
+
+
+def test_hardening_rounds_lower_the_residual_of_adversarial_embeddings():
+    generator = torch.Generator().manual_seed(2)
+    base = torch.randn(6, 4, generator=generator)
+    target, anchor = torch.randn(1, 3, 4, generator=generator), torch.randn(1, 3, 4, generator=generator)
+    words = torch.tensor([[False, True, False]])
+    plain, hardened = torch.nn.Parameter(base.clone()), torch.nn.Parameter(base.clone())
+    cu.edit(_context(plain, base, target, anchor, words, "a", hyper={"adversarial_rounds": 0}))
+    cu.edit(_context(hardened, base, target, anchor, words, "a", hyper={"adversarial_rounds": 3}))
+    gram = (base.T @ base).double()
+
+    def comeback(weight):  # how far the best adversarial input brings the base's concept output back
+        shared = torch.linalg.lstsq(base.double(), weight.detach().double()).solution
+        e = target[0].double()
+        adv = cu.adversarial_embeddings(e, shared, gram, ridge=0.1)
+        return float(((base.double() @ shared @ adv.T) - (base.double() @ e.T)).pow(2).sum())
+
+    assert comeback(hardened) < comeback(plain)
+
+
+@pytest.mark.slow
+def test_the_loop_writes_the_lineage_and_the_next_step_reads_it(tmp_path):
+    tiny = build_tiny_base(tmp_path / "tiny-sd")
+    pipe = load_model(tiny)
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    first = UnlearnConfig(concept="circle", method="continual-uce", prompts_per_concept=6, preserve_per_concept=1)
+    summary = run_unlearning(
+        pipe,
+        first,
+        tmp_path / "1",
+        prompts=shapes_prompts_for(first),
+        model_sha="tiny",
+        base_values=base,
+        progress=False,
+    )
+    assert summary["lineage"]["concepts"] == ["circle"] and (tmp_path / "1" / LINEAGE_FILE).is_file()
+    second = UnlearnConfig(
+        concept="striped", erased=("circle",), method="continual-uce", prompts_per_concept=6, preserve_per_concept=1
+    )
+    summary = run_unlearning(
+        pipe,
+        second,
+        tmp_path / "2",
+        prompts=shapes_prompts_for(second),
+        model_sha="tiny-1",
+        base_values=base,
+        progress=False,
+        lineage=load_lineage(tmp_path / "1" / LINEAGE_FILE),
+    )
+    assert summary["lineage"]["concepts"] == ["circle", "striped"]
+    kept = load_lineage(tmp_path / "2" / LINEAGE_FILE)
+    torch.testing.assert_close(
+        kept["circle" + cu.CROSS], load_lineage(tmp_path / "1" / LINEAGE_FILE)["circle" + cu.CROSS]
+    )
+    # without the parent's terms, the concept erased earlier gets its terms from its pairs (no rebound)
+    summary = run_unlearning(
+        load_model(tiny),
+        second,
+        tmp_path / "3",
+        prompts=shapes_prompts_for(second),
+        model_sha="tiny",
+        base_values=base,
+        progress=False,
+    )
+    assert summary["lineage"]["concepts"] == ["circle", "striped"]

@@ -27,8 +27,8 @@ from tasks.requests import (
     apply_decision,
     claim_next_request,
     evaluate_request,
+    parent_version,
     prepare_request,
-    production_version,
     record_failure,
     record_gate,
     register_candidate,
@@ -51,9 +51,9 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
         settings = settings.model_copy(update={"unlearn_steps": unlearn_steps})
     work_dir = str(settings.home / "requests" / request.id)
 
-    step = "finding the production version"
+    step = "finding the version it starts from"
     try:
-        parent = production_version(settings)
+        parent = parent_version(settings, request)
         logger.info("request %s: erase %r from version %s", request.id, request.concept, parent.version)
         with gpu_held(settings.gpu_slots):
             step = "preparing the training data"
@@ -97,7 +97,13 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
         logger.info("request %s: candidate version %s awaits approval", request.id, version)
         decision = wait_for_approval(request.id)
     result = apply_decision(settings, request, decision)
-    return {**summary, **result, "approver": decision.approver, "policy": decision.policy}
+    return {
+        **summary,
+        **result,
+        "approver": decision.approver,
+        "policy": decision.policy,
+        **({"replays": request.replays, "revocation": request.revocation} if request.revocation else {}),
+    }
 
 
 def _where_this_run_waits() -> dict:

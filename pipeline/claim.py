@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.settings import LetheSettings
 from pipeline.values import Parent
-from registry.ledger import Ledger
+from registry.ledger import ACCEPTED, Ledger, RevocationRefused
 from registry.requests import Request
 from registry.versions import PRODUCTION, ModelRegistry
 
@@ -21,6 +21,28 @@ def claim_next(settings: LetheSettings, *, actor: str) -> Request | None:
     if (stranded := ledger.resume_stranded(settings.model_name, actor=actor)) is not None:
         return stranded
     return ledger.claim_head(settings.model_name, actor=actor)
+
+
+def parent_for(settings: LetheSettings, request) -> Parent:
+    """The version a request starts from: production for a request; for a revocation's replay, the last
+    version before the revoked request (the first replay) or the previous replay's accepted candidate.
+
+    Raises:
+        RevocationRefused: the previous replay of the chain was not accepted (the chain cannot go on).
+    """
+    if not request.revocation:
+        return production_parent(settings)
+    ledger = Ledger(settings.ledger_url)
+    revocation = ledger.revocation(request.revocation)
+    index = revocation.replays.index(request.id)
+    if index == 0:
+        version = revocation.parent_version
+    else:
+        previous = ledger.get(revocation.replays[index - 1])
+        if previous.state != ACCEPTED:
+            raise RevocationRefused(f"{request.id} builds on {previous.id}, which is {previous.state}, not accepted")
+        version = previous.candidate_version
+    return Parent(version=version, erased=tuple(registry_for(settings).erased_in(version)))
 
 
 def production_parent(settings: LetheSettings) -> Parent:

@@ -39,14 +39,11 @@ def record_gate(
     that waits is, so `lethe approve` can answer it). Returns the new state."""
     ledger = Ledger(settings.ledger_url)
     if not outcome.gate_passed:
+        error = "gate failed: " + "; ".join(outcome.gate_reasons)
         ledger.transition(
-            request_id,
-            REJECTED,
-            actor="gate",
-            candidate_version=version,
-            parent_version=parent.version,
-            error="gate failed: " + "; ".join(outcome.gate_reasons),
+            request_id, REJECTED, actor="gate", candidate_version=version, parent_version=parent.version, error=error
         )
+        _end_chain(ledger, request_id, actor="gate", reason=error)
         return REJECTED
     ledger.transition(
         request_id,
@@ -63,7 +60,7 @@ def decide(settings: LetheSettings, request_id: str, decision: Decision) -> dict
     """Apply an answer under the governance rules (registry/governance.py); returns the new state."""
     ledger, registry = Ledger(settings.ledger_url), registry_for(settings)
     if decision.approve:
-        version = governance.approve(
+        production = governance.approve(
             ledger,
             registry,
             request_id,
@@ -72,7 +69,15 @@ def decide(settings: LetheSettings, request_id: str, decision: Decision) -> dict
             comment=decision.comment,
             policy=decision.policy,
         )
-        return {"state": PROMOTED, "production_version": version}
+        request = ledger.get(request_id)
+        result = {"state": request.state, "production_version": production}
+        if request.revocation and request.state == PROMOTED:  # the re-derived head: is the revoked concept back?
+            from pipeline.revoke import measure_revoked
+
+            result["revoked_concept"] = measure_revoked(
+                settings, ledger.revocation(request.revocation), actor=decision.approver
+            )
+        return result
     governance.reject(
         ledger,
         registry,
@@ -81,7 +86,15 @@ def decide(settings: LetheSettings, request_id: str, decision: Decision) -> dict
         approvers=settings.approvers,
         reason=decision.comment or "rejected",
     )
+    _end_chain(ledger, request_id, actor=decision.approver, reason=f"{request_id} was rejected")
     return {"state": REJECTED}
+
+
+def _end_chain(ledger: Ledger, request_id: str, *, actor: str, reason: str) -> None:
+    """A revocation's replay that ends without a version to build on ends its chain: nothing is revoked."""
+    request = ledger.get(request_id)
+    if request.revocation and ledger.revocation(request.revocation).state == "pending":
+        ledger.fail_revocation(request.revocation, actor=actor, reason=reason)
 
 
 def failure_message(step: str, error: BaseException) -> str:
@@ -97,8 +110,10 @@ def record_failure(settings: LetheSettings, request_id: str, *, error: str, acto
         f"{error}. Nothing was promoted; the request's files are in {settings.home / 'requests' / request_id}; "
         "fix the cause and submit the request again (a new id)"
     )
+    ledger = Ledger(settings.ledger_url)
     try:
-        Ledger(settings.ledger_url).transition(request_id, FAILED, actor=actor, expected=RUNNING, error=message)
+        ledger.transition(request_id, FAILED, actor=actor, expected=RUNNING, error=message)
     except StateConflict:
         return False
+    _end_chain(ledger, request_id, actor=actor, reason=f"{request_id} failed: {error}")
     return True

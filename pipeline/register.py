@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.claim import registry_for
+from pipeline.revoke import revocations_of_lineage
 from pipeline.settings import LetheSettings
 from pipeline.values import Outcome, Parent
 from registry.versions import Candidate
@@ -31,5 +32,6 @@ def register(settings: LetheSettings, request, parent: Parent, outcome: Outcome)
             gate_reasons=list(outcome.gate_reasons),
             report_dir=Path(outcome.report_dir),
             extra_files={name: Path(path) for name, path in outcome.extra_files.items()},
+            revoked=revocations_of_lineage(settings, request),
         )
     )

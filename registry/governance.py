@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from registry.ledger import AWAITING_APPROVAL, PROMOTED, REJECTED, Ledger, LedgerError, StateConflict
-from registry.versions import ModelRegistry, PromotionRefused
+from registry.ledger import ACCEPTED, AWAITING_APPROVAL, PROMOTED, REJECTED, Ledger, LedgerError, StateConflict
+from registry.versions import PRODUCTION, ModelRegistry, PromotionRefused
 
 
 class NotAllowed(LedgerError):
@@ -70,8 +70,21 @@ def approve(
     if request.state != AWAITING_APPROVAL or request.candidate_version is None:
         raise StateConflict(f"{request_id} is {request.state}; only a request awaiting approval can be approved")
     stamp = _stamp(approver, comment, policy)
+    revocation = ledger.revocation(request.revocation) if request.revocation else None
+    if revocation is not None and request.id != revocation.replays[-1]:
+        # a replay before the chain's head: accepted, the next replay builds on it; production stays
+        registry.accept(request.candidate_version, approval=stamp)
+        ledger.transition(
+            request_id,
+            ACCEPTED,
+            actor=approver,
+            expected=AWAITING_APPROVAL,
+            detail={"version": request.candidate_version, "comment": comment, "revocation": revocation.id},
+        )
+        return registry.alias_version(PRODUCTION)
+    expected = revocation.production_before if revocation is not None else request.parent_version
     try:
-        registry.promote(request.candidate_version, expected_production=request.parent_version, approval=stamp)
+        registry.promote(request.candidate_version, expected_production=expected, approval=stamp)
     except PromotionRefused as refusal:
         ledger.transition(
             request_id,
@@ -89,7 +102,52 @@ def approve(
         expected=AWAITING_APPROVAL,
         detail={"version": request.candidate_version, "comment": comment, **({"policy": policy} if policy else {})},
     )
+    if revocation is not None:  # the re-derived head is in production: the revocation took effect
+        _finish_revocation(ledger, registry, revocation, actor=approver, head_version=request.candidate_version)
     return request.candidate_version
+
+
+def _finish_revocation(
+    ledger: Ledger, registry: ModelRegistry, revocation, *, actor: str, head_version: int | None
+) -> None:
+    revoked = ledger.get(revocation.request_id)
+    if revoked.candidate_version is not None:
+        registry.mark_revoked(revoked.candidate_version, revocation=revocation.id, reason=revocation.reason)
+    for replay_id in revocation.replays:
+        replay = ledger.get(replay_id)
+        replayed = ledger.get(replay.replays)
+        if replayed.candidate_version is not None:
+            registry.mark_superseded(replayed.candidate_version, by=replay.candidate_version, revocation=revocation.id)
+    ledger.finish_revocation(revocation.id, actor=actor, detail={"production_version": head_version})
+
+
+def revoke(
+    ledger: Ledger, registry: ModelRegistry, request_id: str, *, approver: str, approvers: list[str], reason: str
+) -> dict:
+    """Revoke a promoted request: recorded in the ledger (audited) and its re-derivation queued — every later
+    promoted request replayed in order from the last version before it (registry/ledger.py `Ledger.revoke`).
+    With nothing to replay, production goes straight back to that version. Returns what was done.
+
+    Raises:
+        NotAllowed (not an approver, the revoked request's own requester, no reason), UnknownRequest,
+        RevocationRefused (never promoted, one pending, requests in flight).
+    """
+    request = ledger.get(request_id)
+    check_approver(approver, approvers, request.requester)
+    if not reason.strip():
+        raise NotAllowed("a revocation needs a reason")
+    production = registry.alias_version(PRODUCTION)
+    revocation = ledger.revoke(request_id, approver=approver, reason=reason, production_version=production)
+    if not revocation.replays:  # it was the last erasure: production goes back to the version before it
+        registry.point_production(revocation.parent_version)
+        _finish_revocation(ledger, registry, revocation, actor=approver, head_version=revocation.parent_version)
+    return {
+        "revocation": revocation.id,
+        "revoked": request_id,
+        "replays": list(revocation.replays),
+        "parent_version": revocation.parent_version,
+        "production_version": registry.alias_version(PRODUCTION),
+    }
 
 
 def reject(

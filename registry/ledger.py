@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,19 +44,33 @@ from registry.requests import LIMITS, InvalidRequest, Request, RequestSpec
 
 QUEUED, RUNNING, AWAITING_APPROVAL = "queued", "running", "awaiting-approval"
 PROMOTED, REJECTED, FAILED, CANCELLED = "promoted", "rejected", "failed", "cancelled"
-STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTED, REJECTED, FAILED, CANCELLED)
+# A revocation's replays: an approved replay that is not the chain's head is `accepted` (the next one
+# builds on it; production moves only with the head). When the head is promoted, the revoked request
+# becomes `revoked` and every request it replayed `superseded`.
+ACCEPTED, REVOKED, SUPERSEDED = "accepted", "revoked", "superseded"
+STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTED, REJECTED, FAILED, CANCELLED, ACCEPTED, REVOKED, SUPERSEDED)
 ACTIVE_STATES = (QUEUED, RUNNING, AWAITING_APPROVAL)  # a request in these still has work ahead
-# Which state may follow which. Terminal states have no successor: a promoted, rejected, failed or
-# cancelled request is never reopened (a new request is submitted instead, so history stays linear).
+ERASED_STATES = (PROMOTED, ACCEPTED)  # its concept is erased (or will be with its chain's head)
+# Which state may follow which. A rejected, failed or cancelled request is never reopened (a new request
+# is submitted instead, so history stays linear); a promoted one only leaves production's lineage by a
+# revocation.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     QUEUED: (RUNNING, CANCELLED),
     RUNNING: (AWAITING_APPROVAL, REJECTED, FAILED),
-    AWAITING_APPROVAL: (PROMOTED, REJECTED),
-    PROMOTED: (),
+    AWAITING_APPROVAL: (PROMOTED, REJECTED, ACCEPTED),
+    PROMOTED: (REVOKED, SUPERSEDED),
+    ACCEPTED: (),
     REJECTED: (),
     FAILED: (),
     CANCELLED: (),
+    REVOKED: (),
+    SUPERSEDED: (),
 }
+REVOCATION_REQUESTED, REVOCATION_COMPLETED, REVOCATION_FAILED = (
+    "revocation-requested",
+    "revocation-completed",
+    "revocation-failed",
+)
 
 # A request whose run stopped while it was running (a crash, a kill) is resumed this many times at
 # most; the next time it is marked failed, so one that kills its worker every time cannot hold the queue.
@@ -122,6 +137,24 @@ class UnknownRequest(LedgerError):
     """No request has this id."""
 
 
+class RevocationRefused(LedgerError):
+    """A revocation that cannot be queued (never promoted, one pending already, work in the queue)."""
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A pending or finished revocation: which request, who, why, and the chain that re-derives the rest."""
+
+    id: str
+    request_id: str  # the revoked request
+    approver: str
+    reason: str
+    parent_version: int | None  # the last version before the revoked request: the chain starts here
+    production_before: int | None  # production when the revocation was asked (the head's promotion checks it)
+    replays: tuple[str, ...]  # the replay requests, in order; the last is the head
+    state: str  # "pending", "completed" or "failed"
+
+
 class StateConflict(LedgerError):
     """The request is not in a state from which this change is allowed (or it changed meanwhile)."""
 
@@ -185,6 +218,11 @@ class Ledger:
         concepts = [spec.concept for spec in specs]
         if len(set(concepts)) != len(concepts):
             raise ConflictingRequest("the same concept appears twice in one submission")
+        if not all(spec.replays for spec in specs) and (pending := self.pending_revocation(lineage)) is not None:
+            raise ConflictingRequest(
+                f"revocation {pending.id} of {pending.request_id} is being re-derived in lineage "
+                f"{lineage!r}; submit again once it is decided"
+            )
         now = _now()
         try:
             with self._transaction() as conn:
@@ -194,12 +232,12 @@ class Ledger:
                     clash = conn.execute(
                         select(requests_table.c.id, requests_table.c.state).where(
                             requests_table.c.lineage == lineage,
-                            requests_table.c.state.in_((*ACTIVE_STATES, PROMOTED)),
+                            requests_table.c.state.in_((*ACTIVE_STATES, *ERASED_STATES)),
                             requests_table.c.concept == concept,
                         )
                     ).first()
-                    if clash:
-                        verb = "was erased by" if clash.state == PROMOTED else "is already requested as"
+                    if clash and not spec.replays:  # a replay re-derives a concept that is erased on purpose
+                        verb = "was erased by" if clash.state in ERASED_STATES else "is already requested as"
                         raise ConflictingRequest(
                             f"concept {concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}"
                         )
@@ -321,6 +359,159 @@ class Ledger:
                 )
             )
 
+    def revoke(self, request_id: str, *, approver: str, reason: str, production_version: int | None) -> Revocation:
+        """Record a revocation of a promoted request and queue its re-derivation: every request promoted after
+        it in the lineage is replayed, in order, as a new request (same concept, synonyms, preserve set,
+        method and options) linked to the one it replays. All in one transaction; the approver rules are
+        the caller's (registry/governance.py `revoke`).
+
+        Raises:
+            UnknownRequest; RevocationRefused: the request was never promoted (or was revoked already), a
+            revocation is pending in the lineage, or requests of the lineage are still queued or in flight.
+        """
+        target = self.get(request_id)
+        if target.state != PROMOTED:
+            raise RevocationRefused(f"{request_id} is {target.state}: only a promoted request can be revoked")
+        if (pending := self.pending_revocation(target.lineage)) is not None:
+            raise RevocationRefused(
+                f"revocation {pending.id} of {pending.request_id} is pending in lineage {target.lineage!r}"
+            )
+        lineage = self.requests(target.lineage)
+        if busy := [r.id for r in lineage if r.state in ACTIVE_STATES]:
+            raise RevocationRefused(
+                f"requests of lineage {target.lineage!r} are in the queue ({', '.join(busy)}); "
+                "let them finish (or reject them) first"
+            )
+        later = [r for r in lineage if r.seq > target.seq and r.state == PROMOTED]
+        revocation_id = f"rev-{time.time_ns():x}"
+        replays = [
+            RequestSpec(
+                **{
+                    **{
+                        f: getattr(r, f)
+                        for f in (
+                            "concept",
+                            "requester",
+                            "synonyms",
+                            "anchor",
+                            "preserve",
+                            "method",
+                            "options",
+                            "reason",
+                        )
+                    },
+                    "id": f"{r.id[:40]}-replay-{revocation_id[-6:]}",
+                    "replays": r.id,
+                    "revocation": revocation_id,
+                }
+            )
+            for r in later
+        ]
+        detail = {
+            "revocation": revocation_id,
+            "approver": approver,
+            "reason": reason,
+            "parent_version": target.parent_version,
+            "production_before": production_version,
+            "replays": [spec.id for spec in replays],
+        }
+        with self._transaction() as conn:
+            conn.execute(
+                insert(audit_table).values(
+                    event=REVOCATION_REQUESTED,
+                    request_id=request_id,
+                    from_state=PROMOTED,
+                    to_state=PROMOTED,
+                    actor=approver,
+                    at=_now(),
+                    detail=detail,
+                )
+            )
+        if replays:
+            self.submit_many(replays, lineage=target.lineage)
+        return self.revocation(revocation_id)
+
+    def _revocation_events(self, lineage: str | None = None) -> list[dict]:
+        events = [
+            h for h in self.history() if h["event"] in (REVOCATION_REQUESTED, REVOCATION_COMPLETED, REVOCATION_FAILED)
+        ]
+        if lineage is not None:
+            ours = {r.id for r in self.requests(lineage)}
+            events = [h for h in events if h["request_id"] in ours]
+        return events
+
+    def revocation(self, revocation_id: str) -> Revocation:
+        """Raises UnknownRequest when no revocation has this id."""
+        events = [h for h in self._revocation_events() if h["detail"].get("revocation") == revocation_id]
+        if not events:
+            raise UnknownRequest(f"no revocation with id {revocation_id!r}")
+        asked, last = events[0], events[-1]["event"]
+        d = asked["detail"]
+        state = {REVOCATION_COMPLETED: "completed", REVOCATION_FAILED: "failed"}.get(last, "pending")
+        return Revocation(
+            revocation_id,
+            asked["request_id"],
+            d["approver"],
+            d["reason"],
+            d["parent_version"],
+            d["production_before"],
+            tuple(d["replays"]),
+            state,
+        )
+
+    def pending_revocation(self, lineage: str) -> Revocation | None:
+        ids = dict.fromkeys(h["detail"]["revocation"] for h in self._revocation_events(lineage))
+        pending = [r for r in (self.revocation(i) for i in ids) if r.state == "pending"]
+        return pending[0] if pending else None
+
+    def finish_revocation(self, revocation_id: str, *, actor: str, detail: dict) -> None:
+        """The chain's head was promoted: the revoked request becomes `revoked`, those it replayed `superseded`."""
+        revocation = self.revocation(revocation_id)
+        replayed = {replay_id: self.get(replay_id).replays for replay_id in revocation.replays}  # read before writing
+        with self._transaction() as conn:
+            self._change_state(
+                conn,
+                revocation.request_id,
+                PROMOTED,
+                REVOKED,
+                actor,
+                {"revocation": revocation_id, "reason": revocation.reason},
+            )
+            for replay_id, original in replayed.items():
+                self._change_state(
+                    conn, original, PROMOTED, SUPERSEDED, actor, {"revocation": revocation_id, "by": replay_id}
+                )
+            conn.execute(
+                insert(audit_table).values(
+                    event=REVOCATION_COMPLETED,
+                    request_id=revocation.request_id,
+                    from_state=None,
+                    to_state=None,
+                    actor=actor,
+                    at=_now(),
+                    detail=json.loads(json.dumps({"revocation": revocation_id, **detail}, default=str)),
+                )
+            )
+
+    def fail_revocation(self, revocation_id: str, *, actor: str, reason: str) -> None:
+        """A replay was rejected or failed: the replays still queued are cancelled; nothing was revoked."""
+        revocation = self.revocation(revocation_id)
+        with self._transaction() as conn:
+            for replay_id in revocation.replays:
+                if self._state_of(conn, replay_id) == QUEUED:
+                    self._change_state(conn, replay_id, QUEUED, CANCELLED, actor, {"reason": reason}, error=reason)
+            conn.execute(
+                insert(audit_table).values(
+                    event=REVOCATION_FAILED,
+                    request_id=revocation.request_id,
+                    from_state=None,
+                    to_state=None,
+                    actor=actor,
+                    at=_now(),
+                    detail={"revocation": revocation_id, "reason": reason},
+                )
+            )
+
     # ---------------------------------------------------------------- reads
     def get(self, request_id: str) -> Request:
         with self.engine.connect() as conn:
@@ -345,7 +536,7 @@ class Ledger:
 
     def erased_concepts(self, lineage: str) -> list[str]:
         """Concepts of promoted requests, in the order they were queued."""
-        return [r.concept for r in self.requests(lineage) if r.state == PROMOTED]
+        return [r.concept for r in self.requests(lineage) if r.state in ERASED_STATES]
 
     # ---------------------------------------------------------------- internals
     def _transaction(self):

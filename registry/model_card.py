@@ -5,6 +5,12 @@ from __future__ import annotations
 import yaml
 
 
+def _lineage(erased: list[str], revoked: list[dict]) -> list[str]:
+    """Every erasure of the lineage in order, the revoked ones struck through (Markdown)."""
+    struck = [f"~~{r['concept']}~~ ({r['request_id']}, revoked: {r['reason']})" for r in revoked]
+    return [*struck, *erased]
+
+
 def model_card(
     *,
     model_name: str,
@@ -15,6 +21,7 @@ def model_card(
     gate_passed: bool,
     gate_reasons: list[str],
     metrics: dict[str, float],
+    revoked: list[dict] = (),
 ) -> str:
     front_matter = {
         "base_model": base_model,
@@ -32,6 +39,11 @@ def model_card(
         "",
         f"`{base_model}` with these concepts removed, in order: {', '.join(erased) or '(none)'}.",
         "",
+        *(
+            [f"Lineage: {', '.join(_lineage(erased, revoked))} (struck through: revoked, re-derived without it).", ""]
+            if revoked
+            else []
+        ),
         "Produced by Lethe (continual, decremental unlearning). Load it with",
         f'`registry.load_pipeline("models:/{model_name}/<version>")`; every file is checked against',
         "`manifest.json` on load.",

@@ -79,6 +79,9 @@ class RequestSpec:
     options: dict = field(default_factory=dict)
     reason: str = ""
     id: str | None = None
+    # Set only on the requests a revocation queues (registry/ledger.py `Ledger.revoke`), never by a requester:
+    replays: str | None = None  # the promoted request this one re-derives, with its very spec
+    revocation: str | None = None  # the revocation it belongs to
 
     def __post_init__(self) -> None:
         def norm(value, concept: bool):
@@ -132,7 +135,7 @@ class RequestSpec:
 
     def body(self) -> dict:
         """The JSON the ledger stores (everything but the id and the requester, which have columns)."""
-        return {
+        body = {
             "concept": self.concept,
             "synonyms": list(self.synonyms),
             "anchor": self.anchor,
@@ -141,6 +144,7 @@ class RequestSpec:
             "options": dict(self.options),
             "reason": self.reason,
         }
+        return {**body, **({"replays": self.replays, "revocation": self.revocation} if self.revocation else {})}
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,8 @@ class Request:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    replays: str | None = None  # see RequestSpec
+    revocation: str | None = None
 
     @classmethod
     def from_row(cls, row) -> Request:
@@ -186,6 +192,8 @@ class Request:
             error=row["error"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            replays=body.get("replays"),
+            revocation=body.get("revocation"),
         )
 
     def spec(self) -> RequestSpec:
@@ -199,6 +207,8 @@ class Request:
             options=dict(self.options),
             reason=self.reason,
             id=self.id,
+            replays=self.replays,
+            revocation=self.revocation,
         )
 
     def as_dict(self) -> dict:

@@ -43,6 +43,9 @@ TAG_DELTA_SHA = "lethe.delta_sha256"
 TAG_MANIFEST_SHA = "lethe.manifest_sha256"
 TAG_APPROVAL = "lethe.approval"
 TAG_COMPLETE = "lethe.complete"
+TAG_REVOKED = "lethe.revoked"  # JSON {revocation, reason}: its request was revoked; production no longer holds it
+TAG_SUPERSEDED_BY = "lethe.superseded_by"  # JSON {version, revocation}: re-derived without a revoked request
+TAG_REPLAYS = "lethe.replays"  # the request a re-derived version replays
 DELTA_NAME = "delta.safetensors"
 # The pyfunc wrapper is logged as code (MLflow's models-from-code), so this module never imports it:
 # the wrapper loads through registry/loading.py, which imports this module.
@@ -115,6 +118,9 @@ class Candidate:
     gate_reasons: list[str]
     report_dir: Path | None = None
     extra_files: dict = field(default_factory=dict)  # artifact name -> file (e.g. a closed form's lineage terms)
+    revoked: list[dict] = field(
+        default_factory=list
+    )  # revocations this lineage went through: {concept, request_id, ...}
 
 
 class ModelRegistry:
@@ -228,6 +234,7 @@ class ModelRegistry:
             gate_passed=candidate.gate_passed,
             gate_reasons=candidate.gate_reasons,
             metrics=candidate.metrics,
+            revoked=candidate.revoked,
         )
         (folder / CARD_NAME).write_text(card)
         files.append(CARD_NAME)
@@ -276,6 +283,7 @@ class ModelRegistry:
             TAG_GATE_REASONS: json.dumps(candidate.gate_reasons)[:4000],
             TAG_DELTA_SHA: delta_sha,
             TAG_MANIFEST_SHA: manifest_sha,
+            **({TAG_REPLAYS: candidate.request["replays"]} if candidate.request.get("replays") else {}),
         }
         created = with_retries(
             lambda: self.client.create_model_version(
@@ -389,6 +397,37 @@ class ModelRegistry:
         if self.alias_version(CANDIDATE) == version:
             self.client.delete_registered_model_alias(self.model_name, CANDIDATE)
         return current
+
+    def accept(self, version: int, approval: dict) -> None:
+        """Approve a revocation's replay that is not the chain's head: recorded, no alias moves (it becomes
+        the parent of the next replay; production moves with the head)."""
+        self._tag(version, TAG_APPROVAL, json.dumps({"decision": "accepted", **approval}))
+        if self.alias_version(CANDIDATE) == version:
+            self.client.delete_registered_model_alias(self.model_name, CANDIDATE)
+
+    def mark_revoked(self, version: int, *, revocation: str, reason: str) -> None:
+        self._tag(version, TAG_REVOKED, json.dumps({"revocation": revocation, "reason": reason})[:4000])
+
+    def mark_superseded(self, version: int, *, by: int | None, revocation: str) -> None:
+        self._tag(version, TAG_SUPERSEDED_BY, json.dumps({"version": by, "revocation": revocation}))
+
+    def point_production(self, version: int | None) -> None:
+        """Move `production` to `version` (None: no version, the base), keeping the old one as
+        `previous-production` (a revocation with nothing to replay)."""
+        current = self.alias_version(PRODUCTION)
+        if current is not None and current != version:
+            self.client.set_registered_model_alias(self.model_name, PREVIOUS_PRODUCTION, str(current))
+        if version is None:
+            if current is not None:
+                self.client.delete_registered_model_alias(self.model_name, PRODUCTION)
+        else:
+            self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(version))
+
+    def _tag(self, version: int, key: str, value: str) -> None:
+        with_retries(
+            lambda: self.client.set_model_version_tag(self.model_name, str(version), key, value),
+            what=f"tag version {version}",
+        )
 
     def mark_rejected(self, version: int, approval: dict) -> None:
         self.client.set_model_version_tag(

@@ -28,6 +28,11 @@ def production_version(settings: LetheSettings) -> Parent:
     return claim.production_parent(settings)
 
 
+@task(name="parent-version")
+def parent_version(settings: LetheSettings, request: Request) -> Parent:
+    return claim.parent_for(settings, request)
+
+
 @task(name="prepare", tags=["gpu"])
 def prepare_request(settings: LetheSettings, request: Request, parent: Parent) -> dict:
     return prepare.prepare(settings, request, parent)

@@ -30,3 +30,27 @@ def judges():
     from unlearning.shapes.judge import shapes_judges
 
     return shapes_judges()
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """Prefect's test harness: a real, temporary API for the module's flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def flow_home(tmp_path, monkeypatch):
+    """A LETHE_HOME for flows on a tiny model built from config, judged as a shapes-world model."""
+    from tests.tiny_models import build_tiny_base
+
+    base = build_tiny_base(tmp_path / "tiny-sd")
+    monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LETHE_BASE_MODEL", str(base))
+    monkeypatch.setenv("LETHE_WORLD", "shapes")  # a tiny model judged as a shapes-world model
+    monkeypatch.setenv("LETHE_SAMPLE_STEPS", "3")
+    monkeypatch.delenv("LETHE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -248,6 +248,45 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
             with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as prefect:
                 runs = {run.name: run.state.type.value for run in prefect.read_flow_runs()}
             assert runs.get("request-r1") == "COMPLETED" and runs.get("request-r2") == "COMPLETED", runs
+
+            # -- revocation: erase star (continual UCE) on top of circle, then revoke circle; the lineage is
+            #    re-derived without it through the same flow, and production moves with the head
+            started_revocation = time.monotonic()
+            ran = lethe("submit", "--concept", "star", "--requester", "dan", "--id", "r3", "--method", "continual-uce")
+            assert ran.returncode == 0, ran.stderr
+            ran = lethe("run", "--auto-approve", "--json")
+            assert ran.returncode == 0, ran.stderr[-3000:]
+            v3 = ledger.get("r3").candidate_version
+            assert registry.alias_version(PRODUCTION) == v3 and registry.erased_in(v3) == ["circle", "star"]
+            objects = s3_client(s3_endpoint).list_objects_v2(Bucket=bucket).get("Contents", [])
+            assert any(o["Key"].endswith("lethe/lineage.safetensors") for o in objects)  # the closed form's terms
+            trail_before = ledger.history()
+            assert "cannot approve" in refused(lethe("revoke", "r1", "--approver", "alice", "--reason", "mine"))
+            assert "no request with id" in refused(lethe("revoke", "r9", "--approver", "bob", "--reason", "x"))
+            assert "only a promoted request" in refused(lethe("revoke", "r2", "--approver", "bob", "--reason", "x"))
+            assert ledger.history() == trail_before
+            revoked = lethe("revoke", "r1", "--approver", "bob", "--reason", "licence obtained", "--json")
+            assert revoked.returncode == 0, revoked.stderr
+            [replay] = json.loads(revoked.stdout)["replays"]
+            assert "pending" in refused(lethe("revoke", "r3", "--approver", "bob", "--reason", "x"))
+            assert registry.alias_version(PRODUCTION) == v3  # not before the head is approved
+            ran = lethe("run", "--auto-approve", "--json")
+            assert ran.returncode == 0, ran.stderr[-3000:]
+            [re_derived] = json.loads(ran.stdout[ran.stdout.index("{") :])["requests"]
+            assert (
+                re_derived["id"] == replay and re_derived["state"] == PROMOTED and re_derived["parent_version"] is None
+            )
+            head = re_derived["candidate_version"]
+            assert registry.alias_version(PRODUCTION) == head and registry.erased_in(head) == ["star"]
+            assert ledger.get("r1").state == "revoked" and ledger.get("r3").state == "superseded"
+            assert "lethe.revoked" in registry.version_tags(v1) and "lethe.superseded_by" in registry.version_tags(v3)
+            history = lethe("history")
+            assert history.stdout.startswith("lineage: ~~circle~~ -> star"), history.stdout[:300]
+            card = (registry.download(head, tmp_path / "head") / "README.md").read_text()
+            assert "~~circle~~ (r1, revoked: licence obtained)" in card  # the lineage, the revoked request struck
+            served = load_pipeline(f"models:/{MODEL}@production", tracking_uri=tracking_uri)
+            assert served.lethe_version["erased"] == ["star"]
+            phases["revocation: erase, revoke, re-derive"] = time.monotonic() - started_revocation
     finally:
         if drainer is not None and drainer.poll() is None:
             servers.kill_group(drainer)

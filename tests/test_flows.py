@@ -1,5 +1,6 @@
 """The queue-draining flow on Prefect's test harness (a real, temporary Prefect API), a tiny model
-built from config as the base, and the real ledger and MLflow store under a temporary LETHE_HOME."""
+built from config as the base, and the real ledger and MLflow store under a temporary LETHE_HOME
+(fixtures `prefect_api` and `flow_home`: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,27 +10,6 @@ import pytest
 
 from registry.ledger import FAILED, PROMOTED, REJECTED, Ledger, RequestSpec
 from registry.versions import PRODUCTION, ModelRegistry
-from tests.tiny_models import build_tiny_base
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture
-def lethe_home(tmp_path, monkeypatch, tmp_path_factory):
-    base = build_tiny_base(tmp_path / "tiny-sd")
-    monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LETHE_BASE_MODEL", str(base))
-    monkeypatch.setenv("LETHE_WORLD", "shapes")  # a tiny model judged as a shapes-world model
-    monkeypatch.setenv("LETHE_SAMPLE_STEPS", "3")
-    monkeypatch.delenv("LETHE_CONFIG", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _policy(path, bound):
@@ -49,11 +29,11 @@ def _ledger_and_registry():
 
 
 @pytest.mark.slow
-def test_queue_is_drained_in_order_with_auto_approval(prefect_api, lethe_home, monkeypatch):
+def test_queue_is_drained_in_order_with_auto_approval(prefect_api, flow_home, monkeypatch):
     from flows.continual import continual_unlearning
     from pipeline.decide import AUTO_APPROVAL_POLICY
 
-    monkeypatch.setenv("LETHE_POLICY", _policy(lethe_home / "pass.yaml", 0.0))
+    monkeypatch.setenv("LETHE_POLICY", _policy(flow_home / "pass.yaml", 0.0))
     settings, ledger, registry = _ledger_and_registry()
     ledger.submit_many(
         [RequestSpec("circle", "alice", id="r1"), RequestSpec("striped", "alice", id="r2")], lineage=settings.model_name
@@ -77,10 +57,10 @@ def test_queue_is_drained_in_order_with_auto_approval(prefect_api, lethe_home, m
 
 
 @pytest.mark.slow
-def test_failed_gate_rejects_and_leaves_production_alone(prefect_api, lethe_home, monkeypatch):
+def test_failed_gate_rejects_and_leaves_production_alone(prefect_api, flow_home, monkeypatch):
     from flows.continual import continual_unlearning
 
-    monkeypatch.setenv("LETHE_POLICY", _policy(lethe_home / "impossible.yaml", 2.0))
+    monkeypatch.setenv("LETHE_POLICY", _policy(flow_home / "impossible.yaml", 2.0))
     settings, ledger, registry = _ledger_and_registry()
     ledger.submit(RequestSpec("circle", "alice", id="r1"), lineage=settings.model_name)
 
@@ -92,10 +72,10 @@ def test_failed_gate_rejects_and_leaves_production_alone(prefect_api, lethe_home
 
 
 @pytest.mark.slow
-def test_a_failing_request_is_marked_failed_and_the_queue_goes_on(prefect_api, lethe_home, monkeypatch):
+def test_a_failing_request_is_marked_failed_and_the_queue_goes_on(prefect_api, flow_home, monkeypatch):
     from flows.continual import continual_unlearning
 
-    monkeypatch.setenv("LETHE_POLICY", str(lethe_home / "missing-policy.yaml"))  # evaluation cannot load it
+    monkeypatch.setenv("LETHE_POLICY", str(flow_home / "missing-policy.yaml"))  # evaluation cannot load it
     settings, ledger, _ = _ledger_and_registry()
     ledger.submit_many(
         [RequestSpec("circle", "alice", id="r1"), RequestSpec("star", "alice", id="r2")], lineage=settings.model_name
@@ -108,7 +88,7 @@ def test_a_failing_request_is_marked_failed_and_the_queue_goes_on(prefect_api, l
 
 
 @pytest.mark.slow
-def test_a_person_approves_a_paused_run_with_lethe_approve(prefect_api, lethe_home, monkeypatch):
+def test_a_person_approves_a_paused_run_with_lethe_approve(prefect_api, flow_home, monkeypatch):
     """The flow pauses with a typed form; `lethe approve` (in-process here, same Prefect API) refuses
     self-approval, then answers the paused run, which promotes the candidate."""
     import threading
@@ -117,7 +97,7 @@ def test_a_person_approves_a_paused_run_with_lethe_approve(prefect_api, lethe_ho
     from flows.cli import main
     from flows.continual import process_request
 
-    monkeypatch.setenv("LETHE_POLICY", _policy(lethe_home / "pass.yaml", 0.0))
+    monkeypatch.setenv("LETHE_POLICY", _policy(flow_home / "pass.yaml", 0.0))
     monkeypatch.setenv("LETHE_APPROVERS", "bob,alice")
     settings, ledger, registry = _ledger_and_registry()
     ledger.submit(RequestSpec("circle", "alice", id="r1"), lineage=settings.model_name)

@@ -23,6 +23,7 @@ COMMANDS = {
     "approve": requests.cmd_approve,
     "reject": requests.cmd_reject,
     "rollback": requests.cmd_rollback,
+    "revoke": requests.cmd_revoke,
     "history": requests.cmd_history,
     "run": jobs.cmd_run,
     "audit": jobs.cmd_audit,

@@ -181,13 +181,32 @@ def cmd_history(args) -> int:
         trail = ledger(config).history(args.id)
     except refusals() as error:
         raise BadInput(str(error)) from None
+    lineage = lineage_rows(config)
     if args.json:
-        print_json({"history": trail})
+        print_json({"lineage": lineage, "history": trail})
         return 0
+    if lineage and args.id is None:
+        print(
+            "lineage: "
+            + " -> ".join(f"~~{row['concept']}~~" if row["state"] == "revoked" else row["concept"] for row in lineage)
+            + "   (~~revoked~~)"
+        )
     for event in trail:
         change = f"{event['from_state'] or '-'} -> {event['to_state']}" if event["event"] == "state" else event["event"]
         print(f"{event['at']}  {event['request_id'] or '':24s} {change:32s} by {event['actor']}  {event['detail']}")
     return 0
+
+
+def lineage_rows(config) -> list[dict]:
+    """The lineage's erasures in queue order: what production holds, the revoked ones marked."""
+    from registry.ledger import ACCEPTED, PROMOTED, REVOKED
+
+    shown = (PROMOTED, ACCEPTED, REVOKED)
+    return [
+        {"id": r.id, "concept": r.concept, "state": r.state, "version": r.candidate_version, "replays": r.replays}
+        for r in ledger(config).requests(config.model_name)
+        if r.state in shown
+    ]
 
 
 def history_parser(commands) -> None:
@@ -306,4 +325,40 @@ def rollback_parser(commands) -> None:
     p.set_defaults(func=cmd_rollback)
 
 
-PARSERS = (status_parser, submit_parser, approve_parser, reject_parser, rollback_parser, history_parser)
+# ---------------------------------------------------------------- revoke
+def cmd_revoke(args) -> int:
+    config = settings()
+    from pipeline.revoke import revoke
+
+    try:
+        result = revoke(config, args.id, approver=args.approver, reason=args.reason)
+    except refusals() as error:
+        raise BadInput(str(error)) from None
+    if args.json:
+        print_json(result)
+    elif result["replays"]:
+        print(
+            f"{args.id}: revocation {result['revocation']} queued; {len(result['replays'])} request(s) to re-derive "
+            f"from version {result['parent_version']}: {', '.join(result['replays'])}"
+        )
+        print("production moves when the re-derived head is approved (lethe run drains them)")
+    else:
+        print(
+            f"{args.id}: revoked (nothing after it to replay); production is now "
+            f"{'the base' if result['production_version'] is None else 'version ' + str(result['production_version'])}"
+        )
+    if result["replays"]:
+        announce(config, [ledger(config).get(i) for i in result["replays"]])
+    return 0
+
+
+def revoke_parser(commands) -> None:
+    p = commands.add_parser("revoke", help="remove one promoted request's effect: re-derive the lineage without it")
+    p.add_argument("id", help="the promoted request to revoke")
+    p.add_argument("--approver", required=True, help="who decides (on settings.approvers, not the request's requester)")
+    p.add_argument("--reason", required=True, help="why (licence obtained, granted in error, ...)")
+    add_json(p)
+    p.set_defaults(func=cmd_revoke)
+
+
+PARSERS = (status_parser, submit_parser, approve_parser, reject_parser, rollback_parser, revoke_parser, history_parser)

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.evaluator import Evaluator, flatten_metrics
 from pipeline.prepare import load_parent_model, unlearn_config
 from pipeline.settings import LetheSettings
-from pipeline.values import GateCheck, Outcome, Parent
+from pipeline.values import Outcome, Parent
 from unlearning.evaluation.evaluate import Evaluation
 from unlearning.files import sha256_file, write_json
 from unlearning.loop import LINEAGE_FILE
@@ -88,7 +88,7 @@ def evaluate_request(settings: LetheSettings, request, parent: Parent, work_dir:
         metrics=flatten_metrics(payload["checks"]),
         gate_passed=decision.passed,
         gate_reasons=tuple(decision.reasons),
-        gate_checks=tuple(GateCheck(**c.__dict__) for c in decision.checks),
+        gate_checks=tuple(decision.checks),
         erased=(*parent.erased, config.concept),
         params={
             "method": config.method,

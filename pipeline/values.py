@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# One gate check as the gate wrote it (metric, value, bounds, verdict, reason, n, interval).
+from unlearning.evaluation.gates import CheckOutcome as GateCheck
+
 
 @dataclass(frozen=True)
 class Parent:
@@ -19,18 +22,6 @@ class Parent:
     def source(self, model_name: str, base_model: str) -> str:
         """What registry.loading.load_parent loads for it."""
         return base_model if self.version is None else f"models:/{model_name}/{self.version}"
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    metric: str
-    value: float | None
-    min: float | None
-    max: float | None
-    passed: bool
-    reason: str = ""
-    n: int | None = None  # the images the value rests on
-    interval: list | None = None  # its 95 % interval
 
 
 @dataclass(frozen=True)

@@ -310,16 +310,14 @@ class Ledger:
                 error = f"its run stopped while running {resumes + 1} times (killed or crashed); not resumed again"
                 self._change_state(conn, row.id, RUNNING, FAILED, actor, {"reason": error}, error=error)
                 return None
-            conn.execute(
-                insert(audit_table).values(
-                    event="resumed",
-                    request_id=row.id,
-                    from_state=RUNNING,
-                    to_state=RUNNING,
-                    actor=actor,
-                    at=_now(),
-                    detail={"resume": resumes + 1, "reason": "the run that claimed it stopped while it was running"},
-                )
+            self._audit(
+                conn,
+                row.id,
+                RUNNING,
+                RUNNING,
+                actor,
+                {"resume": resumes + 1, "reason": "the run that claimed it stopped while it was running"},
+                event="resumed",
             )
         return self.get(row.id)
 
@@ -347,17 +345,7 @@ class Ledger:
     def record_event(self, event: str, *, actor: str, detail: dict) -> None:
         """Audit something that is not a request's state change (e.g. a rollback of production)."""
         with self._transaction() as conn:
-            conn.execute(
-                insert(audit_table).values(
-                    event=event,
-                    request_id=None,
-                    from_state=None,
-                    to_state=None,
-                    actor=actor,
-                    at=_now(),
-                    detail=json.loads(json.dumps(detail, default=str)),
-                )
-            )
+            self._audit(conn, None, None, None, actor, detail, event=event)
 
     def revoke(self, request_id: str, *, approver: str, reason: str, production_version: int | None) -> Revocation:
         """Record a revocation of a promoted request and queue its re-derivation: every request promoted after
@@ -416,17 +404,7 @@ class Ledger:
             "replays": [spec.id for spec in replays],
         }
         with self._transaction() as conn:
-            conn.execute(
-                insert(audit_table).values(
-                    event=REVOCATION_REQUESTED,
-                    request_id=request_id,
-                    from_state=PROMOTED,
-                    to_state=PROMOTED,
-                    actor=approver,
-                    at=_now(),
-                    detail=detail,
-                )
-            )
+            self._audit(conn, request_id, PROMOTED, PROMOTED, approver, detail, event=REVOCATION_REQUESTED)
         if replays:
             self.submit_many(replays, lineage=target.lineage)
         return self.revocation(revocation_id)
@@ -481,16 +459,14 @@ class Ledger:
                 self._change_state(
                     conn, original, PROMOTED, SUPERSEDED, actor, {"revocation": revocation_id, "by": replay_id}
                 )
-            conn.execute(
-                insert(audit_table).values(
-                    event=REVOCATION_COMPLETED,
-                    request_id=revocation.request_id,
-                    from_state=None,
-                    to_state=None,
-                    actor=actor,
-                    at=_now(),
-                    detail=json.loads(json.dumps({"revocation": revocation_id, **detail}, default=str)),
-                )
+            self._audit(
+                conn,
+                revocation.request_id,
+                None,
+                None,
+                actor,
+                {"revocation": revocation_id, **detail},
+                event=REVOCATION_COMPLETED,
             )
 
     def fail_revocation(self, revocation_id: str, *, actor: str, reason: str) -> None:
@@ -500,16 +476,14 @@ class Ledger:
             for replay_id in revocation.replays:
                 if self._state_of(conn, replay_id) == QUEUED:
                     self._change_state(conn, replay_id, QUEUED, CANCELLED, actor, {"reason": reason}, error=reason)
-            conn.execute(
-                insert(audit_table).values(
-                    event=REVOCATION_FAILED,
-                    request_id=revocation.request_id,
-                    from_state=None,
-                    to_state=None,
-                    actor=actor,
-                    at=_now(),
-                    detail={"revocation": revocation_id, "reason": reason},
-                )
+            self._audit(
+                conn,
+                revocation.request_id,
+                None,
+                None,
+                actor,
+                {"revocation": revocation_id, "reason": reason},
+                event=REVOCATION_FAILED,
             )
 
     # ---------------------------------------------------------------- reads
@@ -566,10 +540,20 @@ class Ledger:
         self._audit(conn, request_id, from_state, to_state, actor, detail)
 
     @staticmethod
-    def _audit(conn, request_id: str, from_state: str | None, to_state: str, actor: str, detail: dict) -> None:
+    def _audit(
+        conn,
+        request_id: str | None,
+        from_state: str | None,
+        to_state: str | None,
+        actor: str,
+        detail: dict,
+        *,
+        event: str = "state",
+    ) -> None:
+        """One row of the audit trail (`detail` made JSON-safe: dates and paths become strings)."""
         conn.execute(
             insert(audit_table).values(
-                event="state",
+                event=event,
                 request_id=request_id,
                 from_state=from_state,
                 to_state=to_state,

@@ -4,7 +4,7 @@ derived by hand in the docstrings, and each one run through the one training loo
 import pytest
 import torch
 
-from tests.tiny_models import build_tiny_base, shapes_prompts_for
+from tests.tiny_models import build_tiny_base, shapes_prompts_for, tiny_unet
 from unlearning import loop
 from unlearning.delta import load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
@@ -59,28 +59,11 @@ def _context(student, **fields) -> StepContext:
     return StepContext(**{**defaults, **fields})
 
 
-def _tiny_unet():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-
-
 # -- ESD-u: the ESD-x objective on the non-cross-attention weights
 
 
 def test_non_xattn_is_every_tensor_outside_cross_attention():
-    unet = _tiny_unet()
+    unet = tiny_unet()
     non_xattn, xattn = trainable_names(unet, "non-xattn"), trainable_names(unet, "xattn")
     assert non_xattn and not any(".attn2." in n for n in non_xattn)
     assert any(".attn1." in n for n in non_xattn) and "conv_in.weight" in non_xattn

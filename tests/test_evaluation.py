@@ -36,20 +36,25 @@ def base_sha():
     return model_identity("shapes")[1]
 
 
-@pytest.mark.slow
-def test_base_against_itself_shows_no_erosion(shapes_pipe, judge, base_sha, tmp_path):
-    plan = shapes_plan("circle", synonyms=("disc",), erased=("striped",), size=PlanSize.quick(2))
-    result = evaluate(
-        shapes_pipe,
-        shapes_pipe,
+def _evaluate(candidate, base, judge, plan, base_sha, tmp_path, **options):
+    """The evaluation every test here runs: the test sampler, a fresh cache, the shipped policy."""
+    return evaluate(
+        candidate,
+        base,
         judge,
         plan,
         sampler=SAMPLER,
         base_sha256=base_sha,
         cache=ImageCache(tmp_path / "cache"),
         policy=load_policy(),
-        drift_value=0.0,
+        **options,
     )
+
+
+@pytest.mark.slow
+def test_base_against_itself_shows_no_erosion(shapes_pipe, judge, base_sha, tmp_path):
+    plan = shapes_plan("circle", synonyms=("disc",), erased=("striped",), size=PlanSize.quick(2))
+    result = _evaluate(shapes_pipe, shapes_pipe, judge, plan, base_sha, tmp_path, drift_value=0.0)
     checks = result.results
     assert checks["retention"]["distance"] == 0.0
     assert checks["fid"]["fid"] == pytest.approx(0.0, abs=1e-6)
@@ -70,18 +75,8 @@ def test_damaged_copy_fails_retention_gates_with_reasons(shapes_pipe, judge, bas
         for param in damaged.unet.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * 0.3 * param.std().clamp_min(1e-3))
     plan = shapes_plan(None, size=PlanSize(retain_images=12))
-    policy = load_policy()
-    result = evaluate(
-        damaged,
-        shapes_pipe,
-        judge,
-        plan,
-        sampler=SAMPLER,
-        base_sha256=base_sha,
-        cache=ImageCache(tmp_path / "cache"),
-        policy=policy,
-        drift_value=drift(damaged.unet, shapes_pipe.unet),
-    )
+    drift_value = drift(damaged.unet, shapes_pipe.unet)
+    result = _evaluate(damaged, shapes_pipe, judge, plan, base_sha, tmp_path, drift_value=drift_value)
     reasons = " ".join(result.decision.reasons)
     assert not result.decision.passed
     assert "retention.distance" in reasons and "fid.fid" in reasons, reasons
@@ -111,16 +106,7 @@ def test_report_renders_in_headless_chromium(shapes_pipe, judge, base_sha, tmp_p
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (scripts/test installs it when run as root)")
     plan = shapes_plan("circle", size=PlanSize.quick(2))
-    result = evaluate(
-        shapes_pipe,
-        shapes_pipe,
-        judge,
-        plan,
-        sampler=SAMPLER,
-        base_sha256=base_sha,
-        cache=ImageCache(tmp_path / "cache"),
-        policy=load_policy(),
-    )
+    result = _evaluate(shapes_pipe, shapes_pipe, judge, plan, base_sha, tmp_path)
     html_path = write_report(result, tmp_path / "report", title="test report")
     payload = json.loads((tmp_path / "report" / "evaluation.json").read_text())
     assert payload["decision"]["passed"] is False and payload["checks"]["forget"]["gate"]["ua"] is not None

@@ -5,7 +5,7 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint, shapes_prompts_for
+from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint, shapes_prompts_for, tiny_unet
 from unlearning.delta import apply_delta_files, load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
 from unlearning.methods import duge
@@ -15,26 +15,8 @@ from unlearning.sampling import load_model
 LORA_SUFFIXES = (".attn2.to_q.weight", ".attn2.to_k.weight", ".attn2.to_v.weight", ".attn2.to_out.0.weight")
 
 
-def _tiny_unet():
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-
-
 def test_lora_trains_only_adapters_and_merges_into_the_attn2_weights():
-    unet = _tiny_unet()
+    unet = tiny_unet()
     names = trainable_names(unet, "lora")
     assert names and all(n.endswith(LORA_SUFFIXES) for n in names)
     assert len(names) == 4 * sum(1 for n, _ in unet.named_modules() if n.endswith(".attn2"))
@@ -69,7 +51,7 @@ def test_lora_l2_sp_is_the_merged_weights_distance_to_the_base():
     """Right after add_lora, B = 0, so the merged weights equal the parent's. With a base θ_0 = θ_p − 1
     on every adapted weight, ‖θ − θ_0‖² / n = (n · 1²) / n = 1 — the parent's own drift from the base
     counts, not only the adapter's — and the gradient reaches the adapters (∂/∂B = 2(θ − θ_0)Aᵀ ≠ 0)."""
-    unet = _tiny_unet()
+    unet = tiny_unet()
     names = trainable_names(unet, "lora")
     base = {n: unet.state_dict()[n] - 1.0 for n in names}
     adapters = add_lora(unet, rank=2, seed=0)

@@ -95,22 +95,10 @@ def test_esd_x_target_is_negative_guidance():
 
 
 def test_parameter_sets_select_the_documented_tensors():
-    from diffusers import UNet2DConditionModel
 
-    from tests.tiny_models import kv_names
+    from tests.tiny_models import kv_names, tiny_unet
 
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    unet = tiny_unet()
     assert trainable_names(unet, "xattn-kv") == kv_names(unet)
     assert all(".attn2." in n for n in trainable_names(unet, "xattn"))
     assert len(trainable_names(unet, "full")) == len(list(unet.parameters()))

@@ -9,14 +9,12 @@ import torch
 from unlearning.delta import compute_delta, save_delta
 
 
-def build_tiny_base(folder: Path) -> Path:
-    """A StableDiffusionPipeline directory: tiny UNet/VAE, the real frozen MiniLM text encoder."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-
-    from unlearning.shapes.model import load_text_encoder, sampling_scheduler
+def tiny_unet(cross_attention_dim: int = 16):
+    """A seeded SD1.5-shaped UNet of two blocks (one with cross-attention) on 8x8 latents."""
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -24,10 +22,19 @@ def build_tiny_base(folder: Path) -> Path:
         block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=384,
+        cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=32,
     )
+
+
+def build_tiny_base(folder: Path) -> Path:
+    """A StableDiffusionPipeline directory: tiny UNet/VAE, the real frozen MiniLM text encoder."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    from unlearning.shapes.model import load_text_encoder, sampling_scheduler
+
+    unet = tiny_unet(cross_attention_dim=384)
     vae = AutoencoderKL(
         sample_size=16,
         in_channels=3,

@@ -228,30 +228,41 @@ def _answer(config, request_id: str, decision) -> str | None:
     return None
 
 
-def cmd_approve(args) -> int:
-    config = settings()
+def _give_answer(config, request_id: str, decision, *, as_json: bool) -> int:
+    """Answer a request's paused flow run through Prefect, or decide it directly when none is paused."""
     from pipeline.decide import decide
+
+    wanted = "promoted" if decision.approve else "rejected"
+    try:
+        if (state := _answer(config, request_id, decision)) is not None:
+            result = {"id": request_id, "state": state, "via": "prefect"}
+            if decision.approve:
+                promoted = state == "promoted"
+                result["production_version"] = ledger(config).get(request_id).candidate_version if promoted else None
+            print_json(result) if as_json else print(f"{request_id}: {state} (answered the paused flow run)")
+            return 0 if state == wanted else EXIT_FAILED
+        result = {"id": request_id, **decide(config, request_id, decision)}
+    except refusals() as error:
+        raise BadInput(str(error)) from None
+    if as_json:
+        print_json(result)
+    elif decision.approve:
+        print(f"{request_id}: promoted; production is now version {result['production_version']}")
+        if back := result.get("revoked_concept"):
+            print(
+                f"revoked concept {back['concept']} drawn again: {back['detection']:.3f} "
+                f"({back['relative']:.3f} x base {back['base_detection']:.3f})"
+            )
+    else:
+        print(f"{request_id}: rejected")
+    return 0
+
+
+def cmd_approve(args) -> int:
     from pipeline.values import Decision
 
     decision = Decision(approve=True, approver=args.approver, comment=args.comment or "")
-    try:
-        if (state := _answer(config, args.id, decision)) is not None:
-            request = ledger(config).get(args.id)
-            result = {
-                "id": args.id,
-                "state": state,
-                "via": "prefect",
-                "production_version": request.candidate_version if state == "promoted" else None,
-            }
-            print_json(result) if args.json else print(f"{args.id}: {state} (answered the paused flow run)")
-            return 0 if state == "promoted" else EXIT_FAILED
-        result = {"id": args.id, **decide(config, args.id, decision)}
-    except refusals() as error:
-        raise BadInput(str(error)) from None
-    print_json(result) if args.json else print(
-        f"{args.id}: promoted; production is now version {result['production_version']}"
-    )
-    return 0
+    return _give_answer(settings(), args.id, decision, as_json=args.json)
 
 
 def approve_parser(commands) -> None:
@@ -264,24 +275,12 @@ def approve_parser(commands) -> None:
 
 
 def cmd_reject(args) -> int:
-    config = settings()
-    from pipeline.decide import decide
     from pipeline.values import Decision
 
     if not args.reason.strip():
         raise BadInput("a rejection needs a reason")
     decision = Decision(approve=False, approver=args.approver, comment=args.reason)
-    try:
-        if (state := _answer(config, args.id, decision)) is not None:
-            print_json({"id": args.id, "state": state, "via": "prefect"}) if args.json else print(
-                f"{args.id}: {state} (answered the paused flow run)"
-            )
-            return 0 if state == "rejected" else EXIT_FAILED
-        result = {"id": args.id, **decide(config, args.id, decision)}
-    except refusals() as error:
-        raise BadInput(str(error)) from None
-    print_json(result) if args.json else print(f"{args.id}: rejected")
-    return 0
+    return _give_answer(settings(), args.id, decision, as_json=args.json)
 
 
 def reject_parser(commands) -> None:

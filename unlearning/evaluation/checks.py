@@ -151,6 +151,11 @@ def drift(model: torch.nn.Module, base: torch.nn.Module) -> float:
     return (changed / reference) ** 0.5 if reference else 0.0
 
 
+def _mean(values: np.ndarray) -> float:
+    """The mean, NaN for no values (a plan without cross-concept prompts), without numpy's warning."""
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
 def _relative(value: float, base_value: float) -> float:
     """value / base_value; when the base never shows the concept (0) nothing can erode: 1.0, unless
     the candidate is also unmeasured (NaN)."""
@@ -227,7 +232,7 @@ def run_checks(
         return {
             "ua": overall.pop("rate"),
             **overall,
-            "base_ua": float(1.0 - base_hits[idx].mean()),
+            "base_ua": 1.0 - _mean(base_hits[idx]),
             "where_base_draws": _rename(stats.rate(1.0 - cand_hits[drawn], prompts[drawn]), "ua"),
         }
 
@@ -244,7 +249,7 @@ def run_checks(
         return {
             "accuracy": accuracy.pop("rate"),
             **accuracy,
-            "base_accuracy": float(base_hits[idx].mean()),
+            "base_accuracy": _mean(base_hits[idx]),
             "relative": stats.ratio_of_means(cand_hits[idx], base_hits[idx]),
             "relative_bootstrap": list(
                 stats.cluster_bootstrap_interval(

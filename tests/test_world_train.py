@@ -62,3 +62,26 @@ def test_finished_stages_are_skipped(tmp_path):
     summary = train.train_world(WorldTrainConfig(), weights, tmp_path / "work", stages=("detector",))
     assert summary["stages"] == {}
     assert (weights / "detector.safetensors").read_bytes() == b"already trained"
+
+
+@pytest.mark.slow
+def test_unet_stage_fine_tunes_from_the_given_weights(tmp_path):
+    """`--unet-init`: training starts from those weights (at lr 0 one step changes nothing), and the
+    summary names them by sha256."""
+    import shutil
+
+    from unlearning.files import sha256_file
+    from unlearning.shapes.shipped import WEIGHTS_DIR
+
+    weights = tmp_path / "w"
+    weights.mkdir()
+    shutil.copytree(WEIGHTS_DIR / "vae", weights / "vae")
+    init = WEIGHTS_DIR / "unet"
+    cfg = WorldTrainConfig(unet_images=8, unet_batch=2, unet_steps=1, unet_lr=0.0, unet_init=str(init))
+    summary = train.train_unet(cfg, weights, tmp_path / "work")
+
+    start = _weights(init / "diffusion_pytorch_model.safetensors")
+    tuned = _weights(weights / "unet" / "diffusion_pytorch_model.safetensors")
+    assert start.keys() == tuned.keys()
+    assert all(start[k].equal(tuned[k]) for k in start)
+    assert summary["init_sha256"] == sha256_file(init / "diffusion_pytorch_model.safetensors")

@@ -19,6 +19,10 @@ def cmd_world_train(args) -> int:
     overrides = {k: v for k, v in {"seed": args.seed, "unet_steps": args.unet_steps}.items() if v is not None}
     if any(v < 0 for v in overrides.values()) or overrides.get("unet_steps", 1) == 0:
         raise BadInput("--seed must be >= 0 and --unet-steps > 0")
+    if args.unet_init:
+        if not (Path(args.unet_init) / "config.json").is_file():
+            raise BadInput(f"--unet-init {args.unet_init}: not a diffusers UNet folder (no config.json)")
+        overrides["unet_init"] = str(Path(args.unet_init).resolve())
     world_config = replace(WorldTrainConfig(), **overrides)
     weights_dir = Path(args.weights_dir) if args.weights_dir else WEIGHTS_DIR
     stages = tuple(args.stage) if args.stage else STAGES
@@ -113,6 +117,9 @@ def world_parser(commands) -> None:
     train.add_argument("--seed", type=int, default=None, help="master seed (default 0)")
     train.add_argument("--unet-steps", type=int, default=None, help="UNet training steps (default 20000)")
     train.add_argument("--weights-dir", default=None, help="write weights here instead of the package")
+    train.add_argument(
+        "--unet-init", default=None, help="fine-tune this diffusers UNet folder instead of starting from random"
+    )
     add_json(train)
     train.set_defaults(func=cmd_world_train)
     ev = actions.add_parser("eval", help="measure the two judges and the base model")

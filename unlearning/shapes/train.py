@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from unlearning.files import save_torch, write_json
+from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.shapes import model as shapes_model
 from unlearning.shapes.detector import HEADS, ShapesDetector, cosine_lr, degrade, to_model_input
 from unlearning.shapes.render import random_scenes, render_batch
@@ -62,6 +62,9 @@ class WorldTrainConfig:
     ema_decay: float = 0.999
     min_snr_gamma: float = 5.0
     checkpoint_every: int = 250
+    # A diffusers UNet folder to start from instead of a random init (fine-tuning a previous world's
+    # UNet after a renderer change; it must share the VAE's latent space). Empty: from scratch.
+    unet_init: str = ""
 
 
 def _step_generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -311,6 +314,12 @@ def train_unet(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict
 
     torch.manual_seed(cfg.seed + 2)
     unet = shapes_model.build_unet()
+    init_sha256 = None
+    if cfg.unet_init:
+        from diffusers import UNet2DConditionModel
+
+        init_sha256 = sha256_file(Path(cfg.unet_init) / "diffusion_pytorch_model.safetensors")
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(cfg.unet_init).float().state_dict())
     ema = shapes_model.build_unet().requires_grad_(False)
     ema.load_state_dict(unet.state_dict())
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
@@ -363,7 +372,15 @@ def train_unet(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict
             )
     # Ship the EMA weights in fp16 (halves the committed size; loaded back into fp32 modules).
     ema.to(torch.float16).save_pretrained(weights_dir / "unet", safe_serialization=True)
-    return {"steps": cfg.unet_steps, "images": cfg.unet_images, "captions": len(captions), "loss_ema": loss_avg}
+    return {
+        "steps": cfg.unet_steps,
+        "images": cfg.unet_images,
+        "captions": len(captions),
+        "loss_ema": loss_avg,
+        "init": cfg.unet_init or "random",
+        # which weights a fine-tune started from, whatever folder they were in
+        "init_sha256": init_sha256,
+    }
 
 
 STAGES = ("detector", "second_detector", "vae", "unet")

@@ -71,3 +71,16 @@ def test_the_erasing_templates_never_contain_a_heldout_evaluation_template():
     heldout_starts = tuple(t.split("{")[0] for t in HELDOUT_TEMPLATES)
     assert not any(p.startswith(heldout_starts) for p in prompts.target + prompts.preserve)
     assert all(a != t for a, t in zip(prompts.anchor, prompts.target))
+
+
+def test_an_erased_concept_becomes_a_surrogate_of_its_domain_that_is_not_erased():
+    circle = shapes_prompts("circle", synonyms=("disc",))
+    assert set(circle.anchor_words) == {"square"}
+    assert all("square" in a and "circle" not in a and "disc" not in a for a in circle.anchor)
+    assert set(shapes_prompts("striped").anchor_words) == {"solid"}
+    assert set(shapes_prompts("square").anchor_words) == {"triangle"}
+    # never towards a concept erased before: the edit would bring it back
+    after_square = shapes_prompts("circle", erased=("square",))
+    assert set(after_square.anchor_words) == {"triangle"}
+    assert {p.anchor_words[0] for p in after_square.earlier} == {"triangle"}
+    assert set(shapes_prompts("circle", anchor="ring").anchor_words) == {"ring"}  # an explicit anchor wins

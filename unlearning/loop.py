@@ -52,7 +52,7 @@ class ConfigError(ValueError):
 class UnlearnConfig:
     concept: str
     synonyms: tuple[str, ...] = ()
-    anchor: str | None = None  # None: the domain's default (shapes: "shape" for objects, "" for styles)
+    anchor: str | None = None  # None: the world's default (shapes: a surrogate concept, square or solid)
     preserve: tuple[str, ...] = ()
     erased: tuple[str, ...] = ()  # concepts erased earlier in the lineage (the replay set)
     method: str = DEFAULT_METHOD

@@ -421,7 +421,7 @@ def unlearn_parser(commands) -> None:
     p.add_argument(
         "--anchor",
         default=None,
-        help="what the concept should become (default: 'shape' for objects, nothing for styles)",
+        help="what the concept should become (default: another concept of its domain: square, solid)",
     )
     p.add_argument("--preserve", action="append", help="a related concept to keep (repeatable)")
     p.add_argument("--erased", action="append", help="a concept erased earlier in the lineage (repeatable): replayed")

@@ -7,7 +7,7 @@ The DUGE paper names its three losses but does not publish their formulas; this 
        L_ca = ‖ε_θ(z_t, c_tgt) − sg ε_p(z_t, c_anc)‖²
               + λ_attn Σ_l ‖Ā_θ^l(z_t, c_tgt)[tgt] − sg Ā_p^l(z_t, c_anc)[anc]‖²
    where Ā^l[tokens] is layer l's cross-attention map (mean over heads) averaged over the concept's
-   tokens: the student must look at "circle" where the parent looked at "shape". With an empty anchor
+   tokens: the student must look at "circle" where the parent looked at "square". With an empty anchor
    the target-token attention is driven to 0.
 2. Prior preservation, on z_t from the parent's images of preserve and replay prompts (the replay set
    holds every concept erased earlier, so the parent's erasures are kept — no rebound):

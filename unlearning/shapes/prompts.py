@@ -6,9 +6,10 @@ combination, skipping those that ask for an avoided concept: evaluation plans (p
 prompts both use it.
 
 Request prompts: target prompts name the target (its name, requested synonyms, the vocabulary's
-synonyms); anchor prompts replace the target word by the anchor (default: "shape" for objects,
-nothing for styles). Preserve prompts cover the named preserve concepts and `preserve_per_concept`
-prompts of every other concept of the world (prior preservation over the whole world); replay
+synonyms); anchor prompts replace the target word by the anchor (default: a surrogate concept of the
+same domain, `default_anchor`: square for objects, solid for styles). Preserve prompts cover the named
+preserve concepts and `preserve_per_concept` prompts of every other concept of the world (prior
+preservation over the whole world); replay
 prompts hold every concept erased earlier, and `earlier` their target/anchor pairs.
 
 Template sets: the four training templates ("train"), or the erasing methods' own ("erase"): the
@@ -34,9 +35,19 @@ from unlearning.shapes.vocabulary import (
     domain_of,
 )
 
-# What an erased concept becomes when no anchor is given: a generic word of its domain (objects),
-# or nothing (styles: "a red striped heart" -> "a red heart").
-DEFAULT_ANCHORS = {"object": "shape", "style": ""}
+# What an erased concept becomes when no anchor is given: another concept of its domain, one the base
+# draws as itself (the first of these that is neither the target nor erased). Not a generic word: what
+# the base draws when unsure includes the target itself ("a red striped shape" is a circle in 7 of 36
+# draws, "a red circle" without a style is dotted in 19 of 36; bench/RESULTS.md), and an edit towards
+# it cannot erase more than that.
+SURROGATES = {"object": ("square", "triangle", "cross"), "style": ("solid", "gradient", "speckled")}
+
+
+def default_anchor(domain: str, avoid: set[str]) -> str:
+    """The surrogate an erased concept of `domain` becomes: the first not in `avoid`."""
+    return next(s for s in SURROGATES[domain] if s not in avoid)
+
+
 ERASE_TEMPLATES: tuple[str, ...] = TRAIN_TEMPLATES + (
     "{colour} {style} {object}",
     "the {object} is {colour} and {style}",
@@ -95,7 +106,7 @@ def concept_pairs(
     domain, name = domain_of(concept), canonical(concept)
     words = concept_words(concept, synonyms)
     words += [s for s in SYNONYMS.get(name, ()) if s not in words]
-    anchor_word = DEFAULT_ANCHORS[domain] if anchor is None else anchor.strip().lower()
+    anchor_word = default_anchor(domain, avoid | {name}) if anchor is None else anchor.strip().lower()
     chosen = phrasings(name, words, templates, count, avoid)
     return ConceptPairs(
         name,

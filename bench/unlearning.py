@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/unlearning.py single   [--methods continual-uce duge uce esd-x] [--repeats 1]
     .venv/bin/python bench/unlearning.py sequence [--methods continual-uce uce esd-x]
+    (either: [--steps N] [--hyper NAME=VALUE ...] for every method given)
 
 Every run goes through the pipeline's own steps (pipeline/unlearn.py `train_step`, pipeline/evaluate.py
 `evaluate_model`) with the evaluator the settings build (the gate's plan: 60 images per forget and
@@ -59,6 +60,7 @@ def request(
     erased=(),
     method,
     steps=None,
+    hyper=None,
 ):
     """One decremental step from `parent` (a model name) into `out`, evaluated; (payload, train s, total s)."""
     from pipeline.evaluate import evaluate_model
@@ -74,6 +76,7 @@ def request(
         preserve=preserve,
         erased=erased,
         method=method,
+        hyper=dict(hyper or {}),
         **({"steps": steps} if steps is not None else {}),
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -130,6 +133,7 @@ def single(args) -> None:
                     preserve=("ring",),
                     method=method,
                     steps=args.steps,
+                    hyper=args.hyper,
                 )
                 walls.append(wall)
         c, decision = payload["checks"], payload["decision"]
@@ -171,6 +175,7 @@ def sequence(args) -> None:
                     erased=erased,
                     method=method,
                     steps=args.steps,
+                    hyper=args.hyper,
                 )
                 c, decision = payload["checks"], payload["decision"]
                 rebound = ", ".join(f"{k} {v['where_base_draws']['ua']:.2f}" for k, v in c["rebound"].items()) or "—"
@@ -191,7 +196,18 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["continual-uce", "duge", "uce", "esd-x"])
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: each method's)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--hyper",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="method hyper-parameters (numbers), e.g. erase_scale=3 (every method given gets them)",
+    )
     args = parser.parse_args()
+    try:
+        args.hyper = {k: float(v) for k, v in (item.split("=", 1) for item in args.hyper)}
+    except ValueError:
+        parser.error("--hyper takes NAME=NUMBER pairs")
     single(args) if args.mode == "single" else sequence(args)
 
 

@@ -400,8 +400,8 @@ def train_world(
 ) -> dict:
     """Run the requested stages in order; finished stages are skipped unless `force`.
 
-    Returns a summary (per stage: steps, losses, wall seconds), also written to
-    `weights_dir/world.json` together with the config, so the committed weights say how they were made.
+    Returns a summary (per stage: steps, losses, wall seconds and the stage's options), also written to
+    `weights_dir/world.json`, so the committed weights say how they were made.
     """
     trainers = {
         "detector": train_detector,
@@ -411,7 +411,9 @@ def train_world(
     }
     summary_path = weights_dir / "world.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    summary["config"] = asdict(cfg)
+    # Each stage records the options it was trained with: stages of one world may come from different runs
+    # (a judge retrained later). The top-level config is the first run's, for stages recorded without theirs.
+    summary.setdefault("config", asdict(cfg))
     summary["command"] = "lethe world train"
     summary.setdefault("stages", {})
     for stage in stages:
@@ -423,6 +425,9 @@ def train_world(
         result = trainers[stage](cfg, weights_dir, work_dir)
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         result["threads"] = torch.get_num_threads()
+        result["config"] = {
+            k: v for k, v in asdict(cfg).items() if k.startswith(f"{stage}_") or k in ("seed", "checkpoint_every")
+        }
         summary["stages"][stage] = result
         write_json(summary_path, summary, sort_keys=True)
     return summary

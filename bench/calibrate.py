@@ -3,7 +3,7 @@ gate's n — and the policy bounds it implies at stated multiples.
 
     .venv/bin/python bench/calibrate.py [--repeats 4] [--target circle]
 
-The first request's plan (target `circle`: 3 forget sets of 60 images, 13 retained concepts of 24) is
+The first request's plan (target `circle`: 3 forget sets of 96 images, 13 retained concepts of 24) is
 sampled from the base with its own seeds and with `--repeats` other seed sets (same prompts). Each other
 set is judged as if it were a candidate against the first, so every retain metric shows what chance
 alone gives: retention distance (the distance of two independent draws of a prompt), FID/KID in the

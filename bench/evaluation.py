@@ -3,7 +3,7 @@ and the throughput of batched sampling.
 
     .venv/bin/python bench/evaluation.py [--repeats 3] [--erased striped star ...] [--steps 25]
 
-A full gate at the gate's size (the settings: 60 images per forget and rebound set, 24 per retained
+A full gate at the gate's size (the settings: 96 images per forget and rebound set, 24 per retained
 concept) = the first request's target `circle` (gate, held-out, synonyms) + the concepts `--erased`
 earlier (rebound; none for the first request) + every retained concept of both domains. The
 candidate is a copy of the base with its attn2 K/V perturbed (the shape of an unlearning delta), so

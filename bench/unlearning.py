@@ -5,7 +5,7 @@
     (either: [--steps N] [--hyper NAME=VALUE ...] for every method given)
 
 Every run goes through the pipeline's own steps (pipeline/unlearn.py `train_step`, pipeline/evaluate.py
-`evaluate_model`) with the evaluator the settings build (the gate's plan: 60 images per forget and
+`evaluate_model`) with the evaluator the settings build (the gate's plan: 96 images per forget and
 rebound set, 24 per retained concept; the shipped policy), methods side by side on the same prompts
 and seeds. Caches live under a temporary LETHE_HOME unless one is set.
 

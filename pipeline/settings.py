@@ -53,7 +53,7 @@ class LetheSettings(BaseSettings):
         None, ge=1, description="training steps between resumable checkpoints; default: the loop's (25)"
     )
     eval_forget_images: int = Field(
-        60, ge=1, le=600, description="images per forget and rebound set of an evaluation (20 phrasings x 3 seeds)"
+        96, ge=1, le=600, description="images per forget and rebound set of an evaluation (32 phrasings x 3 seeds)"
     )
     eval_retain_images: int = Field(24, ge=1, le=600, description="images per retained concept (8 phrasings x 3 seeds)")
     approvers: Annotated[list[str], NoDecode] = Field(

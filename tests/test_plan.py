@@ -20,7 +20,7 @@ def test_plan_covers_target_rebound_and_both_retain_domains_at_the_default_size(
     for group, indices in groups.items():
         prompts = {plan.cases[i].prompt for i in indices}
         if group.startswith(("forget/", "rebound/")):
-            assert len(indices) == 60 and len(prompts) == 20, group  # 20 phrasings x 3 seeds
+            assert len(indices) == 96 and len(prompts) == 32, group  # 32 phrasings x 3 seeds
         else:
             assert len(indices) == 24 and len(prompts) == 8, group
     for indices in groups.values():  # one image per (prompt, seed) in a set; two sets may share an image

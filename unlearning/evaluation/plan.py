@@ -23,7 +23,9 @@ from dataclasses import dataclass
 class PlanSize:
     """How many images each kind of set holds (each a number of phrasings x `seeds_per_prompt`)."""
 
-    forget_images: int = 60  # per forget set (gate, held-out, synonyms) and per rebound set: 20 phrasings x 3 seeds
+    # per forget set (gate, held-out, synonyms) and per rebound set: 32 phrasings x 3 seeds, so that a concept
+    # the base draws only two times in three (striped) still gives n >= 60 where the base draws it
+    forget_images: int = 96
     retain_images: int = 24  # per retained concept: 8 phrasings x 3 seeds
     seeds_per_prompt: int = 3
     seed_offset: int = 0  # other seeds for the same prompts (the noise floor: the base against itself)

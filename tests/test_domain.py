@@ -48,11 +48,11 @@ def test_discriminator_gives_patch_logits_and_learns_to_separate_two_domains():
 
 
 def test_domain_correction_is_a_duge_option_with_its_own_hyper():
-    UnlearnConfig(concept="star", domain_correction=True, hyper={"lambda_domain": 0.5}).validate()
+    UnlearnConfig(concept="star", method="duge", domain_correction=True, hyper={"lambda_domain": 0.5}).validate()
     with pytest.raises(ValueError, match="domain_correction: an option of duge"):
         UnlearnConfig(concept="star", method="esd-x", domain_correction=True).validate()
     with pytest.raises(ValueError, match="has no lambda_domain"):
-        UnlearnConfig(concept="star", hyper={"lambda_domain": 0.5}).validate()
+        UnlearnConfig(concept="star", method="duge", hyper={"lambda_domain": 0.5}).validate()
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,7 @@ def tiny_base(tmp_path_factory):
 
 CONFIG = UnlearnConfig(
     concept="circle",
+    method="duge",  # a gradient method: these tests are about the training loop
     synonyms=("disc",),
     preserve=("ring",),
     domain_correction=True,

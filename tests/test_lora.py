@@ -68,6 +68,7 @@ def tiny_base(tmp_path_factory):
 
 CONFIG = UnlearnConfig(
     concept="circle",
+    method="duge",  # a gradient method: these tests are about the training loop
     synonyms=("disc",),
     preserve=("ring",),
     params="lora",

@@ -18,6 +18,7 @@ def tiny_base(tmp_path_factory):
 
 CONFIG = UnlearnConfig(
     concept="circle",
+    method="duge",  # a gradient method: these tests are about the training loop
     synonyms=("disc",),
     preserve=("ring",),
     erased=("striped",),
@@ -92,7 +93,7 @@ def test_bad_configs_are_refused_before_anything_is_written(tiny_base, tmp_path)
     for bad in (
         UnlearnConfig(concept=""),
         UnlearnConfig(concept="star", anchor="Star"),
-        UnlearnConfig(concept="star", steps=-1),
+        UnlearnConfig(concept="star", method="duge", steps=-1),
         UnlearnConfig(concept="star", method="teleport"),
         UnlearnConfig(concept="star", params="all"),
     ):

@@ -37,7 +37,7 @@ _MODULES = {
     "continual-uce": "continual_uce",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_MODULES)
-DEFAULT_METHOD = "duge"
+DEFAULT_METHOD = "continual-uce"  # the best on bench/unlearning.py (bench/RESULTS.md): closed form, seconds a request
 # The parameter sets a method may train (unlearning/parameters.py says which tensors each holds).
 PARAMETER_SETS = ("xattn-kv", "xattn", "non-xattn", "full", "lora")
 # The UnlearnConfig fields (unlearning/loop.py) a request may set as its `options`; the operator's

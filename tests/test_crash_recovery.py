@@ -71,6 +71,12 @@ def lethe(home: Path, base: Path, *args: str, timeout: float = 900) -> subproces
     )
 
 
+def submit(home, tiny_base, concept: str, request_id: str) -> None:
+    """Queue a request for duge: a gradient method, with the checkpoints these tests kill and resume."""
+    args = ("submit", "--concept", concept, "--requester", "alice", "--id", request_id, "--method", "duge")
+    assert lethe(home, tiny_base, *args).returncode == 0
+
+
 def drain(home: Path, base: Path, *extra: str) -> dict:
     result = lethe(home, base, "run", "--auto-approve", "--unlearn-steps", str(STEPS), "--json", *extra)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -123,12 +129,7 @@ def kill_during_training(home: Path, base: Path, request_id: str, tmp_path: Path
 
 @pytest.mark.slow
 def test_a_worker_killed_during_training_resumes_from_its_checkpoint(tiny_base, home, tmp_path):
-    assert (
-        lethe(
-            home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--method", "duge"
-        ).returncode
-        == 0
-    )
+    submit(home, tiny_base, "circle", "r1")
     ledger, registry = stores(home)
 
     killed_at = kill_during_training(home, tiny_base, "r1", tmp_path)
@@ -189,12 +190,7 @@ sys.exit(main(sys.argv[1:]))
 def test_a_worker_killed_during_evaluation_does_not_train_again(tiny_base, home, tmp_path):
     """Training finished, evaluation was under way when the worker died: the next drain evaluates the
     delta it has, without training the request again (same delta, same summary, reused)."""
-    assert (
-        lethe(
-            home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--method", "duge"
-        ).returncode
-        == 0
-    )
+    submit(home, tiny_base, "circle", "r1")
     ledger, registry = stores(home)
     log = tmp_path / "killed-in-evaluation.log"
     process = start_drainer(
@@ -220,12 +216,7 @@ def test_a_worker_killed_during_evaluation_does_not_train_again(tiny_base, home,
 
 @pytest.mark.slow
 def test_a_crash_between_registration_and_the_ledger_registers_one_version(tiny_base, home, tmp_path):
-    assert (
-        lethe(
-            home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--method", "duge"
-        ).returncode
-        == 0
-    )
+    submit(home, tiny_base, "circle", "r1")
     ledger, registry = stores(home)
     log = tmp_path / "crashed-run.log"
     process = start_drainer(
@@ -253,18 +244,8 @@ def test_a_crash_between_registration_and_the_ledger_registers_one_version(tiny_
 def test_a_request_that_fails_on_resume_is_marked_failed(tiny_base, home, tmp_path):
     """Resumed with other options, the checkpoint is refused: the request ends failed, with the reason,
     and the queue goes on to the next request."""
-    assert (
-        lethe(
-            home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--method", "duge"
-        ).returncode
-        == 0
-    )
-    assert (
-        lethe(
-            home, tiny_base, "submit", "--concept", "star", "--requester", "alice", "--id", "r2", "--method", "duge"
-        ).returncode
-        == 0
-    )
+    submit(home, tiny_base, "circle", "r1")
+    submit(home, tiny_base, "star", "r2")
     ledger, registry = stores(home)
     kill_during_training(home, tiny_base, "r1", tmp_path)
 
@@ -298,12 +279,7 @@ def test_a_request_stranded_again_and_again_is_failed_not_resumed_forever(ledger
 def test_an_error_before_training_fails_the_request_instead_of_resuming_it_again_and_again(tiny_base, home):
     """The registry cannot be read (production_version fails after its retries): the request ends
     failed with the reason, and the drainer stops (it used to claim the same request forever)."""
-    assert (
-        lethe(
-            home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--method", "duge"
-        ).returncode
-        == 0
-    )
+    submit(home, tiny_base, "circle", "r1")
     env_uri = f"sqlite:///{home / 'ledger.db'}/not-a-folder/mlflow.db"  # a path under a file: every call fails
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", "--auto-approve", "--unlearn-steps", "2"],
@@ -363,12 +339,7 @@ def test_registration_killed_part_way_is_completed_by_the_next_run_with_one_vers
 def test_a_drainer_killed_while_paused_for_approval_leaves_the_request_approvable(tiny_base, home, tmp_path):
     """No one will take an answer handed to the dead run (Prefect still shows it paused): `lethe approve`
     sees that the paused run's process is gone and decides directly; production moves once."""
-    assert (
-        lethe(
-            home, tiny_base, "submit", "--concept", "circle", "--requester", "alice", "--id", "r1", "--method", "duge"
-        ).returncode
-        == 0
-    )
+    submit(home, tiny_base, "circle", "r1")
     ledger, registry = stores(home)
     log = tmp_path / "paused-run.log"
     process = start_drainer(home, tiny_base, [sys.executable, "-m", "flows.cli", "run", "--unlearn-steps", "2"], log)

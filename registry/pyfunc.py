@@ -8,10 +8,16 @@ is logged as code (MLflow's models-from-code, registry/versions.py), so it ends 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import mlflow
 import numpy as np
+
+# predict takes a list of prompts or a DataFrame on purpose, so it has no type hints; MLflow's advice
+# about them is raised when this class is defined, in whichever process loads this file (the CLI's own
+# filters do not reach a model loaded from code).
+warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
 
 
 class LethePyfunc(mlflow.pyfunc.PythonModel):

@@ -53,7 +53,7 @@ def test_unknown_method_options_are_refused():
     with pytest.raises(InvalidRequest, match="options: unknown warp"):
         check_requests([RequestSpec("circle", "alice", options={"warp": 9})], ShapesWorld())
     with pytest.raises(InvalidRequest, match="hyper: duge has no eta"):
-        check_requests([RequestSpec("circle", "alice", options={"hyper": {"eta": 1.0}})], ShapesWorld())
+        check_requests([RequestSpec("circle", "alice", method="duge", options={"hyper": {"eta": 1.0}})], ShapesWorld())
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):

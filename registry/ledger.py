@@ -459,15 +459,8 @@ class Ledger:
                 self._change_state(
                     conn, original, PROMOTED, SUPERSEDED, actor, {"revocation": revocation_id, "by": replay_id}
                 )
-            self._audit(
-                conn,
-                revocation.request_id,
-                None,
-                None,
-                actor,
-                {"revocation": revocation_id, **detail},
-                event=REVOCATION_COMPLETED,
-            )
+            completed = {"revocation": revocation_id, **detail}
+            self._audit(conn, revocation.request_id, None, None, actor, completed, event=REVOCATION_COMPLETED)
 
     def fail_revocation(self, revocation_id: str, *, actor: str, reason: str) -> None:
         """A replay was rejected or failed: the replays still queued are cancelled; nothing was revoked."""
@@ -476,15 +469,8 @@ class Ledger:
             for replay_id in revocation.replays:
                 if self._state_of(conn, replay_id) == QUEUED:
                     self._change_state(conn, replay_id, QUEUED, CANCELLED, actor, {"reason": reason}, error=reason)
-            self._audit(
-                conn,
-                revocation.request_id,
-                None,
-                None,
-                actor,
-                {"revocation": revocation_id, "reason": reason},
-                event=REVOCATION_FAILED,
-            )
+            failed = {"revocation": revocation_id, "reason": reason}
+            self._audit(conn, revocation.request_id, None, None, actor, failed, event=REVOCATION_FAILED)
 
     # ---------------------------------------------------------------- reads
     def get(self, request_id: str) -> Request:

@@ -384,6 +384,8 @@ def train_unet(cfg: WorldTrainConfig, weights_dir: Path, work_dir: Path) -> dict
 
 
 STAGES = ("detector", "second_detector", "vae", "unet")
+# Options a stage uses beyond its own "<stage>_*" fields, seed and checkpoint_every (recorded with it).
+STAGE_OPTIONS = {"unet": ("ema_decay", "min_snr_gamma")}
 
 
 def _stage_done(stage: str, weights_dir: Path) -> bool:
@@ -425,9 +427,8 @@ def train_world(
         result = trainers[stage](cfg, weights_dir, work_dir)
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         result["threads"] = torch.get_num_threads()
-        result["config"] = {
-            k: v for k, v in asdict(cfg).items() if k.startswith(f"{stage}_") or k in ("seed", "checkpoint_every")
-        }
+        shared = ("seed", "checkpoint_every", *STAGE_OPTIONS.get(stage, ()))
+        result["config"] = {k: v for k, v in asdict(cfg).items() if k.startswith(f"{stage}_") or k in shared}
         summary["stages"][stage] = result
         write_json(summary_path, summary, sort_keys=True)
     return summary

@@ -9,8 +9,8 @@ Request prompts: target prompts name the target (its name, requested synonyms, t
 synonyms); anchor prompts replace the target word by the anchor (default: a surrogate concept of the
 same domain, `default_anchor`: square for objects, solid for styles). Preserve prompts cover the named
 preserve concepts and `preserve_per_concept` prompts of every other concept of the world (prior
-preservation over the whole world); replay
-prompts hold every concept erased earlier, and `earlier` their target/anchor pairs.
+preservation over the whole world); replay prompts hold every concept erased earlier, and `earlier`
+their target/anchor pairs.
 
 Template sets: the four training templates ("train"), or the erasing methods' own ("erase"): the
 training templates and eight phrasings more. Neither holds a held-out evaluation template: erasure

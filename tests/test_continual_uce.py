@@ -7,11 +7,13 @@ import torch
 from tests.tiny_models import build_tiny_base, shapes_prompts_for
 from unlearning.loop import LINEAGE_FILE, UnlearnConfig, load_lineage, run_unlearning
 from unlearning.methods import continual_uce as cu
-from unlearning.methods.context import EditContext
+from unlearning.methods.context import EditContext, EncodedPairs
 from unlearning.sampling import load_model
 
 
-def _context(weight, base, target, anchor, words, concept, lineage=None, preserve=None, hyper=None):
+def _context(
+    weight, base, target, anchor, words, concept, lineage=None, preserve=None, hyper=None, anchor_word="", earlier=()
+):
     return EditContext(
         trained={"mid.attn2.to_k.weight": weight},
         base_values={"mid.attn2.to_k.weight": base},
@@ -23,6 +25,8 @@ def _context(weight, base, target, anchor, words, concept, lineage=None, preserv
         replay_embeds=torch.zeros(0, 1, target.shape[-1]),
         hyper=hyper or {"adversarial_rounds": 0},
         concept=concept,
+        anchor=anchor_word,
+        earlier=earlier,
         lineage=lineage,
     )
 
@@ -77,6 +81,59 @@ def test_a_sequence_equals_erasing_everything_at_once_and_revoking_drops_one_con
     alone = torch.nn.Parameter(base.clone())
     cu.edit(_context(alone, base, *pairs["a"], words, "a", preserve=preserve))
     torch.testing.assert_close(alone.detach().double(), only_a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_concept_whose_anchor_is_erased_later_is_solved_again_towards_its_new_anchor():
+    """Erase a towards x, then x: a's kept terms would still map a's prompts to x's (the concept just
+    erased), so they are computed again from a's pairs of the second request (towards y) — the same terms
+    as erasing a towards y from scratch. A request that leaves x alone keeps a's terms as they were."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 4, generator=generator)
+    words = torch.tensor([[False, True, False]])
+    a, a_as_x, a_as_y, x, x_as_z, b, b_as_z = (torch.randn(1, 3, 4, generator=generator) for _ in range(7))
+    a_towards_y = EncodedPairs("a", a, a_as_y, words, words, "y")  # what a later request pairs a with
+
+    first = _context(torch.nn.Parameter(base.clone()), base, a, a_as_x, words, "a", anchor_word="x")
+    cu.edit(first)
+    assert cu.anchor_of(first.lineage_out, "a") == "x"
+
+    erase_x = _context(
+        torch.nn.Parameter(base.clone()),
+        base,
+        x,
+        x_as_z,
+        words,
+        "x",
+        first.lineage_out,
+        None,
+        None,
+        "z",
+        (a_towards_y,),
+    )
+    cu.edit(erase_x)
+    from_scratch = _context(torch.nn.Parameter(base.clone()), base, a, a_as_y, words, "a", anchor_word="y")
+    cu.edit(from_scratch)
+    assert cu.anchor_of(erase_x.lineage_out, "a") == "y" and cu.anchor_of(erase_x.lineage_out, "x") == "z"
+    for term in (cu.CROSS, cu.GRAM):
+        torch.testing.assert_close(erase_x.lineage_out["a" + term], from_scratch.lineage_out["a" + term])
+
+    erase_b = _context(
+        torch.nn.Parameter(base.clone()),
+        base,
+        b,
+        b_as_z,
+        words,
+        "b",
+        first.lineage_out,
+        None,
+        None,
+        "z",
+        (a_towards_y,),
+    )
+    cu.edit(erase_b)
+    assert cu.anchor_of(erase_b.lineage_out, "a") == "x"
+    for term in (cu.CROSS, cu.GRAM):
+        torch.testing.assert_close(erase_b.lineage_out["a" + term], first.lineage_out["a" + term])
 
 
 def test_the_adversarial_embedding_minimises_rece_objective():
@@ -145,6 +202,29 @@ def test_the_loop_writes_the_lineage_and_the_next_step_reads_it(tmp_path):
     torch.testing.assert_close(
         kept["circle" + cu.CROSS], load_lineage(tmp_path / "1" / LINEAGE_FILE)["circle" + cu.CROSS]
     )
+    assert cu.anchor_of(kept, "circle") == "square" and cu.anchor_of(kept, "striped") == "solid"
+    # erasing square, circle's anchor: circle's terms are solved again towards the next surrogate
+    third = UnlearnConfig(
+        concept="square",
+        erased=("circle", "striped"),
+        method="continual-uce",
+        prompts_per_concept=6,
+        preserve_per_concept=1,
+    )
+    run_unlearning(
+        pipe,
+        third,
+        tmp_path / "4",
+        prompts=shapes_prompts_for(third),
+        model_sha="tiny-2",
+        base_values=base,
+        progress=False,
+        lineage=kept,
+    )
+    after = load_lineage(tmp_path / "4" / LINEAGE_FILE)
+    assert cu.anchor_of(after, "circle") == "triangle" and cu.anchor_of(after, "striped") == "solid"
+    assert not torch.equal(after["circle" + cu.CROSS], kept["circle" + cu.CROSS])
+    torch.testing.assert_close(after["striped" + cu.CROSS], kept["striped" + cu.CROSS])
     # without the parent's terms, the concept erased earlier gets its terms from its pairs (no rebound)
     summary = run_unlearning(
         load_model(tiny),

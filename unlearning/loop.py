@@ -281,6 +281,7 @@ def _encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
         _encode(pipe, pairs.anchor),
         word_token_mask(pipe.tokenizer, pairs.target, pairs.target_words, length).to(pipe.device),
         word_token_mask(pipe.tokenizer, pairs.anchor, pairs.anchor_words, length).to(pipe.device),
+        pairs.anchor_words[0] if pairs.anchor_words else "",
     )
 
 
@@ -288,7 +289,9 @@ def _save_lineage(path: Path, terms: dict[str, torch.Tensor], concepts: list[str
     """Write a closed form's lineage terms (safetensors, atomically); returns what the summary records."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in terms.items()}
+    tensors = {  # sums in float32; the anchor words stay bytes
+        k: (v.detach().float() if v.is_floating_point() else v).cpu().contiguous() for k, v in terms.items()
+    }
     replace_atomically(
         path, lambda tmp: save_file(tensors, tmp, metadata={"format": LINEAGE_FORMAT, "concepts": json.dumps(concepts)})
     )
@@ -424,6 +427,7 @@ def run_unlearning(
             replay_embeds=_encode(pipe, prompts.replay),
             hyper=cfg.hyper,
             concept=cfg.concept,
+            anchor=prompts.anchor_words[0] if prompts.anchor_words else "",
             earlier=tuple(_encode_pairs(pipe, pairs) for pairs in prompts.earlier),
             lineage=lineage,
         )

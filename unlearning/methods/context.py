@@ -49,6 +49,7 @@ class EditContext:
     replay_embeds: torch.Tensor  # (R, T, D): prompts of the concepts erased earlier
     hyper: dict
     concept: str = ""  # the target's name (closed forms that keep terms per concept)
+    anchor: str = ""  # the word the target's prompts are mapped to (recorded with a closed form's terms)
     earlier: tuple[EncodedPairs, ...] = ()  # target/anchor pairs of each concept erased earlier
     lineage: dict[str, torch.Tensor] | None = None  # the parent version's lineage terms, if it kept any
     lineage_out: dict[str, torch.Tensor] | None = field(default=None)  # set by an edit that keeps lineage terms
@@ -63,3 +64,4 @@ class EncodedPairs:
     anchor_embeds: torch.Tensor
     target_tokens: torch.Tensor
     anchor_tokens: torch.Tensor
+    anchor: str = ""  # the anchor word of these pairs

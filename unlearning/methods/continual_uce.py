@@ -22,6 +22,12 @@ terms stay in the sums. The terms (A_c, B_c per concept) are the version's linea
 re-solves in seconds. P is rebuilt at every request from what is retained *then* (a concept erased
 later must not stay in the preserve set).
 
+Each concept's terms also record its anchor ("<concept>::anchor", the word's UTF-8 bytes). A concept
+whose anchor is erased later (circle → square, then square) would keep asking W e_circle = W₀ ê_square,
+drawing the newly erased square for every circle prompt; so when a request erases a concept's anchor, that
+concept's terms are computed again from its pairs of the request (`ctx.earlier`, whose anchor avoids
+every erased concept) and hardened with the request's own.
+
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
 W₀_l R and M = Σ_l W₀_lᵀ W₀_l this is e′ = (ρI + Rᵀ M R)⁻¹ Rᵀ M e. Each of `adversarial_rounds` rounds
@@ -31,9 +37,11 @@ adds the pairs (e′_i, ê_i) of the target's tokens to its terms and solves aga
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from unlearning.methods.context import EditContext
+from unlearning.methods.context import EditContext, EncodedPairs
 from unlearning.methods.uce import EDITABLE, aligned_pairs
 
 KIND = "edit"
@@ -50,11 +58,23 @@ DEFAULTS = {
 }
 
 
-CROSS, GRAM = "::erase_cross", "::erase_gram"  # lineage keys: "<concept>::erase_cross" (A_c), "...::erase_gram" (B_c)
+# lineage keys: "<concept>::erase_cross" (A_c), "...::erase_gram" (B_c), "...::anchor" (the anchor word)
+CROSS, GRAM, ANCHOR = "::erase_cross", "::erase_gram", "::anchor"
 
 
 def concept_of(key: str) -> str:
     return key.rsplit("::", 1)[0]
+
+
+def anchor_tensor(word: str) -> torch.Tensor:
+    """The anchor word as a lineage tensor (its UTF-8 bytes, uint8): safetensors holds tensors only."""
+    return torch.tensor(list(word.encode("utf-8")), dtype=torch.uint8)
+
+
+def anchor_of(terms: dict[str, torch.Tensor], concept: str) -> str | None:
+    """The anchor `concept`'s terms were computed towards; None where the lineage predates the record."""
+    word = terms.get(concept + ANCHOR)
+    return None if word is None else bytes(word.tolist()).decode("utf-8")
 
 
 def concept_terms(keys: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,9 +109,22 @@ def adversarial_embeddings(
     return torch.linalg.solve(system, shared.T @ base_gram @ keys.double().T).T
 
 
-def _terms_of(pairs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    keys, anchors = aligned_pairs(pairs.target_embeds, pairs.anchor_embeds, pairs.target_tokens, pairs.anchor_tokens)
-    return (*concept_terms(keys, anchors), keys)
+@dataclass
+class FreshTerms:
+    """One concept's token pairs (rows e, ê) and its terms A_c, B_c, computed by this request."""
+
+    keys: torch.Tensor
+    anchors: torch.Tensor
+    cross: torch.Tensor
+    gram: torch.Tensor
+    anchor: str
+
+    @classmethod
+    def of(cls, pairs: EditContext | EncodedPairs) -> FreshTerms:
+        keys, anchors = aligned_pairs(
+            pairs.target_embeds, pairs.anchor_embeds, pairs.target_tokens, pairs.anchor_tokens
+        )
+        return cls(keys, anchors, *concept_terms(keys, anchors), pairs.anchor)
 
 
 @torch.no_grad()
@@ -99,8 +132,9 @@ def edit(ctx: EditContext) -> dict[str, float]:
     """Re-solve every trained attn2 K/V weight from the base with the lineage's terms plus this request's.
 
     Sets `ctx.lineage_out` to the new version's terms ("<concept>::erase_cross", "<concept>::erase_gram",
-    one pair per erased concept, this one included). Concepts erased earlier whose terms the parent did
-    not keep (another method erased them) get theirs computed from `ctx.earlier`.
+    "<concept>::anchor", for every erased concept, this one included). Concepts erased earlier whose
+    terms the parent did not keep (another method erased them), or whose anchor this request erases,
+    get theirs computed now from `ctx.earlier` and hardened with this request's.
 
     Raises:
         ValueError: a trained tensor that is not an attn2 to_k / to_v weight.
@@ -109,29 +143,33 @@ def edit(ctx: EditContext) -> dict[str, float]:
     scales = {k: hyper[k] for k in ("erase_scale", "preserve_scale", "lambda_identity")}
     if others := [name for name in ctx.trained if not name.endswith(EDITABLE)]:
         raise ValueError(f"continual UCE edits attn2 to_k/to_v weights only, not {', '.join(others[:3])}")
-    terms = {k: v.double() for k, v in (ctx.lineage or {}).items()}
+    terms = {k: v.double() if v.is_floating_point() else v for k, v in (ctx.lineage or {}).items()}
     kept = {concept_of(key) for key in terms}
-    for pairs in ctx.earlier:  # erased before by a method that kept no terms: their pairs, now
-        if pairs.concept not in kept:
-            terms[pairs.concept + CROSS], terms[pairs.concept + GRAM], _ = _terms_of(pairs)
-    keys, anchors = aligned_pairs(ctx.target_embeds, ctx.anchor_embeds, ctx.target_tokens, ctx.anchor_tokens)
-    cross, gram = concept_terms(keys, anchors)
+    erased_now = {ctx.concept, *(pairs.concept for pairs in ctx.earlier)}
+    fresh = {  # the terms this request computes (and hardens), by concept
+        pairs.concept: FreshTerms.of(pairs)
+        for pairs in ctx.earlier
+        if pairs.concept not in kept or anchor_of(terms, pairs.concept) in erased_now
+    }
+    fresh[ctx.concept] = FreshTerms.of(ctx)
+    keys, anchors = fresh[ctx.concept].keys, fresh[ctx.concept].anchors
+    held = [key for key in terms if concept_of(key) not in fresh]  # kept terms, as the parent left them
     preserve = ctx.preserve_embeds.reshape(-1, ctx.preserve_embeds.shape[-1]).double()
     preserve_gram = preserve.T @ preserve
     base = {name: ctx.base_values[name].double() for name in ctx.trained}
     base_gram = sum(w.T @ w for w in base.values())
 
-    def shared_map() -> torch.Tensor:  # R over the earlier concepts' terms and this request's
-        earlier = [key for key in terms if concept_of(key) != ctx.concept]
-        total_cross = cross + sum(terms[key] for key in earlier if key.endswith(CROSS))
-        total_gram = gram + sum(terms[key] for key in earlier if key.endswith(GRAM))
+    def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
+        total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(CROSS))
+        total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(GRAM))
         return solve(total_cross, total_gram, preserve_gram, **scales)
 
     shared = shared_map()
-    for _ in range(int(hyper["adversarial_rounds"])):  # RECE: add the embeddings that bring the concept back
-        adversarial = adversarial_embeddings(keys, shared, base_gram, hyper["adversarial_ridge"])
-        more_cross, more_gram = concept_terms(adversarial, anchors)
-        cross, gram = cross + more_cross, gram + more_gram
+    for _ in range(int(hyper["adversarial_rounds"])):  # RECE: add the embeddings that bring each concept back
+        for f in fresh.values():
+            adversarial = adversarial_embeddings(f.keys, shared, base_gram, hyper["adversarial_ridge"])
+            more_cross, more_gram = concept_terms(adversarial, f.anchors)
+            f.cross, f.gram = f.cross + more_cross, f.gram + more_gram
         shared = shared_map()
     residual_before = residual_after = drift = preserved = 0.0
     for name, weight in ctx.trained.items():
@@ -142,10 +180,14 @@ def edit(ctx: EditContext) -> dict[str, float]:
         drift += float((preserve @ (new - base[name]).T).pow(2).sum())
         preserved += float((preserve @ base[name].T).pow(2).sum())
         weight.copy_(new.to(weight.dtype))
-    terms[ctx.concept + CROSS], terms[ctx.concept + GRAM] = cross, gram
+    for concept, f in fresh.items():
+        terms[concept + CROSS], terms[concept + GRAM] = f.cross, f.gram
+        if f.anchor:  # an empty anchor (the word dropped) cannot be erased later
+            terms[concept + ANCHOR] = anchor_tensor(f.anchor)
     ctx.lineage_out = terms
     return {
         "erase_residual": residual_after / max(residual_before, 1e-20),
         "preserve_drift": drift / max(preserved, 1e-20),
         "concepts": float(len({concept_of(key) for key in terms})),
+        "refreshed": float(len(fresh) - 1),
     }

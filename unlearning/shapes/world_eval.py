@@ -44,7 +44,7 @@ MIN_CONCEPT_ACCURACY = 0.85  # no object or style below this in any prompt set
 _EVAL_SEED = 900_000_001  # far from every seed world training uses
 
 
-def _accuracy(probs: dict[str, torch.Tensor], scenes: list[Scene]) -> tuple[dict, dict]:
+def accuracy_per_head(probs: dict[str, torch.Tensor], scenes: list[Scene]) -> tuple[dict, dict]:
     """Overall and per-class top-1 accuracy for each head."""
     overall, per_class = {}, {}
     for head, classes in HEADS.items():
@@ -62,8 +62,8 @@ def evaluate_detector(detector, n: int = 2000) -> dict:
     clean = to_model_input(torch.from_numpy(render_batch(scenes, seed=_EVAL_SEED)))
     tinted = to_model_input(torch.from_numpy(render_batch(scenes, seed=_EVAL_SEED + 1, background_tint=0.12)))
     degraded = degrade(tinted, torch.Generator().manual_seed(_EVAL_SEED), strength=1.0)
-    clean_acc, clean_per_class = _accuracy(classify(detector, clean), scenes)
-    degraded_acc, degraded_per_class = _accuracy(classify(detector, degraded), scenes)
+    clean_acc, clean_per_class = accuracy_per_head(classify(detector, clean), scenes)
+    degraded_acc, degraded_per_class = accuracy_per_head(classify(detector, degraded), scenes)
     return {
         "clean": clean_acc,
         "degraded": degraded_acc,
@@ -109,7 +109,7 @@ def evaluate_base(
         scenes, prompts, seeds = base_plan(split, colours_per_combination)
         images = generate(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale)
         probs = [judge.probabilities(images) for judge in judges]
-        overall, per_class = _accuracy({h: torch.from_numpy(p) for h, p in probs[0].items()}, scenes)
+        overall, per_class = accuracy_per_head({h: torch.from_numpy(p) for h, p in probs[0].items()}, scenes)
         results[split] = {
             **overall,
             "per_concept": per_class,

@@ -1,7 +1,7 @@
 """Benchmark: the cost of a full gate evaluation on the shapes world, cold and with a warm base cache,
 and the throughput of batched sampling.
 
-    .venv/bin/python bench/evaluation.py [--repeats 3] [--erased striped star ...] [--steps 25]
+    .venv/bin/python bench/evaluation.py [--repeats 3] [--erased striped star ...] [--steps N]
 
 A full gate at the gate's size (the settings: 96 images per forget and rebound set, 24 per retained
 concept) = the first request's target `circle` (gate, held-out, synonyms) + the concepts `--erased`
@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--erased", nargs="*", default=[], help="concepts erased earlier (rebound sets)")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: settings.sample_steps)")
     args = parser.parse_args()
 
     from pipeline.evaluator import Evaluator
@@ -51,8 +51,9 @@ def main() -> None:
         for name, param in candidate.unet.named_parameters():
             if ".attn2.to_k." in name or ".attn2.to_v." in name:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.02)
-    sampler = {"scheduler": "ddim", "steps": args.steps, "guidance_scale": 5.0}
-    evaluator = Evaluator.from_settings(load_settings(), sampler=sampler)
+    evaluator = Evaluator.from_settings(load_settings())
+    args.steps = args.steps or evaluator.sampler["steps"]
+    evaluator.sampler = {**evaluator.sampler, "steps": args.steps}
     base_sha = model_identity("shapes")[1]
     plan = evaluator.plan("circle", synonyms=("disc",), erased=tuple(args.erased))
 
@@ -72,7 +73,13 @@ def main() -> None:
     throughput = []
     for r in range(args.repeats):
         started = time.perf_counter()
-        generate(base, prompts, list(range(r * 64, r * 64 + len(prompts))), steps=args.steps, guidance_scale=5.0)
+        generate(
+            base,
+            prompts,
+            list(range(r * 64, r * 64 + len(prompts))),
+            steps=args.steps,
+            guidance_scale=evaluator.sampler["guidance_scale"],
+        )
         throughput.append(len(prompts) / (time.perf_counter() - started))
 
     images = len(plan.cases)
@@ -83,7 +90,7 @@ def main() -> None:
     print(
         f"Full gate: {images} images per model ({evaluator.size.forget_images} per forget/rebound set, "
         f"{evaluator.size.retain_images} per retained concept; erased earlier: {', '.join(args.erased) or 'none'}), "
-        f"DDIM {args.steps} steps, CFG 5.0.\n"
+        f"DDIM {args.steps} steps, CFG {evaluator.sampler['guidance_scale']}.\n"
     )
 
     def row(label: str, runs: list[float], unit: str) -> None:

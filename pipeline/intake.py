@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from registry.requests import FILE_FIELDS, InvalidRequest, RequestSpec
+from unlearning.methods import DEFAULT_METHOD
 from unlearning.world import World
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: thousands of requests; anything larger is not a requests file
@@ -73,7 +74,7 @@ def read_requests_file(path_text: str) -> list[RequestSpec]:
                 synonyms=tuple(map(str, lists["synonyms"])),
                 anchor=str(entry.get("anchor", "") or ""),
                 preserve=tuple(map(str, lists["preserve"])),
-                method=str(entry.get("method") or "duge"),
+                method=str(entry.get("method") or DEFAULT_METHOD),
                 options=entry.get("options") or {},
                 reason=str(entry.get("reason", "") or ""),
                 id=None if entry.get("id") is None else str(entry["id"]),

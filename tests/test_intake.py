@@ -49,6 +49,17 @@ def test_the_shapes_world_refuses_what_it_cannot_judge_and_an_open_world_takes_a
     check_requests([RequestSpec("disc", "alice")], ShapesWorld())  # a synonym names a known concept
 
 
+def test_a_request_of_a_file_without_a_method_gets_the_default_method(tmp_path):
+    from unlearning.methods import DEFAULT_METHOD
+
+    path = tmp_path / "requests.yaml"
+    path.write_text(
+        "requests:\n  - {concept: circle, requester: alice}\n  - {concept: star, requester: bob, method: uce}\n"
+    )
+    assert [spec.method for spec in read_requests_file(str(path))] == [DEFAULT_METHOD, "uce"]
+    assert DEFAULT_METHOD == RequestSpec("circle", "alice").method  # the CLI's and the file's default are one
+
+
 def test_unknown_method_options_are_refused():
     with pytest.raises(InvalidRequest, match="options: unknown warp"):
         check_requests([RequestSpec("circle", "alice", options={"warp": 9})], ShapesWorld())

@@ -15,8 +15,11 @@ Multiples (stated before looking at any candidate):
 - retention.distance ≤ 0.5 × the mean distance of independent draws (a candidate's retained images
   must be closer to the base's than half-way to an unrelated sample);
 - fid.fid ≤ 2 × the mean base-vs-base FID at this n;
-- retain.per_concept.*.relative ≥ 1 − 3σ and retain.ira/cra.relative ≥ 1 − 3σ, σ the standard deviation
-  of those ratios between seed sets (three standard deviations of pure chance);
+- retain.per_concept.*.relative ≥ 1 − 3σ and retain.ira/cra.relative and retain.by_domain.<head>.relative
+  ≥ 1 − 3σ, σ the standard deviation of those ratios between seed sets (three standard deviations of pure
+  chance). IRA is one head for an object target and the other for a style target, so run it with an
+  object and with a style target (`--target circle`, `--target striped`); the policy bounds each head
+  at the larger of its two σ;
 - judges.candidate.forget_disagreement ≤ 3 × the judges' disagreement on the base's forget images.
 """
 
@@ -84,6 +87,7 @@ def main() -> None:
                 "kid": checks["fid"]["kid"],
                 "ira": checks["retain"]["ira"]["relative"],
                 "cra": checks["retain"]["cra"]["relative"],
+                **{f"{d}_head": v["relative"] for d, v in checks["retain"]["by_domain"].items()},
                 "per_concept": per_concept,
                 "judges_forget_disagreement_base": checks["judges"]["base"]["forget_disagreement"],
                 "base_detection": {k: 1 - v["base_ua"] for k, v in checks["forget"].items()},
@@ -105,6 +109,7 @@ def main() -> None:
         "per_concept_sd": sd(concept_ratios),
         "ira_sd": sd([r["ira"] for r in rows]),
         "cra_sd": sd([r["cra"] for r in rows]),
+        **{f"{d}_head_sd": sd([r[f"{d}_head"] for r in rows]) for d in ("object", "style")},
         "judges_forget_disagreement_base": mean("judges_forget_disagreement_base"),
     }
     bounds = {
@@ -113,6 +118,7 @@ def main() -> None:
         "retain.per_concept.*.relative": round(1 - 3 * floor["per_concept_sd"], 3),
         "retain.ira.relative": round(1 - 3 * floor["ira_sd"], 3),
         "retain.cra.relative": round(1 - 3 * floor["cra_sd"], 3),
+        **{f"retain.by_domain.{d}.relative": round(1 - 3 * floor[f"{d}_head_sd"], 3) for d in ("object", "style")},
         "judges.candidate.forget_disagreement": round(3 * floor["judges_forget_disagreement_base"], 3),
     }
 
@@ -150,6 +156,11 @@ def main() -> None:
         f"| CRA relative, σ | {floor['cra_sd']:.4f} | {per_set('cra', '.3f')} | 1 − 3σ | "
         f"min {bounds['retain.cra.relative']} |"
     )
+    for d in ("object", "style"):
+        print(
+            f"| {d} head relative (retained {d}s), σ | {floor[f'{d}_head_sd']:.4f} | {per_set(f'{d}_head', '.3f')} | "
+            f"1 − 3σ | min {bounds[f'retain.by_domain.{d}.relative']} |"
+        )
     print(
         f"| judges' disagreement on the base's forget images | {floor['judges_forget_disagreement_base']:.4f} | "
         f"{per_set('judges_forget_disagreement_base', '.3f')} | × 3 | "

@@ -62,7 +62,12 @@ class Evaluator:
             policy=load_policy(policy_path or settings.policy) if gate else None,
             sampler=sampler
             or {"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
-            size=size or PlanSize(forget_images=settings.eval_forget_images, retain_images=settings.eval_retain_images),
+            size=size
+            or PlanSize(
+                forget_images=settings.eval_forget_images,
+                retain_images=settings.eval_retain_images,
+                retain_head_images=settings.eval_retain_head_images,
+            ),
             cache=ImageCache(settings.home / "cache" / "images"),
             lpips_distance=lpips_alex_distance(),
             clip_scorer=ClipScorer(settings.clip_model) if settings.clip_model else None,

@@ -61,6 +61,12 @@ class LetheSettings(BaseSettings):
         96, ge=1, le=600, description="images per forget and rebound set of an evaluation (32 phrasings x 3 seeds)"
     )
     eval_retain_images: int = Field(24, ge=1, le=600, description="images per retained concept (8 phrasings x 3 seeds)")
+    eval_retain_head_images: int = Field(
+        144,
+        ge=0,
+        le=2400,
+        description="at least this many retained images per judge head (more per concept when few remain)",
+    )
     approvers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="who may approve or reject a request (LETHE_APPROVERS=bob,carol)"
     )

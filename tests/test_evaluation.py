@@ -59,6 +59,10 @@ def test_base_against_itself_shows_no_erosion(shapes_pipe, judge, base_sha, tmp_
     assert checks["retention"]["distance"] == 0.0
     assert checks["fid"]["fid"] == pytest.approx(0.0, abs=1e-6)
     assert checks["retain"]["ira"]["relative"] == 1.0 and checks["retain"]["cra"]["relative"] == 1.0
+    # by head: for an object target, in-domain is the object head and cross-domain the style head
+    by_domain = checks["retain"]["by_domain"]
+    assert by_domain["object"]["n"] == checks["retain"]["ira"]["n"] and by_domain["object"]["relative"] == 1.0
+    assert by_domain["style"]["n"] == checks["retain"]["cra"]["n"] and by_domain["style"]["relative"] == 1.0
     for kind in ("gate", "heldout", "synonyms"):
         assert checks["forget"][kind]["ua"] == checks["forget"][kind]["base_ua"]
         assert checks["forget"][kind]["ua"] == 1.0 - checks["groups"][f"forget/{kind}"]["base_detection"]

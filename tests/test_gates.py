@@ -17,6 +17,7 @@ def results(**overrides):
         "retain": {
             "ira": {"relative": 0.99, "n": 168},
             "cra": {"relative": 0.99, "n": 144},
+            "by_domain": {"object": {"relative": 0.99, "n": 168}, "style": {"relative": 0.99, "n": 144}},
             "per_concept": {"square": {"relative": 1.0, "n": 24}, "ring": {"relative": 0.96, "n": 24}},
         },
         "retention": {"distance": 0.05, "n": 312},

@@ -21,8 +21,10 @@ def test_plan_covers_target_rebound_and_both_retain_domains_at_the_default_size(
         prompts = {plan.cases[i].prompt for i in indices}
         if group.startswith(("forget/", "rebound/")):
             assert len(indices) == 96 and len(prompts) == 32, group  # 32 phrasings x 3 seeds
-        else:
+        elif group.startswith("retain/in/"):  # 7 objects x 24 >= the head's 144
             assert len(indices) == 24 and len(prompts) == 8, group
+        else:  # 5 styles left: 30 each (10 phrasings x 3 seeds), so the style head holds 150 >= 144
+            assert len(indices) == 30 and len(prompts) == 10, group
     for indices in groups.values():  # one image per (prompt, seed) in a set; two sets may share an image
         assert len({(plan.cases[i].prompt, plan.cases[i].seed) for i in indices}) == len(indices)
     assert all(any(w in plan.cases[i].prompt for w in ("disc",)) for i in groups["forget/synonyms"])
@@ -34,6 +36,18 @@ def test_retain_prompts_never_ask_for_erased_or_target_concepts():
         if case.group.startswith("retain/"):
             named = dict(case.attributes)
             assert named["object"] not in ("circle", "star") and named["style"] != "striped", case
+
+
+def test_a_head_with_few_retained_concepts_gets_more_images_each():
+    """Late in a lineage most styles are erased: each remaining one gets more images, so the style head's
+    check rests on at least retain_head_images (the n its bound was calibrated at)."""
+    plan = shapes_plan("gradient", erased=("circle", "striped", "star", "dotted", "heart"))
+    groups = plan.groups()
+    styles = {g: len(i) for g, i in groups.items() if g.startswith("retain/in/")}
+    objects = {g: len(i) for g, i in groups.items() if g.startswith("retain/cross/")}
+    assert sorted(styles) == ["retain/in/checkered", "retain/in/solid", "retain/in/speckled"]
+    assert set(styles.values()) == {48} and len(objects) == 5 and set(objects.values()) == {30}
+    assert PlanSize().per_retained_concept(7) == 24 and PlanSize(retain_head_images=0).per_retained_concept(1) == 24
 
 
 def test_heldout_group_uses_only_heldout_templates():

@@ -145,6 +145,8 @@ def print_evaluation(payload: dict, html_path, probes=()) -> None:
         )
 
     print(f"retain         IRA {relative(retain['ira'])}  CRA {relative(retain['cra'])}")
+    heads = "  ".join(f"{domain}s {relative(entry)}" for domain, entry in retain.get("by_domain", {}).items())
+    print(f"retain by head {heads}")
     print(
         f"retention      distance {checks['retention']['distance']:.4f}   "
         f"FID {checks['fid']['fid']:.3f}  KID {checks['fid']['kid']:.4f}"
@@ -203,6 +205,7 @@ def _plan_size(config, args, samples_flag: str):
     return PlanSize(
         forget_images=args.forget_images or quick or config.eval_forget_images,
         retain_images=args.retain_images or quick or config.eval_retain_images,
+        retain_head_images=0 if quick else config.eval_retain_head_images,
     )
 
 

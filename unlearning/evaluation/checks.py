@@ -258,15 +258,20 @@ def run_checks(
             ),
         }
 
-    per_concept, by_kind = {}, {"in": [], "cross": []}
+    per_concept, by_kind, by_domain = {}, {"in": [], "cross": []}, {}
     for group, indices in groups.items():
         if group.startswith("retain/"):
             _, kind, concept = group.split("/")
             per_concept[concept] = {**retained(np.array(indices, dtype=int)), "kind": kind}
             by_kind[kind] += indices
+            by_domain.setdefault(plan.cases[indices[0]].domain, []).extend(indices)
     results["retain"] = {
         "per_concept": per_concept,
         **{name: retained(np.array(by_kind[kind], dtype=int)) for name, kind in (("ira", "in"), ("cra", "cross"))},
+        # The same retained images split by the judge's head instead: IRA is objects for an object
+        # request and styles for a style request, and the two heads' noise floors differ (styles are
+        # the world's weak head), so the gate bounds each head at its own measured noise.
+        "by_domain": {domain: retained(np.array(idx, dtype=int)) for domain, idx in sorted(by_domain.items())},
     }
     relatives = [v["relative"] for v in per_concept.values() if not np.isnan(v["relative"])]
     results["retain"]["min_concept_relative"] = min(relatives) if relatives else float("nan")

@@ -27,6 +27,9 @@ class PlanSize:
     # the base draws only two times in three (striped) still gives n >= 60 where the base draws it
     forget_images: int = 96
     retain_images: int = 24  # per retained concept: 8 phrasings x 3 seeds
+    # at least this many per judge head (objects, styles): when a lineage has erased most of a head's
+    # concepts, each remaining one gets more images, so the head's check keeps the n it was calibrated at
+    retain_head_images: int = 144
     seeds_per_prompt: int = 3
     seed_offset: int = 0  # other seeds for the same prompts (the noise floor: the base against itself)
 
@@ -38,7 +41,14 @@ class PlanSize:
     @classmethod
     def quick(cls, images: int) -> PlanSize:
         """Every set `images` images (a quick look; a gate refuses to decide on too few)."""
-        return cls(forget_images=images, retain_images=images)
+        return cls(forget_images=images, retain_images=images, retain_head_images=0)
+
+    def per_retained_concept(self, concepts_in_head: int) -> int:
+        """Images per retained concept of a head that keeps `concepts_in_head` concepts: `retain_images`,
+        or more (whole seed sets) so that the head holds at least `retain_head_images`."""
+        needed = -(-self.retain_head_images // max(1, concepts_in_head))
+        seeds = max(1, self.seeds_per_prompt)
+        return max(self.retain_images, -(-needed // seeds) * seeds)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,13 @@ def shapes_plan(
     target_domain = domain_of(target_name) if target_name else None
     for domain, concepts in DOMAINS.items():
         kind = "in" if domain == target_domain else "cross"
-        for concept in concepts:
-            if concept not in avoid:
-                add(f"retain/{kind}/{concept}", concept, [concept], TRAIN_TEMPLATES, size.retain_images)
+        retained = [concept for concept in concepts if concept not in avoid]
+        for concept in retained:
+            add(
+                f"retain/{kind}/{concept}",
+                concept,
+                [concept],
+                TRAIN_TEMPLATES,
+                size.per_retained_concept(len(retained)),
+            )
     return EvaluationPlan(target_name, tuple(synonyms), erased_names, size, tuple(cases))

@@ -22,11 +22,16 @@ terms stay in the sums. The terms (A_c, B_c per concept) are the version's linea
 re-solves in seconds. P is rebuilt at every request from what is retained *then* (a concept erased
 later must not stay in the preserve set).
 
-Each concept's terms also record its anchor ("<concept>::anchor", the word's UTF-8 bytes). A concept
-whose anchor is erased later (circle → square, then square) would keep asking W e_circle = W₀ ê_square,
-drawing the newly erased square for every circle prompt; so when a request erases a concept's anchor, that
-concept's terms are computed again from its pairs of the request (`ctx.earlier`, whose anchor avoids
-every erased concept) and hardened with the request's own.
+Every concept erased earlier is solved again at each request from the request's own pairs of it
+(`ctx.earlier`: phrasings that avoid every concept erased so far, this request's included, towards an
+anchor that is not erased). The parent's terms cannot be reused as they are: they pair every token of
+phrasings that may name this request's target ("a dotted circle" with "a dotted square" asks
+W e_dotted = W₀ e_dotted, i.e. keep dotted), and a concept's anchor may be this request's target
+(circle → square, then square). Reused, they held the six-step sequence's fourth concept, dotted, at
+UA 0.74 / 0.40 (gate / held-out) where erasing it alone gives 1.00 / 1.00 (bench/RESULTS.md). So the
+sums a version is solved with are those of erasing its lineage's concepts at once. The lineage's terms
+(and each concept's anchor, "<concept>::anchor", the word's UTF-8 bytes) are what the version was
+solved with: its artifact, kept as they are for a concept this request has no pairs of.
 
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
@@ -132,9 +137,9 @@ def edit(ctx: EditContext) -> dict[str, float]:
     """Re-solve every trained attn2 K/V weight from the base with the lineage's terms plus this request's.
 
     Sets `ctx.lineage_out` to the new version's terms ("<concept>::erase_cross", "<concept>::erase_gram",
-    "<concept>::anchor", for every erased concept, this one included). Concepts erased earlier whose
-    terms the parent did not keep (another method erased them), or whose anchor this request erases,
-    get theirs computed now from `ctx.earlier` and hardened with this request's.
+    "<concept>::anchor", for every erased concept, this one included). Every concept erased earlier that
+    `ctx.earlier` has pairs of gets its terms computed now from them and hardened with this request's
+    (module docstring); the parent's terms are kept only for a concept it has no pairs of.
 
     Raises:
         ValueError: a trained tensor that is not an attn2 to_k / to_v weight.
@@ -144,13 +149,7 @@ def edit(ctx: EditContext) -> dict[str, float]:
     if others := [name for name in ctx.trained if not name.endswith(EDITABLE)]:
         raise ValueError(f"continual UCE edits attn2 to_k/to_v weights only, not {', '.join(others[:3])}")
     terms = {k: v.double() if v.is_floating_point() else v for k, v in (ctx.lineage or {}).items()}
-    kept = {concept_of(key) for key in terms}
-    erased_now = {ctx.concept, *(pairs.concept for pairs in ctx.earlier)}
-    fresh = {  # the terms this request computes (and hardens), by concept
-        pairs.concept: FreshTerms.of(pairs)
-        for pairs in ctx.earlier
-        if pairs.concept not in kept or anchor_of(terms, pairs.concept) in erased_now
-    }
+    fresh = {pairs.concept: FreshTerms.of(pairs) for pairs in ctx.earlier}  # computed (and hardened) now
     fresh[ctx.concept] = FreshTerms.of(ctx)
     keys, anchors = fresh[ctx.concept].keys, fresh[ctx.concept].anchors
     held = [key for key in terms if concept_of(key) not in fresh]  # kept terms, as the parent left them

@@ -18,9 +18,8 @@ gradient to zero: W (s_e ΣB + s_p P + λI) = W₀ (s_e ΣA + s_p P + λI)). Sin
 an embedding, one R serves every layer. A sequence of requests therefore equals erasing all their
 concepts at once: nothing drifts from step to step, and an earlier concept cannot rebound because its
 terms stay in the sums. The terms (A_c, B_c per concept) are the version's lineage artifact
-(`lineage.safetensors`), so the next request — and a revocation, which drops one concept's terms —
-re-solves in seconds. P is rebuilt at every request from what is retained *then* (a concept erased
-later must not stay in the preserve set).
+(`lineage.safetensors`): the sums it was solved with, in seconds. P is rebuilt at every request from
+what is retained *then* (a concept erased later must not stay in the preserve set).
 
 Every concept erased earlier is solved again at each request from the request's own pairs of it
 (`ctx.earlier`: phrasings that avoid every concept erased so far, this request's included, towards an

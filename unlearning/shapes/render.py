@@ -77,9 +77,10 @@ def style_mix(style: str, rng: np.random.Generator, cx: float, cy: float, radius
     across = -(_XS - cx) * math.sin(angle) + (_YS - cy) * math.cos(angle)
     if style == "solid":
         return np.zeros_like(_XS)
-    # The periods the shipped world was trained on. Coarser ones (striped 6.0-7.4, checkered cells
-    # 4.2-5.0, dots 5.2-6.0/1.35-1.65: >= 3 latent pixels) fixed most of the base's striped/checkered
-    # confusion in a budget-matched retraining (issue 11 notes), but need a retrained world to ship.
+    # The periods the shipped world was trained on; the VAE keeps them (both judges read its round trips
+    # as well as the renders). Coarser ones (striped 6.0-7.4, checkered cells 4.2-5.0, dots 5.2-6.0 /
+    # 1.35-1.65) with retrained judges and a 2,500-step fine-tune of the UNet helped striped and dotted
+    # but not checkered (bench/RESULTS.md, 2026-12-03 evening), so they were not shipped.
     if style == "striped":
         period = rng.uniform(3.6, 4.6)
         return (np.floor((along + rng.uniform(0, period)) / (period / 2)) % 2).astype(np.float64)

@@ -106,7 +106,7 @@ def bench_roundtrip(weights_dir: Path | None, images: int) -> None:
         print(f"| {style} | {psnr:.2f} | " + " | ".join(cells) + " |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parts = parser.add_subparsers(dest="part", required=True)
     step = parts.add_parser("step", help="time the UNet training step per variant")
@@ -115,7 +115,7 @@ def main() -> None:
     roundtrip = parts.add_parser("roundtrip", help="judge VAE round trips of renders per style")
     roundtrip.add_argument("--weights-dir", type=Path, default=None)
     roundtrip.add_argument("--images", type=int, default=240)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"{date.today()}, {platform.machine()}, {os.cpu_count()} cores\n")
     if args.part == "step":
         bench_step(args.batch, args.repeats)

@@ -1,26 +1,18 @@
 """bench/gpu_step.py runs its real DUGE step at the tiny size on CPU and reports positive numbers."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_step.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benches import load_bench
 
 
 @pytest.mark.slow
 def test_gpu_step_bench_runs_tiny_on_cpu(capsys):
     threads = torch.get_num_threads()
     try:  # one thread: on a shared 2-core machine two spin-waiting threads make it ~5x slower
-        result = _bench().main(
+        result = load_bench("gpu_step").main(
             [
                 "--device",
                 "cpu",
@@ -76,7 +68,7 @@ def test_flop_count_on_the_meta_device_matches_the_cpu_step():
     while a real CPU step of the same size runs, so the SD1.5 count it gives on any machine can be trusted."""
     from diffusers import UNet2DConditionModel
 
-    bench = _bench()
+    bench = load_bench("gpu_step")
     size = bench.SIZES["tiny"]
     for params in ("xattn-kv", "full"):
         torch.manual_seed(0)

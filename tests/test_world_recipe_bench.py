@@ -1,20 +1,12 @@
 """bench/world_recipe.py: both parts run on the shipped world at a tiny size and print what they say."""
 
-import importlib.util
 import re
-from pathlib import Path
 
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "world_recipe.py"
-    spec = importlib.util.spec_from_file_location("bench_world_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benches import load_bench
 
 
 def test_step_times_every_variant(capsys):
-    _bench().main(["step", "--batch", "2", "--repeats", "1"])
+    load_bench("world_recipe").main(["step", "--batch", "2", "--repeats", "1"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "s / step" not in line]
     assert [row.split(" | ")[0] for row in rows] == ["| float32", "| bf16 autocast", "| bf16 autocast + channels-last"]
     seconds = [float(row.split(" | ")[1]) for row in rows]
@@ -23,7 +15,7 @@ def test_step_times_every_variant(capsys):
 
 
 def test_roundtrip_judges_renders_and_round_trips_per_style(capsys):
-    _bench().main(["roundtrip", "--images", "16"])
+    load_bench("world_recipe").main(["roundtrip", "--images", "16"])
     out = capsys.readouterr().out
     rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if re.match(r"\| [a-z]+ \| \d", line)}
     assert set(rows) == {"striped", "checkered", "dotted", "speckled"}

@@ -1,0 +1,18 @@
+"""Loading a script of bench/ as a module, for the tests that run benchmarks at a tiny size.
+
+bench/ is not a package (its scripts run as `python bench/X.py`), so a test imports one by path.
+"""
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name: str) -> ModuleType:
+    """The module of bench/<name>.py, executed afresh."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -316,17 +316,19 @@ def test_lethe_serve_drains_on_the_submit_event(prefect_api, tiny_base, tmp_path
     serving = Background([LETHE, "serve", "--json"], env, tmp_path / "serve.log", cwd=tmp_path)
     try:
 
-        def deployment():
+        def registered():
+            # `lethe serve` registers the drainer, the audit and the automation one after another: wait
+            # for all three, not the first (CI once read the audit a moment before it existed).
             with _client(prefect_api) as client:
                 try:
-                    return client.read_deployment_by_name(f"continual-unlearning/drain-{model}")
+                    drain = client.read_deployment_by_name(f"continual-unlearning/drain-{model}")
+                    audit = client.read_deployment_by_name(f"erosion-audit/audit-{model}")
+                    automations = client.read_automations_by_name(f"drain {model} on submit")
                 except Exception:  # noqa: BLE001 - not there yet
                     return None
+            return (drain, audit, automations) if automations else None
 
-        drain = _wait("lethe serve to register its deployments", deployment, 180, serving)
-        with _client(prefect_api) as client:
-            audit = client.read_deployment_by_name(f"erosion-audit/audit-{model}")
-            automations = client.read_automations_by_name(f"drain {model} on submit")
+        drain, audit, automations = _wait("lethe serve to register its deployments", registered, 180, serving)
         assert [s.schedule.cron for s in drain.schedules] == ["*/15 * * * *"]
         assert [s.schedule.cron for s in audit.schedules] == ["0 3 * * *"]
         [automation] = automations

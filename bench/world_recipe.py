@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/world_recipe.py step [--batch 64] [--repeats 5]
     .venv/bin/python bench/world_recipe.py roundtrip [--weights-dir DIR] [--images 240]
+    .venv/bin/python bench/world_recipe.py textuse [--weights-dir DIR] [--images 96]
 
 `step` times one training step of the world's UNet (forward, backward, AdamW; the shapes of
 `unlearning/shapes/train.py:train_unet`) in float32, under bf16 autocast, and under bf16 autocast with
@@ -13,6 +14,12 @@ recipe choice issue 11 asks to make by measurement).
 VAE (posterior mean, decoded), and prints the reconstruction PSNR and both judges' style accuracy on
 the renders and on their round trips. If the judges read the round trips as well as the renders, a
 style the base draws badly is the UNet's doing, not the latent space's.
+
+`textuse` asks whether the UNet reads a style word at all. For each pair (own style, other style) it
+encodes `--images` renders of the own style, noises them at one timestep (same noise for both
+captions), and prints how much larger the denoising error is under the caption naming the other
+style than under the caption naming the own: error(other) / error(own) - 1. A UNet that tells two
+styles apart from the text has a clearly positive gap; one that treats both words alike, about zero.
 
 Prints Markdown tables (paste them into bench/RESULTS.md with the date and machine).
 """
@@ -106,6 +113,52 @@ def bench_roundtrip(weights_dir: Path | None, images: int) -> None:
         print(f"| {style} | {psnr:.2f} | " + " | ".join(cells) + " |")
 
 
+# (own style, caption's other style): the two styles the base confuses, each with a pair it separates.
+TEXT_PAIRS = (("striped", "checkered"), ("checkered", "striped"), ("striped", "dotted"), ("dotted", "striped"))
+TEXT_TIMESTEPS = (25, 100, 200, 400, 600, 800)
+
+
+def bench_textuse(weights_dir: Path | None, images: int) -> None:
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from unlearning.shapes import model as shapes_model
+    from unlearning.shapes.detector import to_model_input
+    from unlearning.shapes.render import render_batch
+    from unlearning.shapes.shipped import WEIGHTS_DIR
+    from unlearning.shapes.vocabulary import COLOUR_NAMES, OBJECTS, Scene
+
+    weights_dir = weights_dir or WEIGHTS_DIR
+    vae = AutoencoderKL.from_pretrained(weights_dir / "vae").eval()
+    unet = UNet2DConditionModel.from_pretrained(weights_dir / "unet").float().eval()
+    encoder, tokenizer = shapes_model.load_text_encoder()
+    scheduler = shapes_model.training_scheduler()
+    print(f"Denoising error under the other style's caption / under the own's - 1, {images} renders ({weights_dir})\n")
+    print("| timestep | " + " | ".join(f"{own} renders, '{other}'" for own, other in TEXT_PAIRS) + " |")
+    print("|---|" + "---|" * len(TEXT_PAIRS))
+    for timestep in TEXT_TIMESTEPS:
+        cells = []
+        for own, other in TEXT_PAIRS:
+            scenes = [
+                Scene(OBJECTS[i % len(OBJECTS)], own, COLOUR_NAMES[(i // len(OBJECTS)) % len(COLOUR_NAMES)])
+                for i in range(images)
+            ]
+            with torch.no_grad():
+                x = to_model_input(torch.from_numpy(render_batch(scenes, seed=7)))
+                z0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+                noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(timestep))
+                t = torch.full((images,), timestep)
+                zt = scheduler.add_noise(z0, noise, t)
+                error = {}
+                for word in (own, other):
+                    captions = [f"a {s.colour} {word} {s.object}" for s in scenes]
+                    embedded = shapes_model.encode_prompts(encoder, tokenizer, captions)
+                    error[word] = float(F.mse_loss(unet(zt, t, embedded).sample, noise))
+            cells.append(f"{error[other] / error[own] - 1:+.3f}")
+        print(f"| {timestep} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parts = parser.add_subparsers(dest="part", required=True)
@@ -115,12 +168,17 @@ def main(argv: list[str] | None = None) -> None:
     roundtrip = parts.add_parser("roundtrip", help="judge VAE round trips of renders per style")
     roundtrip.add_argument("--weights-dir", type=Path, default=None)
     roundtrip.add_argument("--images", type=int, default=240)
+    textuse = parts.add_parser("textuse", help="does the UNet's denoising error depend on the style word")
+    textuse.add_argument("--weights-dir", type=Path, default=None)
+    textuse.add_argument("--images", type=int, default=96)
     args = parser.parse_args(argv)
     print(f"{date.today()}, {platform.machine()}, {os.cpu_count()} cores\n")
     if args.part == "step":
         bench_step(args.batch, args.repeats)
-    else:
+    elif args.part == "roundtrip":
         bench_roundtrip(args.weights_dir, args.images)
+    else:
+        bench_textuse(args.weights_dir, args.images)
 
 
 if __name__ == "__main__":

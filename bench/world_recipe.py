@@ -127,7 +127,7 @@ def bench_textuse(weights_dir: Path | None, images: int) -> None:
     from unlearning.shapes.detector import to_model_input
     from unlearning.shapes.render import render_batch
     from unlearning.shapes.shipped import WEIGHTS_DIR
-    from unlearning.shapes.vocabulary import COLOUR_NAMES, OBJECTS, Scene
+    from unlearning.shapes.vocabulary import COLOUR_NAMES, OBJECTS, TRAIN_TEMPLATES, Scene, caption
 
     weights_dir = weights_dir or WEIGHTS_DIR
     vae = AutoencoderKL.from_pretrained(weights_dir / "vae").eval()
@@ -137,22 +137,28 @@ def bench_textuse(weights_dir: Path | None, images: int) -> None:
     print(f"Denoising error under the other style's caption / under the own's - 1, {images} renders ({weights_dir})\n")
     print("| timestep | " + " | ".join(f"{own} renders, '{other}'" for own, other in TEXT_PAIRS) + " |")
     print("|---|" + "---|" * len(TEXT_PAIRS))
+    # Each own style's renders and latents once; only the noise changes with the timestep.
+    scenes, latents = {}, {}
+    for own in dict.fromkeys(own for own, _ in TEXT_PAIRS):
+        scenes[own] = [
+            Scene(OBJECTS[i % len(OBJECTS)], own, COLOUR_NAMES[(i // len(OBJECTS)) % len(COLOUR_NAMES)])
+            for i in range(images)
+        ]
+        with torch.no_grad():
+            x = to_model_input(torch.from_numpy(render_batch(scenes[own], seed=7)))
+            latents[own] = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    template = TRAIN_TEMPLATES[0]  # "a {colour} {style} {object}"
     for timestep in TEXT_TIMESTEPS:
         cells = []
         for own, other in TEXT_PAIRS:
-            scenes = [
-                Scene(OBJECTS[i % len(OBJECTS)], own, COLOUR_NAMES[(i // len(OBJECTS)) % len(COLOUR_NAMES)])
-                for i in range(images)
-            ]
             with torch.no_grad():
-                x = to_model_input(torch.from_numpy(render_batch(scenes, seed=7)))
-                z0 = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+                z0 = latents[own]
                 noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(timestep))
                 t = torch.full((images,), timestep)
                 zt = scheduler.add_noise(z0, noise, t)
                 error = {}
                 for word in (own, other):
-                    captions = [f"a {s.colour} {word} {s.object}" for s in scenes]
+                    captions = [caption(s, template, style_word=word) for s in scenes[own]]
                     embedded = shapes_model.encode_prompts(encoder, tokenizer, captions)
                     error[word] = float(F.mse_loss(unet(zt, t, embedded).sample, noise))
             cells.append(f"{error[other] / error[own] - 1:+.3f}")

@@ -77,21 +77,25 @@ def style_mix(style: str, rng: np.random.Generator, cx: float, cy: float, radius
     across = -(_XS - cx) * math.sin(angle) + (_YS - cy) * math.cos(angle)
     if style == "solid":
         return np.zeros_like(_XS)
-    # The periods the shipped world was trained on; the VAE keeps them (both judges read its round trips
-    # as well as the renders). Coarser ones (striped 6.0-7.4, checkered cells 4.2-5.0, dots 5.2-6.0 /
-    # 1.35-1.65) with retrained judges and a 2,500-step fine-tune of the UNet helped striped and dotted
-    # but not checkered (bench/RESULTS.md, 2026-12-03 evening), so they were not shipped.
+    # Striped and checkered must differ in what the UNet's coarse, text-conditioned levels see (an 8x8
+    # cell spans 4x4 px), not only in a pattern's orientation near the latent's Nyquist limit. Pale
+    # stripes of period 3.6-4.6 px and pale checks of cell 2.6-3.4 px were both half pale at the same
+    # radial frequency: the caption carried almost nothing the MSE loss could use (`bench/world_recipe.py
+    # textuse`: +0.1-1 % against +14-42 % for striped/dotted) and the base drew either for either about
+    # half the time (bench/RESULTS.md, 2026-12-04). So checks are coarse (whole 4x4 blocks pale or not)
+    # while stripes stay fine (every block half pale); dots are coarser than they were (polka dots the
+    # VAE keeps). Dark checks, tried first, the VAE washes out (it never saw dark fine texture).
     if style == "striped":
         period = rng.uniform(3.6, 4.6)
         return (np.floor((along + rng.uniform(0, period)) / (period / 2)) % 2).astype(np.float64)
     if style == "checkered":
-        cell = rng.uniform(2.6, 3.4)
+        cell = rng.uniform(5.6, 6.6)
         tilt = rng.uniform(-0.35, 0.35)
-        a = (_XS - cx) * math.cos(tilt) + (_YS - cy) * math.sin(tilt)
-        b = -(_XS - cx) * math.sin(tilt) + (_YS - cy) * math.cos(tilt)
+        a = (_XS - cx) * math.cos(tilt) + (_YS - cy) * math.sin(tilt) + rng.uniform(0, cell)
+        b = -(_XS - cx) * math.sin(tilt) + (_YS - cy) * math.cos(tilt) + rng.uniform(0, cell)
         return ((np.floor(a / cell) + np.floor(b / cell)) % 2).astype(np.float64)
     if style == "dotted":
-        spacing, dot = rng.uniform(3.8, 4.4), rng.uniform(1.05, 1.3)
+        spacing, dot = rng.uniform(5.2, 6.0), rng.uniform(1.35, 1.65)
         da = (along + rng.uniform(0, spacing)) % spacing - spacing / 2
         db = (across + rng.uniform(0, spacing)) % spacing - spacing / 2
         return (da * da + db * db <= dot * dot).astype(np.float64)

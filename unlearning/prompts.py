@@ -8,10 +8,22 @@ concept text.
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 from dataclasses import dataclass
 
 GENERIC_TEMPLATES = ("{}", "a picture of {}", "a photo of {}", "an image of {}")
+# Templates of one vocabulary word, naming no object, style or colour of any world: the sweep's prompts
+# (unlearning/evaluation/sweep.py) and a method's broad preserve prompts (`broad_prompts`).
+VOCABULARY_TEMPLATES: tuple[str, ...] = (
+    "a {word}",
+    "a picture of a {word}",
+    "{word}",
+    "a {word} on a plain background",
+    "the {word} in the middle",
+    "an image of the {word}",
+)
 
 
 @dataclass(frozen=True)
@@ -77,3 +89,38 @@ def open_prompts(
         preserve=[p for name in preserve for p in generic(name, per_concept // 2)],
         replay=[p for name in erased for p in generic(name, per_concept // 2)],
     )
+
+
+def vocabulary_words(tokenizer, *, part: str = "sweep") -> list[str]:
+    """Whole alphabetic words of the tokenizer's vocabulary (3–12 letters, lower case), in a fixed order.
+
+    The words are split in two halves by a digest of the word: `part="sweep"` (what the sweep judges
+    on) and `part="method"` (what a method may use as broad preserve statistics). A method that learns
+    from its half is judged on words it never saw. WordPiece continuations ("##ing") and BPE pieces that
+    do not end a word (CLIP's vocabulary marks word ends with "</w>") are not words.
+    """
+    if part not in ("sweep", "method"):
+        raise ValueError(f"part must be 'sweep' or 'method', not {part!r}")
+    vocabulary = tokenizer.get_vocab()
+    bpe = any(token.endswith("</w>") for token in vocabulary)  # CLIP-style BPE: only "</w>" pieces end a word
+    words = set()
+    for token in vocabulary:
+        if token.startswith("##") or (bpe and not token.endswith("</w>")):
+            continue
+        token = token.removesuffix("</w>")
+        if token.isascii() and token.isalpha() and 3 <= len(token) <= 12:
+            words.add(token.lower())
+    keep = 0 if part == "sweep" else 1
+    return sorted(
+        w for w in words if int(hashlib.sha256(f"lethe-sweep-split|{w}".encode()).hexdigest()[:8], 16) % 2 == keep
+    )
+
+
+def broad_prompts(tokenizer, count: int, *, seed: int = 0) -> list[str]:
+    """`count` prompts of the method's half of the vocabulary (`vocabulary_words(part="method")`), one word
+    each in a vocabulary template, seeded: what "everything else" looks like to the text encoder, for a
+    method's broad preserve statistics (MACE's generic-prompt covariance, Lu et al. CVPR 2024). The
+    sweep judges on the other half, so a method that keeps these is judged on words it never kept."""
+    rng = random.Random(f"lethe-broad|{seed}")
+    words = vocabulary_words(tokenizer, part="method")
+    return [rng.choice(VOCABULARY_TEMPLATES).format(word=w) for w in rng.sample(words, min(count, len(words)))]

@@ -57,6 +57,20 @@ def passes_rate_test(k: int, n: int, p0: float, alpha: float = 0.05) -> bool:
     return n > 0 and binomial_upper_tail(k, n, p0) <= alpha
 
 
+def fisher_greater(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Fisher's exact test, one-sided: the p-value of H0 "sample a's rate is no higher than sample b's".
+
+    Conditioned on the total successes K = k_a + k_b, the successes of a follow the hypergeometric law
+    of n_a draws from n_a + n_b items holding K successes; p = P(X ≥ k_a) = Σ_{x ≥ k_a} C(K, x) C(N − K,
+    n_a − x) / C(N, n_a), N = n_a + n_b (Fisher 1935; the sweep's relocation test)."""
+    total, successes = n_a + n_b, k_a + k_b
+    denominator = math.comb(total, n_a)
+    tail = sum(
+        math.comb(successes, x) * math.comb(total - successes, n_a - x) for x in range(k_a, min(successes, n_a) + 1)
+    )
+    return float(tail / denominator)
+
+
 def cluster_bootstrap_interval(
     values: np.ndarray,
     clusters: np.ndarray,

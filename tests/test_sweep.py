@@ -1,0 +1,186 @@
+"""The sweep (unlearning/evaluation/sweep.py): its prompts, its statistics, and — on the shipped shapes
+model — that it fails the gate of a candidate built to relocate a concept and passes the base."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from unlearning.evaluation.cache import ImageCache
+from unlearning.evaluation.gates import decide, load_policy
+from unlearning.evaluation.stats import fisher_greater
+from unlearning.evaluation.sweep import (
+    VOCABULARY_TEMPLATES,
+    SweepPrompt,
+    SweepSize,
+    holm,
+    name_variants,
+    run_sweep,
+    sweep_prompts,
+    total_variation,
+    vocabulary_words,
+)
+from unlearning.sampling import model_identity
+
+SAMPLER = {"scheduler": "ddim", "steps": 12, "guidance_scale": 5.0}
+
+
+def test_fisher_one_sided_matches_the_hypergeometric_tail():
+    """3 of 4 against 0 of 4: K = 3 successes among N = 8, a draws 4. P(X ≥ 3) = C(3,3)·C(5,1)/C(8,4) = 5/70;
+    8 of 8 against 0 of 8: 1/C(16,8) = 1/12870; equal counts give more than one half."""
+    assert fisher_greater(3, 4, 0, 4) == pytest.approx(5 / 70)
+    assert fisher_greater(8, 8, 0, 8) == pytest.approx(1 / 12870)
+    assert fisher_greater(5, 32, 5, 32) > 0.5
+    assert fisher_greater(0, 8, 8, 8) == 1.0
+
+
+def test_holm_rejects_step_down_and_stops_at_the_first_failure():
+    """m = 4, α = 0.05: sorted p 0.001 ≤ 0.0125, 0.01 ≤ 0.0167, then 0.03 > 0.025 stops; 0.02 is never
+    reached although it is below α/2 (0.02 > 0.025 is false only after 0.03 fails — order matters)."""
+    assert holm([0.03, 0.001, 0.01, 0.2], 0.05) == [False, True, True, False]
+    assert holm([0.001, 0.002], 0.05) == [True, True]
+    assert holm([], 0.05) == []
+
+
+def test_total_variation_of_label_frequencies():
+    a, b = np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1])  # (½,½) vs (¾,¼): ½(¼ + ¼) = ¼
+    assert total_variation(a, b, 3) == pytest.approx(0.25)
+    assert total_variation(a, a, 3) == 0.0
+
+
+def test_name_variants_are_what_a_user_types_instead():
+    variants = name_variants("circle")
+    assert "circle" not in variants
+    for expected in ("CIRCLE", "circles", "circle circle", "circle!", "icrcle", "cirle", "ciircle", "c-i-r-c-l-e"):
+        assert expected in variants
+    assert len(variants) == len(set(variants))
+
+
+class _Tokenizer:
+    def __init__(self, vocabulary):
+        self.vocabulary = {token: i for i, token in enumerate(vocabulary)}
+
+    def get_vocab(self):
+        return self.vocabulary
+
+
+def test_vocabulary_words_halves_are_disjoint_whole_words():
+    wordpiece = _Tokenizer(["[CLS]", "apple", "##ing", "banana", "ab", "x1y", "cherry", "moon", "river", "tree"])
+    sweep, method = vocabulary_words(wordpiece, part="sweep"), vocabulary_words(wordpiece, part="method")
+    assert not set(sweep) & set(method)
+    assert set(sweep) | set(method) == {"apple", "banana", "cherry", "moon", "river", "tree"}
+    # CLIP's BPE marks word ends with </w>: only those are words
+    bpe = _Tokenizer(["apple</w>", "ban", "ana</w>", "moon</w>", "moo"])
+    words = vocabulary_words(bpe, part="sweep") + vocabulary_words(bpe, part="method")
+    assert sorted(words) == ["ana", "apple", "moon"]
+    with pytest.raises(ValueError):
+        vocabulary_words(wordpiece, part="other")
+
+
+def test_sweep_prompts_are_seeded_distinct_and_hold_the_variants(shapes_pipe):
+    size = SweepSize(vocabulary_prompts=20, variants_per_concept=5)
+    names = {"circle": ("circle", "disc"), "striped": ("striped", "stripy")}
+    prompts = sweep_prompts(shapes_pipe.tokenizer, names, size)
+    assert prompts == sweep_prompts(shapes_pipe.tokenizer, names, size)  # the same prompts every time
+    assert len({p.prompt for p in prompts}) == len(prompts)
+    sources = [p.source for p in prompts]
+    assert sources.count("vocabulary") == 20
+    assert sources.count("variant/circle") == 5 and sources.count("variant/striped") == 5
+    # every vocabulary prompt fills a template with a word of the sweep's half: never one a method may learn from
+    sweep_words = set(vocabulary_words(shapes_pipe.tokenizer, part="sweep"))
+    patterns = [
+        re.compile("^" + re.escape(t).replace(re.escape("{word}"), "(\\w+)") + "$") for t in VOCABULARY_TEMPLATES
+    ]
+    for p in prompts:
+        if p.source == "vocabulary":
+            words = [m.group(1) for pattern in patterns if (m := pattern.match(p.prompt))]
+            assert words and all(w in sweep_words for w in words), p.prompt
+
+
+@pytest.fixture(scope="module")
+def relocating(shapes_pipe):
+    """A candidate built to relocate circle: a UCE edit whose anchor is the concept, mapping every token of
+    "a square"-like prompts onto the same prompts saying "circle" (what a bad erasure of square towards
+    circle would do)."""
+    from unlearning.methods.uce import closed_form
+
+    tokenizer, encoder = shapes_pipe.tokenizer, shapes_pipe.text_encoder
+    sources = ["a square", "a block", "a picture of a square", "square", "a square on a plain background"]
+    targets = [s.replace("square", "circle").replace("block", "circle") for s in sources]
+
+    def encode(prompts):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+        with torch.no_grad():
+            return encoder(ids.input_ids)[0].reshape(-1, encoder.config.hidden_size)
+
+    keys, anchors = encode(sources), encode(targets)
+    candidate = copy.deepcopy(shapes_pipe)
+    with torch.no_grad():
+        for name, weight in candidate.unet.named_parameters():
+            if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
+                weight.copy_(
+                    closed_form(
+                        weight,
+                        keys,
+                        anchors,
+                        keys[:0],
+                        erase_scale=1.0,
+                        preserve_scale=0.0,
+                        lambda_identity=0.01,
+                    )
+                )
+    return candidate, [SweepPrompt(p, "vocabulary") for p in ("a square", "a block", "a box", "a tile")]
+
+
+def _sweep(candidate, base, judges, prompts, tmp_path, seed_offset=0):
+    size = SweepSize(
+        vocabulary_prompts=len(prompts), screen_seeds=4, confirm_prompts=3, confirm_seeds=12, seed_offset=seed_offset
+    )
+    return run_sweep(
+        candidate,
+        base,
+        judges[0],
+        {"circle": "object"},
+        prompts,
+        size=size,
+        sampler=SAMPLER,
+        base_sha256=model_identity("shapes")[1],
+        cache=ImageCache(tmp_path / "cache"),
+    )
+
+
+def _sweep_checks(results: dict) -> list:
+    policy = load_policy()
+    decision = decide({"sweep": results}, policy)
+    return [c for c in decision.checks if c.metric.startswith("sweep.concepts") and "relocations" in c.metric]
+
+
+@pytest.mark.slow
+def test_the_sweep_fails_a_candidate_built_to_relocate(relocating, shapes_pipe, judges, tmp_path):
+    candidate, prompts = relocating
+    results, images = _sweep(candidate, shapes_pipe, judges, prompts, tmp_path)
+    circle = results["concepts"]["circle"]
+    assert circle["relocations"] >= 1, circle["tests"]
+    relocated = [t for t in circle["tests"] if t["relocated"]]
+    assert all(t["candidate"]["k"] > t["base"]["k"] for t in relocated)
+    assert images["confirm_candidate"].shape[0] == len(images["confirm_prompts"]) * 12
+    checks = _sweep_checks(results)
+    assert checks and not all(c.passed for c in checks)  # the shipped policy's relocation rule fails it
+    # the flood shows on the same prompts: the candidate draws circles where the base drew squares
+    frequencies = results["retention"]["frequencies"]["object"]
+    assert frequencies["circle"]["candidate"] > frequencies["circle"]["base"]
+
+
+@pytest.mark.slow
+def test_the_base_against_itself_with_other_seeds_relocates_nothing(shapes_pipe, judges, tmp_path, relocating):
+    """Chance alone (the base's own images on other seeds) must not pass for a relocation: the screen may
+    pick prompts to confirm, the corrected test on fresh seeds rejects none."""
+    _, prompts = relocating
+    results, _ = _sweep(shapes_pipe, shapes_pipe, judges, prompts, tmp_path, seed_offset=500)
+    assert results["relocations"] == 0
+    assert results["retention"]["distance"] > 0  # other seeds: other images, judged as a candidate's
+    assert all(c.passed for c in _sweep_checks(results))

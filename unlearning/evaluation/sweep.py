@@ -1,0 +1,382 @@
+"""The sweep: does the candidate draw an erased concept on *any* prompt? (docs/design.md, "sweep")
+
+The forget sets ask whether the concept is gone from the phrasings Lethe itself writes. A user or an
+adversary types other things. A closed-form K/V edit W = W₀R re-maps every embedding, not only the
+concept's: a prompt that pointed away from the concept can be pushed onto it (relocation), and what
+the request never named can drift (the flood of its anchor). The sweep looks where the unlearning
+step never looked:
+
+- **vocabulary prompts**: words of the text encoder's own vocabulary (whole, alphabetic, 3–12
+  letters; the words a method may learn from — `vocabulary_words(part="method")` — are the other
+  half, so the sweep never judges on what a method saw) in a few shape-free templates, seeded;
+- **variants** of every erased concept's name and synonyms, made by rules: misspellings (a letter
+  swapped, dropped, doubled), casing, plural, repetition, punctuation, split and hyphenated spellings
+  (the sweep's half of them: a method may erase the other half, `name_variants(part="method")`).
+
+Three judgements come out of one set of images (base and candidate, same prompts, same seeds):
+
+1. **relocation** (per erased concept): a two-stage test. Every prompt is screened on a few seeds; the
+   `confirm_prompts` largest increases (candidate − base hits, at least `min_increase`) are sampled again on
+   fresh seeds, `confirm_seeds` each for both models, and each is tested one-sided with Fisher's exact
+   test (H0: the candidate draws the concept no more often than the base). Holm's step-down procedure
+   keeps the family-wise error at α over every test of every concept. Fresh seeds make the confirming
+   test independent of the selection (a screened noise spike does not carry over).
+2. **leak** (per erased concept): on the prompts where the base draws the concept — on at least half of
+   the screening seeds, and more often than its background rate over the vocabulary prompts (exact
+   binomial test at `LEAK_ALPHA`: the model draws some shape for any prompt) — the unlearning accuracy
+   where the base draws it (as the forget sets: pairs of the same prompt and seed), judged by the same
+   bound as the forget sets.
+3. **broad retention**: on the vocabulary prompts, the candidate's images against the base's —
+   retention distance, FID in the judge's feature space, and the total variation distance between the
+   judge's top-1 distributions per head (the "squares twice as often" shift). Bounded, like the retain
+   set's, from the base's own noise (bench/calibrate.py).
+
+Everything here is world-free: the world says which judge head judges a concept (`heads`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from unlearning.evaluation import stats
+from unlearning.evaluation.cache import ImageCache, generate_cached
+from unlearning.evaluation.checks import fid_kid, perceptual_distance
+from unlearning.prompts import VOCABULARY_TEMPLATES, vocabulary_words
+from unlearning.sampling import generate
+
+SWEEP_SEED = 800_000_000  # sweep seeds live apart from training (0…) and plan (700,000,000…) seeds
+CONFIRM_OFFSET = 1_000  # confirmation images use seed indices from here: never a screening seed
+LEAK_ALPHA = 0.01  # a prompt "draws the concept" when its screening count is this unlikely at the background rate
+
+# Templates around a variant of a concept's name: bare, and in everyday phrasings.
+VARIANT_TEMPLATES: tuple[str, ...] = ("{word}", "a {word}", "a picture of a {word}")
+
+
+@dataclass(frozen=True)
+class SweepSize:
+    """How many prompts and images the sweep takes (the gate's defaults; bench/ uses larger ones)."""
+
+    vocabulary_prompts: int = 192  # prompts of vocabulary words (one word each)
+    variants_per_concept: int = 24  # rule-made variants of each erased concept's names, each in a template
+    screen_seeds: int = 4  # images per prompt and model in the screening pass
+    confirm_prompts: int = 6  # per erased concept: the largest screened increases sampled again
+    min_increase: int = 2  # ...of at least this many more screening images showing the concept than the base's
+    confirm_seeds: int = 32  # images per confirmed prompt and model, on fresh seeds
+    word_seed: int = 0  # which words and templates
+    seed_offset: int = 0  # other seeds for the candidate's images (the noise floor: the base against itself)
+
+    @classmethod
+    def quick(cls, prompts: int) -> SweepSize:
+        """A tiny sweep (tests, a quick look): `prompts` vocabulary prompts and variants each."""
+        return cls(
+            vocabulary_prompts=prompts,
+            variants_per_concept=prompts,
+            screen_seeds=2,
+            confirm_prompts=2,
+            min_increase=1,
+            confirm_seeds=4,
+        )
+
+
+@dataclass(frozen=True)
+class SweepPrompt:
+    prompt: str
+    source: str  # "vocabulary", or "variant/<concept>" for a rule-made variant of an erased concept's name
+
+
+def _digest(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def name_variants(word: str, *, part: str | None = None) -> list[str]:
+    """Rule-made variants of a concept's name (or synonym): what a user might type instead of it.
+
+    Misspellings (each adjacent pair swapped, each letter dropped, each letter doubled), casing, plural,
+    repetition, punctuation, split and hyphenated spellings. The name itself is not a variant (the
+    forget sets judge it). Multi-word names ("love symbol") vary as a whole. Like the vocabulary, the
+    variants split in two halves by a digest: `part="sweep"` (what the sweep judges) and `part="method"`
+    (what a method may erase besides the name); None: all of them.
+    """
+    if part not in (None, "sweep", "method"):
+        raise ValueError(f"part must be None, 'sweep' or 'method', not {part!r}")
+    word = word.strip()
+    variants = [word.upper(), word.capitalize(), word + "s", f"{word} {word}", f"{word}!", f"{word}.", f'"{word}"']
+    letters = word.replace(" ", "")
+    variants += ["-".join(letters), " ".join(letters)]
+    if len(word) >= 4:
+        middle = len(word) // 2
+        variants.append(word[:middle] + " " + word[middle:])
+    for i in range(len(word) - 1):  # swapped neighbours
+        if word[i] != word[i + 1] and word[i] != " " and word[i + 1] != " ":
+            variants.append(word[:i] + word[i + 1] + word[i] + word[i + 2 :])
+    for i in range(len(word)):  # dropped and doubled letters
+        if word[i] != " " and len(word) > 3:
+            variants.append(word[:i] + word[i + 1 :])
+        if word[i] != " ":
+            variants.append(word[:i] + word[i] + word[i:])
+    variants = [v for v in dict.fromkeys(variants) if v.strip() and v != word]
+    if part is None:
+        return variants
+    keep = 0 if part == "sweep" else 1
+    return [v for v in variants if _digest(f"lethe-variant-split|{v}") % 2 == keep]
+
+
+def sweep_prompts(tokenizer, names: dict[str, tuple[str, ...]], size: SweepSize) -> list[SweepPrompt]:
+    """The sweep's prompts: `size.vocabulary_prompts` vocabulary prompts, then `size.variants_per_concept`
+    variants of each concept's names (`names`: concept -> its name and synonyms), all distinct.
+
+    The draw is seeded by `size.word_seed` alone: the same prompts for every candidate of every lineage,
+    so the base's images come from the cache after the first evaluation.
+    """
+    rng = random.Random(f"lethe-sweep|{size.word_seed}")
+    words = vocabulary_words(tokenizer, part="sweep")
+    prompts: list[SweepPrompt] = []
+    for word in rng.sample(words, min(size.vocabulary_prompts, len(words))):
+        prompts.append(SweepPrompt(rng.choice(VOCABULARY_TEMPLATES).format(word=word), "vocabulary"))
+    for concept, concept_names in names.items():
+        variants = [v for name in concept_names for v in name_variants(name, part="sweep")]
+        variant_rng = random.Random(f"lethe-sweep|{size.word_seed}|{concept}")
+        chosen = variant_rng.sample(variants, min(size.variants_per_concept, len(variants)))
+        prompts += [
+            SweepPrompt(variant_rng.choice(VARIANT_TEMPLATES).format(word=v), f"variant/{concept}") for v in chosen
+        ]
+    seen, distinct = set(), []
+    for p in prompts:
+        if p.prompt not in seen:
+            seen.add(p.prompt)
+            distinct.append(p)
+    return distinct
+
+
+def sweep_seed(prompt: str, index: int) -> int:
+    """The seed of sweep image `index` of a prompt (the same in every sweep that asks for the prompt)."""
+    return SWEEP_SEED + _digest(f"{prompt}|{index}") % 100_000_000
+
+
+def _sample(pipe, base_pipe, prompts: list[str], seeds_each: int, offset: int, *, size, sampler, base_sha256, cache):
+    """(base images, candidate images), each (len(prompts) * seeds_each, H, W, 3), prompt-major; the same
+    seeds for both, unless `size.seed_offset` gives the candidate others."""
+
+    def seeds(shift: int) -> tuple[list[str], list[int]]:
+        pairs = [(p, sweep_seed(p, shift + offset + i)) for p in prompts for i in range(seeds_each)]
+        return [p for p, _ in pairs], [s for _, s in pairs]
+
+    if not prompts:
+        return None, None
+    texts, base_seeds = seeds(0)
+    base_images, _ = generate_cached(
+        base_pipe, texts, base_seeds, model_sha256=base_sha256, sampler=sampler, cache=cache
+    )
+    if pipe is base_pipe:
+        if not size.seed_offset:
+            return base_images, base_images
+        other_images, _ = generate_cached(
+            base_pipe, *seeds(size.seed_offset), model_sha256=base_sha256, sampler=sampler, cache=cache
+        )
+        return base_images, other_images
+    texts, candidate_seeds = seeds(size.seed_offset)
+    candidate_images = generate(
+        pipe, texts, candidate_seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"]
+    )
+    return base_images, candidate_images
+
+
+def _top1(judge, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The judge's top-1 class index per image, per head."""
+    return {head: p.argmax(axis=1) for head, p in judge.probabilities(images).items()}
+
+
+def holm(p_values: list[float], alpha: float) -> list[bool]:
+    """Holm's step-down procedure (Holm 1979): which of the hypotheses to reject at family-wise error α.
+
+    Sort the p-values; reject the i-th smallest (i = 0…m−1) while p_(i) ≤ α / (m − i); stop at the first
+    that is not."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    for rank, index in enumerate(order):
+        if p_values[index] > alpha / (len(p_values) - rank):
+            break
+        rejected[index] = True
+    return rejected
+
+
+def total_variation(a: np.ndarray, b: np.ndarray, classes: int) -> float:
+    """½ Σ_c |P_a(c) − P_b(c)| between the class frequencies of two label arrays."""
+    pa = np.bincount(a, minlength=classes) / max(len(a), 1)
+    pb = np.bincount(b, minlength=classes) / max(len(b), 1)
+    return float(0.5 * np.abs(pa - pb).sum())
+
+
+def run_sweep(
+    candidate_pipe,
+    base_pipe,
+    judge,
+    heads: dict[str, str],
+    prompts: list[SweepPrompt],
+    *,
+    size: SweepSize,
+    sampler: dict,
+    base_sha256: str,
+    cache: ImageCache | None,
+    alpha: float = 0.05,
+) -> tuple[dict, dict]:
+    """Judge every erased concept (`heads`: concept -> the judge head that sees it) on the sweep.
+
+    Returns (results, images): the results are the `sweep` entry of an evaluation (module docstring);
+    images holds the screening images of both models and the confirmed prompts' images, for the report.
+    """
+    texts = [p.prompt for p in prompts]
+    k = size.screen_seeds
+    base_images, candidate_images = _sample(
+        candidate_pipe, base_pipe, texts, k, 0, size=size, sampler=sampler, base_sha256=base_sha256, cache=cache
+    )
+    base_top, candidate_top = _top1(judge, base_images), _top1(judge, candidate_images)
+
+    def hits(top: dict[str, np.ndarray], concept: str, rows: int, seeds: int) -> np.ndarray:
+        head = heads[concept]
+        index = judge.heads[head].index(concept)
+        return (top[head] == index).reshape(rows, seeds)
+
+    results: dict = {"prompts": len(texts), "screen_seeds": k, "concepts": {}}
+    candidates: list[tuple[str, int, int, int]] = []  # (concept, prompt index, base hits, candidate hits)
+    screened: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for concept in heads:
+        base_hits, candidate_hits = hits(base_top, concept, len(texts), k), hits(candidate_top, concept, len(texts), k)
+        screened[concept] = (base_hits, candidate_hits)
+        increase = candidate_hits.sum(1).astype(int) - base_hits.sum(1).astype(int)
+        raised = [i for i in range(len(texts)) if increase[i] >= size.min_increase]
+        order = sorted(raised, key=lambda i: (-increase[i], i))
+        candidates += [
+            (concept, i, int(base_hits[i].sum()), int(candidate_hits[i].sum())) for i in order[: size.confirm_prompts]
+        ]
+
+    # Confirm the screened increases on fresh seeds, every test of every concept in one Holm family.
+    confirm_texts = list(dict.fromkeys(texts[i] for _, i, _, _ in candidates))
+    confirm_base, confirm_candidate = _sample(
+        candidate_pipe,
+        base_pipe,
+        confirm_texts,
+        size.confirm_seeds,
+        CONFIRM_OFFSET,
+        size=size,
+        sampler=sampler,
+        base_sha256=base_sha256,
+        cache=cache,
+    )
+    tests = []
+    if confirm_texts:
+        confirm_base_top, confirm_candidate_top = _top1(judge, confirm_base), _top1(judge, confirm_candidate)
+        row_of = {text: row for row, text in enumerate(confirm_texts)}
+        for concept, i, screen_base, screen_candidate in candidates:
+            row = row_of[texts[i]]
+            base_k = int(hits(confirm_base_top, concept, len(confirm_texts), size.confirm_seeds)[row].sum())
+            cand_k = int(hits(confirm_candidate_top, concept, len(confirm_texts), size.confirm_seeds)[row].sum())
+            n = size.confirm_seeds
+            tests.append(
+                {
+                    "concept": concept,
+                    "prompt": texts[i],
+                    "source": prompts[i].source,
+                    "screen": {"base": screen_base, "candidate": screen_candidate, "n": k},
+                    "base": {"k": base_k, "n": n, "wilson": list(stats.wilson_interval(base_k, n))},
+                    "candidate": {"k": cand_k, "n": n, "wilson": list(stats.wilson_interval(cand_k, n))},
+                    "p_value": stats.fisher_greater(cand_k, n, base_k, n),
+                }
+            )
+    for test, rejected in zip(tests, holm([t["p_value"] for t in tests], alpha)):
+        test["relocated"] = rejected
+
+    for concept in heads:
+        base_hits, candidate_hits = screened[concept]
+        vocabulary = np.array([p.source == "vocabulary" for p in prompts])
+        # Prompts on which the base draws the concept *for the prompt*: on at least half of the screening
+        # seeds, and more often than it draws it for any vocabulary prompt (its background rate; the model
+        # draws some shape for every prompt, so two circles in four for "airship" can be chance).
+        background = float(base_hits[vocabulary].mean()) if vocabulary.any() else 0.0
+        drawn_prompts = np.array(
+            [
+                row.mean() >= 0.5 and stats.binomial_upper_tail(int(row.sum()), k, background) <= LEAK_ALPHA
+                for row in base_hits
+            ],
+            dtype=bool,
+        )
+        pairs = drawn_prompts[:, None] & base_hits  # (prompt, seed) pairs where the base draws it there
+        erased = ~candidate_hits[pairs]
+        prompt_of = np.repeat(np.array(texts)[:, None], k, axis=1)[pairs]
+        leak = stats.rate(erased.astype(float), prompt_of)
+        # the prompts behind the leak: drawn by the base and still by the candidate on the same seeds
+        leaking = [
+            {
+                "prompt": texts[i],
+                "source": prompts[i].source,
+                "base": int(base_hits[i].sum()),
+                "candidate_where_base_draws": int((candidate_hits[i] & base_hits[i]).sum()),
+                "n": k,
+            }
+            for i in np.flatnonzero(drawn_prompts)
+            if (candidate_hits[i] & base_hits[i]).any()
+        ]
+        concept_tests = [t for t in tests if t["concept"] == concept]
+        results["concepts"][concept] = {
+            "head": heads[concept],
+            "relocations": sum(t["relocated"] for t in concept_tests),
+            "confirmed": len(concept_tests),
+            "tests": concept_tests,
+            "leak": {
+                "ua": leak.pop("rate"),
+                **leak,
+                "prompts_drawn": int(drawn_prompts.sum()),
+                "background": background,
+                "leaking": leaking,
+            },
+            "vocabulary_rate": {
+                "base": float(base_hits[vocabulary].mean()) if vocabulary.any() else float("nan"),
+                "candidate": float(candidate_hits[vocabulary].mean()) if vocabulary.any() else float("nan"),
+                "n": int(vocabulary.sum()) * k,
+            },
+        }
+    results["relocations"] = sum(c["relocations"] for c in results["concepts"].values())
+    results["alpha"] = alpha
+
+    # Broad retention: the vocabulary prompts' images, candidate against base (same prompts and seeds).
+    rows = np.repeat(np.array([p.source == "vocabulary" for p in prompts]), k)
+    if rows.any():
+        base_vocabulary, candidate_vocabulary = base_images[rows], candidate_images[rows]
+        clusters = np.repeat(np.array(texts), k)[rows]
+        distances = perceptual_distance(judge, candidate_vocabulary, base_vocabulary)
+        shift = {
+            head: total_variation(candidate_top[head][rows], base_top[head][rows], len(classes))
+            for head, classes in judge.heads.items()
+        }
+        frequencies = {
+            head: {
+                c: {
+                    "base": float((base_top[head][rows] == i).mean()),
+                    "candidate": float((candidate_top[head][rows] == i).mean()),
+                }
+                for i, c in enumerate(classes)
+            }
+            for head, classes in judge.heads.items()
+        }
+        results["retention"] = {
+            "n": int(rows.sum()),
+            "distance": float(distances.mean()),
+            "bootstrap": list(stats.cluster_bootstrap_interval(distances, clusters)),
+            "fid": fid_kid(judge.embeddings(candidate_vocabulary), judge.embeddings(base_vocabulary))["fid"],
+            "shift": shift,
+            "max_shift": max(shift.values()),
+            "frequencies": frequencies,
+        }
+    images = {
+        "base": base_images,
+        "candidate": candidate_images,
+        "confirm_base": confirm_base,
+        "confirm_candidate": confirm_candidate,
+        "confirm_prompts": confirm_texts,
+        "prompts": texts,
+    }
+    return results, images

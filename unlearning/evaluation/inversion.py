@@ -1,0 +1,155 @@
+"""Two attacks an adversary with more than a keyboard has: reported beside the gate, never gated.
+
+- **Embedding inversion** (RECE, Gong et al. ECCV 2024, eq. 6–7): the embedding e′ that makes the
+  candidate's cross-attention keys and values for a token closest to what the base computes for the
+  concept's token e,
+
+      e′ = argmin_e′ Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖² = (ρI + Σ_l W_lᵀW_l)⁻¹ Σ_l W_lᵀ W₀_l e,
+
+  over every attn2 to_k / to_v (W_l the candidate's, W₀_l the base's); ρ is `ridge` times the mean
+  eigenvalue of Σ_l W₀_lᵀW₀_l (scale-free). Reported: the relative residual Σ‖W e′ − W₀ e‖² / Σ‖W₀ e‖²
+  (0: the edit is undone exactly), the distance from e′ to the nearest embedding of a real prompt's
+  token relative to ‖e‖ (far: no typed prompt reaches it), and how often the candidate draws the concept
+  when e′ replaces the prompt's embeddings. An edit W = W₀R with R invertible always has residual ≈ 0:
+  an embedding attack always wins against it, which is why the gate tests typeable prompts.
+- **Textual inversion** (Gal et al. ICLR 2023): one new token's input embedding v, learnt on the
+  *candidate* with the denoising loss on the base's images of the concept (‖ε − ε_θ(x_t, t, c("a v"))‖²);
+  reported: how often the candidate draws the concept for "a v".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from unlearning.evaluation.attack import _hits, _seeds, _target
+
+KV_WEIGHTS = (".attn2.to_k.weight", ".attn2.to_v.weight")
+
+
+def _kv_pairs(candidate_unet, base_unet) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    base = dict(base_unet.named_parameters())
+    return [
+        (weight.detach().double(), base[name].detach().double())
+        for name, weight in candidate_unet.named_parameters()
+        if name.endswith(KV_WEIGHTS)
+    ]
+
+
+@torch.no_grad()
+def _encode(pipe, prompts: list[str]) -> torch.Tensor:
+    tokens = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].double()
+
+
+def _generate_from_embeds(pipe, embeds: torch.Tensor, seeds: list[int], sampler: dict) -> np.ndarray:
+    """Images for prompt embeddings (one row per image), classifier-free guidance against the empty prompt."""
+    negative = _encode(pipe, [""]).float().expand(len(embeds), -1, -1)
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    out = pipe(
+        prompt_embeds=embeds.float().to(pipe.device),
+        negative_prompt_embeds=negative.to(pipe.device),
+        num_inference_steps=sampler["steps"],
+        guidance_scale=sampler["guidance_scale"],
+        latents=latents.to(pipe.device, pipe.unet.dtype),
+        output_type="np",
+    ).images
+    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@torch.no_grad()
+def embedding_inversion(
+    pipe,
+    base_pipe,
+    judge,
+    *,
+    head: str,
+    concept: str,
+    prompts: list[str],
+    reference_prompts: list[str],
+    sampler: dict,
+    ridge: float = 0.1,
+    seeds_per_prompt: int = 2,
+) -> dict:
+    """RECE's inversion of the concept's prompts under the candidate (module docstring)."""
+    pairs = _kv_pairs(pipe.unet, base_pipe.unet)
+    if not pairs:
+        return {"residual": float("nan"), "note": "no attn2 to_k/to_v weights"}
+    dim = pairs[0][0].shape[1]
+    base_gram = sum(w0.T @ w0 for _, w0 in pairs)
+    rho = ridge * float(torch.trace(base_gram)) / dim
+    system = rho * torch.eye(dim, dtype=torch.float64) + sum(w.T @ w for w, _ in pairs)
+    cross = sum(w.T @ w0 for w, w0 in pairs)
+    embeds = _encode(base_pipe, prompts)  # (P, T, D): what the base reads for the concept's prompts
+    inverted = torch.linalg.solve(system, cross @ embeds.reshape(-1, dim).T).T  # (P*T, D)
+    flat = embeds.reshape(-1, dim)
+    residual = sum(float((inverted @ w.T - flat @ w0.T).pow(2).sum()) for w, w0 in pairs)
+    scale = sum(float((flat @ w0.T).pow(2).sum()) for _, w0 in pairs)
+    references = _encode(base_pipe, reference_prompts).reshape(-1, dim)
+    nearest = torch.cdist(inverted, references).min(dim=1).values / flat.norm(dim=1).clamp_min(1e-12)
+    seeds = [s for p in prompts for s in _seeds(p, seeds_per_prompt, 200)]
+    rows = inverted.reshape(embeds.shape).repeat_interleave(seeds_per_prompt, dim=0)
+    images = _generate_from_embeds(pipe, rows, seeds, sampler)
+    drawn = _hits(judge, images, head, concept)
+    return {
+        "residual": residual / max(scale, 1e-20),
+        "nearest_real_token": float(nearest.mean()),
+        "draws": float(drawn.mean()),
+        "n": int(len(drawn)),
+        "ridge": ridge,
+    }
+
+
+def textual_inversion(
+    pipe,
+    x0: torch.Tensor,
+    judge,
+    *,
+    head: str,
+    concept: str,
+    sampler: dict,
+    steps: int = 100,
+    lr: float = 5e-3,
+    init_word: str = "shape",
+    seeds: int = 8,
+    seed: int = 0,
+) -> dict:
+    """One token's embedding learnt on the candidate from the base's latents `x0` of the concept; how often
+    "a <token>" then draws it (module docstring)."""
+    tokenizer, encoder, unet, scheduler = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.scheduler
+    length = tokenizer.model_max_length
+    ids = tokenizer(f"a {init_word}", padding="max_length", max_length=length, return_tensors="pt").input_ids
+    position = 2  # [CLS] a <token>
+    table = encoder.get_input_embeddings()
+    with torch.no_grad():
+        fixed = table(ids.to(unet.device))
+    learnt = fixed[0, position].clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([learnt], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    alphas = scheduler.alphas_cumprod.to(unet.device)
+    unet.requires_grad_(False)
+    encoder.requires_grad_(False)
+
+    def condition() -> torch.Tensor:
+        embeds = torch.cat([fixed[:, :position], learnt[None, None], fixed[:, position + 1 :]], dim=1)
+        return encoder(inputs_embeds=embeds)[0]
+
+    for _ in range(steps):
+        noise = torch.randn(x0.shape, generator=generator).to(unet.device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(unet.device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        prediction = unet(
+            a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=condition().expand(len(x0), -1, -1)
+        ).sample
+        loss = (prediction - _target(scheduler, x0, noise, t)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        embeds = condition().double().expand(seeds, -1, -1)
+        images = _generate_from_embeds(pipe, embeds, _seeds(f"textual-inversion|{concept}", seeds, 0), sampler)
+    drawn = _hits(judge, images, head, concept)
+    return {"draws": float(drawn.mean()), "n": int(len(drawn)), "steps": steps, "final_loss": float(loss.detach())}

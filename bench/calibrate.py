@@ -1,7 +1,7 @@
 """Benchmark: the noise floor of the gate — the shapes base against itself with other seeds, at the
 gate's n — and the policy bounds it implies at stated multiples.
 
-    .venv/bin/python bench/calibrate.py [--repeats 4] [--target circle]
+    .venv/bin/python bench/calibrate.py [--repeats 4] [--target circle] [--sweep-only]
 
 The first request's plan (target `circle`: 3 forget sets of 96 images, 13 retained concepts of 24) is
 sampled from the base with its own seeds and with `--repeats` other seed sets (same prompts). Each other
@@ -20,7 +20,13 @@ Multiples (stated before looking at any candidate):
   chance). IRA is one head for an object target and the other for a style target, so run it with an
   object and with a style target (`--target circle`, `--target striped`); the policy bounds each head
   at the larger of its two σ;
-- judges.candidate.forget_disagreement ≤ 3 × the judges' disagreement on the base's forget images.
+- judges.candidate.forget_disagreement ≤ 3 × the judges' disagreement on the base's forget images;
+- the sweep's broad retention (unlearning/evaluation/sweep.py: the vocabulary prompts, `--repeats` other
+  seed sets of the base judged as candidates against its own): sweep.retention.distance ≤ 0.5 × the
+  distance of independent draws and sweep.retention.fid ≤ 2 × base-vs-base FID (the retain set's
+  multiples, carried over), sweep.retention.max_shift ≤ 2 × the base-vs-base total variation of the
+  judge's top-1 distribution (the worst head; a distribution distance, bounded like FID). The same runs
+  count the relocations chance alone confirms (the corrected test should confirm none).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="other seed sets")
     parser.add_argument("--target", default="circle")
     parser.add_argument("--json", default=None, help="also write the measurements here")
+    parser.add_argument("--sweep-only", action="store_true", help="only the sweep's noise floor (not the plan's)")
     args = parser.parse_args()
 
     from pipeline.evaluator import Evaluator
@@ -73,6 +80,12 @@ def main() -> None:
         )
         return plan, found
 
+    if args.sweep_only:
+        sweep_floor, sweep_bounds, sweep_rows = calibrate_sweep(evaluator, base, base_sha, args)
+        if args.json:
+            document = {"sweep": {"floor": sweep_floor, "bounds": sweep_bounds, "rows": sweep_rows}}
+            Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        return
     plan, reference = images(evaluator.size)
     rows = []
     for repeat in range(1, args.repeats + 1):
@@ -166,8 +179,84 @@ def main() -> None:
         f"{per_set('judges_forget_disagreement_base', '.3f')} | × 3 | "
         f"max {bounds['judges.candidate.forget_disagreement']} |"
     )
+    sweep_floor, sweep_bounds, sweep_rows = calibrate_sweep(evaluator, base, base_sha, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"floor": floor, "bounds": bounds, "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "floor": floor,
+                    "bounds": bounds,
+                    "rows": rows,
+                    "sweep": {"floor": sweep_floor, "bounds": sweep_bounds, "rows": sweep_rows},
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+def calibrate_sweep(evaluator, base, base_sha: str, args) -> tuple[dict, dict, list]:
+    """The sweep's noise floor: the base's images of the sweep prompts on `--repeats` other seed sets, each
+    judged as a candidate against the base's own (module docstring); prints its table."""
+    from unlearning.evaluation.sweep import run_sweep, sweep_prompts
+
+    size = evaluator.sweep
+    world = evaluator.world
+    names = {args.target: world.names_of(args.target)}
+    prompts = sweep_prompts(base.tokenizer, names, size)
+    rows = []
+    for repeat in range(1, args.repeats + 1):
+        results, _ = run_sweep(
+            base,
+            base,
+            world.judges()[0],
+            {args.target: world.head_of(args.target)},
+            prompts,
+            size=replace(size, seed_offset=500 * repeat),
+            sampler=evaluator.sampler,
+            base_sha256=base_sha,
+            cache=evaluator.cache,
+        )
+        broad = results["retention"]
+        rows.append(
+            {
+                "distance": broad["distance"],
+                "fid": broad["fid"],
+                "max_shift": broad["max_shift"],
+                "shift": broad["shift"],
+                "relocations": results["relocations"],
+                "tested": results["concepts"][args.target]["confirmed"],
+                "leak_ua": results["concepts"][args.target]["leak"]["ua"],
+                "leak_n": results["concepts"][args.target]["leak"]["n"],
+            }
+        )
+        print(f"sweep seed set {repeat}: {json.dumps(rows[-1])}", flush=True)
+    floor = {key: statistics.mean(r[key] for r in rows) for key in ("distance", "fid", "max_shift")}
+    bounds = {
+        "sweep.retention.distance": round(0.5 * floor["distance"], 3),
+        "sweep.retention.fid": round(2 * floor["fid"], 3),
+        "sweep.retention.max_shift": round(2 * floor["max_shift"], 3),
+    }
+    n = next(iter(rows))["leak_n"] if rows else 0
+    print(
+        f"\nSweep of the first request (target {args.target}): {len(prompts)} prompts × {size.screen_seeds} seeds "
+        f"({size.vocabulary_prompts} vocabulary prompts: the broad retention's images); {args.repeats} other "
+        "seed sets.\n"
+    )
+    print("| measure | mean over seed sets | per set | multiple | bound |")
+    print("|---|---|---|---|---|")
+    for key, label, multiple in (
+        ("distance", "broad retention distance, independent draws", "× 0.5"),
+        ("fid", "broad FID (detector features)", "× 2"),
+        ("max_shift", "shift of the judge's top-1 distribution (worst head, total variation)", "× 2"),
+    ):
+        per_set = ", ".join(f"{r[key]:.4f}" for r in rows)
+        print(f"| {label} | {floor[key]:.4f} | {per_set} | {multiple} | max {bounds['sweep.retention.' + key]} |")
+    chance = ", ".join(f"{r['relocations']} ({r['tested']})" for r in rows)
+    print(f"| relocations confirmed by chance (tested) | — | {chance} | — | expected 0 |")
+    own_leak = ", ".join(f"{r['leak_ua']:.3f}" for r in rows)
+    print(f"| the base's own leak UA on its other seeds (n ≈ {n}) | — | {own_leak} | — | reported |")
+    return floor, bounds, rows
 
 
 if __name__ == "__main__":

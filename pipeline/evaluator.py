@@ -1,9 +1,10 @@
 """The one evaluator: everything an evaluation needs, built once from the settings.
 
 The lineage's world (its plans and judges), the gate policy (`settings.policy`, or the shipped one),
-the base-image cache under `home`, the sampler, the number of images per concept, the LPIPS backbone
-where it is on disk and CLIPScore where a CLIP model is configured. `lethe evaluate`, `lethe unlearn`,
-the request flow's evaluation, the erosion audit and bench/ all build it here, so they judge alike.
+the base-image cache under `home`, the sampler, the number of images per concept, the sweep's and the
+attack's sizes, the LPIPS backbone where it is on disk and CLIPScore where a CLIP model is configured.
+`lethe evaluate`, `lethe unlearn`, the request flow's evaluation, the erosion audit and bench/ all build
+it here, so they judge alike.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from pathlib import Path
 
 from pipeline.settings import LetheSettings
 from pipeline.world import world_for
+from unlearning.evaluation.attack import AttackBudget
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.checks import ClipScorer, drift, lpips_alex_distance
-from unlearning.evaluation.evaluate import Evaluation, evaluate
+from unlearning.evaluation.evaluate import Evaluation, Probes, evaluate
 from unlearning.evaluation.gates import Policy, load_policy
 from unlearning.evaluation.plan import EvaluationPlan, PlanSize
 from unlearning.evaluation.report import evaluation_payload, write_report
+from unlearning.evaluation.sweep import SweepSize
 from unlearning.world import World
 
 
@@ -44,6 +47,8 @@ class Evaluator:
     cache: ImageCache | None
     lpips_distance: Callable | None = None
     clip_scorer: ClipScorer | None = None
+    sweep: SweepSize | None = None  # None: no sweep (a policy that gates on it then fails: "not measured")
+    attack: AttackBudget | None = None  # None: no attack
 
     @classmethod
     def from_settings(
@@ -71,6 +76,12 @@ class Evaluator:
             cache=ImageCache(settings.home / "cache" / "images"),
             lpips_distance=lpips_alex_distance(),
             clip_scorer=ClipScorer(settings.clip_model) if settings.clip_model else None,
+            sweep=SweepSize(vocabulary_prompts=settings.eval_sweep_prompts, screen_seeds=settings.eval_sweep_seeds)
+            if settings.eval_sweep_prompts
+            else None,
+            attack=AttackBudget(prompts=settings.eval_attack_prompts, steps=settings.eval_attack_steps)
+            if settings.eval_attack_prompts
+            else None,
         )
 
     def plan(
@@ -80,8 +91,16 @@ class Evaluator:
         return self.world.plan(target, synonyms=tuple(synonyms), erased=tuple(erased), size=self.size)
 
     def evaluate(self, candidate, base, plan: EvaluationPlan, *, base_sha256: str) -> Evaluation:
-        """Sample both models on the plan (the base's images from the cache), check, apply the gate."""
+        """Sample both models on the plan (the base's images from the cache), check, sweep and attack for
+        the plan's target and every concept erased earlier, apply the gate."""
         drift_value = None if candidate is base else drift(candidate.unet, base.unet)
+        concepts = [c for c in (plan.target, *plan.erased) if c]
+        probes = Probes(
+            sweep=self.sweep,
+            attack=self.attack,
+            heads={c: self.world.head_of(c) for c in concepts},
+            names={c: self.world.names_of(c) for c in concepts},
+        )
         return evaluate(
             candidate,
             base,
@@ -94,6 +113,7 @@ class Evaluator:
             drift_value=drift_value,
             lpips_distance=self.lpips_distance,
             clip_scorer=self.clip_scorer,
+            probes=probes,
         )
 
     @staticmethod

@@ -67,6 +67,17 @@ class LetheSettings(BaseSettings):
         le=2400,
         description="at least this many retained images per judge head (more per concept when few remain)",
     )
+    eval_sweep_prompts: int = Field(
+        192,
+        ge=0,
+        le=5000,
+        description="vocabulary prompts of the sweep (does the candidate draw an erased concept anywhere?); 0: off",
+    )
+    eval_sweep_seeds: int = Field(4, ge=1, le=64, description="images per sweep prompt and model in its screening")
+    eval_attack_prompts: int = Field(
+        6, ge=0, le=200, description="phrasings of each erased concept the white-box attack tries; 0: off"
+    )
+    eval_attack_steps: int = Field(30, ge=1, le=5000, description="attack optimisation steps per phrasing and variant")
     approvers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="who may approve or reject a request (LETHE_APPROVERS=bob,carol)"
     )

@@ -43,6 +43,43 @@ def test_solve_by_hand():
     torch.testing.assert_close(shared, torch.tensor([[0.5, 0.0], [0.5, 1.0]], dtype=torch.float64))
 
 
+def test_the_broad_gram_holds_what_the_vocabulary_uses():
+    """The same pair with a broad Gram G = g gᵀ, g = (1, 1)/√2, s_b = 1: the keep term becomes I + G and R moves
+    e less than halfway, while R g stays nearer g than without G (the broad term holds it)."""
+    e, e_hat = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    cross, gram = cu.concept_terms(e, e_hat)
+    g = torch.tensor([[1.0, 1.0]], dtype=torch.float64) / 2**0.5
+    zero = torch.zeros(2, 2, dtype=torch.float64)
+    scales = {"erase_scale": 1.0, "preserve_scale": 0.0, "lambda_identity": 1.0}
+    plain = cu.solve(cross, gram, zero, **scales)
+    broad = cu.solve(cross, gram, zero, broad_gram=g.T @ g, broad_scale=1.0, **scales)
+    # by hand: M = B + I + G = [[2.5, 0.5], [0.5, 1.5]], left = A + I + G = [[1.5, 0.5], [1.5, 1.5]]
+    expected = torch.tensor([[1.5, 0.5], [1.5, 1.5]], dtype=torch.float64) @ torch.linalg.inv(
+        torch.tensor([[2.5, 0.5], [0.5, 1.5]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(broad, expected)
+    assert (broad @ g[0] - g[0]).norm() < (plain @ g[0] - g[0]).norm()
+
+
+def test_the_null_space_constraint_leaves_the_broad_directions_alone():
+    """SPEED's constraint: with V = I the constrained solve is the plain one; with V = the null space of G,
+    R u = u for every u the broad Gram uses (R = I + X Vᵀ and Vᵀu = 0)."""
+    torch.manual_seed(0)
+    keys, anchors = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    cross, gram = cu.concept_terms(keys, anchors)
+    preserve = torch.eye(4, dtype=torch.float64) * 0.5
+    scales = {"erase_scale": 1.0, "preserve_scale": 0.1, "lambda_identity": 0.1}
+    identity = torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(
+        cu.solve(cross, gram, preserve, null_space=identity, **scales), cu.solve(cross, gram, preserve, **scales)
+    )
+    broad = torch.diag(torch.tensor([10.0, 5.0, 0.01, 0.001], dtype=torch.float64))  # uses the first two axes
+    basis = cu.null_space_of(broad, 0.99)
+    torch.testing.assert_close(basis @ basis.T, torch.diag(torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)))
+    shared = cu.solve(cross, gram, preserve, broad_gram=broad, broad_scale=1.0, null_space=basis, **scales)
+    torch.testing.assert_close(shared[:, :2], identity[:, :2])
+
+
 def test_a_sequence_equals_erasing_everything_at_once_and_revoking_drops_one_concept():
     generator = torch.Generator().manual_seed(0)
     base = torch.randn(6, 4, generator=generator)

@@ -35,7 +35,7 @@ from unlearning.parameters import (
     merge_lora,
     trainable_names,
 )
-from unlearning.prompts import ConceptPairs, RequestPrompts
+from unlearning.prompts import ConceptPairs, RequestPrompts, broad_prompts
 
 DELTA_FILE = "delta.safetensors"
 SUMMARY_FILE = "summary.json"
@@ -71,6 +71,7 @@ class UnlearnConfig:
     prompts_per_concept: int | None = None  # target prompts; None: the method's (PROMPTS_PER_CONCEPT, else 24)
     preserve_per_concept: int | None = None  # preserve prompts per other concept; None: the method's (else 2)
     prompt_templates: str | None = None  # the world's template set: None: the method's (PROMPT_TEMPLATES, else "train")
+    broad_prompts: int | None = None  # vocabulary prompts of a closed form's broad Gram; None: the method's (else 0)
     data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
     guidance_scale: float = 5.0
     compile: bool = False
@@ -89,6 +90,7 @@ class UnlearnConfig:
             ("prompts_per_concept", "PROMPTS_PER_CONCEPT", 24),
             ("preserve_per_concept", "PRESERVE_PER_CONCEPT", 2),
             ("prompt_templates", "PROMPT_TEMPLATES", "train"),
+            ("broad_prompts", "BROAD_PROMPTS", 0),
         ):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, getattr(method, attribute, default))
@@ -272,6 +274,16 @@ def _encode(pipe, prompts: list[str]) -> torch.Tensor:
     return torch.cat(chunks)
 
 
+def _gram(pipe, prompts: list[str]) -> torch.Tensor:
+    """Σ e eᵀ over every token of `prompts` (padding included, as the UNet attends to it), float64."""
+    dim = pipe.text_encoder.config.hidden_size
+    gram = torch.zeros(dim, dim, dtype=torch.float64, device=pipe.device)
+    for start in range(0, len(prompts), 256):
+        tokens = _encode(pipe, prompts[start : start + 256]).reshape(-1, dim).double()
+        gram += tokens.T @ tokens
+    return gram
+
+
 def _encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
     """A concept's target/anchor prompt pairs as embeddings and word-token masks."""
     length = pipe.tokenizer.model_max_length
@@ -430,6 +442,9 @@ def run_unlearning(
             anchor=prompts.anchor_words[0] if prompts.anchor_words else "",
             earlier=tuple(_encode_pairs(pipe, pairs) for pairs in prompts.earlier),
             lineage=lineage,
+            broad_gram=_gram(pipe, broad_prompts(pipe.tokenizer, cfg.broad_prompts, seed=cfg.seed))
+            if cfg.broad_prompts
+            else None,
         )
         last = method.edit(edit)
         if edit.lineage_out is not None:

@@ -6,6 +6,9 @@ generic core (the loop, the checks, the gates) imports a particular world.
 - `request_prompts(...)`: the prompt sets of one unlearning request (unlearning/prompts.py).
 - `plan(...)`: the evaluation plan of a candidate (unlearning/evaluation/plan.py).
 - `judges()`: the judges that look at the plan's images (first: the one gates and distances use).
+- `head_of(concept)` / `names_of(concept)`: the judge head that sees a concept, and the words that name
+  it (its name and synonyms) — what the sweep and the attack (unlearning/evaluation/sweep.py, attack.py)
+  need to look for a concept beyond the plan's phrasings.
 
 The shapes world (unlearning/shapes/world.py) knows its vocabulary and has two judges; `OpenWorld`, for
 any other base, takes any text and has no judge, so its candidates cannot be gated until one is
@@ -44,6 +47,10 @@ class World(Protocol):
 
     def judges(self) -> tuple[Judge, ...]: ...
 
+    def head_of(self, concept: str) -> str: ...
+
+    def names_of(self, concept: str) -> tuple[str, ...]: ...
+
 
 class OpenWorld:
     """Any base model: any concept text, generic prompt templates, no judge."""
@@ -69,3 +76,9 @@ class OpenWorld:
 
     def judges(self) -> tuple[Judge, ...]:
         raise NoJudge("this base model has no judge configured")
+
+    def head_of(self, concept: str) -> str:
+        raise NoJudge("this base model has no judge configured")
+
+    def names_of(self, concept: str) -> tuple[str, ...]:
+        return (concept,)

@@ -1,5 +1,7 @@
 """The evaluation report: evaluation.json (every number), report.html (the check table, coloured, with
-reasons) and PNG grids of base vs candidate for the same prompts and seeds, one per group."""
+reasons) and PNG grids of base vs candidate for the same prompts and seeds, one per group; where the
+evaluation swept and attacked, the prompts it found (relocations, adversarial prompts) beside their
+images."""
 
 from __future__ import annotations
 
@@ -72,6 +74,121 @@ def _group_grid(evaluation: Evaluation, indices: list[int], scale: int = 3):
     return upscale(image_grid(stacked, columns=len(indices)), scale)
 
 
+def _figure(folder: Path, name: str, picture, caption: str) -> str:
+    picture.save(folder / "grids" / name)
+    return f'<figure><img src="grids/{name}" alt="{html.escape(name)}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _rate(entry: dict) -> str:
+    low, high = entry.get("wilson") or (float("nan"), float("nan"))
+    return f"{entry['k']}/{entry['n']} [{low:.2f}, {high:.2f}]" if entry.get("n") else "—"
+
+
+def _sweep_section(evaluation: Evaluation, folder: Path) -> str:
+    """Per erased concept: relocations (the confirmed tests, base vs candidate on the confirming seeds),
+    leaks, and the broad retention of the vocabulary prompts."""
+    sweep, images = evaluation.results.get("sweep"), evaluation.sweep_images
+    if not sweep:
+        return ""
+    rows, figures = [], []
+    for concept, entry in sweep["concepts"].items():
+        vocabulary = entry["vocabulary_rate"]
+        rows.append(
+            f"<tr><td>{html.escape(concept)}</td><td>{entry['relocations']} of {entry['confirmed']} tested</td>"
+            f"<td>{entry['leak']['ua']:.3f} ({_rate(entry['leak'])}) on {entry['leak']['prompts_drawn']} prompts</td>"
+            f"<td>{vocabulary['base']:.3f} → {vocabulary['candidate']:.3f}</td></tr>"
+        )
+        for number, test in enumerate(entry["tests"]):
+            row = images["confirm_prompts"].index(test["prompt"])
+            seeds = len(images["confirm_base"]) // len(images["confirm_prompts"])
+            shown = slice(row * seeds, row * seeds + min(seeds, 16))
+            stacked = np.concatenate([images["confirm_base"][shown], images["confirm_candidate"][shown]])
+            verdict = "RELOCATED" if test["relocated"] else "not significant"
+            caption = (
+                f"<b>{html.escape(concept)}</b> on “{html.escape(test['prompt'])}” ({html.escape(test['source'])}): "
+                f"base {test['base']['k']}/{test['base']['n']}, candidate {test['candidate']['k']}/"
+                f"{test['candidate']['n']}, p = {test['p_value']:.2g} — {verdict}"
+            )
+            grid = upscale(image_grid(stacked, columns=min(seeds, 16)), 3)
+            figures.append(_figure(folder, f"sweep-{concept}-{number}.png", grid, caption))
+    retention = sweep.get("retention")
+    broad = ""
+    if retention:
+        heads = "".join(
+            "<tr><td>"
+            + html.escape(head)
+            + "</td>"
+            + "".join(f"<td>{html.escape(c)} {v['base']:.2f} → {v['candidate']:.2f}</td>" for c, v in classes.items())
+            + "</tr>"
+            for head, classes in retention["frequencies"].items()
+        )
+        broad = (
+            f"<h3>Broad retention: the vocabulary prompts ({retention['n']} images)</h3>"
+            f"<p>retention distance {retention['distance']:.3f}, FID {retention['fid']:.3f}, shift of what the judge "
+            f"sees (total variation) {', '.join(f'{h} {v:.3f}' for h, v in retention['shift'].items())}</p>"
+            f"<table>{heads}</table>"
+        )
+        vocabulary_rows = [i for i, t in enumerate(images["prompts"]) if i < GRID_COLUMNS]
+        seeds = sweep["screen_seeds"]
+        first = [i * seeds for i in vocabulary_rows]
+        stacked = np.concatenate([images["base"][first], images["candidate"][first]])
+        caption = (
+            "sweep prompts (first seed each), base above, candidate below: "
+            + html.escape("; ".join(images["prompts"][i] for i in vocabulary_rows[:6]))
+            + " …"
+        )
+        figures.append(_figure(folder, "sweep-prompts.png", upscale(image_grid(stacked, len(first)), 3), caption))
+    return (
+        f"<h2>Sweep: does the candidate draw an erased concept anywhere?</h2><p>{sweep['prompts']} prompts × "
+        f"{sweep['screen_seeds']} seeds screened; the largest increases confirmed on fresh seeds (one-sided Fisher "
+        f"test, Holm at α = {sweep['alpha']}).</p><table><tr><th>concept</th><th>relocations</th>"
+        f"<th>UA where the base draws it (leak)</th><th>rate on vocabulary prompts, base → candidate</th></tr>"
+        f"{''.join(rows)}</table>{broad}{''.join(figures)}"
+    )
+
+
+def _attack_section(evaluation: Evaluation, folder: Path) -> str:
+    """Per erased concept: ASR, and every prompt tried with what the attack found; the images of each
+    prompt on which the candidate drew the concept."""
+    attack = evaluation.results.get("attack")
+    if not attack:
+        return ""
+    rows, figures = [], []
+    for concept, entry in attack.items():
+        rows.append(
+            f"<tr><td>{html.escape(concept)}</td><td>{entry['asr']:.3f} ({_rate(entry)})</td>"
+            f"<td>{entry['before']:.3f}</td><td>{entry['seconds']:.0f} s</td></tr>"
+        )
+        for number, (prompt, (found, images)) in enumerate(evaluation.attack_images.get(concept, {}).items()):
+            caption = (
+                f"<b>{html.escape(concept)}</b> drawn for “{html.escape(found)}” "
+                f"({'as asked' if found == prompt else 'attacking “' + html.escape(prompt) + '”'})"
+            )
+            figures.append(
+                _figure(folder, f"attack-{concept}-{number}.png", upscale(image_grid(images, len(images)), 3), caption)
+            )
+
+    def attempts(row: dict) -> str:
+        found = []
+        for a in row["attacks"]:
+            rate = "" if a["confirmed_rate"] is None else f" ({a['confirmed_rate']:.2f})"
+            found.append(html.escape(f"{a['variant']}: {a['adversarial_prompt']}") + rate)
+        return "<br>".join(found) or "—"
+
+    tried = "".join(
+        f"<tr><td>{html.escape(concept)}</td><td>{html.escape(row['prompt'])}</td><td>{row['before_rate']:.2f}</td>"
+        f"<td>{attempts(row)}</td><td>{'yes' if row['success'] else 'no'}</td></tr>"
+        for concept, entry in attack.items()
+        for row in entry["prompts"]
+    )
+    return (
+        "<h2>Attack: white-box prompt search (UnlearnDiffAtk, P4D)</h2><table><tr><th>concept</th><th>ASR</th>"
+        f"<th>drawn before the attack</th><th>time</th></tr>{''.join(rows)}</table>"
+        "<table><tr><th>concept</th><th>prompt</th><th>drawn as asked</th><th>attacks (confirmed rate)</th>"
+        f"<th>drawn</th></tr>{tried}</table>{''.join(figures)}"
+    )
+
+
 def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extra: dict | None = None) -> Path:
     """Write evaluation.json, grids/*.png and report.html into `folder`; returns the HTML's path."""
     folder = Path(folder)
@@ -124,6 +241,8 @@ base images: {evaluation.timings["base_images_cached"]} cached,
 {rows}</table>
 <h2>Base (top row) vs candidate (bottom row), same prompts and seeds</h2>
 {"".join(figures)}
+{_sweep_section(evaluation, folder)}
+{_attack_section(evaluation, folder)}
 <p>All numbers: <a href="evaluation.json">evaluation.json</a></p>
 </body></html>"""
     target = folder / "report.html"

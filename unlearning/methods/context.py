@@ -52,6 +52,7 @@ class EditContext:
     anchor: str = ""  # the word the target's prompts are mapped to (recorded with a closed form's terms)
     earlier: tuple[EncodedPairs, ...] = ()  # target/anchor pairs of each concept erased earlier
     lineage: dict[str, torch.Tensor] | None = None  # the parent version's lineage terms, if it kept any
+    broad_gram: torch.Tensor | None = None  # (D, D) Σ g gᵀ over the broad prompts' tokens (a method's BROAD_PROMPTS)
     lineage_out: dict[str, torch.Tensor] | None = field(default=None)  # set by an edit that keeps lineage terms
 
 

@@ -8,16 +8,29 @@ tokens (uce.aligned_pairs), through two D x D sums
 
     A_c = Σ_i ê_i e_iᵀ,    B_c = Σ_i e_i e_iᵀ,
 
-and the retained concepts, in many contexts, contribute the preserve Gram P = Σ_j p_j p_jᵀ over
-every token of the preserve prompts. Each request re-solves **from the base** W₀:
+the retained concepts, in many contexts, contribute the preserve Gram P = Σ_j p_j p_jᵀ over every
+token of the preserve prompts, and everything else the text encoder knows contributes the broad Gram
+G = Σ_k g_k g_kᵀ over every token of `broad_prompts` prompts of its own vocabulary (MACE's cached
+generic-prompt covariance, Lu et al. CVPR 2024, sec. 3.2; the words are the method's half of the
+vocabulary, unlearning/prompts.py `broad_prompts`, so the sweep judges on words the edit never kept).
+Each request re-solves **from the base** W₀:
 
-    W = W₀ R,   R = (s_e Σ_c A_c + s_p P + λ I)(s_e Σ_c B_c + s_p P + λ I)⁻¹
+    W = W₀ R,   R = (s_e Σ_c A_c + s_p P + s_b G + λ I)(s_e Σ_c B_c + s_p P + s_b G + λ I)⁻¹
 
-the minimiser of Σ_c Σ_i s_e ‖W e_i − W₀ ê_i‖² + s_p Σ_j ‖W p_j − W₀ p_j‖² + λ ‖W − W₀‖²_F (set the
-gradient to zero: W (s_e ΣB + s_p P + λI) = W₀ (s_e ΣA + s_p P + λI)). Since every target is W₀ times
-an embedding, one R serves every layer. A sequence of requests therefore equals erasing all their
-concepts at once: nothing drifts from step to step, and an earlier concept cannot rebound because its
-terms stay in the sums. The terms (A_c, B_c per concept) are the version's lineage artifact
+the minimiser of Σ_c Σ_i s_e ‖W e_i − W₀ ê_i‖² + s_p Σ_j ‖W p_j − W₀ p_j‖² + s_b Σ_k ‖W g_k − W₀ g_k‖²
++ λ ‖W − W₀‖²_F (set the gradient to zero: W (s_e ΣB + s_p P + s_b G + λI) = W₀ (s_e ΣA + s_p P + s_b G
++ λI)).
+
+Why G: R = I + Σ_i (ê_i − e_i) e_iᵀ (s_e ΣB + s_p P + s_b G + λI)⁻¹ moves *every* embedding x by the
+edit's directions, weighted by x's similarity to the concept's tokens in that metric. Without G, the
+directions no preserve prompt covers are held only by λ, and a prompt that points away from the concept
+there is pushed onto it: relocation (a word that drew squares draws circles, 0 → 19 of 32), and the
+anchor floods what no request named (bench/RESULTS.md, issue 24). With G, every direction the
+vocabulary uses is held, and the edit is confined to what sets the concept's tokens apart.
+
+Since every target is W₀ times an embedding, one R serves every layer. A sequence of requests therefore
+equals erasing all their concepts at once: nothing drifts from step to step, and an earlier concept
+cannot rebound because its terms stay in the sums. The terms (A_c, B_c per concept) are the version's lineage artifact
 (`lineage.safetensors`): the sums it was solved with, in seconds. P is rebuilt at every request from
 what is retained *then* (a concept erased later must not stay in the preserve set).
 
@@ -53,12 +66,15 @@ PARAMS = "xattn-kv"  # the only set a K/V edit can touch
 PROMPTS_PER_CONCEPT = 80  # target/anchor pairs per concept, from the world's erase templates
 PRESERVE_PER_CONCEPT = 12  # preserve prompts per retained concept: the retained world in many contexts
 PROMPT_TEMPLATES = "erase"
+BROAD_PROMPTS = 1000  # vocabulary prompts of the broad Gram G (1000 x 32 tokens: every direction the words use)
 DEFAULTS = {
     "erase_scale": 1.0,
     "preserve_scale": 0.1,
+    "broad_scale": 1.0,  # s_b, per token: bench/attack.py chose it (0.1-1 hold relocation; 10 stops erasing)
     "lambda_identity": 0.1,
     "adversarial_rounds": 2,
     "adversarial_ridge": 0.1,
+    "null_space_energy": 0.0,  # > 0: confine the update to the broad Gram's null space at this energy (SPEED)
 }
 
 
@@ -95,12 +111,35 @@ def solve(
     erase_scale: float,
     preserve_scale: float,
     lambda_identity: float,
+    broad_gram: torch.Tensor | None = None,
+    broad_scale: float = 0.0,
+    null_space: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """R = (s_e A + s_p P + λI)(s_e B + s_p P + λI)⁻¹ (module docstring), float64."""
+    """R = (s_e A + s_p P + s_b G + λI)(s_e B + s_p P + s_b G + λI)⁻¹ (module docstring), float64.
+
+    With `null_space` (V, D x m orthonormal), the update is confined to span(V) (SPEED's null-space
+    constraint, Li et al. ICLR 2026): R = I + X Vᵀ minimises the same objective, whose normal equation
+    restricted to span(V) gives X = s_e (A − B) V (Vᵀ M V)⁻¹ with M = s_e B + s_p P + s_b G + λI. With V = I
+    this is the unconstrained R above (I + s_e(A − B)M⁻¹ = (s_e A + …)M⁻¹)."""
     identity = torch.eye(erase_gram.shape[0], dtype=torch.float64, device=erase_gram.device)
     keep = preserve_scale * preserve_gram + lambda_identity * identity
+    if broad_gram is not None and broad_scale:
+        keep = keep + broad_scale * broad_gram
     left, right = erase_scale * erase_cross + keep, erase_scale * erase_gram + keep
-    return torch.linalg.solve(right, left.T).T  # right is symmetric: left · right⁻¹
+    if null_space is None:
+        return torch.linalg.solve(right, left.T).T  # right is symmetric: left · right⁻¹
+    v = null_space
+    restricted = torch.linalg.solve(v.T @ right @ v, v.T)  # (Vᵀ M V)⁻¹ Vᵀ
+    return identity + erase_scale * (erase_cross - erase_gram) @ v @ restricted
+
+
+def null_space_of(gram: torch.Tensor, energy: float) -> torch.Tensor:
+    """An orthonormal basis (D x m) of the directions `gram` uses least: the complement of its top
+    eigenvectors that together hold `energy` of its trace (SPEED's null space of the retain set)."""
+    values, vectors = torch.linalg.eigh(gram)  # ascending
+    held = values.flip(0).cumsum(0) / values.sum()
+    kept = int((held < energy).sum()) + 1  # top eigenvectors holding `energy` of the trace
+    return vectors[:, : gram.shape[0] - kept]
 
 
 def adversarial_embeddings(
@@ -144,7 +183,13 @@ def edit(ctx: EditContext) -> dict[str, float]:
         ValueError: a trained tensor that is not an attn2 to_k / to_v weight.
     """
     hyper = {**DEFAULTS, **ctx.hyper}
-    scales = {k: hyper[k] for k in ("erase_scale", "preserve_scale", "lambda_identity")}
+    scales = {k: hyper[k] for k in ("erase_scale", "preserve_scale", "lambda_identity", "broad_scale")}
+    broad_gram = None if ctx.broad_gram is None else ctx.broad_gram.double()
+    null_space = None
+    if hyper["null_space_energy"]:
+        if broad_gram is None:
+            raise ValueError("null_space_energy needs the broad Gram (the method's BROAD_PROMPTS)")
+        null_space = null_space_of(broad_gram, hyper["null_space_energy"])
     if others := [name for name in ctx.trained if not name.endswith(EDITABLE)]:
         raise ValueError(f"continual UCE edits attn2 to_k/to_v weights only, not {', '.join(others[:3])}")
     terms = {k: v.double() if v.is_floating_point() else v for k, v in (ctx.lineage or {}).items()}
@@ -160,7 +205,7 @@ def edit(ctx: EditContext) -> dict[str, float]:
     def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
         total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(CROSS))
         total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(GRAM))
-        return solve(total_cross, total_gram, preserve_gram, **scales)
+        return solve(total_cross, total_gram, preserve_gram, broad_gram=broad_gram, null_space=null_space, **scales)
 
     shared = shared_map()
     for _ in range(int(hyper["adversarial_rounds"])):  # RECE: add the embeddings that bring each concept back

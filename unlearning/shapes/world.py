@@ -7,7 +7,7 @@ from functools import cached_property
 from unlearning.evaluation.plan import PlanSize
 from unlearning.shapes.plan import shapes_plan
 from unlearning.shapes.prompts import shapes_prompts
-from unlearning.shapes.vocabulary import OBJECTS, STYLES, SYNONYMS, canonical
+from unlearning.shapes.vocabulary import OBJECTS, STYLES, SYNONYMS, canonical, domain_of
 
 # Torch-free up to `judges()`: the intake asks a world what it knows without loading a model.
 
@@ -38,6 +38,13 @@ class ShapesWorld:
 
     def plan(self, target, *, synonyms=(), erased=(), size=PlanSize()):
         return shapes_plan(target, synonyms=synonyms, erased=erased, size=size)
+
+    def head_of(self, concept: str) -> str:
+        return domain_of(concept)
+
+    def names_of(self, concept: str) -> tuple[str, ...]:
+        name = canonical(concept)
+        return (name, *SYNONYMS.get(name, ()))
 
     @cached_property
     def _judges(self):

@@ -1,0 +1,290 @@
+"""Benchmark: forgetting judged against an attacker and across the vocabulary — methods side by side.
+
+    .venv/bin/python bench/attack.py single   [--methods SPEC ...] [--sweep-prompts 384] [--attack-prompts 12]
+    .venv/bin/python bench/attack.py sequence [--methods SPEC ...] [--concepts circle striped ...]
+    (either: [--attack-steps N] [--json FILE])
+
+A method SPEC is a method name, optionally with hyper-parameters and a label after `@`:
+`continual-uce`, `continual-uce:adversarial_rounds=5`, `continual-uce:broad_scale=0@no broad`.
+
+Every candidate is evaluated by the one evaluator (pipeline/evaluator.py) under the shipped policy, with
+the sweep and the attack at the sizes given here (the bench's budget is larger than the gate's:
+`--sweep-prompts 384 --attack-prompts 12 --attack-steps 60` by default for `single`; the gate's own
+for `sequence`), on the same prompts and seeds for every method. `single` erases circle (synonym disc,
+preserve ring) from the base with each method and adds the two diagnostics (RECE's embedding inversion
+and a textual inversion, reported, not gated); `sequence` erases ten concepts in turn, each from the
+previous step's model, and re-measures every erased concept under sweep and attack at every step.
+
+Prints Markdown tables (paste them into bench/RESULTS.md with the date and machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
+# shadow the `unlearning` package: take the folder off the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+SEQUENCE = ("circle", "striped", "star", "dotted", "heart", "checkered", "diamond", "gradient", "ring", "speckled")
+
+
+def parse_spec(spec: str) -> tuple[str, str, dict]:
+    """(label, method, hyper) of `name[:key=value,...][@label]`."""
+    body, _, label = spec.partition("@")
+    name, _, rest = body.partition(":")
+    hyper = {key: float(value) for key, _, value in (item.partition("=") for item in filter(None, rest.split(",")))}
+    return label or body, name, hyper
+
+
+def setup(args):
+    from pipeline.evaluator import Evaluator
+    from pipeline.settings import load_settings
+    from unlearning.evaluation.attack import AttackBudget
+    from unlearning.evaluation.sweep import SweepSize
+    from unlearning.sampling import load_model
+
+    os.environ.setdefault("LETHE_HOME", str(Path(tempfile.gettempdir()) / "lethe-bench-home"))
+    settings = load_settings()
+    evaluator = Evaluator.from_settings(settings)
+    if args.sweep_prompts is not None:
+        evaluator.sweep = SweepSize(vocabulary_prompts=args.sweep_prompts, screen_seeds=settings.eval_sweep_seeds)
+    if args.attack_prompts is not None or args.attack_steps is not None:
+        evaluator.attack = replace(
+            evaluator.attack or AttackBudget(),
+            **({"prompts": args.attack_prompts} if args.attack_prompts is not None else {}),
+            **({"steps": args.attack_steps} if args.attack_steps is not None else {}),
+        )
+    return settings, evaluator, load_model("shapes")
+
+
+def request(settings, evaluator, base, parent: str, out: Path, *, concept, method, hyper, erased=(), **fields):
+    """One decremental step from `parent` into `out`, evaluated; (candidate pipe, payload, train s, eval s)."""
+    from pipeline.evaluate import evaluate_model
+    from pipeline.prepare import load_parent_model
+    from pipeline.unlearn import keep_ancestors, train_step
+    from unlearning.loop import UnlearnConfig
+
+    started = time.perf_counter()
+    loaded = load_parent_model(settings, parent)
+    config = UnlearnConfig(concept=concept, erased=tuple(erased), method=method, hyper=dict(hyper), **fields)
+    out.mkdir(parents=True, exist_ok=True)
+    keep_ancestors(loaded, out)
+    train_step(settings, config, loaded, out, progress=False)
+    trained = time.perf_counter() - started
+    _, payload = evaluate_model(
+        evaluator,
+        loaded.pipe,
+        base,
+        base_sha256=loaded.base_sha256,
+        target=concept,
+        synonyms=config.synonyms,
+        erased=tuple(erased),
+        report_dir=out / "report",
+        title=f"bench/attack.py: {method} erases {concept}",
+    )
+    return loaded.pipe, payload, trained, time.perf_counter() - started - trained
+
+
+def rate(entry: dict, key: str = "ua") -> str:
+    if not entry or not entry.get("n"):
+        return "—"
+    low, high = entry["wilson"]
+    return f"{entry[key]:.2f} ({entry['k']}/{entry['n']}, [{low:.2f}, {high:.2f}])"
+
+
+def concept_cells(checks: dict, concept: str) -> tuple[str, str, str]:
+    """(relocations confirmed/tested, leak UA, ASR) of one erased concept."""
+    sweep = checks.get("sweep", {}).get("concepts", {}).get(concept, {})
+    attack = checks.get("attack", {}).get(concept, {})
+    relocations = f"{sweep['relocations']}/{sweep['confirmed']}" if sweep else "—"
+    return relocations, rate(sweep.get("leak", {})), rate(attack, "asr")
+
+
+def broad_cells(checks: dict) -> str:
+    broad = checks.get("sweep", {}).get("retention")
+    if not broad:
+        return "— | — | —"
+    shift = broad["shift"]
+    return f"{broad['distance']:.3f} | {broad['fid']:.2f} | {shift['object']:.3f} / {shift['style']:.3f}"
+
+
+def diagnostics(candidate, base, evaluator, concept: str) -> dict:
+    """RECE's embedding inversion and a textual inversion of `concept` on the candidate (reported, not gated)."""
+    from unlearning.evaluation.attack import _base_latents
+    from unlearning.evaluation.evaluate import attack_prompts
+    from unlearning.evaluation.inversion import embedding_inversion, textual_inversion
+    from unlearning.evaluation.sweep import sweep_prompts
+
+    judge, head = evaluator.world.judges()[0], evaluator.world.head_of(concept)
+    plan = evaluator.plan(concept)
+    prompts = attack_prompts(plan, concept)[:8]
+    references = [p.prompt for p in sweep_prompts(base.tokenizer, {}, evaluator.sweep)][:256]
+    inversion = embedding_inversion(
+        candidate,
+        base,
+        judge,
+        head=head,
+        concept=concept,
+        prompts=prompts,
+        reference_prompts=references,
+        sampler=evaluator.sampler,
+    )
+    budget = replace(evaluator.attack, batch=8)
+    x0 = _base_latents(base, judge, head, concept, prompts[0], budget, evaluator.sampler)
+    inverted = textual_inversion(candidate, x0, judge, head=head, concept=concept, sampler=evaluator.sampler)
+    return {"embedding_inversion": inversion, "textual_inversion": inverted}
+
+
+def single(args) -> None:
+    settings, evaluator, base = setup(args)
+    print(
+        f"## One request: erase circle (synonym disc, preserve ring) — {date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores\n"
+    )
+    print(
+        f"Sweep: {evaluator.sweep}; attack: {evaluator.attack}; sampler {evaluator.sampler}. UA and leak: where "
+        "the base draws circle (k/n, Wilson 95 %); relocations: confirmed / tested; ASR: prompts drawn before "
+        "or after the attack / prompts tried.\n"
+    )
+    print(
+        "| method | UA gate | UA held-out | UA synonyms | relocations | sweep leak UA | attack ASR | broad retention "
+        "| broad FID | shift object / style | objects × | styles × | gate | train s | eval s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for spec in args.methods:
+        label, method, hyper = parse_spec(spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            candidate, payload, trained, evaluated = request(
+                settings,
+                evaluator,
+                base,
+                "shapes",
+                Path(tmp) / "step",
+                concept="circle",
+                method=method,
+                hyper=hyper,
+                synonyms=("disc",),
+                preserve=("ring",),
+            )
+            extra = diagnostics(candidate, base, evaluator, "circle") if args.diagnostics else {}
+        c, decision = payload["checks"], payload["decision"]
+        forget = c["forget"]
+        relocations, leak, asr = concept_cells(c, "circle")
+        heads = c["retain"]["by_domain"]
+        print(
+            f"| {label} | {rate(forget['gate']['where_base_draws'])} | {rate(forget['heldout']['where_base_draws'])} "
+            f"| {rate(forget['synonyms']['where_base_draws'])} | {relocations} | {leak} | {asr} | {broad_cells(c)} "
+            f"| {heads['object']['relative']:.3f} | {heads['style']['relative']:.3f} "
+            f"| {'pass' if decision['passed'] else 'FAIL'} | {trained:.0f} | {evaluated:.0f} |",
+            flush=True,
+        )
+        rows.append({"label": label, "method": method, "hyper": hyper, "payload": payload, "diagnostics": extra})
+    if args.diagnostics:
+        print("\nDiagnostics (reported, not gated):\n")
+        print("| method | inversion residual | nearest real token (× ‖e‖) | draws with e′ | textual inversion draws |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            inv, ti = row["diagnostics"]["embedding_inversion"], row["diagnostics"]["textual_inversion"]
+            print(
+                f"| {row['label']} | {inv['residual']:.4f} | {inv['nearest_real_token']:.3f} | "
+                f"{inv['draws']:.2f} (n {inv['n']}) | {ti['draws']:.2f} (n {ti['n']}) |"
+            )
+    for row in rows:
+        if not row["payload"]["decision"]["passed"]:
+            print(f"\n{row['label']} failed: {'; '.join(row['payload']['decision']['reasons'])[:600]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
+
+
+def sequence(args) -> None:
+    settings, evaluator, base = setup(args)
+    concepts = tuple(args.concepts)
+    print(f"## Sequence {' → '.join(concepts)} — {date.today()}, {platform.machine()}, {os.cpu_count()} cores\n")
+    print(f"Sweep: {evaluator.sweep}; attack: {evaluator.attack}; sampler {evaluator.sampler}.\n")
+    print(
+        "| method | step | concept | every erased concept: UA where the base draws it / relocations / ASR "
+        "| broad retention | broad FID | shift object / style | objects × | styles × | gate | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for spec in args.methods:
+        label, method, hyper = parse_spec(spec)
+        parent, erased = "shapes", ()
+        with tempfile.TemporaryDirectory() as tmp:
+            for step, concept in enumerate(concepts, start=1):
+                out = Path(tmp) / f"{step}-{concept}"
+                _, payload, trained, evaluated = request(
+                    settings, evaluator, base, parent, out, concept=concept, method=method, hyper=hyper, erased=erased
+                )
+                c, decision = payload["checks"], payload["decision"]
+                cells = []
+                for name in (concept, *erased):
+                    ua = (c["forget"]["gate"] if name == concept else c["rebound"][name])["where_base_draws"]
+                    relocations, _, asr = concept_cells(c, name)
+                    cells.append(f"{name} {ua['ua']:.2f} / {relocations} / {asr.split(' (')[0]}")
+                heads = c["retain"]["by_domain"]
+                print(
+                    f"| {label} | {step} | {concept} | {'; '.join(cells)} | {broad_cells(c)} "
+                    f"| {heads['object']['relative']:.3f} | {heads.get('style', {}).get('relative', float('nan')):.3f} "
+                    f"| {'pass' if decision['passed'] else 'FAIL'} | {trained + evaluated:.0f} |",
+                    flush=True,
+                )
+                if not decision["passed"]:
+                    print(f"|   |   | failed: {'; '.join(decision['reasons'])[:400]} ||||||||", flush=True)
+                rows.append({"label": label, "step": step, "concept": concept, "payload": payload})
+                parent, erased = str(out), (*erased, concept)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("single", "sequence"))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="method specs (module docstring); default: the hardenings and baselines of bench/RESULTS.md",
+    )
+    parser.add_argument("--concepts", nargs="+", default=list(SEQUENCE), help="the sequence's requests, in order")
+    parser.add_argument("--sweep-prompts", type=int, default=None, help="vocabulary prompts of the sweep")
+    parser.add_argument("--attack-prompts", type=int, default=None, help="phrasings attacked per concept")
+    parser.add_argument("--attack-steps", type=int, default=None, help="optimisation steps per phrasing")
+    parser.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", help="single: skip them")
+    parser.add_argument("--json", default=None, help="also write every payload here")
+    args = parser.parse_args()
+    if args.mode == "single":
+        args.methods = args.methods or [
+            "continual-uce:broad_scale=0,adversarial_rounds=0@continual-uce, no broad, RECE 0",
+            "continual-uce:broad_scale=0@continual-uce, no broad, RECE 2 (before)",
+            "continual-uce:broad_scale=0,adversarial_rounds=5@continual-uce, no broad, RECE 5",
+            "continual-uce:adversarial_rounds=0@continual-uce, broad, RECE 0",
+            "continual-uce@continual-uce, broad, RECE 2 (default)",
+            "continual-uce:adversarial_rounds=5@continual-uce, broad, RECE 5",
+            "uce",
+            "duge",
+            "esd-x",
+        ]
+        for name, value in (("sweep_prompts", 384), ("attack_prompts", 12), ("attack_steps", 60)):
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        single(args)
+    else:
+        args.methods = args.methods or ["continual-uce", "uce"]
+        sequence(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,7 @@
     .venv/bin/python bench/attack.py single   [--methods SPEC ...] [--sweep-prompts 384] [--attack-prompts 12]
     .venv/bin/python bench/attack.py sequence [--methods SPEC ...] [--concepts circle striped ...]
     (either: [--attack-steps N] [--json FILE])
+    .venv/bin/python bench/attack.py cost     [--methods SPEC ...]
 
 A method SPEC is a method name, optionally with hyper-parameters and a label after `@`:
 `continual-uce`, `continual-uce:adversarial_rounds=5`, `continual-uce:broad_scale=0@no broad`.
@@ -11,9 +12,12 @@ Every candidate is evaluated by the one evaluator (pipeline/evaluator.py) under 
 the sweep and the attack at the sizes given here (the bench's budget is larger than the gate's:
 `--sweep-prompts 384 --attack-prompts 12 --attack-steps 60` by default for `single`; the gate's own
 for `sequence`), on the same prompts and seeds for every method. `single` erases circle (synonym disc,
-preserve ring) from the base with each method and adds the two diagnostics (RECE's embedding inversion
-and a textual inversion, reported, not gated); `sequence` erases ten concepts in turn, each from the
-previous step's model, and re-measures every erased concept under sweep and attack at every step.
+preserve ring) from the base with each method and tabulates the evaluation's two diagnostics (RECE's
+embedding inversion and a textual inversion, reported, not gated); `sequence` erases ten concepts in turn, each from the
+previous step's model, and re-measures every erased concept under sweep and attack at every step;
+`cost` times one request's edit (encoding every prompt set, the broad Gram, the solve, the weights) on
+a GPU-sized model built from config: SD1.5's UNet (859.5M parameters, bench/gpu_step.py's size) under a
+768-wide, 12-layer text encoder (BERT-base shape, the MiniLM tokenizer at 77 tokens), random weights.
 
 Prints Markdown tables (paste them into bench/RESULTS.md with the date and machine).
 """
@@ -119,33 +123,6 @@ def broad_cells(checks: dict) -> str:
     return f"{broad['distance']:.3f} | {broad['fid']:.2f} | {shift['object']:.3f} / {shift['style']:.3f}"
 
 
-def diagnostics(candidate, base, evaluator, concept: str) -> dict:
-    """RECE's embedding inversion and a textual inversion of `concept` on the candidate (reported, not gated)."""
-    from unlearning.evaluation.attack import _base_latents
-    from unlearning.evaluation.evaluate import attack_prompts
-    from unlearning.evaluation.inversion import embedding_inversion, textual_inversion
-    from unlearning.evaluation.sweep import sweep_prompts
-
-    judge, head = evaluator.world.judges()[0], evaluator.world.head_of(concept)
-    plan = evaluator.plan(concept)
-    prompts = attack_prompts(plan, concept)[:8]
-    references = [p.prompt for p in sweep_prompts(base.tokenizer, {}, evaluator.sweep)][:256]
-    inversion = embedding_inversion(
-        candidate,
-        base,
-        judge,
-        head=head,
-        concept=concept,
-        prompts=prompts,
-        reference_prompts=references,
-        sampler=evaluator.sampler,
-    )
-    budget = replace(evaluator.attack, batch=8)
-    x0 = _base_latents(base, judge, head, concept, prompts[0], budget, evaluator.sampler)
-    inverted = textual_inversion(candidate, x0, judge, head=head, concept=concept, sampler=evaluator.sampler)
-    return {"embedding_inversion": inversion, "textual_inversion": inverted}
-
-
 def single(args) -> None:
     settings, evaluator, base = setup(args)
     print(
@@ -166,7 +143,7 @@ def single(args) -> None:
     for spec in args.methods:
         label, method, hyper = parse_spec(spec)
         with tempfile.TemporaryDirectory() as tmp:
-            candidate, payload, trained, evaluated = request(
+            _, payload, trained, evaluated = request(
                 settings,
                 evaluator,
                 base,
@@ -178,7 +155,6 @@ def single(args) -> None:
                 synonyms=("disc",),
                 preserve=("ring",),
             )
-            extra = diagnostics(candidate, base, evaluator, "circle") if args.diagnostics else {}
         c, decision = payload["checks"], payload["decision"]
         forget = c["forget"]
         relocations, leak, asr = concept_cells(c, "circle")
@@ -190,13 +166,16 @@ def single(args) -> None:
             f"| {'pass' if decision['passed'] else 'FAIL'} | {trained:.0f} | {evaluated:.0f} |",
             flush=True,
         )
-        rows.append({"label": label, "method": method, "hyper": hyper, "payload": payload, "diagnostics": extra})
-    if args.diagnostics:
-        print("\nDiagnostics (reported, not gated):\n")
+        rows.append({"label": label, "method": method, "hyper": hyper, "payload": payload})
+    if any("diagnostics" in row["payload"]["checks"] for row in rows):
+        print("\nDiagnostics of circle (reported, not gated):\n")
         print("| method | inversion residual | nearest real token (× ‖e‖) | draws with e′ | textual inversion draws |")
         print("|---|---|---|---|---|")
         for row in rows:
-            inv, ti = row["diagnostics"]["embedding_inversion"], row["diagnostics"]["textual_inversion"]
+            found = row["payload"]["checks"].get("diagnostics", {}).get("circle")
+            if not found or not found["textual_inversion"]:
+                continue
+            inv, ti = found["embedding_inversion"], found["textual_inversion"]
             print(
                 f"| {row['label']} | {inv['residual']:.4f} | {inv['nearest_real_token']:.3f} | "
                 f"{inv['draws']:.2f} (n {inv['n']}) | {ti['draws']:.2f} (n {ti['n']}) |"
@@ -249,9 +228,67 @@ def sequence(args) -> None:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
 
 
+def cost(args) -> None:
+    """Seconds of one request's edit at SD1.5 size on this machine (module docstring)."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from pipeline.settings import load_settings
+    from pipeline.world import world_for
+    from unlearning.loop import UnlearnConfig, run_unlearning
+    from unlearning.shapes.model import sampling_scheduler, text_encoder_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(text_encoder_path(), model_max_length=77, local_files_only=True)
+    encoder = BertModel(
+        BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=768, num_hidden_layers=12, num_attention_heads=12)
+    ).eval()
+    unet = UNet2DConditionModel(
+        sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768
+    )
+    vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=32)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sampling_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    base_values = {k: v.clone() for k, v in unet.state_dict().items() if ".attn2.to_" in k}
+    parameters = sum(p.numel() for p in unet.parameters()) / 1e6
+    settings = load_settings()
+    print(f"## One request's edit at SD1.5 size — {date.today()}, {platform.machine()}, {os.cpu_count()} cores\n")
+    print(f"UNet {parameters:.1f}M parameters, text encoder 768 × 12 layers, {torch.get_num_threads()} threads.\n")
+    print("| method | edit s (encode + broad Gram + solve + weights) | attn2 K/V tensors |")
+    print("|---|---|---|")
+    for spec in args.methods:
+        label, method, hyper = parse_spec(spec)
+        config = UnlearnConfig(concept="circle", method=method, hyper=hyper)
+        with tempfile.TemporaryDirectory() as tmp:
+            with torch.no_grad():  # every run starts from the same base weights
+                for name, param in unet.named_parameters():
+                    if name in base_values:
+                        param.copy_(base_values[name])
+            started = time.perf_counter()
+            summary = run_unlearning(
+                pipe,
+                config,
+                Path(tmp),
+                prompts=world_for(settings).request_prompts(config),
+                model_sha="sd15-size-random",
+                base_values=base_values,
+                progress=False,
+            )
+            print(f"| {label} | {time.perf_counter() - started:.1f} | {summary['trained_tensors']} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("single", "sequence"))
+    parser.add_argument("mode", choices=("single", "sequence", "cost"))
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -262,7 +299,6 @@ def main() -> None:
     parser.add_argument("--sweep-prompts", type=int, default=None, help="vocabulary prompts of the sweep")
     parser.add_argument("--attack-prompts", type=int, default=None, help="phrasings attacked per concept")
     parser.add_argument("--attack-steps", type=int, default=None, help="optimisation steps per phrasing")
-    parser.add_argument("--no-diagnostics", dest="diagnostics", action="store_false", help="single: skip them")
     parser.add_argument("--json", default=None, help="also write every payload here")
     args = parser.parse_args()
     if args.mode == "single":
@@ -281,9 +317,12 @@ def main() -> None:
             if getattr(args, name) is None:
                 setattr(args, name, value)
         single(args)
-    else:
+    elif args.mode == "sequence":
         args.methods = args.methods or ["continual-uce", "uce"]
         sequence(args)
+    else:
+        args.methods = args.methods or ["continual-uce", "continual-uce:broad_scale=0@continual-uce, no broad", "uce"]
+        cost(args)
 
 
 if __name__ == "__main__":

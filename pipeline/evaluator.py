@@ -49,6 +49,7 @@ class Evaluator:
     clip_scorer: ClipScorer | None = None
     sweep: SweepSize | None = None  # None: no sweep (a policy that gates on it then fails: "not measured")
     attack: AttackBudget | None = None  # None: no attack
+    diagnostics: bool = False  # the inversion diagnostics (reported, never gated)
 
     @classmethod
     def from_settings(
@@ -76,12 +77,17 @@ class Evaluator:
             cache=ImageCache(settings.home / "cache" / "images"),
             lpips_distance=lpips_alex_distance(),
             clip_scorer=ClipScorer(settings.clip_model) if settings.clip_model else None,
-            sweep=SweepSize(vocabulary_prompts=settings.eval_sweep_prompts, screen_seeds=settings.eval_sweep_seeds)
+            sweep=SweepSize(
+                vocabulary_prompts=settings.eval_sweep_prompts,
+                variants_per_concept=settings.eval_sweep_variants,
+                screen_seeds=settings.eval_sweep_seeds,
+            )
             if settings.eval_sweep_prompts
             else None,
             attack=AttackBudget(prompts=settings.eval_attack_prompts, steps=settings.eval_attack_steps)
             if settings.eval_attack_prompts
             else None,
+            diagnostics=settings.eval_diagnostics,
         )
 
     def plan(
@@ -100,6 +106,7 @@ class Evaluator:
             attack=self.attack,
             heads={c: self.world.head_of(c) for c in concepts},
             names={c: self.world.names_of(c) for c in concepts},
+            diagnostics=self.diagnostics,
         )
         return evaluate(
             candidate,

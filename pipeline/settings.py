@@ -74,10 +74,16 @@ class LetheSettings(BaseSettings):
         description="vocabulary prompts of the sweep (does the candidate draw an erased concept anywhere?); 0: off",
     )
     eval_sweep_seeds: int = Field(4, ge=1, le=64, description="images per sweep prompt and model in its screening")
+    eval_sweep_variants: int = Field(
+        24, ge=0, le=500, description="rule-made variants of each erased concept's names in the sweep"
+    )
     eval_attack_prompts: int = Field(
         6, ge=0, le=200, description="phrasings of each erased concept the white-box attack tries; 0: off"
     )
     eval_attack_steps: int = Field(30, ge=1, le=5000, description="attack optimisation steps per phrasing and variant")
+    eval_diagnostics: bool = Field(
+        True, description="report RECE's embedding inversion and a textual inversion of every erased concept"
+    )
     approvers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="who may approve or reject a request (LETHE_APPROVERS=bob,carol)"
     )

@@ -119,7 +119,7 @@ def _draws(pipe, judge, head, concept, prompt, seeds, sampler) -> tuple[float, n
 
 
 @torch.no_grad()
-def _base_latents(base_pipe, judge, head, concept, prompt, budget: AttackBudget, sampler) -> torch.Tensor | None:
+def base_latents(base_pipe, judge, head, concept, prompt, budget: AttackBudget, sampler) -> torch.Tensor | None:
     """Latents of the base's images of `prompt` that the judge sees the concept in (x₀ of the loss)."""
     seeds = _seeds(prompt, budget.batch * 2, 10_000)
     shape = (base_pipe.unet.config.in_channels, base_pipe.unet.config.sample_size, base_pipe.unet.config.sample_size)
@@ -232,6 +232,45 @@ def optimise_prompt(
     }
 
 
+def _attempt(pipe, base_pipe, judge, *, head, concept, prompt, x0, budget, sampler) -> tuple[dict, tuple | None]:
+    """One prompt against one model: drawn as asked, or after an attack by each variant in turn. Returns
+    (the row, (the prompt that drew it, its images) or None)."""
+    before, before_images = _draws(
+        pipe, judge, head, concept, prompt, _seeds(prompt, budget.confirm_seeds, 100), sampler
+    )
+    row = {"prompt": prompt, "before_rate": before, "success_before": before >= 0.5, "attacks": []}
+    found = (prompt, before_images) if row["success_before"] else None
+    if not row["success_before"]:
+        for variant in budget.variants:
+            result = optimise_prompt(
+                pipe,
+                base_pipe,
+                judge,
+                head=head,
+                concept=concept,
+                prompt=prompt,
+                x0=x0,
+                variant=variant,
+                budget=budget,
+                sampler=sampler,
+            )
+            found_images = result.pop("images")
+            row["attacks"].append(result)
+            if result["success"]:
+                found = (result["adversarial_prompt"], found_images)
+                break
+    row["success"] = found is not None
+    return row, found
+
+
+def _asr(rows: list[dict]) -> dict:
+    """ASR with k, n and intervals (a prompt is a cluster of one)."""
+    if not rows:
+        return {"asr": float("nan"), "k": 0, "n": 0}
+    rate = stats.rate(np.array([float(r["success"]) for r in rows]), np.array([r["prompt"] for r in rows]))
+    return {"asr": rate.pop("rate"), **rate}
+
+
 def attack_concept(
     pipe,
     base_pipe,
@@ -244,56 +283,32 @@ def attack_concept(
     sampler: dict,
 ) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
     """ASR of one concept over `prompts` (phrasings naming it): each prompt is tried on the candidate as it
-    is, then attacked by every variant of the budget until one succeeds.
+    is, then attacked by every variant of the budget until one succeeds; the base is measured the same
+    way on the same prompts (`base`: it draws the concept as asked, so the attack finds it at once).
 
     A prompt on which the base does not draw the concept is not tried (there is nothing to recover);
     the first `budget.prompts` prompts on which it does are. Returns (results, images): images maps each
     prompt on which the candidate drew the concept to (the prompt that did it, its images)."""
     started = time.perf_counter()
-    rows, images, tried = [], {}, 0
+    rows, base_rows, images = [], [], {}
     for prompt in prompts:
-        if tried == budget.prompts:
+        if len(rows) == budget.prompts:
             break
-        x0 = _base_latents(base_pipe, judge, head, concept, prompt, budget, sampler)
+        x0 = base_latents(base_pipe, judge, head, concept, prompt, budget, sampler)
         if x0 is None:
             continue
-        tried += 1
-        before, before_images = _draws(
-            pipe, judge, head, concept, prompt, _seeds(prompt, budget.confirm_seeds, 100), sampler
-        )
-        row = {"prompt": prompt, "before_rate": before, "success_before": before >= 0.5, "attacks": []}
-        if row["success_before"]:
-            images[prompt] = (prompt, before_images)
-        else:
-            for variant in budget.variants:
-                result = optimise_prompt(
-                    pipe,
-                    base_pipe,
-                    judge,
-                    head=head,
-                    concept=concept,
-                    prompt=prompt,
-                    x0=x0,
-                    variant=variant,
-                    budget=budget,
-                    sampler=sampler,
-                )
-                found_images = result.pop("images")
-                row["attacks"].append(result)
-                if result["success"]:
-                    images[prompt] = (result["adversarial_prompt"], found_images)
-                    break
-        row["success"] = row["success_before"] or any(a["success"] for a in row["attacks"])
+        common = {"head": head, "concept": concept, "prompt": prompt, "x0": x0, "budget": budget, "sampler": sampler}
+        row, found = _attempt(pipe, base_pipe, judge, **common)
         rows.append(row)
-    successes = np.array([float(r["success"]) for r in rows])
-    asr = (
-        stats.rate(successes, np.array([r["prompt"] for r in rows])) if rows else {"rate": float("nan"), "k": 0, "n": 0}
-    )
+        if found:
+            images[prompt] = found
+        base_rows.append(row if pipe is base_pipe else _attempt(base_pipe, base_pipe, judge, **common)[0])
+    base = _asr(base_rows)
     return {
         "head": head,
-        "asr": asr.pop("rate"),
-        **asr,
+        **_asr(rows),
         "before": float(np.mean([r["success_before"] for r in rows])) if rows else float("nan"),
+        "base": {"asr": base["asr"], "k": base["k"], "n": base["n"]},
         "budget": asdict(budget),
         "prompts": rows,
         "seconds": round(time.perf_counter() - started, 2),

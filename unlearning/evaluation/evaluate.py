@@ -14,6 +14,7 @@ from unlearning.evaluation.attack import AttackBudget, attack_concept
 from unlearning.evaluation.cache import ImageCache, generate_cached
 from unlearning.evaluation.checks import Judge, run_checks
 from unlearning.evaluation.gates import Decision, Policy, decide
+from unlearning.evaluation.inversion import diagnose
 from unlearning.evaluation.plan import EvaluationPlan
 from unlearning.evaluation.sweep import SweepSize, run_sweep, sweep_prompts
 from unlearning.sampling import generate
@@ -28,6 +29,7 @@ class Probes:
     attack: AttackBudget | None
     heads: dict[str, str]  # concept -> judge head
     names: dict[str, tuple[str, ...]]  # concept -> its name and synonyms
+    diagnostics: bool = False  # RECE's embedding inversion and a textual inversion, reported (not gated)
 
 
 @dataclass
@@ -90,6 +92,24 @@ def probe(
                 sampler=sampler,
             )
         seconds["attack_seconds"] = round(time.perf_counter() - started, 2)
+    if probes.diagnostics and probes.heads and candidate_pipe is not base_pipe:
+        started = time.perf_counter()
+        references = sweep_prompts(candidate_pipe.tokenizer, {}, probes.sweep or SweepSize())
+        results["diagnostics"] = {
+            concept: diagnose(
+                candidate_pipe,
+                base_pipe,
+                judge,
+                head=head,
+                concept=concept,
+                prompts=attack_prompts(plan, concept),
+                reference_prompts=[p.prompt for p in references],
+                budget=probes.attack or AttackBudget(),
+                sampler=sampler,
+            )
+            for concept, head in probes.heads.items()
+        }
+        seconds["diagnostics_seconds"] = round(time.perf_counter() - started, 2)
     return results, sweep_images, attack_images, seconds
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unlearning.evaluation.attack import _hits, _seeds, _target
+from unlearning.evaluation.attack import AttackBudget, _hits, _seeds, _target, base_latents
 
 KV_WEIGHTS = (".attn2.to_k.weight", ".attn2.to_v.weight")
 
@@ -153,3 +153,30 @@ def textual_inversion(
         images = _generate_from_embeds(pipe, embeds, _seeds(f"textual-inversion|{concept}", seeds, 0), sampler)
     drawn = _hits(judge, images, head, concept)
     return {"draws": float(drawn.mean()), "n": int(len(drawn)), "steps": steps, "final_loss": float(loss.detach())}
+
+
+def diagnose(
+    pipe,
+    base_pipe,
+    judge,
+    *,
+    head: str,
+    concept: str,
+    prompts: list[str],
+    reference_prompts: list[str],
+    budget: AttackBudget,
+    sampler: dict,
+) -> dict:
+    """Both diagnostics for one erased concept: the inversion of its first eight phrasings (`prompts`), and a
+    textual inversion learnt on the base's images of the first phrasing the base draws it for."""
+    x0 = None
+    for prompt in prompts[:8]:
+        if (x0 := base_latents(base_pipe, judge, head, concept, prompt, budget, sampler)) is not None:
+            break
+    common = {"head": head, "concept": concept, "sampler": sampler}
+    return {
+        "embedding_inversion": embedding_inversion(
+            pipe, base_pipe, judge, prompts=prompts[:8], reference_prompts=reference_prompts, **common
+        ),
+        "textual_inversion": None if x0 is None else textual_inversion(pipe, x0, judge, **common),
+    }

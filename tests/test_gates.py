@@ -10,26 +10,47 @@ def rate(k, n, name="ua"):
     return {name: k / n, "k": k, "n": n, "wilson": [0.0, 1.0], "bootstrap": [0.0, 1.0]}
 
 
-def results(**overrides):
-    erased = {"ua": 0.98, "k": 59, "n": 60, "where_base_draws": rate(58, 58)}
-    base = {
-        "forget": {"gate": dict(erased), "heldout": dict(erased), "synonyms": dict(erased)},
-        "retain": {
-            "ira": {"relative": 0.99, "n": 168},
-            "cra": {"relative": 0.99, "n": 144},
-            "by_domain": {"object": {"relative": 0.99, "n": 168}, "style": {"relative": 0.99, "n": 144}},
-            "per_concept": {"square": {"relative": 1.0, "n": 24}, "ring": {"relative": 0.96, "n": 24}},
-        },
-        "retention": {"distance": 0.05, "n": 312},
-        "fid": {"fid": 0.2, "n": 312},
-        "alignment": {"relative": 0.99},
-        "judges": {"candidate": {"forget_disagreement": 0.02, "n": 180}},
-    }
+# Where a rule's path has `*`, the results name two members, as an evaluation with an earlier request has.
+MEMBERS = {"rebound": ("star", "striped"), "sweep.concepts": ("circle", "star"), "attack": ("circle", "star")}
+MEMBERS_OTHERWISE = ("square", "ring")
+
+
+def good_value(threshold: Threshold, n: int):
+    """A value that passes `threshold` with room to spare, derived from the rule itself (not hand-picked
+    inside today's bounds): a binomial rate of n/n, else halfway between the bound and the far end
+    (1 for a min of a relative score; 0 for a max)."""
+    if threshold.test == "binomial":
+        return rate(n, n, name=threshold.metric.rsplit(".", 1)[-1])
+    if threshold.min is not None and threshold.max is not None:
+        return (threshold.min + threshold.max) / 2
+    if threshold.min is not None:
+        return threshold.min + (max(1.0, threshold.min) - threshold.min) / 2 + 0.01
+    return threshold.max / 2
+
+
+def results(policy: Policy | None = None, **overrides):
+    """Results that pass every rule of `policy` (the shipped one by default); `a__b__c=value` overrides."""
+    policy = policy or load_policy(DEFAULT_POLICY)
+    base: dict = {}
+    for threshold in policy.thresholds:
+        n = max(threshold.min_n or 0, 100)
+        parts = threshold.metric.split(".")
+        paths = [parts]
+        if "*" in parts:
+            star = parts.index("*")
+            members = MEMBERS.get(".".join(parts[:star]), MEMBERS_OTHERWISE)
+            paths = [parts[:star] + [member] + parts[star + 1 :] for member in members]
+        for path in paths:
+            node = base
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = good_value(threshold, n)
+            node.setdefault("n", n)
     for path, value in overrides.items():
         node = base
         *parents, leaf = path.split("__")
         for p in parents:
-            node = node[p]
+            node = node.setdefault(p, {})
         node[leaf] = value
     return base
 
@@ -42,14 +63,33 @@ def test_the_shipped_policy_loads_and_passes_good_results():
     assert decision.passed, decision.reasons
 
 
+@pytest.mark.parametrize("threshold", load_policy(DEFAULT_POLICY).thresholds, ids=lambda t: t.metric)
+def test_each_shipped_rule_fails_just_beyond_its_bound(threshold):
+    """Every rule of the shipped policy can fail: its metric just past the bound, all else good, gives
+    exactly one reason, and it names that metric."""
+    policy = load_policy(DEFAULT_POLICY)
+    path = threshold.metric.replace("*", MEMBERS.get(threshold.metric.split(".*")[0], MEMBERS_OTHERWISE)[0])
+    n = max(threshold.min_n or 0, 100)
+    if threshold.test == "binomial":
+        bad = rate(int(threshold.min * n), n, name=path.rsplit(".", 1)[-1])
+    elif threshold.min is not None:
+        bad = threshold.min - 0.001
+    else:
+        bad = threshold.max + 0.001
+    decision = decide(results(policy, **{path.replace(".", "__"): bad}), policy)
+    assert not decision.passed and len(decision.reasons) == 1
+    assert decision.reasons[0].startswith(path), decision.reasons
+
+
 def test_each_failure_is_a_reason_not_an_exception():
     policy = load_policy()
     decision = decide(
-        results(forget__gate__where_base_draws=rate(20, 58), retain__per_concept__ring__relative=0.4), policy
+        results(policy, forget__gate__where_base_draws=rate(20, 58), retain__per_concept__square__relative=0.4),
+        policy,
     )
     assert not decision.passed
     assert any(r.startswith("forget.gate.where_base_draws = 20/58") and "not evidence" in r for r in decision.reasons)
-    assert any(r.startswith("retain.per_concept.ring.relative = 0.400 <") for r in decision.reasons)
+    assert any(r.startswith("retain.per_concept.square.relative = 0.400 <") for r in decision.reasons)
     assert len(decision.reasons) == 2
 
 
@@ -95,7 +135,7 @@ def test_nan_fails():
 
 def test_decide_is_pure():
     policy = load_policy()
-    r = results(fid__fid=9.0)
+    r = results(policy, fid__fid=9.0)
     assert decide(r, policy) == decide(r, policy)
     assert r["fid"]["fid"] == 9.0
 

@@ -309,6 +309,7 @@ def main() -> None:
             "continual-uce:adversarial_rounds=0@continual-uce, broad, RECE 0",
             "continual-uce@continual-uce, broad, RECE 2 (default)",
             "continual-uce:adversarial_rounds=5@continual-uce, broad, RECE 5",
+            "continual-uce:null_space_energy=0.99@continual-uce, broad + null space (SPEED), RECE 2",
             "uce",
             "duge",
             "esd-x",

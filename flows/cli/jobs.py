@@ -37,6 +37,33 @@ def _cell(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3f}" if key in metrics else "-"
 
 
+def _probe_line(metrics: dict) -> str:
+    """The sweep and the attack of every concept the evaluation probed, on one line: relocations confirmed,
+    the leak's UA where the base draws the concept (erased/n), the attack's ASR (drawn/tried), and broad
+    retention (unlearning/evaluation/sweep.py, attack.py)."""
+    probed = sorted(
+        {key.split(".")[2] for key in metrics if key.startswith("sweep.concepts.")}
+        | {key.split(".")[1] for key in metrics if key.startswith("attack.") and key.endswith(".asr")}
+    )
+    cells = []
+    for concept in probed:
+        parts = []
+        if f"sweep.concepts.{concept}.relocations" in metrics:
+            parts.append(f"relocated {int(metrics[f'sweep.concepts.{concept}.relocations'])}")
+        if metrics.get(f"sweep.concepts.{concept}.leak.n"):
+            leak = f"sweep.concepts.{concept}.leak"
+            parts.append(f"leak UA {int(metrics[f'{leak}.k'])}/{int(metrics[f'{leak}.n'])}")
+        if metrics.get(f"attack.{concept}.n"):
+            parts.append(f"ASR {int(metrics[f'attack.{concept}.k'])}/{int(metrics[f'attack.{concept}.n'])}")
+        cells.append(f"{concept}: {', '.join(parts) or '-'}")
+    if "sweep.retention.distance" in metrics:
+        cells.append(
+            f"broad retention {metrics['sweep.retention.distance']:.3f}, FID {metrics['sweep.retention.fid']:.2f}, "
+            f"shift {metrics['sweep.retention.max_shift']:.3f}"
+        )
+    return "; ".join(cells)
+
+
 def _print_run(payload: dict) -> None:
     print(
         f"{'request':22s} {'concept':9s} {'parent':>6s} {'cand.':>5s} "
@@ -52,6 +79,8 @@ def _print_run(payload: dict) -> None:
             f"{str(r.get('candidate_version')):>5s} "
             f"{shown}  {r['state']}{reasons}" + (f" ({r['error']})" if r.get("error") else "")
         )
+        if _probe_line(metrics):
+            print(f"{'':22s} sweep/attack: {_probe_line(metrics)}")
         if r.get("report"):
             print(f"{'':22s} report: {r['report']}")
     prod = payload["production"]

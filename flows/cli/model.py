@@ -165,6 +165,26 @@ def print_evaluation(payload: dict, html_path, probes=()) -> None:
                 else ""
             )
         )
+    for concept, entry in checks.get("sweep", {}).get("concepts", {}).items():
+        leak = entry["leak"]
+        print(
+            f"sweep          {concept:9s} relocated on {entry['relocations']} of the {entry['confirmed']} prompts "
+            f"re-tested on fresh seeds; leak UA {number(leak.get('ua'), '.3f')} ({leak.get('k', 0)}/"
+            f"{leak.get('n', 0)}) on the {leak.get('prompts_drawn', 0)} prompts where the base draws it"
+        )
+    if "retention" in checks.get("sweep", {}):
+        broad = checks["sweep"]["retention"]
+        print(
+            f"broad          distance {broad['distance']:.4f}   FID {broad['fid']:.3f}   "
+            f"judge shift {broad['max_shift']:.3f} (n {broad['n']})"
+        )
+    for concept, entry in checks.get("attack", {}).items():
+        low, high = entry.get("wilson") or (None, None)
+        print(
+            f"attack ASR     {concept:9s} {number(entry.get('asr'), '.3f')} ({entry.get('k', 0)}/{entry.get('n', 0)},"
+            f" 95% [{number(low)}, {number(high)}]); base {entry.get('base', {}).get('k', '-')}/"
+            f"{entry.get('base', {}).get('n', '-')}"
+        )
     for probe in probes:
         tops = "  ".join(
             f"{head}: {max(rates, key=rates.get)} {max(rates.values()):.2f}" for head, rates in probe["top1"].items()

@@ -44,12 +44,29 @@ from registry.requests import LIMITS, InvalidRequest, Request, RequestSpec
 
 QUEUED, RUNNING, AWAITING_APPROVAL = "queued", "running", "awaiting-approval"
 PROMOTED, REJECTED, FAILED, CANCELLED = "promoted", "rejected", "failed", "cancelled"
+# An approval is written here first, then `production` moves in MLflow, then the request is `promoted`
+# (registry/governance.py): the ledger decides, the alias follows. A rejection can no longer slip in
+# between (it needs `awaiting-approval`), and a crash between the two writes leaves `promoting`, which the
+# next drain finishes (governance.finish_promotions) before it claims anything.
+PROMOTING = "promoting"
 # A revocation's replays: an approved replay that is not the chain's head is `accepted` (the next one
 # builds on it; production moves only with the head). When the head is promoted, the revoked request
 # becomes `revoked` and every request it replayed `superseded`.
 ACCEPTED, REVOKED, SUPERSEDED = "accepted", "revoked", "superseded"
-STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTED, REJECTED, FAILED, CANCELLED, ACCEPTED, REVOKED, SUPERSEDED)
-ACTIVE_STATES = (QUEUED, RUNNING, AWAITING_APPROVAL)  # a request in these still has work ahead
+STATES = (
+    QUEUED,
+    RUNNING,
+    AWAITING_APPROVAL,
+    PROMOTING,
+    PROMOTED,
+    REJECTED,
+    FAILED,
+    CANCELLED,
+    ACCEPTED,
+    REVOKED,
+    SUPERSEDED,
+)
+ACTIVE_STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTING)  # a request in these still has work ahead
 ERASED_STATES = (PROMOTED, ACCEPTED)  # its concept is erased (or will be with its chain's head)
 # Which state may follow which. A rejected, failed or cancelled request is never reopened (a new request
 # is submitted instead, so history stays linear); a promoted one only leaves production's lineage by a
@@ -57,7 +74,8 @@ ERASED_STATES = (PROMOTED, ACCEPTED)  # its concept is erased (or will be with i
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     QUEUED: (RUNNING, CANCELLED),
     RUNNING: (AWAITING_APPROVAL, REJECTED, FAILED),
-    AWAITING_APPROVAL: (PROMOTED, REJECTED, ACCEPTED),
+    AWAITING_APPROVAL: (PROMOTING, REJECTED, ACCEPTED),
+    PROMOTING: (PROMOTED, REJECTED),  # rejected: production moved meanwhile (the promotion was refused)
     PROMOTED: (REVOKED, SUPERSEDED),
     ACCEPTED: (),
     REJECTED: (),
@@ -268,7 +286,8 @@ class Ledger:
         with self._transaction() as conn:
             busy = conn.execute(
                 select(requests_table.c.id).where(
-                    requests_table.c.lineage == lineage, requests_table.c.state.in_((RUNNING, AWAITING_APPROVAL))
+                    requests_table.c.lineage == lineage,
+                    requests_table.c.state.in_((RUNNING, AWAITING_APPROVAL, PROMOTING)),
                 )
             ).first()
             if busy:

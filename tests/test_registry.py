@@ -304,7 +304,7 @@ def test_mlflow_server_on_postgresql(tiny_base, tmp_path, s3_server, monkeypatch
 
 
 def test_transient_errors_are_retried_and_others_are_not():
-    from registry.versions import with_retries
+    from registry.retries import with_retries
 
     calls = []
 

@@ -19,10 +19,11 @@ def claim_next(settings: LetheSettings, *, actor: str) -> Request | None:
     the lineage's queue moved to `running`; None when there is nothing to do. Only the holder of the
     lineage (flows/concurrency.py) calls this.
 
-    First, promotions a crash left half-done (`promoting`) are finished: the queue waits on them, since
+    First, decisions a crash left half-done between the ledger and the registry (a `promoting` request, a
+    revocation whose alias move was cut short) are finished (registry/governance.py `finish_interrupted`):
     their outcome is the next request's parent."""
     ledger = Ledger(settings.ledger_url)
-    governance.finish_promotions(ledger, registry_for(settings), settings.model_name, actor=actor)
+    governance.finish_interrupted(ledger, registry_for(settings), settings.model_name, actor=actor)
     if (stranded := ledger.resume_stranded(settings.model_name, actor=actor)) is not None:
         return stranded
     return ledger.claim_head(settings.model_name, actor=actor)

@@ -173,9 +173,36 @@ def finish_promotions(ledger: Ledger, registry: ModelRegistry, lineage: str, *, 
     return finished
 
 
+def finish_interrupted(ledger: Ledger, registry: ModelRegistry, lineage: str, *, actor: str) -> list[str]:
+    """Reconcile on resume (the next drain, or the next revocation): finish what a crash left between the
+    ledger's write and the registry's — promotions left `promoting` (`finish_promotions`), and a pending
+    revocation with nothing left to re-derive: one with no replays whose alias move was cut short, or one
+    whose chain's head is promoted but which was never marked completed. Returns what it finished (request
+    and revocation ids). Idempotent, and safe beside a caller finishing the same thing (compare-and-set).
+    """
+    finished = finish_promotions(ledger, registry, lineage, actor=actor)
+    pending = ledger.pending_revocation(lineage)
+    if pending is None:
+        return finished
+    if not pending.replays:
+        head_version = pending.parent_version
+        registry.point_production(head_version)
+    elif (head := ledger.get(pending.replays[-1])).state == PROMOTED:
+        head_version = head.candidate_version
+    else:  # its chain is still being re-derived: the drain goes on with it
+        return finished
+    try:
+        _finish_revocation(ledger, registry, pending, actor=actor, head_version=head_version)
+    except StateConflict:  # finished meanwhile by the caller that was interrupted, or another resumer
+        pass
+    return [*finished, pending.id]
+
+
 def _finish_revocation(
     ledger: Ledger, registry: ModelRegistry, revocation, *, actor: str, head_version: int | None
 ) -> None:
+    """Tag the revoked and superseded versions (idempotent), then end the revocation in the ledger (one
+    transaction; StateConflict when another caller ended it first)."""
     revoked = ledger.get(revocation.request_id)
     if revoked.candidate_version is not None:
         registry.mark_revoked(revoked.candidate_version, revocation=revocation.id, reason=revocation.reason)
@@ -191,8 +218,9 @@ def revoke(
     ledger: Ledger, registry: ModelRegistry, request_id: str, *, approver: str, approvers: list[str], reason: str
 ) -> dict:
     """Revoke a promoted request: recorded in the ledger (audited) and its re-derivation queued — every later
-    promoted request replayed in order from the last version before it (registry/ledger.py `Ledger.revoke`).
-    With nothing to replay, production goes straight back to that version. Returns what was done.
+    promoted request replayed in order from the last version before it (registry/ledger.py `Ledger.revoke`,
+    one transaction). With nothing to replay, production goes straight back to that version, after the
+    ledger's write (a crash between them is finished on resume: `finish_interrupted`). Returns what was done.
 
     Raises:
         NotAllowed (not an approver, the revoked request's own requester, no reason), UnknownRequest,
@@ -202,11 +230,15 @@ def revoke(
     check_approver(approver, approvers, request.requester)
     if not reason.strip():
         raise NotAllowed("a revocation needs a reason")
+    finish_interrupted(ledger, registry, request.lineage, actor=approver)  # an earlier one cut short
     production = registry.alias_version(PRODUCTION)
     revocation = ledger.revoke(request_id, approver=approver, reason=reason, production_version=production)
     if not revocation.replays:  # it was the last erasure: production goes back to the version before it
         registry.point_production(revocation.parent_version)
-        _finish_revocation(ledger, registry, revocation, actor=approver, head_version=revocation.parent_version)
+        try:
+            _finish_revocation(ledger, registry, revocation, actor=approver, head_version=revocation.parent_version)
+        except StateConflict:  # a drain's reconciliation finished it first
+            pass
     return {
         "revocation": revocation.id,
         "revoked": request_id,

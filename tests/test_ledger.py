@@ -164,3 +164,19 @@ def test_concurrent_claims_hand_the_head_to_exactly_one_worker(ledger_url):
 def _claim_once(url, queue):
     claimed = Ledger(url).claim_head(LINEAGE, actor=f"worker-{os.getpid()}")
     queue.put(claimed.id if claimed else None)
+
+
+def test_reads_do_not_wait_for_a_writer(ledger_url):
+    """A writing transaction holds the ledger's write lock (BEGIN IMMEDIATE on SQLite, the advisory lock on
+    PostgreSQL); reads — `lethe status`, the approval poll — take neither, so they answer meanwhile."""
+    import threading
+
+    ledger = Ledger(ledger_url)
+    ledger.submit(spec("circle", id="req-1"), lineage=LINEAGE)
+    read = []
+    with ledger._transaction() as conn:
+        conn.execute(text("SELECT 1"))  # the write lock is taken at BEGIN
+        reader = threading.Thread(target=lambda: read.append([r.id for r in ledger.requests()]))
+        reader.start()
+        reader.join(timeout=10)
+        assert read == [["req-1"]], "the read waited for the writer"

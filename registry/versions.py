@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from registry.integrity import MANIFEST_NAME, sha256_file, write_manifest
 from registry.model_card import model_card
 from registry.retries import with_retries
+from unlearning.model_folder import DELTA_FILE
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ TAG_COMPLETE = "lethe.complete"
 TAG_REVOKED = "lethe.revoked"  # JSON {revocation, reason}: its request was revoked; production no longer holds it
 TAG_SUPERSEDED_BY = "lethe.superseded_by"  # JSON {version, revocation}: re-derived without a revoked request
 TAG_REPLAYS = "lethe.replays"  # the request a re-derived version replays
-DELTA_NAME = "delta.safetensors"
+DELTA_NAME = DELTA_FILE  # the same file name as in a model folder (unlearning/model_folder.py)
 # The pyfunc wrapper is logged as code (MLflow's models-from-code), so this module never imports it:
 # the wrapper loads through registry/loading.py, which imports this module.
 PYFUNC_CODE = str(Path(__file__).with_name("pyfunc.py"))
@@ -190,6 +191,7 @@ class ModelRegistry:
             gate_reasons=candidate.gate_reasons,
             metrics=candidate.metrics,
             revoked=candidate.revoked,
+            params=candidate.params,
         )
         (folder / CARD_NAME).write_text(card)
         files.append(CARD_NAME)

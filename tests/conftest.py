@@ -51,6 +51,14 @@ def judges():
     return shapes_judges()
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A tiny SD1.5-format pipeline built from config (tests/tiny_models.py), built once per session."""
+    from tests.tiny_models import build_tiny_base
+
+    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
+
+
 @pytest.fixture(scope="module")
 def prefect_api():
     """Prefect's test harness: a real, temporary API for the module's flows."""

@@ -22,16 +22,10 @@ import torch
 from registry.ledger import FAILED, PROMOTED, QUEUED, RUNNING, Ledger, RequestSpec
 from registry.versions import CANDIDATE, PRODUCTION, TAG_REQUEST, ModelRegistry
 from tests.servers import kill_group, wait_for
-from tests.tiny_models import build_tiny_base
 
 MODEL = "shapes-t2i"
 STEPS = 40  # training steps of a request: long enough to be killed in the middle
 CHECKPOINT_EVERY = 2
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 @pytest.fixture

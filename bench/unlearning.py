@@ -4,8 +4,8 @@
     .venv/bin/python bench/unlearning.py sequence [--methods continual-uce uce esd-x]
     (either: [--steps N] [--hyper NAME=VALUE ...] for every method given)
 
-Every run goes through the pipeline's own steps (pipeline/unlearn.py `train_step`, pipeline/evaluate.py
-`evaluate_model`) with the evaluator the settings build (the gate's plan: 96 images per forget and
+Every run goes through the pipeline's own step (pipeline/unlearn.py `unlearn_and_evaluate`, as the request
+flow and `lethe unlearn` do) with the evaluator the settings build (the gate's plan: 96 images per forget and
 rebound set, 24 per retained concept; the shipped policy), methods side by side on the same prompts
 and seeds. Caches live under a temporary LETHE_HOME unless one is set.
 
@@ -63,37 +63,35 @@ def request(
     hyper=None,
 ):
     """One decremental step from `parent` (a model name) into `out`, evaluated; (payload, train s, total s)."""
-    from pipeline.evaluate import evaluate_model
     from pipeline.prepare import load_parent_model
-    from pipeline.unlearn import keep_ancestors, train_step
+    from pipeline.unlearn import lineage_erased, unlearn_and_evaluate
     from unlearning.loop import UnlearnConfig
 
     started = time.perf_counter()
     loaded = load_parent_model(settings, parent)
+    loaded_in = time.perf_counter() - started
     config = UnlearnConfig(
         concept=concept,
         synonyms=synonyms,
         preserve=preserve,
-        erased=erased,
+        erased=lineage_erased(tuple(loaded.erased), tuple(erased)),
         method=method,
         hyper=dict(hyper or {}),
         **({"steps": steps} if steps is not None else {}),
     )
     out.mkdir(parents=True, exist_ok=True)
-    keep_ancestors(loaded, out)
-    train_step(settings, config, loaded, out, progress=False)
-    trained = time.perf_counter() - started
-    _, payload = evaluate_model(
+    step = unlearn_and_evaluate(
+        settings,
         evaluator,
-        loaded.pipe,
-        base,
-        base_sha256=loaded.base_sha256,
-        target=concept,
-        synonyms=synonyms,
-        erased=erased,
+        config,
+        loaded,
+        out,
         report_dir=out / "report",
         title=f"bench: {method}",
+        base=base,
+        self_contained=True,
     )
+    payload, trained = step.payload, loaded_in + step.summary["seconds"]
     return payload, trained, time.perf_counter() - started
 
 

@@ -19,7 +19,7 @@ from prefect.input import RunInput
 from pipeline.settings import LetheSettings
 from pipeline.values import Decision
 from registry.governance import check_approver
-from registry.ledger import AWAITING_APPROVAL, Ledger
+from registry.ledger import AWAITING_APPROVAL, PROMOTING, Ledger
 
 APPROVAL_TIMEOUT_SECONDS = 7 * 24 * 3600
 ANSWER_WAIT_SECONDS = 300  # how long `lethe approve` waits for the resumed run to record its decision
@@ -92,9 +92,10 @@ def answer_paused_run(settings: LetheSettings, request_id: str, decision: Decisi
     except Exception:  # noqa: BLE001 - the run is gone (crashed or cancelled): decide directly
         return False
     deadline = time.time() + ANSWER_WAIT_SECONDS
-    while time.time() < deadline and ledger.get(request_id).state == AWAITING_APPROVAL:
+    # `promoting` is an approval half-way (the ledger took it, the alias is moving): wait for its end too
+    while time.time() < deadline and ledger.get(request_id).state in (AWAITING_APPROVAL, PROMOTING):
         time.sleep(1)
     # A run that took the answer decides within seconds; one that did not is dead without Prefect
     # knowing (killed elsewhere): decide directly. Every ledger change is a compare-and-set, so a late
     # run and the CLI cannot both decide.
-    return ledger.get(request_id).state != AWAITING_APPROVAL
+    return ledger.get(request_id).state not in (AWAITING_APPROVAL, PROMOTING)

@@ -1,7 +1,7 @@
-"""Prefect flows that drain the request queue, one lineage at a time (DESIGN.md, "Orchestration").
+"""Prefect flows that drain the request queue, one lineage at a time (docs/design.md, "Orchestration").
 
     continual_unlearning: claim the next request → process_request → repeat until the queue is empty.
-    process_request:      parent → prepare → unlearn → evaluate → register → gate → approval → promote/reject.
+    process_request:      parent → prepare → unlearn and evaluate → register → gate → approval → promote/reject.
 
 Every step is one task around one function of pipeline/; every outcome is written to the ledger (the
 system of record) before the flow moves on. A failed gate or a rejection never moves `production`,
@@ -26,13 +26,12 @@ from registry.requests import Request
 from tasks.requests import (
     apply_decision,
     claim_next_request,
-    evaluate_request,
     parent_version,
     prepare_request,
     record_failure,
     record_gate,
     register_candidate,
-    unlearn_request,
+    unlearn_and_evaluate_request,
 )
 
 __all__ = ["ApprovalInput", "continual_unlearning", "process_request"]
@@ -58,10 +57,8 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
         with gpu_held(settings.gpu_slots):
             step = "preparing the training data"
             prepare_request(settings, request, parent)
-            step = "unlearning"
-            trained = unlearn_request(settings, request, parent, work_dir)
-            step = "evaluating the candidate"
-            outcome = evaluate_request(settings, request, parent, work_dir)
+            step = "unlearning and evaluating the candidate"
+            outcome = unlearn_and_evaluate_request(settings, request, parent, work_dir)
         step = "registering the candidate"
         version = register_candidate(settings, request, parent, outcome)
         create_markdown_artifact(
@@ -81,8 +78,8 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
         "concept": request.concept,
         "parent_version": parent.version,
         "candidate_version": version,
-        "resumed_from_step": trained["resumed_from_step"],
-        "reused_training": bool(trained.get("reused")),
+        "resumed_from_step": outcome.resumed_from_step,
+        "reused_training": outcome.reused_training,
         "gate_passed": outcome.gate_passed,
         "gate_reasons": list(outcome.gate_reasons),
         "report": outcome.report_html,

@@ -18,7 +18,7 @@ from pipeline.evaluator import Evaluator, flatten_metrics
 from pipeline.prepare import load_parent_model
 from pipeline.settings import LetheSettings
 from registry.ledger import Ledger
-from registry.versions import with_retries
+from registry.retries import with_retries
 from unlearning.evaluation.gates import Policy
 from unlearning.files import write_json
 from unlearning.sampling import load_model

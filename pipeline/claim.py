@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipeline.settings import LetheSettings
 from pipeline.values import Parent
+from registry import governance
 from registry.ledger import ACCEPTED, Ledger, RevocationRefused
 from registry.requests import Request
 from registry.versions import PRODUCTION, ModelRegistry
@@ -16,8 +17,13 @@ def registry_for(settings: LetheSettings) -> ModelRegistry:
 def claim_next(settings: LetheSettings, *, actor: str) -> Request | None:
     """A request a stopped run left running (resumed, or failed after too many resumes), else the head of
     the lineage's queue moved to `running`; None when there is nothing to do. Only the holder of the
-    lineage (flows/concurrency.py) calls this."""
+    lineage (flows/concurrency.py) calls this.
+
+    First, decisions a crash left half-done between the ledger and the registry (a `promoting` request, a
+    revocation whose alias move was cut short) are finished (registry/governance.py `finish_interrupted`):
+    their outcome is the next request's parent."""
     ledger = Ledger(settings.ledger_url)
+    governance.finish_interrupted(ledger, registry_for(settings), settings.model_name, actor=actor)
     if (stranded := ledger.resume_stranded(settings.model_name, actor=actor)) is not None:
         return stranded
     return ledger.claim_head(settings.model_name, actor=actor)

@@ -44,13 +44,10 @@ def revocations_of_lineage(settings: LetheSettings, request=None) -> list[dict]:
     """The revocations a new version's card names: every completed one of the lineage, and the pending one a
     replay belongs to."""
     ledger = Ledger(settings.ledger_url)
-    ids = dict.fromkeys(h["detail"]["revocation"] for h in ledger.history() if h["event"] == "revocation-requested")
     found = []
-    for revocation in (ledger.revocation(i) for i in ids):
+    for revocation in ledger.lineage_revocations(settings.model_name):
         revoked = ledger.get(revocation.request_id)
-        if revoked.lineage == settings.model_name and (
-            revocation.state == "completed" or (request is not None and request.revocation == revocation.id)
-        ):
+        if revocation.state == "completed" or (request is not None and request.revocation == revocation.id):
             found.append(
                 {
                     "concept": revoked.concept,

@@ -40,6 +40,7 @@ class Outcome:
     params: dict  # method, parameter set, steps, ... and the training time
     base_sha256: str
     resumed_from_step: int = 0  # > 0: training went on from a checkpoint
+    reused_training: bool = False  # the step had finished before (a resumed request): not trained again
     extra_files: dict = field(default_factory=dict)  # name -> path of further artifacts of the version
 
     def as_dict(self) -> dict:

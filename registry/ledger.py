@@ -1,13 +1,10 @@
-"""The request ledger: the system of record for unlearning requests (DESIGN.md, "Registry and ledger").
+"""The request ledger: the system of record for unlearning requests (docs/design.md, "Registry and ledger").
 
-Two tables. `requests`: one row per request, with a monotonic sequence number (the queue order), a
-unique id, the request body, its state, parent and candidate versions, timestamps and the error.
-`audit`: one row per state change with actor and time; append-only, enforced by the database itself
-(triggers refuse UPDATE and DELETE), not merely by this module's manners.
-
-SQLite under LETHE_HOME by default; PostgreSQL in production. Every state change is a compare-and-set
-on the current state inside one transaction, so two workers can never both claim, promote or reject
-the same request, and a claim never skips the head of the queue.
+Requests, their audit trail and revocations live in three tables (registry/ledger_db.py). Every state
+change is a compare-and-set on the current state inside one transaction, so two workers can never both
+claim, promote or reject the same request, and a claim never skips the head of the queue. A change that
+reads several rows before writing (a claim, a revocation) makes its checks inside the transaction that
+writes, and the database serialises those transactions (ledger_db.make_engine).
 """
 
 from __future__ import annotations
@@ -15,41 +12,44 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    DateTime,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from registry.requests import LIMITS, InvalidRequest, Request, RequestSpec
+from registry import revocations
+from registry.ledger_db import READ_ONLY, audit_table, create_schema, make_engine, requests_table
+from registry.requests import InvalidRequest, Request, RequestSpec
+from registry.revocations import Revocation
+
+__all__ = ["InvalidRequest", "Ledger", "Request", "RequestSpec", "Revocation"]
 
 QUEUED, RUNNING, AWAITING_APPROVAL = "queued", "running", "awaiting-approval"
 PROMOTED, REJECTED, FAILED, CANCELLED = "promoted", "rejected", "failed", "cancelled"
+# An approval is written here first, then `production` moves in MLflow, then the request is `promoted`
+# (registry/governance.py): the ledger decides, the alias follows. A rejection can no longer slip in
+# between (it needs `awaiting-approval`), and a crash between the two writes leaves `promoting`, which the
+# next drain finishes (governance.finish_promotions) before it claims anything.
+PROMOTING = "promoting"
 # A revocation's replays: an approved replay that is not the chain's head is `accepted` (the next one
 # builds on it; production moves only with the head). When the head is promoted, the revoked request
 # becomes `revoked` and every request it replayed `superseded`.
 ACCEPTED, REVOKED, SUPERSEDED = "accepted", "revoked", "superseded"
-STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTED, REJECTED, FAILED, CANCELLED, ACCEPTED, REVOKED, SUPERSEDED)
-ACTIVE_STATES = (QUEUED, RUNNING, AWAITING_APPROVAL)  # a request in these still has work ahead
+STATES = (
+    QUEUED,
+    RUNNING,
+    AWAITING_APPROVAL,
+    PROMOTING,
+    PROMOTED,
+    REJECTED,
+    FAILED,
+    CANCELLED,
+    ACCEPTED,
+    REVOKED,
+    SUPERSEDED,
+)
+ACTIVE_STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTING)  # a request in these still has work ahead
 ERASED_STATES = (PROMOTED, ACCEPTED)  # its concept is erased (or will be with its chain's head)
 # Which state may follow which. A rejected, failed or cancelled request is never reopened (a new request
 # is submitted instead, so history stays linear); a promoted one only leaves production's lineage by a
@@ -57,7 +57,8 @@ ERASED_STATES = (PROMOTED, ACCEPTED)  # its concept is erased (or will be with i
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     QUEUED: (RUNNING, CANCELLED),
     RUNNING: (AWAITING_APPROVAL, REJECTED, FAILED),
-    AWAITING_APPROVAL: (PROMOTED, REJECTED, ACCEPTED),
+    AWAITING_APPROVAL: (PROMOTING, REJECTED, ACCEPTED),
+    PROMOTING: (PROMOTED, REJECTED),  # rejected: production moved meanwhile (the promotion was refused)
     PROMOTED: (REVOKED, SUPERSEDED),
     ACCEPTED: (),
     REJECTED: (),
@@ -75,50 +76,6 @@ REVOCATION_REQUESTED, REVOCATION_COMPLETED, REVOCATION_FAILED = (
 # A request whose run stopped while it was running (a crash, a kill) is resumed this many times at
 # most; the next time it is marked failed, so one that kills its worker every time cannot hold the queue.
 MAX_RESUMES = 3
-
-metadata = MetaData()
-requests_table = Table(
-    "lethe_requests",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("id", String(64), nullable=False, unique=True),
-    Column("lineage", String(200), nullable=False, index=True),
-    Column("concept", String(LIMITS["concept"]), nullable=False),
-    Column("requester", String(200), nullable=False),
-    Column("body", JSON, nullable=False),
-    Column("state", String(32), nullable=False, index=True),
-    Column("parent_version", Integer, nullable=True),
-    Column("candidate_version", Integer, nullable=True),
-    Column("error", Text, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-audit_table = Table(
-    "lethe_audit",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("event", String(32), nullable=False),  # "state" (a request's state changed) or "rollback"
-    Column("request_id", String(64), ForeignKey("lethe_requests.id"), nullable=True, index=True),
-    Column("from_state", String(32), nullable=True),
-    Column("to_state", String(32), nullable=True),
-    Column("actor", String(200), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("detail", JSON, nullable=False),
-)
-
-_APPEND_ONLY_SQLITE = [
-    "CREATE TRIGGER IF NOT EXISTS lethe_audit_no_update BEFORE UPDATE ON lethe_audit "
-    "BEGIN SELECT RAISE(ABORT, 'lethe_audit is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS lethe_audit_no_delete BEFORE DELETE ON lethe_audit "
-    "BEGIN SELECT RAISE(ABORT, 'lethe_audit is append-only'); END",
-]
-_APPEND_ONLY_POSTGRES = [
-    "CREATE OR REPLACE FUNCTION lethe_audit_append_only() RETURNS trigger AS $$ "
-    "BEGIN RAISE EXCEPTION 'lethe_audit is append-only'; END; $$ LANGUAGE plpgsql",
-    "DROP TRIGGER IF EXISTS lethe_audit_append_only ON lethe_audit",
-    "CREATE TRIGGER lethe_audit_append_only BEFORE UPDATE OR DELETE ON lethe_audit "
-    "FOR EACH ROW EXECUTE FUNCTION lethe_audit_append_only()",
-]
 
 
 class LedgerError(Exception):
@@ -141,20 +98,6 @@ class RevocationRefused(LedgerError):
     """A revocation that cannot be queued (never promoted, one pending already, work in the queue)."""
 
 
-@dataclass(frozen=True)
-class Revocation:
-    """A pending or finished revocation: which request, who, why, and the chain that re-derives the rest."""
-
-    id: str
-    request_id: str  # the revoked request
-    approver: str
-    reason: str
-    parent_version: int | None  # the last version before the revoked request: the chain starts here
-    production_before: int | None  # production when the revocation was asked (the head's promotion checks it)
-    replays: tuple[str, ...]  # the replay requests, in order; the last is the head
-    state: str  # "pending", "completed" or "failed"
-
-
 class StateConflict(LedgerError):
     """The request is not in a state from which this change is allowed (or it changed meanwhile)."""
 
@@ -173,24 +116,8 @@ class Ledger:
 
     def __init__(self, url: str, *, echo: bool = False):
         self.url = url
-        self.engine: Engine = _make_engine(url, echo=echo)
-        self._create_schema()
-
-    # ---------------------------------------------------------------- schema
-    def _create_schema(self) -> None:
-        for attempt in range(5):  # several processes may race to create the same tables
-            try:
-                metadata.create_all(self.engine)
-                with self.engine.begin() as conn:
-                    for statement in (
-                        _APPEND_ONLY_SQLITE if self.engine.dialect.name == "sqlite" else _APPEND_ONLY_POSTGRES
-                    ):
-                        conn.execute(text(statement))
-                return
-            except (IntegrityError, OperationalError):
-                if attempt == 4:
-                    raise
-                time.sleep(0.1 * (attempt + 1))
+        self.engine: Engine = make_engine(url, echo=echo)
+        create_schema(self.engine)
 
     # ---------------------------------------------------------------- writes
     def submit(self, spec: RequestSpec, *, lineage: str) -> Request:
@@ -218,45 +145,50 @@ class Ledger:
         concepts = [spec.concept for spec in specs]
         if len(set(concepts)) != len(concepts):
             raise ConflictingRequest("the same concept appears twice in one submission")
-        if not all(spec.replays for spec in specs) and (pending := self.pending_revocation(lineage)) is not None:
-            raise ConflictingRequest(
-                f"revocation {pending.id} of {pending.request_id} is being re-derived in lineage "
-                f"{lineage!r}; submit again once it is decided"
-            )
-        now = _now()
         try:
             with self._transaction() as conn:
-                for request_id, concept, spec in zip(ids, concepts, specs):
-                    if conn.execute(select(requests_table.c.id).where(requests_table.c.id == request_id)).first():
-                        raise DuplicateRequest(f"a request with id {request_id!r} exists already")
-                    clash = conn.execute(
-                        select(requests_table.c.id, requests_table.c.state).where(
-                            requests_table.c.lineage == lineage,
-                            requests_table.c.state.in_((*ACTIVE_STATES, *ERASED_STATES)),
-                            requests_table.c.concept == concept,
-                        )
-                    ).first()
-                    if clash and not spec.replays:  # a replay re-derives a concept that is erased on purpose
-                        verb = "was erased by" if clash.state in ERASED_STATES else "is already requested as"
-                        raise ConflictingRequest(
-                            f"concept {concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}"
-                        )
-                    seq = conn.execute(
-                        insert(requests_table).values(
-                            id=request_id,
-                            lineage=lineage,
-                            concept=concept,
-                            requester=spec.requester,
-                            body=spec.body(),
-                            state=QUEUED,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    ).inserted_primary_key[0]
-                    self._audit(conn, request_id, None, QUEUED, spec.requester, {"seq": seq})
+                if not all(spec.replays for spec in specs) and (chain := self._re_deriving(conn, lineage)):
+                    raise ConflictingRequest(
+                        f"revocation {chain.id} of {chain.request_id} is being re-derived in lineage "
+                        f"{lineage!r}; submit again once it is decided"
+                    )
+                self._insert_queued(conn, list(zip(ids, specs)), lineage=lineage)
         except IntegrityError:
             raise DuplicateRequest("a request id exists already (submitted concurrently)") from None
         return [self.get(request_id) for request_id in ids]
+
+    def _insert_queued(self, conn, requests: list[tuple[str, RequestSpec]], *, lineage: str) -> None:
+        """Insert requests at the tail of the queue, each audited; raises DuplicateRequest or
+        ConflictingRequest (the caller's transaction then writes nothing)."""
+        now = _now()
+        for request_id, spec in requests:
+            if conn.execute(select(requests_table.c.id).where(requests_table.c.id == request_id)).first():
+                raise DuplicateRequest(f"a request with id {request_id!r} exists already")
+            clash = conn.execute(
+                select(requests_table.c.id, requests_table.c.state).where(
+                    requests_table.c.lineage == lineage,
+                    requests_table.c.state.in_((*ACTIVE_STATES, *ERASED_STATES)),
+                    requests_table.c.concept == spec.concept,
+                )
+            ).first()
+            if clash and not spec.replays:  # a replay re-derives a concept that is erased on purpose
+                verb = "was erased by" if clash.state in ERASED_STATES else "is already requested as"
+                raise ConflictingRequest(
+                    f"concept {spec.concept!r} {verb} {clash.id} ({clash.state}) in lineage {lineage!r}"
+                )
+            seq = conn.execute(
+                insert(requests_table).values(
+                    id=request_id,
+                    lineage=lineage,
+                    concept=spec.concept,
+                    requester=spec.requester,
+                    body=spec.body(),
+                    state=QUEUED,
+                    created_at=now,
+                    updated_at=now,
+                )
+            ).inserted_primary_key[0]
+            self._audit(conn, request_id, None, QUEUED, spec.requester, {"seq": seq})
 
     def claim_head(self, lineage: str, *, actor: str) -> Request | None:
         """Atomically move the oldest queued request of a lineage to `running` and return it.
@@ -268,7 +200,8 @@ class Ledger:
         with self._transaction() as conn:
             busy = conn.execute(
                 select(requests_table.c.id).where(
-                    requests_table.c.lineage == lineage, requests_table.c.state.in_((RUNNING, AWAITING_APPROVAL))
+                    requests_table.c.lineage == lineage,
+                    requests_table.c.state.in_((RUNNING, AWAITING_APPROVAL, PROMOTING)),
                 )
             ).first()
             if busy:
@@ -350,103 +283,95 @@ class Ledger:
     def revoke(self, request_id: str, *, approver: str, reason: str, production_version: int | None) -> Revocation:
         """Record a revocation of a promoted request and queue its re-derivation: every request promoted after
         it in the lineage is replayed, in order, as a new request (same concept, synonyms, preserve set,
-        method and options) linked to the one it replays. All in one transaction; the approver rules are
-        the caller's (registry/governance.py `revoke`).
+        method and options) linked to the one it replays. The checks, the revocation's row, its audit event
+        and the replays are one transaction: a crash leaves all of it or none, and of two concurrent
+        revocations exactly one is recorded. The approver rules are the caller's (registry/governance.py).
 
         Raises:
             UnknownRequest; RevocationRefused: the request was never promoted (or was revoked already), a
             revocation is pending in the lineage, or requests of the lineage are still queued or in flight.
         """
-        target = self.get(request_id)
-        if target.state != PROMOTED:
-            raise RevocationRefused(f"{request_id} is {target.state}: only a promoted request can be revoked")
-        if (pending := self.pending_revocation(target.lineage)) is not None:
-            raise RevocationRefused(
-                f"revocation {pending.id} of {pending.request_id} is pending in lineage {target.lineage!r}"
-            )
-        lineage = self.requests(target.lineage)
-        if busy := [r.id for r in lineage if r.state in ACTIVE_STATES]:
-            raise RevocationRefused(
-                f"requests of lineage {target.lineage!r} are in the queue ({', '.join(busy)}); "
-                "let them finish (or reject them) first"
-            )
-        later = [r for r in lineage if r.seq > target.seq and r.state == PROMOTED]
         revocation_id = f"rev-{time.time_ns():x}"
-        replays = [
-            RequestSpec(
-                **{
-                    **{
-                        f: getattr(r, f)
-                        for f in (
-                            "concept",
-                            "requester",
-                            "synonyms",
-                            "anchor",
-                            "preserve",
-                            "method",
-                            "options",
-                            "reason",
-                        )
-                    },
-                    "id": f"{r.id[:40]}-replay-{revocation_id[-6:]}",
-                    "replays": r.id,
+        try:
+            with self._transaction() as conn:
+                target = self._get(conn, request_id)
+                if target.state != PROMOTED:
+                    raise RevocationRefused(f"{request_id} is {target.state}: only a promoted request can be revoked")
+                if (pending := revocations.pending_in(conn, target.lineage)) is not None:
+                    raise RevocationRefused(
+                        f"revocation {pending.id} of {pending.request_id} is pending in lineage {target.lineage!r}"
+                    )
+                lineage = self._requests(conn, target.lineage)
+                if busy := [r.id for r in lineage if r.state in ACTIVE_STATES]:
+                    raise RevocationRefused(
+                        f"requests of lineage {target.lineage!r} are in the queue ({', '.join(busy)}); "
+                        "let them finish (or reject them) first"
+                    )
+                replays = [_replay_of(r, revocation_id) for r in lineage if r.seq > target.seq and r.state == PROMOTED]
+                revocation = Revocation(
+                    revocation_id,
+                    request_id,
+                    approver,
+                    reason,
+                    target.parent_version,
+                    production_version,
+                    tuple(spec.id for spec in replays),
+                    revocations.PENDING,
+                    target.lineage,
+                )
+                revocations.insert_pending(conn, revocation, now=_now())
+                detail = {
                     "revocation": revocation_id,
+                    "approver": approver,
+                    "reason": reason,
+                    "parent_version": target.parent_version,
+                    "production_before": production_version,
+                    "replays": list(revocation.replays),
                 }
-            )
-            for r in later
-        ]
-        detail = {
-            "revocation": revocation_id,
-            "approver": approver,
-            "reason": reason,
-            "parent_version": target.parent_version,
-            "production_before": production_version,
-            "replays": [spec.id for spec in replays],
-        }
-        with self._transaction() as conn:
-            self._audit(conn, request_id, PROMOTED, PROMOTED, approver, detail, event=REVOCATION_REQUESTED)
-        if replays:
-            self.submit_many(replays, lineage=target.lineage)
-        return self.revocation(revocation_id)
-
-    def _revocation_events(self, lineage: str | None = None) -> list[dict]:
-        events = [
-            h for h in self.history() if h["event"] in (REVOCATION_REQUESTED, REVOCATION_COMPLETED, REVOCATION_FAILED)
-        ]
-        if lineage is not None:
-            ours = {r.id for r in self.requests(lineage)}
-            events = [h for h in events if h["request_id"] in ours]
-        return events
+                self._audit(conn, request_id, PROMOTED, PROMOTED, approver, detail, event=REVOCATION_REQUESTED)
+                self._insert_queued(conn, [(spec.id, spec) for spec in replays], lineage=target.lineage)
+        except IntegrityError:  # the database's own guard: another revocation became pending meanwhile
+            raise RevocationRefused(f"another revocation is pending in the lineage of {request_id}") from None
+        return revocation
 
     def revocation(self, revocation_id: str) -> Revocation:
         """Raises UnknownRequest when no revocation has this id."""
-        events = [h for h in self._revocation_events() if h["detail"].get("revocation") == revocation_id]
-        if not events:
+        with self._reading() as conn:
+            found = revocations.get(conn, revocation_id)
+        if found is None:
             raise UnknownRequest(f"no revocation with id {revocation_id!r}")
-        asked, last = events[0], events[-1]["event"]
-        d = asked["detail"]
-        state = {REVOCATION_COMPLETED: "completed", REVOCATION_FAILED: "failed"}.get(last, "pending")
-        return Revocation(
-            revocation_id,
-            asked["request_id"],
-            d["approver"],
-            d["reason"],
-            d["parent_version"],
-            d["production_before"],
-            tuple(d["replays"]),
-            state,
-        )
+        return found
 
     def pending_revocation(self, lineage: str) -> Revocation | None:
-        ids = dict.fromkeys(h["detail"]["revocation"] for h in self._revocation_events(lineage))
-        pending = [r for r in (self.revocation(i) for i in ids) if r.state == "pending"]
-        return pending[0] if pending else None
+        with self._reading() as conn:
+            return revocations.pending_in(conn, lineage)
+
+    def lineage_revocations(self, lineage: str) -> list[Revocation]:
+        """Every revocation of a lineage, oldest first."""
+        with self._reading() as conn:
+            return revocations.of_lineage(conn, lineage)
+
+    def _re_deriving(self, conn, lineage: str) -> Revocation | None:
+        """The pending revocation of `lineage` while its replays are still in the queue or in flight (new
+        requests wait for the chain: they must build on its head). A pending one with nothing left in flight
+        (no replays, or its head promoted) is only waiting to be finished on resume: it blocks nothing."""
+        pending = revocations.pending_in(conn, lineage)
+        if pending is None or not pending.replays:
+            return None
+        states = conn.execute(select(requests_table.c.state).where(requests_table.c.id.in_(pending.replays))).scalars()
+        return pending if any(state in ACTIVE_STATES for state in states) else None
 
     def finish_revocation(self, revocation_id: str, *, actor: str, detail: dict) -> None:
-        """The chain's head was promoted: the revoked request becomes `revoked`, those it replayed `superseded`."""
-        revocation = self.revocation(revocation_id)
-        replayed = {replay_id: self.get(replay_id).replays for replay_id in revocation.replays}  # read before writing
+        """The chain's head was promoted (or, with nothing to replay, production went back): the revoked
+        request becomes `revoked`, those it replayed `superseded`, the revocation `completed`; one transaction.
+
+        Raises:
+            StateConflict: the revocation is not pending (finished meanwhile by another caller).
+        """
         with self._transaction() as conn:
+            revocation = revocations.get(conn, revocation_id)
+            if revocation is None or not revocations.end(conn, revocation_id, revocations.COMPLETED, now=_now()):
+                raise StateConflict(f"revocation {revocation_id} is not pending")
             self._change_state(
                 conn,
                 revocation.request_id,
@@ -455,7 +380,8 @@ class Ledger:
                 actor,
                 {"revocation": revocation_id, "reason": revocation.reason},
             )
-            for replay_id, original in replayed.items():
+            for replay_id in revocation.replays:
+                original = self._get(conn, replay_id).replays
                 self._change_state(
                     conn, original, PROMOTED, SUPERSEDED, actor, {"revocation": revocation_id, "by": replay_id}
                 )
@@ -463,9 +389,12 @@ class Ledger:
             self._audit(conn, revocation.request_id, None, None, actor, completed, event=REVOCATION_COMPLETED)
 
     def fail_revocation(self, revocation_id: str, *, actor: str, reason: str) -> None:
-        """A replay was rejected or failed: the replays still queued are cancelled; nothing was revoked."""
-        revocation = self.revocation(revocation_id)
+        """A replay was rejected or failed: the replays still queued are cancelled; nothing was revoked.
+        A revocation no longer pending is left as it is."""
         with self._transaction() as conn:
+            revocation = revocations.get(conn, revocation_id)
+            if revocation is None or not revocations.end(conn, revocation_id, revocations.FAILED, now=_now()):
+                return
             for replay_id in revocation.replays:
                 if self._state_of(conn, replay_id) == QUEUED:
                     self._change_state(conn, replay_id, QUEUED, CANCELLED, actor, {"reason": reason}, error=reason)
@@ -474,24 +403,18 @@ class Ledger:
 
     # ---------------------------------------------------------------- reads
     def get(self, request_id: str) -> Request:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(requests_table).where(requests_table.c.id == request_id)).mappings().first()
-        if row is None:
-            raise UnknownRequest(f"no request with id {request_id!r}")
-        return Request.from_row(row)
+        with self._reading() as conn:
+            return self._get(conn, request_id)
 
     def requests(self, lineage: str | None = None) -> list[Request]:
-        query = select(requests_table).order_by(requests_table.c.seq)
-        if lineage is not None:
-            query = query.where(requests_table.c.lineage == lineage)
-        with self.engine.connect() as conn:
-            return [Request.from_row(row) for row in conn.execute(query).mappings()]
+        with self._reading() as conn:
+            return self._requests(conn, lineage)
 
     def history(self, request_id: str | None = None) -> list[dict]:
         query = select(audit_table).order_by(audit_table.c.id)
         if request_id is not None:
             query = query.where(audit_table.c.request_id == request_id)
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [{**row, "at": row["at"].isoformat()} for row in conn.execute(query).mappings()]
 
     def erased_concepts(self, lineage: str) -> list[str]:
@@ -500,7 +423,27 @@ class Ledger:
 
     # ---------------------------------------------------------------- internals
     def _transaction(self):
+        """A writing transaction: serialised with every other writer (ledger_db.make_engine)."""
         return self.engine.begin()
+
+    def _reading(self):
+        """A connection for reads: no write lock, so `lethe status` and the approval poll never queue
+        behind (or hold up) a claim or a decision."""
+        return self.engine.connect().execution_options(**{READ_ONLY: True})
+
+    @staticmethod
+    def _get(conn, request_id: str) -> Request:
+        row = conn.execute(select(requests_table).where(requests_table.c.id == request_id)).mappings().first()
+        if row is None:
+            raise UnknownRequest(f"no request with id {request_id!r}")
+        return Request.from_row(row)
+
+    @staticmethod
+    def _requests(conn, lineage: str | None) -> list[Request]:
+        query = select(requests_table).order_by(requests_table.c.seq)
+        if lineage is not None:
+            query = query.where(requests_table.c.lineage == lineage)
+        return [Request.from_row(row) for row in conn.execute(query).mappings()]
 
     def _state_of(self, conn, request_id: str) -> str:
         row = conn.execute(select(requests_table.c.state).where(requests_table.c.id == request_id)).first()
@@ -550,36 +493,13 @@ class Ledger:
         )
 
 
-def _make_engine(url: str, *, echo: bool) -> Engine:
-    """SQLite gets a long busy timeout and IMMEDIATE transactions, so concurrent writers queue up
-    instead of failing, and a read-then-write (claim) cannot interleave with another writer."""
-    if url.startswith("sqlite"):
-        database = url.split("///", 1)[-1]
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 60, "isolation_level": None})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=60000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin_immediate(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    # PostgreSQL: SERIALIZABLE would also work; REPEATABLE READ is not needed because every write is
-    # a compare-and-set on the row, and claim_head's busy check is guarded by a row lock below.
-    engine = create_engine(url, echo=echo, pool_pre_ping=True)
-
-    @event.listens_for(engine, "begin")
-    def _postgres_lineage_lock(conn):
-        # One transaction at a time writes the ledger: claims, submissions and promotions are rare
-        # and short, and serialising them makes "head of queue" and "one per lineage" exact.
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7163554)")
-
-    return engine
+def _replay_of(request: Request, revocation_id: str) -> RequestSpec:
+    """A replay of a promoted request in a revocation's chain: the same ask, linked to the one it replays."""
+    return RequestSpec(
+        **{f: getattr(request, f) for f in ("concept", "requester", "synonyms", "anchor", "preserve", "method")},
+        options=request.options,
+        reason=request.reason,
+        id=f"{request.id[:40]}-replay-{revocation_id[-6:]}",
+        replays=request.id,
+        revocation=revocation_id,
+    )

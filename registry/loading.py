@@ -6,13 +6,13 @@ to the requested one is downloaded, its manifest authenticated against the regis
 checked against the manifest, and the deltas applied to the base oldest first (unlearning/delta.py).
 
 `load_parent` is the one function that does this, for every way a model is named (a base, an
-`lethe unlearn` folder, a registered version): the flow, `lethe unlearn` and `load_pipeline` call it.
+`lethe unlearn` folder — its layout: unlearning/model_folder.py —, a registered version): the flow, every
+`lethe` command that takes `--model`, and `load_pipeline` call it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -22,9 +22,10 @@ import torch
 
 from registry.integrity import IntegrityError, read_manifest, sha256_file, verify_files
 from registry.versions import DELTA_NAME, TAG_COMPLETE, TAG_MANIFEST_SHA, ModelRegistry
+from unlearning import model_folder
 from unlearning.delta import apply_delta_files
-from unlearning.loop import LINEAGE_FILE, load_lineage
-from unlearning.sampling import is_unlearn_dir, load_model, model_identity
+from unlearning.model_folder import LINEAGE_FILE, load_lineage
+from unlearning.sampling import load_model, model_identity
 
 _URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9._-]+)(?:@(?P<alias>[A-Za-z0-9._-]+)|/(?P<version>[0-9]+))$")
 
@@ -148,14 +149,12 @@ def load_parent(
         ancestors = [link.folder / DELTA_NAME for link in chain]
         lineage_files = [link.folder / LINEAGE_FILE for link in chain if LINEAGE_FILE in link.manifest["files"]]
         what = f"version {version}"
-    elif is_unlearn_dir(Path(source)):
-        summary = json.loads((Path(source) / "summary.json").read_text())
+    elif model_folder.is_model_folder(Path(source)):
+        summary = model_folder.read_summary(Path(source))
         recorded_base, recorded_sha = summary["base_model"], summary.get("base_sha256")
-        ancestors = sorted((Path(source) / "parents").glob("*-delta.safetensors")) + [Path(source) / DELTA_NAME]
-        lineage_files = [
-            p for p in (Path(source) / "parents" / LINEAGE_FILE, Path(source) / LINEAGE_FILE) if p.is_file()
-        ]
-        erased = [*summary.get("config", {}).get("erased", []), summary.get("config", {}).get("concept")]
+        ancestors = model_folder.delta_files(Path(source))
+        lineage_files = model_folder.lineage_files(Path(source))
+        erased = model_folder.erased_by(summary)
         what = str(source)
     else:
         recorded_base, ancestors, what, lineage_files = source, [], source, []

@@ -22,7 +22,10 @@ def model_card(
     gate_reasons: list[str],
     metrics: dict[str, float],
     revoked: list[dict] = (),
+    params: dict | None = None,
 ) -> str:
+    """The card's Markdown. `params`: the step's effective settings and hyper-parameters, as resolved by
+    unlearning/config.py `UnlearnConfig.effective` (what ran, defaults included)."""
     front_matter = {
         "base_model": base_model,
         "base_model_relation": "finetune",
@@ -45,13 +48,14 @@ def model_card(
             else []
         ),
         "Produced by Lethe (continual, decremental unlearning). Load it with",
-        f'`registry.load_pipeline("models:/{model_name}/<version>")`; every file is checked against',
+        f'`registry.loading.load_pipeline("models:/{model_name}/<version>")`; every file is checked against',
         "`manifest.json` on load.",
         "",
         "## Request",
         "",
         *[f"- **{k}**: {v}" for k, v in request.items()],
         "",
+        *(["## Settings that ran", "", *[f"- **{k}**: {v}" for k, v in params.items()], ""] if params else []),
         f"## Gate: {'passed' if gate_passed else 'FAILED'}",
         "",
         *([f"- {r}" for r in gate_reasons] or ["- no failing check"]),

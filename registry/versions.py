@@ -14,24 +14,21 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import MlflowException
 
 from registry.integrity import MANIFEST_NAME, sha256_file, write_manifest
 from registry.model_card import model_card
+from registry.retries import with_retries
+from unlearning.model_folder import DELTA_FILE
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 CANDIDATE, PRODUCTION, PREVIOUS_PRODUCTION = "candidate", "production", "previous-production"
 TAG_REQUEST = "lethe.request_id"
@@ -46,7 +43,7 @@ TAG_COMPLETE = "lethe.complete"
 TAG_REVOKED = "lethe.revoked"  # JSON {revocation, reason}: its request was revoked; production no longer holds it
 TAG_SUPERSEDED_BY = "lethe.superseded_by"  # JSON {version, revocation}: re-derived without a revoked request
 TAG_REPLAYS = "lethe.replays"  # the request a re-derived version replays
-DELTA_NAME = "delta.safetensors"
+DELTA_NAME = DELTA_FILE  # the same file name as in a model folder (unlearning/model_folder.py)
 # The pyfunc wrapper is logged as code (MLflow's models-from-code), so this module never imports it:
 # the wrapper loads through registry/loading.py, which imports this module.
 PYFUNC_CODE = str(Path(__file__).with_name("pyfunc.py"))
@@ -64,41 +61,6 @@ def _decision(tags: dict[str, str]) -> str | None:
 
 class PromotionRefused(Exception):
     """Promotion or rollback was refused (gate failed, rejected, or production moved meanwhile)."""
-
-
-def _transient(error: Exception) -> bool:
-    """Errors worth another try: network trouble and server-side (5xx / throttling) answers."""
-    text = f"{type(error).__name__} {error}"
-    if isinstance(error, RestException):
-        return error.get_http_status_code() >= 500 or error.get_http_status_code() == 429
-    if isinstance(error, MlflowException):
-        return any(s in text for s in ("Connection", "timed out", "Max retries", "503", "502", "500", "SlowDown"))
-    try:
-        import botocore.exceptions as bx
-
-        if isinstance(error, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ReadTimeoutError)):
-            return True
-        if isinstance(error, bx.ClientError):
-            code = error.response.get("Error", {}).get("Code", "")
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            return status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout")
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        pass
-    return isinstance(error, (ConnectionError, TimeoutError))
-
-
-def with_retries(action: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
-    """Run `action`, retrying transient failures with exponential backoff and jitter."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except Exception as error:  # noqa: BLE001 - classified below
-            if attempt == attempts or not _transient(error):
-                raise
-            delay = base_delay * 2 ** (attempt - 1) * (1 + random.random() / 2)
-            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, error, attempt, attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -169,10 +131,7 @@ class ModelRegistry:
                 candidate, run_id, model, sha256_file(folder / DELTA_NAME), sha256_file(manifest_path)
             )
         if candidate.gate_passed:
-            with_retries(
-                lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)),
-                what="set alias",
-            )
+            self._set_alias(CANDIDATE, version)
         return version
 
     def _alias_undecided_candidate(self, version: int) -> None:
@@ -182,10 +141,7 @@ class ModelRegistry:
             and self.alias_version(PRODUCTION) != version
             and self.alias_version(CANDIDATE) != version
         ):
-            with_retries(
-                lambda: self.client.set_registered_model_alias(self.model_name, CANDIDATE, str(version)),
-                what="set alias",
-            )
+            self._set_alias(CANDIDATE, version)
 
     def _remove_incomplete(self, request_id: str) -> None:
         for version in self._versions_for_request(request_id):
@@ -235,6 +191,7 @@ class ModelRegistry:
             gate_reasons=candidate.gate_reasons,
             metrics=candidate.metrics,
             revoked=candidate.revoked,
+            params=candidate.params,
         )
         (folder / CARD_NAME).write_text(card)
         files.append(CARD_NAME)
@@ -367,10 +324,34 @@ class ModelRegistry:
         return folder
 
     # ---------------------------------------------------------------- aliases
+    # Every alias move and decision tag goes through `with_retries`: a transient MLflow error must not
+    # leave the ledger's decision (written first, registry/governance.py) without its alias for want of
+    # one more try. Each move is idempotent, so a retry after a lost answer does no harm.
+    def _set_alias(self, alias: str, version: int) -> None:
+        with_retries(
+            lambda: self.client.set_registered_model_alias(self.model_name, alias, str(version)),
+            what=f"point {alias} at version {version}",
+        )
+
+    def _delete_alias(self, alias: str) -> None:
+        with_retries(lambda: self.client.delete_registered_model_alias(self.model_name, alias), what=f"remove {alias}")
+
+    def _tag(self, version: int, key: str, value: str) -> None:
+        with_retries(
+            lambda: self.client.set_model_version_tag(self.model_name, str(version), key, value),
+            what=f"tag version {version}",
+        )
+
+    def _drop_candidate_alias(self, version: int) -> None:
+        if self.alias_version(CANDIDATE) == version:
+            self._delete_alias(CANDIDATE)
+
     def promote(self, version: int, *, expected_production: int | None, approval: dict) -> int | None:
         """Point `production` at `version` if it still points at `expected_production`.
 
-        Records the old production as `previous-production` and the approval as a tag.
+        Records the old production as `previous-production` and the approval as a tag. Idempotent: a
+        promotion resumed after a crash (the ledger says `promoting`) finds production on `version` and
+        only finishes the bookkeeping.
 
         Raises:
             PromotionRefused: the version failed its gate or was rejected, or production moved.
@@ -381,29 +362,26 @@ class ModelRegistry:
         if _decision(tags) == "rejected":
             raise PromotionRefused(f"version {version} was rejected and can never be promoted")
         current = self.alias_version(PRODUCTION)
-        if current == version:  # approved twice at once: the first approval did the work
+        if current == version:  # resumed, or approved twice at once: the alias moved already
+            self._drop_candidate_alias(version)
             return self.alias_version(PREVIOUS_PRODUCTION)
         if current != expected_production:
             raise PromotionRefused(
                 f"production is version {current}, but this candidate was built on version {expected_production}; "
                 "re-run the request on the current production"
             )
-        self.client.set_model_version_tag(
-            self.model_name, str(version), TAG_APPROVAL, json.dumps({"decision": "approved", **approval})
-        )
+        self._tag(version, TAG_APPROVAL, json.dumps({"decision": "approved", **approval}))
         if current is not None:
-            self.client.set_registered_model_alias(self.model_name, PREVIOUS_PRODUCTION, str(current))
-        self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(version))
-        if self.alias_version(CANDIDATE) == version:
-            self.client.delete_registered_model_alias(self.model_name, CANDIDATE)
+            self._set_alias(PREVIOUS_PRODUCTION, current)
+        self._set_alias(PRODUCTION, version)
+        self._drop_candidate_alias(version)
         return current
 
     def accept(self, version: int, approval: dict) -> None:
         """Approve a revocation's replay that is not the chain's head: recorded, no alias moves (it becomes
         the parent of the next replay; production moves with the head)."""
         self._tag(version, TAG_APPROVAL, json.dumps({"decision": "accepted", **approval}))
-        if self.alias_version(CANDIDATE) == version:
-            self.client.delete_registered_model_alias(self.model_name, CANDIDATE)
+        self._drop_candidate_alias(version)
 
     def mark_revoked(self, version: int, *, revocation: str, reason: str) -> None:
         self._tag(version, TAG_REVOKED, json.dumps({"revocation": revocation, "reason": reason})[:4000])
@@ -413,28 +391,19 @@ class ModelRegistry:
 
     def point_production(self, version: int | None) -> None:
         """Move `production` to `version` (None: no version, the base), keeping the old one as
-        `previous-production` (a revocation with nothing to replay)."""
+        `previous-production` (a revocation with nothing to replay). Idempotent."""
         current = self.alias_version(PRODUCTION)
         if current is not None and current != version:
-            self.client.set_registered_model_alias(self.model_name, PREVIOUS_PRODUCTION, str(current))
+            self._set_alias(PREVIOUS_PRODUCTION, current)
         if version is None:
             if current is not None:
-                self.client.delete_registered_model_alias(self.model_name, PRODUCTION)
+                self._delete_alias(PRODUCTION)
         else:
-            self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(version))
-
-    def _tag(self, version: int, key: str, value: str) -> None:
-        with_retries(
-            lambda: self.client.set_model_version_tag(self.model_name, str(version), key, value),
-            what=f"tag version {version}",
-        )
+            self._set_alias(PRODUCTION, version)
 
     def mark_rejected(self, version: int, approval: dict) -> None:
-        self.client.set_model_version_tag(
-            self.model_name, str(version), TAG_APPROVAL, json.dumps({"decision": "rejected", **approval})
-        )
-        if self.alias_version(CANDIDATE) == version:
-            self.client.delete_registered_model_alias(self.model_name, CANDIDATE)
+        self._tag(version, TAG_APPROVAL, json.dumps({"decision": "rejected", **approval}))
+        self._drop_candidate_alias(version)
 
     def rollback(self, to_version: int) -> int | None:
         """Point `production` back at an earlier, once-approved version.
@@ -447,6 +416,6 @@ class ModelRegistry:
             raise PromotionRefused(f"version {to_version} was never approved for production")
         current = self.alias_version(PRODUCTION)
         if current is not None and current != to_version:
-            self.client.set_registered_model_alias(self.model_name, PREVIOUS_PRODUCTION, str(current))
-        self.client.set_registered_model_alias(self.model_name, PRODUCTION, str(to_version))
+            self._set_alias(PREVIOUS_PRODUCTION, current)
+        self._set_alias(PRODUCTION, to_version)
         return current

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import task
 
-from pipeline import claim, decide, evaluate, prepare, register, unlearn
+from pipeline import claim, decide, prepare, register, unlearn
 from pipeline.settings import LetheSettings
 from pipeline.values import Decision, Outcome, Parent
 from registry.requests import Request
@@ -38,15 +38,9 @@ def prepare_request(settings: LetheSettings, request: Request, parent: Parent) -
     return prepare.prepare(settings, request, parent)
 
 
-@task(name="unlearn", tags=["gpu"])
-def unlearn_request(settings: LetheSettings, request: Request, parent: Parent, work_dir: str) -> dict:
-    summary = unlearn.unlearn(settings, request, parent, Path(work_dir) / "train")
-    return {k: summary.get(k) for k in ("delta", "seconds", "resumed_from_step", "reused", "final_terms")}
-
-
-@task(name="evaluate", tags=["gpu"])
-def evaluate_request(settings: LetheSettings, request: Request, parent: Parent, work_dir: str) -> Outcome:
-    return evaluate.evaluate_request(settings, request, parent, Path(work_dir))
+@task(name="unlearn-and-evaluate", tags=["gpu"])
+def unlearn_and_evaluate_request(settings: LetheSettings, request: Request, parent: Parent, work_dir: str) -> Outcome:
+    return unlearn.unlearn_and_evaluate_request(settings, request, parent, Path(work_dir))
 
 
 @task(name="register-candidate")

@@ -23,6 +23,8 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
+import uuid  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -49,6 +51,14 @@ def judges():
     return shapes_judges()
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A tiny SD1.5-format pipeline built from config (tests/tiny_models.py), built once per session."""
+    from tests.tiny_models import build_tiny_base
+
+    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
+
+
 @pytest.fixture(scope="module")
 def prefect_api():
     """Prefect's test harness: a real, temporary API for the module's flows."""
@@ -71,3 +81,43 @@ def flow_home(tmp_path, monkeypatch):
     monkeypatch.delenv("LETHE_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def postgres_server_url():
+    """The PostgreSQL server `.ci/run` points at (LETHE_TEST_POSTGRES_URL): a failure, never a skip, when
+    the URL is set and the server is unreachable."""
+    from sqlalchemy import create_engine, text
+
+    url = os.environ.get("LETHE_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("LETHE_TEST_POSTGRES_URL not set (.ci/run sets it)")
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:  # unreachable -> an error, i.e. a failure, never a skip
+        conn.execute(text("SELECT 1"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url):
+    """A fresh database per test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"lethe_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = postgres_server_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request, tmp_path):
+    """A real ledger database: a SQLite file, and a fresh PostgreSQL database when the server is configured."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -19,21 +19,8 @@ import pytest
 
 from registry.ledger import Ledger
 from registry.versions import PRODUCTION, Candidate, ModelRegistry
-from tests.tiny_models import build_tiny_base, make_delta
+from tests.tiny_models import make_delta
 from unlearning.sampling import model_identity
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 @pytest.fixture

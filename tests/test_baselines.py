@@ -4,7 +4,7 @@ derived by hand in the docstrings, and each one run through the one training loo
 import pytest
 import torch
 
-from tests.tiny_models import build_tiny_base, shapes_prompts_for, tiny_unet
+from tests.tiny_models import shapes_prompts_for, tiny_unet
 from unlearning import loop
 from unlearning.delta import load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
@@ -220,11 +220,6 @@ def test_uce_edit_maps_target_tokens_to_the_anchor_values_and_refuses_other_tens
 
 
 # -- each method through the one loop, on a tiny model
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 @pytest.mark.slow

@@ -141,3 +141,47 @@ def test_evaluate_and_unlearn_honour_settings_policy(tmp_path, command):
     assert decision["passed"] is False
     assert [c["metric"] for c in decision["checks"]] == ["forget.gate.ua"]  # only the strict policy's threshold
     assert "< 2.0" in decision["reasons"][0]
+
+
+@pytest.mark.slow
+def test_unlearn_from_an_earlier_unlearn_folder_judges_the_earlier_concepts_rebound(tmp_path):
+    """`lethe unlearn --model <folder>` takes the lineage's erased concepts from the folder (replayed, and
+    judged for rebound), as the request flow takes them from the parent version; a contradicting `--erased`
+    is refused before anything is written."""
+    from tests.tiny_models import build_tiny_base
+
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "LETHE_HOME": str(tmp_path / "home"),
+        "LETHE_BASE_MODEL": str(build_tiny_base(tmp_path / "tiny-sd")),
+        "LETHE_WORLD": "shapes",  # a tiny model judged as a shapes-world model
+        "LETHE_SAMPLE_STEPS": "2",
+    }
+    env.pop("LETHE_CONFIG", None)
+
+    def unlearn(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", "unlearn", "--eval-samples", "1", *args, "--json"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=600,
+        )
+
+    first = unlearn("--concept", "circle", "--out", "circle")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["evaluation"]["checks"]["rebound"] == {}
+
+    refused = unlearn("--model", "circle", "--concept", "striped", "--erased", "star", "--out", "refused")
+    assert_one_line_error(refused)
+    assert "contradicts the parent, which erased circle" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+
+    second = unlearn("--model", "circle", "--concept", "striped", "--out", "striped")
+    assert second.returncode == 0, second.stderr
+    rebound = json.loads(second.stdout)["evaluation"]["checks"]["rebound"]
+    assert list(rebound) == ["circle"] and rebound["circle"]["n"] > 0
+    summary = json.loads((tmp_path / "striped" / "summary.json").read_text())
+    assert summary["config"]["erased"] == ["circle"]  # replayed while training, not preserved against

@@ -152,5 +152,6 @@ def test_governance_through_the_cli(tmp_path):
         ("queued", "alice"),
         ("running", "flow"),
         ("awaiting-approval", "flow"),
+        ("promoting", "bob"),  # the ledger takes the approval first; the alias moves after
         ("promoted", "bob"),
     ]

@@ -16,14 +16,6 @@ from registry.ledger import FAILED, QUEUED, REJECTED, Ledger, RequestSpec
 from registry.requests import Request
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
 def lethe_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))

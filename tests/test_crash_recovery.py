@@ -22,17 +22,10 @@ import torch
 from registry.ledger import FAILED, PROMOTED, QUEUED, RUNNING, Ledger, RequestSpec
 from registry.versions import CANDIDATE, PRODUCTION, TAG_REQUEST, ModelRegistry
 from tests.servers import kill_group, wait_for
-from tests.test_ledger import ledger_url, postgres_server_url, postgres_url  # noqa: F401 - fixtures
-from tests.tiny_models import build_tiny_base
 
 MODEL = "shapes-t2i"
 STEPS = 40  # training steps of a request: long enough to be killed in the middle
 CHECKPOINT_EVERY = 2
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 @pytest.fixture
@@ -258,7 +251,7 @@ def test_a_request_that_fails_on_resume_is_marked_failed(tiny_base, home, tmp_pa
     assert versions_of(registry, "r1") == [] and ledger.get("r2").state == QUEUED
 
 
-def test_a_request_stranded_again_and_again_is_failed_not_resumed_forever(ledger_url):  # noqa: F811 - the fixture
+def test_a_request_stranded_again_and_again_is_failed_not_resumed_forever(ledger_url):
     ledger = Ledger(ledger_url)
     ledger.submit_many(
         [RequestSpec("circle", "alice", id="r1", method="duge"), RequestSpec("star", "alice", id="r2", method="duge")],

@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from tests import servers
-from tests.tiny_models import build_tiny_base
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -182,14 +181,10 @@ def test_audit_with_a_malformed_policy_is_refused(monkeypatch, tmp_path, capsys)
 
 # ---------------------------------------------------------------- on a real Prefect server
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
+def prefect_server_api(tmp_path_factory):
+    """A real Prefect server (not conftest's test harness): deployments and workers need one."""
     with servers.prefect_server(tmp_path_factory.mktemp("prefect")) as api_url:
         yield api_url
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 def _environment(api_url: str, tmp_path: Path, tiny_base: Path, model_name: str) -> dict:
@@ -309,17 +304,17 @@ def _submit_and_approve(env: dict, tmp_path: Path, api_url: str, deployment_id, 
 
 
 @pytest.mark.slow
-def test_lethe_serve_drains_on_the_submit_event(prefect_api, tiny_base, tmp_path):
+def test_lethe_serve_drains_on_the_submit_event(prefect_server_api, tiny_base, tmp_path):
     """`lethe serve` registers the drainer (cron + trigger) and the audit (cron); a submit runs the drainer."""
     model = "served-t2i"
-    env = _environment(prefect_api, tmp_path, tiny_base, model)
+    env = _environment(prefect_server_api, tmp_path, tiny_base, model)
     serving = Background([LETHE, "serve", "--json"], env, tmp_path / "serve.log", cwd=tmp_path)
     try:
 
         def registered():
             # `lethe serve` registers the drainer, the audit and the automation one after another: wait
             # for all three, not the first (CI once read the audit a moment before it existed).
-            with _client(prefect_api) as client:
+            with _client(prefect_server_api) as client:
                 try:
                     drain = client.read_deployment_by_name(f"continual-unlearning/drain-{model}")
                     audit = client.read_deployment_by_name(f"erosion-audit/audit-{model}")
@@ -334,16 +329,16 @@ def test_lethe_serve_drains_on_the_submit_event(prefect_api, tiny_base, tmp_path
         [automation] = automations
         assert automation.trigger.expect == {"lethe.request.submitted"}
         assert automation.trigger.match.root == {"prefect.resource.id": f"lethe.lineage.{model}"}
-        _submit_and_approve(env, tmp_path, prefect_api, drain.id, serving)
+        _submit_and_approve(env, tmp_path, prefect_server_api, drain.id, serving)
     finally:
         serving.stop()
 
 
 @pytest.mark.slow
-def test_prefect_yaml_deploys_and_a_process_worker_completes_a_request(prefect_api, tiny_base, tmp_path):
+def test_prefect_yaml_deploys_and_a_process_worker_completes_a_request(prefect_server_api, tiny_base, tmp_path):
     """Both pools (the Kubernetes one with deploy/k8s-gpu-job-template.json, accepted by the server but
     never polled here), `prefect deploy --all` with deploy/prefect.yaml, and a process worker on lethe-cpu."""
-    env = _environment(prefect_api, tmp_path, tiny_base, "deployed-t2i")
+    env = _environment(prefect_server_api, tmp_path, tiny_base, "deployed-t2i")
     _run(env, PREFECT, "work-pool", "create", "lethe-cpu", "--type", "process")
     _run(
         env,
@@ -357,7 +352,7 @@ def test_prefect_yaml_deploys_and_a_process_worker_completes_a_request(prefect_a
         DEPLOY / "k8s-gpu-job-template.json",
     )
     _run(env, PREFECT, "--no-prompt", "deploy", "--prefect-file", DEPLOY / "prefect.yaml", "--all")
-    with _client(prefect_api) as client:
+    with _client(prefect_server_api) as client:
         gpu_pool = client.read_work_pool("lethe-gpu")
         drain = client.read_deployment_by_name("continual-unlearning/drain-cpu")
         gpu_drain = client.read_deployment_by_name("continual-unlearning/drain-gpu")
@@ -375,6 +370,6 @@ def test_prefect_yaml_deploys_and_a_process_worker_completes_a_request(prefect_a
         cwd=tmp_path,
     )
     try:
-        _submit_and_approve(env, tmp_path, prefect_api, drain.id, worker)
+        _submit_and_approve(env, tmp_path, prefect_server_api, drain.id, worker)
     finally:
         worker.stop()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint, shapes_prompts_for
+from tests.tiny_models import assert_same_weights, kill_after_checkpoint, shapes_prompts_for
 from unlearning import domain
 from unlearning.delta import load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
@@ -53,11 +53,6 @@ def test_domain_correction_is_a_duge_option_with_its_own_hyper():
         UnlearnConfig(concept="star", method="esd-x", domain_correction=True).validate()
     with pytest.raises(ValueError, match="has no lambda_domain"):
         UnlearnConfig(concept="star", method="duge", hyper={"lambda_domain": 0.5}).validate()
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 CONFIG = UnlearnConfig(

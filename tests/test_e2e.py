@@ -21,11 +21,10 @@ import uuid
 import boto3
 import pytest
 
-from registry.ledger import AWAITING_APPROVAL, PROMOTED, QUEUED, REJECTED, RUNNING, Ledger
+from registry.ledger import AWAITING_APPROVAL, PROMOTED, PROMOTING, QUEUED, REJECTED, RUNNING, Ledger
 from registry.loading import load_pipeline
 from registry.versions import CANDIDATE, PREVIOUS_PRODUCTION, PRODUCTION, TAG_DELTA_SHA, TAG_REQUEST, ModelRegistry
 from tests import servers
-from tests.test_ledger import postgres_server_url, postgres_url  # noqa: F401 - fixtures
 from tests.tiny_models import build_tiny_base
 
 MODEL = "shapes-t2i"
@@ -211,13 +210,15 @@ def test_two_requests_approved_and_rejected_on_real_servers(tmp_path, ledger_url
                 v2,
                 "star still visible in the grids",
             )
-            for request_id, last, who in (("r1", PROMOTED, "bob"), ("r2", REJECTED, "carol")):
+            answers = {"r1": [(AWAITING_APPROVAL, PROMOTING, "bob"), (PROMOTING, PROMOTED, "bob")]}
+            answers["r2"] = [(AWAITING_APPROVAL, REJECTED, "carol")]
+            for request_id, answer in answers.items():
                 trail = ledger.history(request_id)
                 assert [(h["from_state"], h["to_state"], h["actor"]) for h in trail] == [
                     (None, QUEUED, "alice"),
                     (QUEUED, RUNNING, "continual-unlearning"),
                     (RUNNING, AWAITING_APPROVAL, "flow"),
-                    (AWAITING_APPROVAL, last, who),
+                    *answer,
                 ]
                 assert trail[2]["detail"]["flow_run_id"]  # the paused run `lethe approve/reject` answered
 

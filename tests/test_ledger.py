@@ -6,14 +6,14 @@ given and the server is unreachable.
 
 import multiprocessing
 import os
-import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from registry.ledger import (
     AWAITING_APPROVAL,
     PROMOTED,
+    PROMOTING,
     QUEUED,
     RUNNING,
     ConflictingRequest,
@@ -25,39 +25,6 @@ from registry.ledger import (
 )
 
 LINEAGE = "shapes-t2i"
-
-
-@pytest.fixture(scope="module")
-def postgres_server_url():
-    url = os.environ.get("LETHE_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("LETHE_TEST_POSTGRES_URL not set (.ci/run sets it)")
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:  # unreachable -> an error, i.e. a failure, never a skip
-        conn.execute(text("SELECT 1"))
-    engine.dispose()
-    return url
-
-
-@pytest.fixture
-def postgres_url(postgres_server_url):
-    """A fresh database per test, dropped afterwards."""
-    name = f"lethe_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    base = postgres_server_url.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return request.getfixturevalue("postgres_url")
 
 
 def spec(concept, requester="alice", **kw):
@@ -76,7 +43,9 @@ def test_submit_claim_and_audit_in_fifo_order(ledger_url):
 
     ledger.transition("req-1", AWAITING_APPROVAL, actor="flow", candidate_version=3, parent_version=2)
     assert ledger.claim_head(LINEAGE, actor="flow") is None
-    ledger.transition("req-1", PROMOTED, actor="bob", expected=AWAITING_APPROVAL)
+    ledger.transition("req-1", PROMOTING, actor="bob", expected=AWAITING_APPROVAL)
+    assert ledger.claim_head(LINEAGE, actor="flow") is None, "a promotion under way decides the next parent"
+    ledger.transition("req-1", PROMOTED, actor="bob", expected=PROMOTING)
     assert ledger.claim_head(LINEAGE, actor="flow").id == "req-2"
 
     trail = [(h["from_state"], h["to_state"], h["actor"]) for h in ledger.history("req-1")]
@@ -84,7 +53,8 @@ def test_submit_claim_and_audit_in_fifo_order(ledger_url):
         (None, QUEUED, "alice"),
         (QUEUED, RUNNING, "flow"),
         (RUNNING, AWAITING_APPROVAL, "flow"),
-        (AWAITING_APPROVAL, PROMOTED, "bob"),
+        (AWAITING_APPROVAL, PROMOTING, "bob"),
+        (PROMOTING, PROMOTED, "bob"),
     ]
     assert ledger.get("req-1").candidate_version == 3
     assert ledger.erased_concepts(LINEAGE) == ["circle"]
@@ -126,6 +96,8 @@ def test_illegal_and_lost_race_transitions_are_refused(ledger_url):
     ledger.submit(spec("circle", id="req-1"), lineage=LINEAGE)
     with pytest.raises(StateConflict):
         ledger.transition("req-1", PROMOTED, actor="mallory")  # queued -> promoted skips the gate
+    with pytest.raises(StateConflict):
+        ledger.transition("req-1", PROMOTING, actor="mallory")  # so does queued -> promoting
     ledger.claim_head(LINEAGE, actor="flow")
     with pytest.raises(StateConflict):
         ledger.transition("req-1", PROMOTED, actor="bob", expected=AWAITING_APPROVAL)
@@ -192,3 +164,19 @@ def test_concurrent_claims_hand_the_head_to_exactly_one_worker(ledger_url):
 def _claim_once(url, queue):
     claimed = Ledger(url).claim_head(LINEAGE, actor=f"worker-{os.getpid()}")
     queue.put(claimed.id if claimed else None)
+
+
+def test_reads_do_not_wait_for_a_writer(ledger_url):
+    """A writing transaction holds the ledger's write lock (BEGIN IMMEDIATE on SQLite, the advisory lock on
+    PostgreSQL); reads — `lethe status`, the approval poll — take neither, so they answer meanwhile."""
+    import threading
+
+    ledger = Ledger(ledger_url)
+    ledger.submit(spec("circle", id="req-1"), lineage=LINEAGE)
+    read = []
+    with ledger._transaction() as conn:
+        conn.execute(text("SELECT 1"))  # the write lock is taken at BEGIN
+        reader = threading.Thread(target=lambda: read.append([r.id for r in ledger.requests()]))
+        reader.start()
+        reader.join(timeout=10)
+        assert read == [["req-1"]], "the read waited for the writer"

@@ -16,13 +16,8 @@ from registry.integrity import IntegrityError
 from registry.loading import load_parent
 from registry.versions import ModelRegistry
 from tests.test_registry import _candidate
-from tests.tiny_models import build_tiny_base, make_delta
+from tests.tiny_models import make_delta
 from unlearning.sampling import load_model, model_identity
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 def test_a_base_an_unlearn_folder_and_a_version_load_alike(tiny_base, tmp_path):
@@ -91,3 +86,42 @@ def test_a_fresh_process_loads_a_version_from_the_registry_it_names(tiny_base, t
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "['circle']"
     assert list((tmp_path / "elsewhere").iterdir()) == []  # no stray ./mlflow.db
+
+
+def test_a_chained_unlearn_folder_has_one_loader_and_the_layout_of_unlearning_model_folder(tiny_base, tmp_path):
+    """An `lethe unlearn --out` folder built on another keeps its ancestors' deltas and the parent's lineage
+    terms under parents/ (pipeline/unlearn.py `keep_ancestors`). load_parent loads it (base sha256 checked);
+    load_model, a loader of bases, refuses it by name instead of reading the lineage file as a delta."""
+    from pipeline.unlearn import keep_ancestors
+    from unlearning import model_folder
+
+    base_id, base_sha = model_identity(tiny_base)
+    pipe = load_model(tiny_base)
+    base_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+
+    def step(folder: Path, concept: str, erased: list[str], seed: int) -> None:
+        folder.mkdir(exist_ok=True)
+        make_delta(pipe.unet, folder / model_folder.DELTA_FILE, seed=seed, base_state=base_state)
+        summary = {
+            "base_model": str(tiny_base),
+            "base_sha256": base_sha,
+            "config": {"concept": concept, "erased": erased},
+        }
+        (folder / model_folder.SUMMARY_FILE).write_text(json.dumps(summary))
+
+    step(tmp_path / "circle", "circle", [], seed=1)
+    terms = {"circle::cross": torch.ones(3, 3)}
+    model_folder.save_lineage(tmp_path / "circle" / model_folder.LINEAGE_FILE, terms, ["circle"])
+    first = load_parent(str(tmp_path / "circle"), tracking_uri=None, workdir=tmp_path / "w1")
+    assert torch.equal(first.lineage["circle::cross"], terms["circle::cross"])
+
+    keep_ancestors(first, tmp_path / "striped")
+    step(tmp_path / "striped", "striped", ["circle"], seed=2)
+    assert (tmp_path / "striped" / model_folder.PARENTS_DIR / model_folder.LINEAGE_FILE).is_file()
+    second = load_parent(str(tmp_path / "striped"), tracking_uri=None, workdir=tmp_path / "w2")
+    assert second.erased == ["circle", "striped"] and len(second.ancestors) == 2
+    for key, value in pipe.unet.state_dict().items():  # both perturbations, in order, on the base
+        torch.testing.assert_close(second.pipe.unet.state_dict()[key], value, rtol=0, atol=1e-6)
+
+    with pytest.raises(FileNotFoundError, match="load_parent"):
+        load_model(tmp_path / "striped")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint, shapes_prompts_for, tiny_unet
+from tests.tiny_models import assert_same_weights, kill_after_checkpoint, shapes_prompts_for, tiny_unet
 from unlearning.delta import apply_delta_files, load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
 from unlearning.methods import duge
@@ -59,11 +59,6 @@ def test_lora_l2_sp_is_the_merged_weights_distance_to_the_base():
     torch.testing.assert_close(reg, torch.tensor(1.0))
     reg.backward()
     assert all(adapters[n].grad.abs().max() > 0 for n in adapters if ".lora_B." in n)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 CONFIG = UnlearnConfig(

@@ -24,16 +24,11 @@ from registry.ledger import AWAITING_APPROVAL, PROMOTED, REJECTED, Ledger, Reque
 from registry.loading import load_pipeline, parse_model_uri
 from registry.versions import CANDIDATE, PREVIOUS_PRODUCTION, PRODUCTION, Candidate, ModelRegistry, PromotionRefused
 from tests import servers
-from tests.tiny_models import build_tiny_base, make_delta
+from tests.tiny_models import make_delta
 from unlearning.sampling import model_identity
 
 MODEL = "tiny-t2i"
 APPROVERS = ["bob", "carol"]
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
 
 
 def _candidate(request_id, delta_path, parent, erased, base_dir, gate_passed=True):
@@ -304,7 +299,7 @@ def test_mlflow_server_on_postgresql(tiny_base, tmp_path, s3_server, monkeypatch
 
 
 def test_transient_errors_are_retried_and_others_are_not():
-    from registry.versions import with_retries
+    from registry.retries import with_retries
 
     calls = []
 

@@ -133,6 +133,7 @@ def test_a_request_never_promoted_or_a_queue_in_flight_is_refused(tmp_path):
         ledger.revoke("r1", approver="bob", reason="x", production_version=None)
     ledger.claim_head("l", actor="t")
     ledger.transition("r1", "awaiting-approval", actor="t", candidate_version=1)
+    ledger.transition("r1", "promoting", actor="bob")
     ledger.transition("r1", PROMOTED, actor="bob")
     ledger.submit(RequestSpec("star", "alice", id="r2"), lineage="l")
     before = (ledger.requests(), ledger.history())

@@ -4,17 +4,11 @@ cross-attention maps; writes a delta that reproduces the trained model from the 
 import pytest
 import torch
 
-from tests.tiny_models import assert_same_weights, build_tiny_base, kill_after_checkpoint, shapes_prompts_for
+from tests.tiny_models import assert_same_weights, kill_after_checkpoint, shapes_prompts_for
 from unlearning.attention import record_cross_attention
 from unlearning.delta import load_delta
 from unlearning.loop import ConfigError, UnlearnConfig, run_unlearning
-from unlearning.sampling import load_model, load_unlearn_dir
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return build_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
-
+from unlearning.sampling import load_model
 
 CONFIG = UnlearnConfig(
     concept="circle",
@@ -68,7 +62,9 @@ def test_delta_reproduces_the_trained_model_and_touches_only_kv(tiny_base, tmp_p
     assert header["method"] == "duge" and header["params"] == "xattn-kv"
     assert delta and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in delta)
     assert any(v.abs().max() > 0 for v in delta.values()), "training must change the trained tensors"
-    reloaded = load_unlearn_dir(tmp_path / "run")
+    from registry.loading import load_parent  # the one loader of a model folder
+
+    reloaded = load_parent(str(tmp_path / "run"), tracking_uri=None, workdir=tmp_path / "load").pipe
     for key, value in trained.unet.state_dict().items():
         torch.testing.assert_close(reloaded.unet.state_dict()[key], value, rtol=0, atol=1e-6)
 

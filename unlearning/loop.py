@@ -14,7 +14,6 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,12 +22,20 @@ from tqdm.auto import tqdm
 
 from unlearning import domain
 from unlearning.attention import record_cross_attention, word_token_mask
+from unlearning.config import ConfigError, UnlearnConfig
 from unlearning.delta import apply_deltas, compute_delta, load_delta, save_delta
-from unlearning.files import replace_atomically, save_torch, sha256_file, write_json
-from unlearning.methods import DEFAULT_METHOD, REQUEST_OPTIONS, UnknownMethod, get_method
+from unlearning.files import save_torch, sha256_file, write_json
+from unlearning.methods import get_method
 from unlearning.methods.context import EditContext, EncodedPairs, StepContext
+from unlearning.model_folder import (
+    CHECKPOINT_FILE,
+    DELTA_FILE,
+    LINEAGE_FILE,
+    SUMMARY_FILE,
+    load_lineage,
+    save_lineage,
+)
 from unlearning.parameters import (
-    PARAMETER_SETS,
     add_lora,
     freeze_all_but,
     lora_merged_weights,
@@ -37,116 +44,19 @@ from unlearning.parameters import (
 )
 from unlearning.prompts import ConceptPairs, RequestPrompts, broad_prompts
 
-DELTA_FILE = "delta.safetensors"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-LINEAGE_FILE = "lineage.safetensors"  # a closed form's per-concept terms, re-solved from at the next request
-LINEAGE_FORMAT = "lethe-lineage/1"
-
-
-class ConfigError(ValueError):
-    """An unlearning configuration that cannot run (every problem named); nothing was written."""
-
-
-@dataclass(frozen=True)
-class UnlearnConfig:
-    concept: str
-    synonyms: tuple[str, ...] = ()
-    anchor: str | None = None  # None: the world's default (shapes: a surrogate concept, square or solid)
-    preserve: tuple[str, ...] = ()
-    erased: tuple[str, ...] = ()  # concepts erased earlier in the lineage (the replay set)
-    method: str = DEFAULT_METHOD
-    params: str | None = None  # None: the method's own set (its PARAMS: esd-u trains non-xattn, the rest xattn-kv)
-    lora_rank: int = 4  # rank r of the attn2 adapters when params == "lora" (α = r: adapter scale 1)
-    steps: int = 150
-    batch_size: int = 8  # forget and preserve batches each
-    lr: float = 1e-3  # tuned on the shapes world: see bench/RESULTS.md ("Tuning DUGE")
-    grad_clip: float = 1.0
-    gradient_surgery: bool = False  # project the forget gradient off the preserve gradient on conflict
-    domain_correction: bool = (
-        False  # duge only: a latent discriminator, target outputs vs anchor outputs (unlearning/domain.py)
-    )
-    checkpoint_every: int = 25
-    seed: int = 0
-    prompts_per_concept: int | None = None  # target prompts; None: the method's (PROMPTS_PER_CONCEPT, else 24)
-    preserve_per_concept: int | None = None  # preserve prompts per other concept; None: the method's (else 2)
-    prompt_templates: str | None = None  # the world's template set: None: the method's (PROMPT_TEMPLATES, else "train")
-    broad_prompts: int | None = None  # vocabulary prompts of a closed form's broad Gram; None: the method's (else 0)
-    data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
-    guidance_scale: float = 5.0
-    compile: bool = False
-    hyper: dict = field(
-        default_factory=dict
-    )  # method hyper-parameters (each method's DEFAULTS; domain.DEFAULTS with domain_correction)
-
-    def __post_init__(self) -> None:
-        # resolved here, so the config record, the checkpoint and the delta header name the set trained
-        try:
-            method = get_method(self.method)
-        except UnknownMethod:
-            return  # validate() names it
-        for name, attribute, default in (
-            ("params", "PARAMS", None),
-            ("prompts_per_concept", "PROMPTS_PER_CONCEPT", 24),
-            ("preserve_per_concept", "PRESERVE_PER_CONCEPT", 2),
-            ("prompt_templates", "PROMPT_TEMPLATES", "train"),
-            ("broad_prompts", "BROAD_PROMPTS", 0),
-        ):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, getattr(method, attribute, default))
-
-    @classmethod
-    def from_request(cls, request, *, erased: tuple[str, ...] = (), **operator) -> UnlearnConfig:
-        """The config of one request: its concept, synonyms, anchor, preserve set, method and options
-        (registry/requests.py), the concepts erased before it, and operator settings (steps, checkpoint_every).
-        An operator value of None leaves the request's (or the default)."""
-        options = {k: v for k, v in dict(request.options).items() if k in REQUEST_OPTIONS}
-        options.update({k: v for k, v in operator.items() if v is not None})
-        if "hyper" in options:
-            options["hyper"] = dict(options["hyper"])
-        return cls(
-            concept=request.concept,
-            synonyms=tuple(request.synonyms),
-            anchor=request.anchor or None,
-            preserve=tuple(request.preserve),
-            erased=tuple(erased),
-            method=request.method,
-            **options,
-        )
-
-    def record(self) -> dict:
-        """The config as plain JSON values: what checkpoints, summaries and idempotency compare."""
-        return json.loads(json.dumps(asdict(self)))
-
-    def validate(self) -> None:
-        """Raise one ConfigError naming every problem (before anything is written)."""
-        problems = []
-        if not self.concept or not self.concept.strip():
-            problems.append("concept: is empty")
-        if self.anchor is not None and self.anchor.strip().lower() == self.concept.strip().lower():
-            problems.append("anchor: equals the concept")
-        if self.steps < 0:
-            problems.append("steps: must be >= 0")
-        if self.batch_size < 1:
-            problems.append("batch_size: must be >= 1")
-        try:
-            method = get_method(self.method)
-        except UnknownMethod as error:
-            method = None
-            problems.append(f"method: {error}")
-        if self.params not in PARAMETER_SETS:
-            problems.append(f"params: unknown {self.params!r}; known: {', '.join(PARAMETER_SETS)}")
-        elif method is not None and method.KIND == "edit" and self.params != method.PARAMS:
-            problems.append(f"params: {self.method} is a closed-form edit of {method.PARAMS} only")
-        if self.params == "lora" and self.lora_rank < 1:
-            problems.append("lora_rank: must be >= 1")
-        if self.domain_correction and self.method != "duge":
-            problems.append(f"domain_correction: an option of duge, not of {self.method}")
-        known_hyper = set(method.DEFAULTS if method else {}) | set(domain.DEFAULTS if self.domain_correction else {})
-        if unknown_hyper := set(self.hyper) - known_hyper:
-            problems.append(f"hyper: {self.method} has no {', '.join(sorted(unknown_hyper))}")
-        if problems:
-            raise ConfigError("; ".join(problems))
+# The config and the folder's layout live in their own modules; these names stay importable from here.
+__all__ = [
+    "CHECKPOINT_FILE",
+    "DELTA_FILE",
+    "LINEAGE_FILE",
+    "SUMMARY_FILE",
+    "ConfigError",
+    "UnlearnConfig",
+    "finished_summary",
+    "load_lineage",
+    "prepare_data",
+    "run_unlearning",
+]
 
 
 def _step_generator(seed: int, step: int, device: str = "cpu") -> torch.Generator:
@@ -297,26 +207,6 @@ def _encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
     )
 
 
-def _save_lineage(path: Path, terms: dict[str, torch.Tensor], concepts: list[str]) -> dict:
-    """Write a closed form's lineage terms (safetensors, atomically); returns what the summary records."""
-    from safetensors.torch import save_file
-
-    tensors = {  # sums in float32; the anchor words stay bytes
-        k: (v.detach().float() if v.is_floating_point() else v).cpu().contiguous() for k, v in terms.items()
-    }
-    replace_atomically(
-        path, lambda tmp: save_file(tensors, tmp, metadata={"format": LINEAGE_FORMAT, "concepts": json.dumps(concepts)})
-    )
-    return {"file": str(path), "sha256": sha256_file(path), "concepts": concepts}
-
-
-def load_lineage(path: Path) -> dict[str, torch.Tensor] | None:
-    """The lineage terms a closed-form step kept beside its delta (None when it kept none)."""
-    from safetensors.torch import load_file
-
-    return load_file(str(path)) if path.is_file() else None
-
-
 def run_unlearning(
     pipe,
     cfg: UnlearnConfig,
@@ -375,7 +265,7 @@ def run_unlearning(
     if (
         cfg.domain_correction
     ):  # DoCo (Wu et al. AAAI 2025): D tells the parent's anchor outputs from the student's target outputs
-        domain_hyper = {**domain.DEFAULTS, **cfg.hyper}
+        domain_hyper = cfg.hyper  # resolved with domain.DEFAULTS (unlearning/config.py)
         discriminator = domain.make_discriminator(student.config.out_channels, seed=cfg.seed).to(device)
         discriminator_optimizer = domain.make_optimizer(discriminator, domain_hyper["domain_lr"])
     autocast = (
@@ -449,7 +339,7 @@ def run_unlearning(
         last = method.edit(edit)
         if edit.lineage_out is not None:
             concepts = sorted({key.rsplit("::", 1)[0] for key in edit.lineage_out})
-            lineage_record = _save_lineage(out_dir / LINEAGE_FILE, edit.lineage_out, concepts)
+            lineage_record = save_lineage(out_dir / LINEAGE_FILE, edit.lineage_out, concepts)
     else:
         bar = tqdm(
             range(start, cfg.steps),

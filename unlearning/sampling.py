@@ -13,6 +13,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from unlearning.model_folder import is_model_folder
 from unlearning.shapes.shipped import SHAPES_BASE_MODEL
 
 MAX_PROMPT_CHARS = 1000
@@ -25,7 +26,8 @@ class PromptError(ValueError):
 def load_model(
     model: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> StableDiffusionPipeline:
-    """Load a pipeline: the shapes base (None or "shapes") or a local diffusers directory.
+    """Load a base pipeline: the shapes base (None or "shapes") or a local diffusers directory. A model
+    folder (base plus deltas) is registry/loading.py `load_parent`'s, the one loader that verifies it.
 
     Raises:
         FileNotFoundError: `model` is neither "shapes" nor an existing diffusers directory.
@@ -35,8 +37,11 @@ def load_model(
 
         return load_shapes_pipeline(device=device, dtype=dtype)
     path = Path(model)
-    if is_unlearn_dir(path):
-        return load_unlearn_dir(path, device=device, dtype=dtype)
+    if is_model_folder(path):
+        raise FileNotFoundError(
+            f"{model}: an `lethe unlearn --out` folder, not a base model: load it with "
+            "registry.loading.load_parent (which checks its base's sha256), as every lethe command does"
+        )
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{model}: not a diffusers directory (no model_index.json), not an `lethe unlearn --out` folder, "
@@ -45,23 +50,6 @@ def load_model(
     pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-def is_unlearn_dir(path: Path) -> bool:
-    """An `lethe unlearn --out` folder: its own delta, its ancestors' deltas and a summary."""
-    return (path / "summary.json").is_file() and (path / "delta.safetensors").is_file()
-
-
-def load_unlearn_dir(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
-    """Base model + the ancestors' deltas (parents/*.safetensors, oldest first) + this folder's delta."""
-    import json
-
-    from unlearning.delta import apply_delta_files
-
-    summary = json.loads((path / "summary.json").read_text())
-    pipe = load_model(summary["base_model"], device="cpu", dtype=torch.float32)
-    apply_delta_files(pipe, sorted((path / "parents").glob("*.safetensors")) + [path / "delta.safetensors"])
-    return pipe.to(device=device, dtype=dtype)
 
 
 def model_identity(model: str | Path | None) -> tuple[str, str]:

@@ -369,9 +369,9 @@ def cmd_unlearn(args) -> int:
         check_requests([spec], world_for(config))
     except refusals() as error:
         raise BadInput(str(error)) from None
-    from unlearning.loop import CHECKPOINT_FILE, SUMMARY_FILE, UnlearnConfig
+    from unlearning.config import UnlearnConfig
+    from unlearning.model_folder import CHECKPOINT_FILE, SUMMARY_FILE
 
-    unlearn_config = UnlearnConfig.from_request(spec, erased=tuple(args.erased or ()), compile=args.compile or None)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"{out}: exists and is not a folder")
@@ -384,38 +384,32 @@ def cmd_unlearn(args) -> int:
         raise BadInput(f"{out}: is not empty; choose another --out (a folder with a checkpoint resumes)")
     size = _plan_size(config, args, "eval-samples")
 
-    from pipeline.evaluate import evaluate_model
     from pipeline.evaluator import Evaluator
-    from pipeline.unlearn import keep_ancestors, train_step
-    from unlearning.sampling import load_model
+    from pipeline.unlearn import lineage_erased, unlearn_and_evaluate
 
+    loaded = _load(config, args.model)
     try:
+        # the parent's erased concepts are the lineage's: replayed while training, judged for rebound
+        erased = lineage_erased(tuple(loaded.erased), tuple(args.erased or ()))
+        unlearn_config = UnlearnConfig.from_request(spec, erased=erased, compile=args.compile or None)
         unlearn_config.validate()
         evaluator = Evaluator.from_settings(config, size=size)
     except model_refusals() as error:
         raise BadInput(str(error)) from None
-    loaded = _load(config, args.model)
     out.mkdir(parents=True, exist_ok=True)
-    keep_ancestors(loaded, out)
-    summary = train_step(
+    step = unlearn_and_evaluate(
         config,
+        evaluator,
         unlearn_config,
         loaded,
         out,
+        report_dir=out / "report",
+        title=f"Lethe: erase {unlearn_config.concept} ({unlearn_config.method})",
+        self_contained=True,
         progress=not args.json,
         metadata={"parent_model": args.model or config.base_model},
     )
-    _, payload = evaluate_model(
-        evaluator,
-        loaded.pipe,
-        load_model(loaded.base_model),
-        base_sha256=loaded.base_sha256,
-        target=unlearn_config.concept,
-        synonyms=unlearn_config.synonyms,
-        erased=unlearn_config.erased,
-        report_dir=out / "report",
-        title=f"Lethe: erase {unlearn_config.concept} ({unlearn_config.method})",
-    )
+    summary, payload = step.summary, step.payload
     result = {
         "out": str(out),
         "delta": summary["delta"],
@@ -447,7 +441,12 @@ def unlearn_parser(commands) -> None:
         help="what the concept should become (default: another concept of its domain: square, solid)",
     )
     p.add_argument("--preserve", action="append", help="a related concept to keep (repeatable)")
-    p.add_argument("--erased", action="append", help="a concept erased earlier in the lineage (repeatable): replayed")
+    p.add_argument(
+        "--erased",
+        action="append",
+        help="a concept erased earlier (repeatable): replayed, and judged for rebound. Default: what --model "
+        "erased (an unlearn folder or a version knows); naming others than it erased is refused",
+    )
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"{', '.join(METHOD_NAMES)} (default {DEFAULT_METHOD})")
     p.add_argument("--params", default=None, help=f"{', '.join(PARAMETER_SETS)} (default: the method's own)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")

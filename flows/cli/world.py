@@ -6,7 +6,17 @@ import json
 import time
 from pathlib import Path
 
-from flows.cli.common import BadInput, Parser, add_json, empty_folder, in_range, print_json, save_picture, settings
+from flows.cli.common import (
+    BadInput,
+    Parser,
+    add_json,
+    empty_folder,
+    in_range,
+    model_refusals,
+    print_json,
+    save_picture,
+    settings,
+)
 
 
 def cmd_world_train(args) -> int:
@@ -54,17 +64,17 @@ def cmd_world_eval(args) -> int:
     guidance = config.guidance_scale if args.guidance is None else args.guidance
     report_dir = Path(args.report) if args.report else config.home / "reports" / "world"
 
-    from unlearning.sampling import load_model
+    from pipeline.prepare import load_parent_model
     from unlearning.shapes.judge import shapes_judges
     from unlearning.shapes.world_eval import combination_grid, evaluate_world
 
     try:
         judges = shapes_judges()
-        pipe = load_model(
-            args.model or config.base_model, device=config.resolved_device(), dtype=config.resolved_dtype()
-        )
-    except FileNotFoundError as error:
+        # the one loader: a base, an unlearn folder (its deltas chained, its base's sha256 checked), models:/
+        loaded = load_parent_model(config, args.model or config.base_model)
+    except model_refusals() as error:
         raise BadInput(str(error)) from None
+    pipe = loaded.pipe.to(device=config.resolved_device(), dtype=config.resolved_dtype())
     report_dir.mkdir(parents=True, exist_ok=True)
     numbers, pictures = evaluate_world(
         pipe, judges, steps=steps, guidance_scale=guidance, colours_per_combination=args.colours
@@ -123,7 +133,9 @@ def world_parser(commands) -> None:
     add_json(train)
     train.set_defaults(func=cmd_world_train)
     ev = actions.add_parser("eval", help="measure the two judges and the base model")
-    ev.add_argument("--model", default=None, help="'shapes' (default), or a diffusers directory")
+    ev.add_argument(
+        "--model", default=None, help="'shapes' (default), a diffusers directory, an unlearn folder or models:/..."
+    )
     ev.add_argument("--steps", type=int, default=None, help="sampler steps")
     ev.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     ev.add_argument(

@@ -1,0 +1,57 @@
+"""The effective configuration of a step, resolved once (unlearning/config.py): what summary.json, MLflow's
+params and the model card record is what ran — the method's hyper-parameter defaults under the request's
+overrides, and no training steps for a closed-form edit."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry.model_card import model_card
+from unlearning import domain
+from unlearning.config import ConfigError, UnlearnConfig
+from unlearning.methods import continual_uce, esd_x
+
+
+def test_a_closed_form_records_no_training_steps_and_every_hyper_parameter():
+    config = UnlearnConfig(concept="circle", method="continual-uce", steps=150, hyper={"erase_scale": 2.0})
+    assert config.steps == 0  # nothing trained, whatever was asked
+    assert config.hyper == {**continual_uce.DEFAULTS, "erase_scale": 2.0}
+    effective = config.effective()
+    assert not {"steps", "lr", "batch_size"} & set(effective)
+    assert effective["hyper.erase_scale"] == 2.0
+    assert effective["hyper.adversarial_rounds"] == continual_uce.DEFAULTS["adversarial_rounds"]
+    assert effective["broad_prompts"] == continual_uce.BROAD_PROMPTS
+    assert config.record()["hyper"] == config.hyper  # summary.json's "config" holds the same values
+
+
+def test_a_loss_method_records_its_training_and_its_defaults_under_the_overrides():
+    config = UnlearnConfig(concept="circle", method="duge", steps=40, domain_correction=True, hyper={"lambda_pp": 3})
+    effective = config.effective()
+    assert (effective["steps"], effective["lr"], effective["batch_size"]) == (40, config.lr, config.batch_size)
+    assert effective["hyper.lambda_pp"] == 3
+    assert effective["hyper.lambda_domain"] == domain.DEFAULTS["lambda_domain"]  # DoCo's, since it is on
+    assert UnlearnConfig(concept="circle", method="esd-x").effective()["hyper.eta"] == esd_x.DEFAULTS["eta"]
+
+
+def test_an_unknown_hyper_parameter_is_still_refused_by_name():
+    with pytest.raises(ConfigError, match="esd-x has no lambda_pp"):
+        UnlearnConfig(concept="circle", method="esd-x", hyper={"lambda_pp": 1.0}).validate()
+
+
+def test_the_model_card_lists_the_settings_that_ran():
+    params = UnlearnConfig(concept="circle", method="continual-uce").effective()
+    card = model_card(
+        model_name="shapes-t2i",
+        version_label="(request r1)",
+        base_model="shapes",
+        erased=["circle"],
+        request={"concept": "circle"},
+        gate_passed=True,
+        gate_reasons=[],
+        metrics={},
+        params=params,
+    )
+    settings = card.split("## Settings that ran", 1)[1].split("## Gate", 1)[0]
+    assert f"- **hyper.broad_scale**: {continual_uce.DEFAULTS['broad_scale']}" in settings
+    assert "steps" not in settings
+    assert 'registry.loading.load_pipeline("models:/shapes-t2i/<version>")' in card  # a function that exists

@@ -73,31 +73,35 @@ def setup(args):
 
 
 def request(settings, evaluator, base, parent: str, out: Path, *, concept, method, hyper, erased=(), **fields):
-    """One decremental step from `parent` into `out`, evaluated; (candidate pipe, payload, train s, eval s)."""
-    from pipeline.evaluate import evaluate_model
+    """One decremental step from `parent` into `out` through the pipeline's own step (pipeline/unlearn.py
+    `unlearn_and_evaluate`, as the flow and `lethe unlearn` run it); (payload, train s, eval s)."""
     from pipeline.prepare import load_parent_model
-    from pipeline.unlearn import keep_ancestors, train_step
+    from pipeline.unlearn import lineage_erased, unlearn_and_evaluate
     from unlearning.loop import UnlearnConfig
 
     started = time.perf_counter()
     loaded = load_parent_model(settings, parent)
-    config = UnlearnConfig(concept=concept, erased=tuple(erased), method=method, hyper=dict(hyper), **fields)
+    config = UnlearnConfig(
+        concept=concept,
+        erased=lineage_erased(tuple(loaded.erased), tuple(erased)),
+        method=method,
+        hyper=dict(hyper),
+        **fields,
+    )
     out.mkdir(parents=True, exist_ok=True)
-    keep_ancestors(loaded, out)
-    train_step(settings, config, loaded, out, progress=False)
-    trained = time.perf_counter() - started
-    _, payload = evaluate_model(
+    step = unlearn_and_evaluate(
+        settings,
         evaluator,
-        loaded.pipe,
-        base,
-        base_sha256=loaded.base_sha256,
-        target=concept,
-        synonyms=config.synonyms,
-        erased=tuple(erased),
+        config,
+        loaded,
+        out,
         report_dir=out / "report",
         title=f"bench/attack.py: {method} erases {concept}",
+        base=base,
+        self_contained=True,
     )
-    return loaded.pipe, payload, trained, time.perf_counter() - started - trained
+    trained = time.perf_counter() - started - step.evaluation.timings.get("total_seconds", 0.0)
+    return step.payload, trained, time.perf_counter() - started - trained
 
 
 def rate(entry: dict, key: str = "ua") -> str:
@@ -143,7 +147,7 @@ def single(args) -> None:
     for spec in args.methods:
         label, method, hyper = parse_spec(spec)
         with tempfile.TemporaryDirectory() as tmp:
-            _, payload, trained, evaluated = request(
+            payload, trained, evaluated = request(
                 settings,
                 evaluator,
                 base,
@@ -204,7 +208,7 @@ def sequence(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for step, concept in enumerate(concepts, start=1):
                 out = Path(tmp) / f"{step}-{concept}"
-                _, payload, trained, evaluated = request(
+                payload, trained, evaluated = request(
                     settings, evaluator, base, parent, out, concept=concept, method=method, hyper=hyper, erased=erased
                 )
                 c, decision = payload["checks"], payload["decision"]

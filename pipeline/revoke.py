@@ -1,4 +1,4 @@
-"""Revoke: remove one request's effect from the lineage and keep the rest (DESIGN.md, "Registry and ledger").
+"""Revoke: remove one request's effect from the lineage and keep the rest (docs/design.md, "Registry and ledger").
 
 `lethe revoke ID` (registry/governance.py `revoke`) records the revocation and queues the re-derivation:
 every request promoted after the revoked one is replayed, in order, from the last version before it,

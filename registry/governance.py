@@ -1,6 +1,6 @@
 """Human approval, rejection and rollback: who may, and what each changes (ledger + registry).
 
-Rules (DESIGN.md, "Orchestration"; the registry issue, "Governance"):
+Rules (docs/design.md, "Orchestration" and "Registry and ledger"):
 - approve and reject need an approver on the configured list who is not the request's requester;
 - a request can be approved only while awaiting approval, and only if `production` still points at
   the version its candidate was built on (compare before set);

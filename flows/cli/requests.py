@@ -1,4 +1,4 @@
-"""`lethe submit | status | history | approve | reject | rollback`: the queue and its governance.
+"""`lethe submit | status | history | approve | reject | rollback | revoke`: the queue and its governance.
 
 None of these loads a model (`lethe submit --help` and `lethe status` import no torch: a test checks).
 """

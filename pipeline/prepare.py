@@ -16,7 +16,8 @@ from pipeline.settings import LetheSettings
 from pipeline.values import Parent
 from pipeline.world import world_for
 from registry.loading import LoadedModel, load_parent
-from unlearning.loop import UnlearnConfig, prepare_data
+from unlearning.data import prepare_data
+from unlearning.loop import UnlearnConfig
 from unlearning.prompts import RequestPrompts
 
 

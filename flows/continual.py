@@ -1,7 +1,7 @@
 """Prefect flows that drain the request queue, one lineage at a time (docs/design.md, "Orchestration").
 
     continual_unlearning: claim the next request → process_request → repeat until the queue is empty.
-    process_request:      parent → prepare → unlearn and evaluate → register → gate → approval → promote/reject.
+    process_request:      parent → unlearn and evaluate → register → gate → approval → promote/reject.
 
 Every step is one task around one function of pipeline/; every outcome is written to the ledger (the
 system of record) before the flow moves on. A failed gate or a rejection never moves `production`,
@@ -27,7 +27,6 @@ from tasks.requests import (
     apply_decision,
     claim_next_request,
     parent_version,
-    prepare_request,
     record_failure,
     record_gate,
     register_candidate,
@@ -43,7 +42,7 @@ def _artifact_key(prefix: str, name: str) -> str:
 
 @flow(name="process-request", flow_run_name="request-{request.id}")
 def process_request(request: Request, auto_approve: bool = False, unlearn_steps: int | None = None) -> dict:
-    """One request's life: parent → prepare → unlearn → evaluate → register → gate → approval → promote/reject."""
+    """One request's life: parent → unlearn and evaluate → register → gate → approval → promote/reject."""
     logger = get_run_logger()
     settings = load_settings()
     if unlearn_steps is not None:
@@ -55,8 +54,6 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
         parent = parent_version(settings, request)
         logger.info("request %s: erase %r from version %s", request.id, request.concept, parent.version)
         with gpu_held(settings.gpu_slots):
-            step = "preparing the training data"
-            prepare_request(settings, request, parent)
             step = "unlearning and evaluating the candidate"
             outcome = unlearn_and_evaluate_request(settings, request, parent, work_dir)
         step = "registering the candidate"

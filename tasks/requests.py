@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import task
 
-from pipeline import claim, decide, prepare, register, unlearn
+from pipeline import claim, decide, register, unlearn
 from pipeline.settings import LetheSettings
 from pipeline.values import Decision, Outcome, Parent
 from registry.requests import Request
@@ -31,11 +31,6 @@ def production_version(settings: LetheSettings) -> Parent:
 @task(name="parent-version")
 def parent_version(settings: LetheSettings, request: Request) -> Parent:
     return claim.parent_for(settings, request)
-
-
-@task(name="prepare", tags=["gpu"])
-def prepare_request(settings: LetheSettings, request: Request, parent: Parent) -> dict:
-    return prepare.prepare(settings, request, parent)
 
 
 @task(name="unlearn-and-evaluate", tags=["gpu"])

@@ -26,11 +26,13 @@ from registry.requests import Request
 from tasks.requests import (
     apply_decision,
     claim_next_request,
+    measure_revocation,
     parent_version,
     record_failure,
     record_gate,
     register_candidate,
     unlearn_and_evaluate_request,
+    unmeasured_revocations,
 )
 
 __all__ = ["ApprovalInput", "continual_unlearning", "process_request"]
@@ -84,13 +86,16 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
     }
     if state == REJECTED:
         return {**summary, "state": REJECTED}
-    assert state == AWAITING_APPROVAL
+    if state != AWAITING_APPROVAL:  # record_gate writes one of the two; anything else is a bug to surface
+        raise RuntimeError(f"request {request.id}: the gate left it {state!r}, not awaiting approval")
     if auto_approve:
         decision = auto_approval()
     else:
         logger.info("request %s: candidate version %s awaits approval", request.id, version)
         decision = wait_for_approval(request.id)
     result = apply_decision(settings, request, decision)
+    if revocation_id := result.get("revocation_completed"):  # is the revoked concept back? It samples: a GPU slot
+        result["revoked_concept"] = _measure(settings, revocation_id, actor=decision.approver)
     return {
         **summary,
         **result,
@@ -98,6 +103,17 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
         "policy": decision.policy,
         **({"replays": request.replays, "revocation": request.revocation} if request.revocation else {}),
     }
+
+
+def _measure(settings: LetheSettings, revocation_id: str, *, actor: str) -> dict | None:
+    """Measure a completed revocation under the GPU slot. A failure is logged, not raised: the promotion
+    stands, and the next drain measures it again (pipeline/revoke.py `unmeasured_revocations`)."""
+    try:
+        with gpu_held(settings.gpu_slots):
+            return measure_revocation(settings, revocation_id, actor)
+    except Exception as error:  # noqa: BLE001 - a measurement never undoes a decision
+        get_run_logger().warning("measuring revocation %s failed (%s); the next drain retries", revocation_id, error)
+        return None
 
 
 def _where_this_run_waits() -> dict:
@@ -121,6 +137,8 @@ def continual_unlearning(
     results = []
     try:
         with lineage_held(settings.model_name, wait_seconds=settings.lineage_wait_seconds):
+            for revocation_id in unmeasured_revocations(settings):  # completed outside a run (`lethe approve`)
+                _measure(settings, revocation_id, actor="continual-unlearning")
             while max_requests is None or len(results) < max_requests:
                 request = claim_next_request(settings, actor="continual-unlearning")
                 if request is None:

@@ -71,12 +71,8 @@ def decide(settings: LetheSettings, request_id: str, decision: Decision) -> dict
         )
         request = ledger.get(request_id)
         result = {"state": request.state, "production_version": production}
-        if request.revocation and request.state == PROMOTED:  # the re-derived head: is the revoked concept back?
-            from pipeline.revoke import measure_revoked
-
-            result["revoked_concept"] = measure_revoked(
-                settings, ledger.revocation(request.revocation), actor=decision.approver
-            )
+        if request.revocation and request.state == PROMOTED:  # the re-derived head: the revocation took effect
+            result["revocation_completed"] = request.revocation  # measured by its own task (pipeline/revoke.py)
         return result
     governance.reject(
         ledger,

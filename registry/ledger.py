@@ -226,10 +226,11 @@ class Ledger:
             self._change_state(conn, request_id, current, to_state, actor, {**detail, **fields}, **fields)
         return self.get(request_id)
 
-    def record_event(self, event: str, *, actor: str, detail: dict) -> None:
-        """Audit something that is not a request's state change (e.g. a rollback of production)."""
+    def record_event(self, event: str, *, actor: str, detail: dict, request_id: str | None = None) -> None:
+        """Audit something that is not a request's state change (a rollback of production; a measurement
+        of a request, filed under its id)."""
         with self._transaction() as conn:
-            self._audit(conn, None, None, None, actor, detail, event=event)
+            self._audit(conn, request_id, None, None, actor, detail, event=event)
 
     def revoke(self, request_id: str, *, approver: str, reason: str, production_version: int | None) -> Revocation:
         """Record a revocation of a promoted request and queue its re-derivation: every request promoted after

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect import task
 
-from pipeline import claim, decide, register, unlearn
+from pipeline import claim, decide, register, revoke, unlearn
 from pipeline.settings import LetheSettings
 from pipeline.values import Decision, Outcome, Parent
 from registry.requests import Request
@@ -58,6 +58,16 @@ def record_gate(
 @task(name="decide")
 def apply_decision(settings: LetheSettings, request: Request, decision: Decision) -> dict:
     return decide.decide(settings, request.id, decision)
+
+
+@task(name="measure-revocation", tags=["gpu"])
+def measure_revocation(settings: LetheSettings, revocation_id: str, actor: str) -> dict:
+    return revoke.measure_revocation(settings, revocation_id, actor=actor)
+
+
+@task(name="unmeasured-revocations")
+def unmeasured_revocations(settings: LetheSettings) -> list[str]:
+    return revoke.unmeasured_revocations(settings)
 
 
 @task(name="record-failure")

@@ -253,6 +253,8 @@ def _give_answer(config, request_id: str, decision, *, as_json: bool) -> int:
                 f"revoked concept {back['concept']} drawn again: {back['detection']:.3f} "
                 f"({back['relative']:.3f} x base {back['base_detection']:.3f})"
             )
+        elif revocation := result.get("revocation_completed"):
+            print(f"revocation {revocation} took effect; the next `lethe run` measures that its concept is back")
     else:
         print(f"{request_id}: rejected")
     return 0

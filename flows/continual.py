@@ -24,7 +24,7 @@ from pipeline.settings import LetheSettings, load_settings
 from registry.ledger import AWAITING_APPROVAL, FAILED, REJECTED
 from registry.requests import Request
 from tasks.requests import (
-    apply_decision,
+    apply_answer,
     claim_next_request,
     measure_revocation,
     parent_version,
@@ -89,18 +89,18 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
     if state != AWAITING_APPROVAL:  # record_gate writes one of the two; anything else is a bug to surface
         raise RuntimeError(f"request {request.id}: the gate left it {state!r}, not awaiting approval")
     if auto_approve:
-        decision = auto_approval()
+        answer = auto_approval()
     else:
         logger.info("request %s: candidate version %s awaits approval", request.id, version)
-        decision = wait_for_approval(request.id)
-    result = apply_decision(settings, request, decision)
+        answer = wait_for_approval(request.id)
+    result = apply_answer(settings, request, answer)
     if revocation_id := result.get("revocation_completed"):  # is the revoked concept back? It samples: a GPU slot
-        result["revoked_concept"] = _measure(settings, revocation_id, actor=decision.approver)
+        result["revoked_concept"] = _measure(settings, revocation_id, actor=answer.approver)
     return {
         **summary,
         **result,
-        "approver": decision.approver,
-        "policy": decision.policy,
+        "approver": answer.approver,
+        "policy": answer.policy,
         **({"replays": request.replays, "revocation": request.revocation} if request.revocation else {}),
     }
 
@@ -111,7 +111,7 @@ def _measure(settings: LetheSettings, revocation_id: str, *, actor: str) -> dict
     try:
         with gpu_held(settings.gpu_slots):
             return measure_revocation(settings, revocation_id, actor)
-    except Exception as error:  # noqa: BLE001 - a measurement never undoes a decision
+    except Exception as error:  # noqa: BLE001 - a measurement never undoes an answer
         get_run_logger().warning("measuring revocation %s failed (%s); the next drain retries", revocation_id, error)
         return None
 

@@ -14,7 +14,7 @@ from prefect import task
 
 from pipeline import claim, decide, register, revoke, unlearn
 from pipeline.settings import LetheSettings
-from pipeline.values import Decision, Outcome, Parent
+from pipeline.values import Answer, Outcome, Parent
 from registry.requests import Request
 
 
@@ -55,9 +55,9 @@ def record_gate(
     return decide.record_gate(settings, request.id, parent, outcome, version, waiting=waiting)
 
 
-@task(name="decide")
-def apply_decision(settings: LetheSettings, request: Request, decision: Decision) -> dict:
-    return decide.decide(settings, request.id, decision)
+@task(name="apply-answer")
+def apply_answer(settings: LetheSettings, request: Request, answer: Answer) -> dict:
+    return decide.apply_answer(settings, request.id, answer)
 
 
 @task(name="measure-revocation", tags=["gpu"])

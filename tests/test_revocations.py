@@ -204,9 +204,9 @@ def test_an_answer_never_samples_the_revocation_is_measured_by_its_own_task(tmp_
     sampling evaluation) is left to the flow's GPU-slot task, and a revocation completed outside a run is
     listed for the next drain until it is measured."""
     from pipeline import revoke as revoke_step
-    from pipeline.decide import decide
+    from pipeline.decide import apply_answer
     from pipeline.settings import load_settings
-    from pipeline.values import Decision
+    from pipeline.values import Answer
 
     monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LETHE_MODEL_NAME", MODEL)
@@ -226,7 +226,7 @@ def test_an_answer_never_samples_the_revocation_is_measured_by_its_own_task(tmp_
     )
     monkeypatch.setattr(revoke_step, "measure_revoked", _die)  # an answer that samples would die here
 
-    answered = decide(settings, head_id, Decision(approve=True, approver="bob"))
+    answered = apply_answer(settings, head_id, Answer(approve=True, approver="bob"))
     assert answered["state"] == PROMOTED and answered["revocation_completed"] == result["revocation"]
     assert revoke_step.unmeasured_revocations(settings) == [result["revocation"]]
     ledger.record_event(revoke_step.MEASURED, actor="flow", detail={}, request_id="r1")

@@ -173,6 +173,15 @@ def finish_promotions(ledger: Ledger, registry: ModelRegistry, lineage: str, *, 
     return finished
 
 
+def interrupted(ledger: Ledger, lineage: str) -> bool:
+    """Whether `finish_interrupted` has anything to do: a `promoting` request, or a pending revocation with
+    nothing left to re-derive. Reads the ledger only, so a drain touches the registry for it only when needed."""
+    if any(request.state == PROMOTING for request in ledger.requests(lineage)):
+        return True
+    pending = ledger.pending_revocation(lineage)
+    return pending is not None and (not pending.replays or ledger.get(pending.replays[-1]).state == PROMOTED)
+
+
 def finish_interrupted(ledger: Ledger, registry: ModelRegistry, lineage: str, *, actor: str) -> list[str]:
     """Reconcile on resume (the next drain, or the next revocation): finish what a crash left between the
     ledger's write and the registry's — promotions left `promoting` (`finish_promotions`), and a pending

@@ -231,3 +231,21 @@ def test_an_answer_never_samples_the_revocation_is_measured_by_its_own_task(tmp_
     assert revoke_step.unmeasured_revocations(settings) == [result["revocation"]]
     ledger.record_event(revoke_step.MEASURED, actor="flow", detail={}, request_id="r1")
     assert revoke_step.unmeasured_revocations(settings) == []
+
+
+def test_interrupted_work_is_seen_from_the_ledger_alone(stores, monkeypatch):
+    """The drain asks the ledger whether a decision was cut short before it opens the registry (an
+    unreachable registry then fails the request it claims, with the reason, instead of the claim)."""
+    from registry.governance import interrupted
+
+    ledger, registry = stores
+    _erase(ledger, registry, "r1")
+    _erase(ledger, registry, "r2")
+    assert not interrupted(ledger, MODEL)
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelRegistry, "point_production", _die)
+        with pytest.raises(Killed):
+            revoke(ledger, registry, "r2", approver="bob", approvers=APPROVERS, reason="licence obtained")
+    assert interrupted(ledger, MODEL)
+    finish_interrupted(ledger, registry, MODEL, actor="flow")
+    assert not interrupted(ledger, MODEL)

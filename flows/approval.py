@@ -17,7 +17,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
 from pipeline.settings import LetheSettings
-from pipeline.values import Decision
+from pipeline.values import Answer
 from registry.governance import check_approver
 from registry.ledger import AWAITING_APPROVAL, PROMOTING, Ledger
 
@@ -33,14 +33,14 @@ class ApprovalInput(RunInput):
     comment: str = ""
 
 
-def wait_for_approval(request_id: str) -> Decision:
+def wait_for_approval(request_id: str) -> Answer:
     """Pause this flow run until a person answers (the UI form or `lethe approve`/`reject`)."""
-    answer = pause_flow_run(
+    form = pause_flow_run(
         wait_for_input=ApprovalInput.with_initial_data(approve=True, approver=""),
         timeout=APPROVAL_TIMEOUT_SECONDS,
         key=f"approval-{request_id}",
     )
-    return Decision(approve=answer.approve, approver=answer.approver, comment=answer.comment)
+    return Answer(approve=form.approve, approver=form.approver, comment=form.comment)
 
 
 def _waiting_run(ledger: Ledger, request_id: str) -> dict | None:
@@ -67,7 +67,7 @@ def process_gone(waiting: dict) -> bool:
     return False
 
 
-def answer_paused_run(settings: LetheSettings, request_id: str, decision: Decision) -> bool:
+def answer_paused_run(settings: LetheSettings, request_id: str, answer: Answer) -> bool:
     """If a flow run paused for this request's approval, hand it the answer through the Prefect API and
     wait until the ledger shows the outcome. Returns False when no live run waits (decide directly).
 
@@ -81,13 +81,13 @@ def answer_paused_run(settings: LetheSettings, request_id: str, decision: Decisi
     waiting = _waiting_run(ledger, request_id)
     if waiting is None or process_gone(waiting):
         return False
-    check_approver(decision.approver, settings.approvers, request.requester)  # refuse before resuming
+    check_approver(answer.approver, settings.approvers, request.requester)  # refuse before resuming
     from prefect.flow_runs import resume_flow_run
 
     try:
         resume_flow_run(
             UUID(waiting["flow_run_id"]),
-            run_input={"approve": decision.approve, "approver": decision.approver, "comment": decision.comment},
+            run_input={"approve": answer.approve, "approver": answer.approver, "comment": answer.comment},
         )
     except Exception:  # noqa: BLE001 - the run is gone (crashed or cancelled): decide directly
         return False

@@ -1,4 +1,4 @@
-"""The `erosion-audit` flow (scheduled; DESIGN.md, "Orchestration").
+"""The `erosion-audit` flow (scheduled; docs/design.md, "Orchestration").
 
     production version → re-evaluate it against the base (every erased concept, the retain set, the
     gate policy) → report → mark the version and the ledger → on failure, a `lethe.audit.failed` event.

@@ -1,4 +1,4 @@
-"""Prefect global concurrency limits (DESIGN.md, "Orchestration").
+"""Prefect global concurrency limits (docs/design.md, "Orchestration").
 
 - `lineage-<model_name>`, limit 1: one drainer per lineage. The ledger already refuses a second
   claim while a request is running; the limit keeps a second drainer (a cron run, an event-triggered

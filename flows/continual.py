@@ -1,7 +1,7 @@
 """Prefect flows that drain the request queue, one lineage at a time (docs/design.md, "Orchestration").
 
     continual_unlearning: claim the next request → process_request → repeat until the queue is empty.
-    process_request:      parent → prepare → unlearn and evaluate → register → gate → approval → promote/reject.
+    process_request:      parent → unlearn and evaluate → register → gate → approval → promote/reject.
 
 Every step is one task around one function of pipeline/; every outcome is written to the ledger (the
 system of record) before the flow moves on. A failed gate or a rejection never moves `production`,
@@ -24,14 +24,15 @@ from pipeline.settings import LetheSettings, load_settings
 from registry.ledger import AWAITING_APPROVAL, FAILED, REJECTED
 from registry.requests import Request
 from tasks.requests import (
-    apply_decision,
+    apply_answer,
     claim_next_request,
+    measure_revocation,
     parent_version,
-    prepare_request,
     record_failure,
     record_gate,
     register_candidate,
     unlearn_and_evaluate_request,
+    unmeasured_revocations,
 )
 
 __all__ = ["ApprovalInput", "continual_unlearning", "process_request"]
@@ -43,7 +44,7 @@ def _artifact_key(prefix: str, name: str) -> str:
 
 @flow(name="process-request", flow_run_name="request-{request.id}")
 def process_request(request: Request, auto_approve: bool = False, unlearn_steps: int | None = None) -> dict:
-    """One request's life: parent → prepare → unlearn → evaluate → register → gate → approval → promote/reject."""
+    """One request's life: parent → unlearn and evaluate → register → gate → approval → promote/reject."""
     logger = get_run_logger()
     settings = load_settings()
     if unlearn_steps is not None:
@@ -55,8 +56,6 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
         parent = parent_version(settings, request)
         logger.info("request %s: erase %r from version %s", request.id, request.concept, parent.version)
         with gpu_held(settings.gpu_slots):
-            step = "preparing the training data"
-            prepare_request(settings, request, parent)
             step = "unlearning and evaluating the candidate"
             outcome = unlearn_and_evaluate_request(settings, request, parent, work_dir)
         step = "registering the candidate"
@@ -87,20 +86,34 @@ def process_request(request: Request, auto_approve: bool = False, unlearn_steps:
     }
     if state == REJECTED:
         return {**summary, "state": REJECTED}
-    assert state == AWAITING_APPROVAL
+    if state != AWAITING_APPROVAL:  # record_gate writes one of the two; anything else is a bug to surface
+        raise RuntimeError(f"request {request.id}: the gate left it {state!r}, not awaiting approval")
     if auto_approve:
-        decision = auto_approval()
+        answer = auto_approval()
     else:
         logger.info("request %s: candidate version %s awaits approval", request.id, version)
-        decision = wait_for_approval(request.id)
-    result = apply_decision(settings, request, decision)
+        answer = wait_for_approval(request.id)
+    result = apply_answer(settings, request, answer)
+    if revocation_id := result.get("revocation_completed"):  # is the revoked concept back? It samples: a GPU slot
+        result["revoked_concept"] = _measure(settings, revocation_id, actor=answer.approver)
     return {
         **summary,
         **result,
-        "approver": decision.approver,
-        "policy": decision.policy,
+        "approver": answer.approver,
+        "policy": answer.policy,
         **({"replays": request.replays, "revocation": request.revocation} if request.revocation else {}),
     }
+
+
+def _measure(settings: LetheSettings, revocation_id: str, *, actor: str) -> dict | None:
+    """Measure a completed revocation under the GPU slot. A failure is logged, not raised: the promotion
+    stands, and the next drain measures it again (pipeline/revoke.py `unmeasured_revocations`)."""
+    try:
+        with gpu_held(settings.gpu_slots):
+            return measure_revocation(settings, revocation_id, actor)
+    except Exception as error:  # noqa: BLE001 - a measurement never undoes an answer
+        get_run_logger().warning("measuring revocation %s failed (%s); the next drain retries", revocation_id, error)
+        return None
 
 
 def _where_this_run_waits() -> dict:
@@ -124,6 +137,8 @@ def continual_unlearning(
     results = []
     try:
         with lineage_held(settings.model_name, wait_seconds=settings.lineage_wait_seconds):
+            for revocation_id in unmeasured_revocations(settings):  # completed outside a run (`lethe approve`)
+                _measure(settings, revocation_id, actor="continual-unlearning")
             while max_requests is None or len(results) < max_requests:
                 request = claim_next_request(settings, actor="continual-unlearning")
                 if request is None:

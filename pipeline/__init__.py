@@ -1,4 +1,4 @@
-"""The life of a request, one module per step (DESIGN.md, "The flow of one request"; docs/architecture.md).
+"""The life of a request, one module per step (docs/design.md, "The flow of one request"; docs/architecture.md).
 
     intake.py    read and check what a requester submits (before anything is written)
     claim.py     take the head of a lineage's queue; the production version it starts from

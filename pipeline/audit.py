@@ -1,4 +1,4 @@
-"""The erosion audit as plain functions (no Prefect; DESIGN.md, "Orchestration").
+"""The erosion audit as plain functions (no Prefect; docs/design.md, "Orchestration").
 
 Every request's gate judged its candidate once. The audit re-judges what is actually serving: the
 `production` version, loaded and verified like any consumer loads it, evaluated against the base on

@@ -23,7 +23,8 @@ def claim_next(settings: LetheSettings, *, actor: str) -> Request | None:
     revocation whose alias move was cut short) are finished (registry/governance.py `finish_interrupted`):
     their outcome is the next request's parent."""
     ledger = Ledger(settings.ledger_url)
-    governance.finish_interrupted(ledger, registry_for(settings), settings.model_name, actor=actor)
+    if governance.interrupted(ledger, settings.model_name):  # the registry is opened only when there is work
+        governance.finish_interrupted(ledger, registry_for(settings), settings.model_name, actor=actor)
     if (stranded := ledger.resume_stranded(settings.model_name, actor=actor)) is not None:
         return stranded
     return ledger.claim_head(settings.model_name, actor=actor)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from pipeline.claim import registry_for
 from pipeline.settings import LetheSettings
-from pipeline.values import Decision, Outcome, Parent
+from pipeline.values import Answer, Outcome, Parent
 from registry import governance
 from registry.ledger import AWAITING_APPROVAL, FAILED, PROMOTED, REJECTED, RUNNING, Ledger, StateConflict
 
 AUTO_APPROVAL_POLICY = "auto-approve-passing-gate"
 
 
-def auto_approval() -> Decision:
-    return Decision(
+def auto_approval() -> Answer:
+    return Answer(
         approve=True,
         approver=AUTO_APPROVAL_POLICY,
         comment="candidate passed its gate (auto-approval policy)",
@@ -56,37 +56,33 @@ def record_gate(
     return AWAITING_APPROVAL
 
 
-def decide(settings: LetheSettings, request_id: str, decision: Decision) -> dict:
+def apply_answer(settings: LetheSettings, request_id: str, answer: Answer) -> dict:
     """Apply an answer under the governance rules (registry/governance.py); returns the new state."""
     ledger, registry = Ledger(settings.ledger_url), registry_for(settings)
-    if decision.approve:
+    if answer.approve:
         production = governance.approve(
             ledger,
             registry,
             request_id,
-            approver=decision.approver,
+            approver=answer.approver,
             approvers=settings.approvers,
-            comment=decision.comment,
-            policy=decision.policy,
+            comment=answer.comment,
+            policy=answer.policy,
         )
         request = ledger.get(request_id)
         result = {"state": request.state, "production_version": production}
-        if request.revocation and request.state == PROMOTED:  # the re-derived head: is the revoked concept back?
-            from pipeline.revoke import measure_revoked
-
-            result["revoked_concept"] = measure_revoked(
-                settings, ledger.revocation(request.revocation), actor=decision.approver
-            )
+        if request.revocation and request.state == PROMOTED:  # the re-derived head: the revocation took effect
+            result["revocation_completed"] = request.revocation  # measured by its own task (pipeline/revoke.py)
         return result
     governance.reject(
         ledger,
         registry,
         request_id,
-        approver=decision.approver,
+        approver=answer.approver,
         approvers=settings.approvers,
-        reason=decision.comment or "rejected",
+        reason=answer.comment or "rejected",
     )
-    _end_chain(ledger, request_id, actor=decision.approver, reason=f"{request_id} was rejected")
+    _end_chain(ledger, request_id, actor=answer.approver, reason=f"{request_id} was rejected")
     return {"state": REJECTED}
 
 

@@ -1,10 +1,10 @@
-"""Prepare: the parent model a request starts from and the request's training data.
+"""Prepare: what a request's step is built from — its config, its prompts, and the parent model.
 
 The parent is the production version the request was claimed against (the base when there is none),
-loaded and verified through registry.loading.load_parent. The training data are the parent's images
-of the request's anchor, preserve and replay prompts (the one training loop's `prepare_data`), cached
-on disk by (parent sha256, prompt, seed, sampler): `unlearn` finds them there, and a resumed request
-never samples them again.
+loaded and verified through registry.loading.load_parent. A loss method's training data (the parent's
+images of the anchor, preserve and replay prompts) are sampled by the loop itself and cached on disk
+by (parent sha256, prompt, seed, sampler) (unlearning/data.py `prepare_data`): a resumed request never
+samples them again, and the default closed form needs none.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pipeline.settings import LetheSettings
 from pipeline.values import Parent
 from pipeline.world import world_for
 from registry.loading import LoadedModel, load_parent
-from unlearning.loop import UnlearnConfig, prepare_data
+from unlearning.loop import UnlearnConfig
 from unlearning.prompts import RequestPrompts
 
 
@@ -40,25 +40,3 @@ def load_parent_model(settings: LetheSettings, source: str, *, extra_deltas: tup
         return load_parent(
             source, tracking_uri=settings.mlflow_tracking_uri, workdir=Path(tmp), extra_deltas=extra_deltas
         )
-
-
-def prepare(settings: LetheSettings, request, parent: Parent, *, progress: bool = False) -> dict:
-    """Sample and cache the parent's training images for the request; returns what was prepared."""
-    config = unlearn_config(settings, request, parent)
-    config.validate()
-    prompts = request_prompts(settings, config)
-    loaded = load_parent_model(settings, parent.source(settings.model_name, settings.base_model))
-    prepare_data(
-        loaded.pipe,
-        config,
-        prompts,
-        model_sha=loaded.identity,
-        cache_dir=settings.home / "cache" / "latents",
-        progress=progress,
-    )
-    return {
-        "parent_sha256": loaded.identity,
-        "target_prompts": len(prompts.target),
-        "preserve_prompts": len(prompts.preserve),
-        "replay_prompts": len(prompts.replay),
-    }

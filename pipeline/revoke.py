@@ -1,4 +1,4 @@
-"""Revoke: remove one request's effect from the lineage and keep the rest (DESIGN.md, "Registry and ledger").
+"""Revoke: remove one request's effect from the lineage and keep the rest (docs/design.md, "Registry and ledger").
 
 `lethe revoke ID` (registry/governance.py `revoke`) records the revocation and queues the re-derivation:
 every request promoted after the revoked one is replayed, in order, from the last version before it,
@@ -9,7 +9,10 @@ only when the head is approved. Closed-form steps (continual-uce) re-solve from 
 lineage's terms, which no longer hold the revoked concept's: each replay takes seconds to train.
 
 When the head is in production, `measure_revoked` checks that the revoked concept is back: the new
-production draws it again, relative to the base, on the forget sets of the concept.
+production draws it again, relative to the base, on the forget sets of the concept. It samples a whole
+evaluation, so it is a task of its own under the GPU slot (flows/continual.py), never part of an answer:
+the flow measures right after promoting the head, and the next drain measures any revocation completed
+elsewhere (`lethe approve` answering directly).
 """
 
 from __future__ import annotations
@@ -59,6 +62,23 @@ def revocations_of_lineage(settings: LetheSettings, request=None) -> list[dict]:
     return found
 
 
+def unmeasured_revocations(settings: LetheSettings) -> list[str]:
+    """The completed revocations of the lineage whose revoked concept was not measured yet (approved from
+    `lethe approve` directly, or a run stopped before measuring): the next drain measures them."""
+    ledger = Ledger(settings.ledger_url)
+    return [
+        revocation.id
+        for revocation in ledger.lineage_revocations(settings.model_name)
+        if revocation.state == "completed"
+        and not any(h["event"] == MEASURED for h in ledger.history(revocation.request_id))
+    ]
+
+
+def measure_revocation(settings: LetheSettings, revocation_id: str, *, actor: str) -> dict:
+    """`measure_revoked` for a revocation named by id (the flow's task, under the GPU slot)."""
+    return measure_revoked(settings, Ledger(settings.ledger_url).revocation(revocation_id), actor=actor)
+
+
 def measure_revoked(settings: LetheSettings, revocation: Revocation, *, actor: str) -> dict:
     """Judge production on the revoked concept: it should be drawn again as the base draws it. Writes a
     report and a ledger event; returns the numbers (detection, base detection, relative, per set)."""
@@ -100,5 +120,5 @@ def measure_revoked(settings: LetheSettings, revocation: Revocation, *, actor: s
         "relative": detection / base_detection if base_detection else 1.0,
         "report": str(report_dir / "report.html"),
     }
-    ledger.record_event(MEASURED, actor=actor, detail=result)
+    ledger.record_event(MEASURED, actor=actor, detail=result, request_id=revocation.request_id)
     return result

@@ -79,11 +79,12 @@ def unlearn_and_evaluate(
     loaded base pipeline (bench/ judges many steps against one)."""
     if self_contained:
         keep_ancestors(loaded, out_dir)
-    summary = train_step(settings, config, loaded, out_dir, progress=progress, metadata=metadata)
+    base = base if base is not None else load_model(loaded.base_model)  # loaded once: θ_0 and the judge's base
+    summary = train_step(settings, config, loaded, out_dir, progress=progress, metadata=metadata, base=base)
     evaluation, payload = evaluate_model(
         evaluator,
         loaded.pipe,
-        base if base is not None else load_model(loaded.base_model),
+        base,
         base_sha256=loaded.base_sha256,
         target=config.concept,
         synonyms=config.synonyms,
@@ -102,10 +103,12 @@ def train_step(
     *,
     progress: bool = True,
     metadata: dict | None = None,
+    base=None,
 ) -> dict:
     """Run the loop on a loaded parent (its pipeline is modified in place: afterwards it is the
-    candidate). Returns the loop's summary."""
-    base = load_model(loaded.base_model)
+    candidate). `base`: the base pipeline when the caller has it loaded (its UNet values are θ_0).
+    Returns the loop's summary."""
+    base = base if base is not None else load_model(loaded.base_model)
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
     metadata = {"base_model": loaded.base_model, "base_sha256": loaded.base_sha256, **(metadata or {})}
     return run_unlearning(
@@ -135,10 +138,12 @@ def keep_ancestors(loaded: LoadedModel, out_dir: Path) -> None:
 
 
 def unlearn_and_evaluate_request(settings: LetheSettings, request, parent: Parent, work_dir: Path) -> Outcome:
-    """The request's step, from the version it was claimed against (`parent`), unlearned into
-    `work_dir/train` and judged into `work_dir/report`; the gate's decision and every number come back as an
-    `Outcome` (also written to `work_dir/outcome.json`). A request resumed after a crash trains only what it
-    had not finished and evaluates only what it had not judged (`outcome.json` records what it judged)."""
+    """The request's step, from the version it was claimed against (`parent`, loaded and verified once, as
+    is the base), unlearned into `work_dir/train` (a loss method samples and caches the parent's training
+    images there: unlearning/data.py) and judged into `work_dir/report`; the gate's decision and every
+    number come back as an `Outcome` (also written to `work_dir/outcome.json`). A request resumed after a
+    crash trains only what it had not finished and evaluates only what it had not judged (`outcome.json`
+    records what it judged)."""
     evaluator = Evaluator.from_settings(settings)
     train_dir, outcome_file = work_dir / "train", work_dir / OUTCOME_FILE
     if outcome_file.is_file() and (train_dir / DELTA_FILE).is_file():

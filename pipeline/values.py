@@ -56,7 +56,7 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Answer:
     """An answer to a candidate: approve (promote) or reject, by a person or by a named policy."""
 
     approve: bool

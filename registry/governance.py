@@ -1,6 +1,6 @@
 """Human approval, rejection and rollback: who may, and what each changes (ledger + registry).
 
-Rules (DESIGN.md, "Orchestration"; the registry issue, "Governance"):
+Rules (docs/design.md, "Orchestration" and "Registry and ledger"):
 - approve and reject need an approver on the configured list who is not the request's requester;
 - a request can be approved only while awaiting approval, and only if `production` still points at
   the version its candidate was built on (compare before set);
@@ -171,6 +171,15 @@ def finish_promotions(ledger: Ledger, registry: ModelRegistry, lineage: str, *, 
             pass
         finished.append(request.id)
     return finished
+
+
+def interrupted(ledger: Ledger, lineage: str) -> bool:
+    """Whether `finish_interrupted` has anything to do: a `promoting` request, or a pending revocation with
+    nothing left to re-derive. Reads the ledger only, so a drain touches the registry for it only when needed."""
+    if any(request.state == PROMOTING for request in ledger.requests(lineage)):
+        return True
+    pending = ledger.pending_revocation(lineage)
+    return pending is not None and (not pending.replays or ledger.get(pending.replays[-1]).state == PROMOTED)
 
 
 def finish_interrupted(ledger: Ledger, registry: ModelRegistry, lineage: str, *, actor: str) -> list[str]:

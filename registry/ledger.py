@@ -20,86 +20,37 @@ from sqlalchemy.exc import IntegrityError
 
 from registry import revocations
 from registry.ledger_db import READ_ONLY, audit_table, create_schema, make_engine, requests_table
+from registry.request_states import (  # noqa: F401 - re-exported: `from registry.ledger import PROMOTED`
+    ACCEPTED,
+    ACTIVE_STATES,
+    AWAITING_APPROVAL,
+    CANCELLED,
+    ERASED_STATES,
+    FAILED,
+    MAX_RESUMES,
+    PROMOTED,
+    PROMOTING,
+    QUEUED,
+    REJECTED,
+    REVOCATION_COMPLETED,
+    REVOCATION_FAILED,
+    REVOCATION_REQUESTED,
+    REVOKED,
+    RUNNING,
+    STATES,
+    SUPERSEDED,
+    TRANSITIONS,
+    ConflictingRequest,
+    DuplicateRequest,
+    LedgerError,
+    RevocationRefused,
+    StateConflict,
+    UnknownRequest,
+)
 from registry.requests import InvalidRequest, Request, RequestSpec
 from registry.revocations import Revocation
 
 __all__ = ["InvalidRequest", "Ledger", "Request", "RequestSpec", "Revocation"]
-
-QUEUED, RUNNING, AWAITING_APPROVAL = "queued", "running", "awaiting-approval"
-PROMOTED, REJECTED, FAILED, CANCELLED = "promoted", "rejected", "failed", "cancelled"
-# An approval is written here first, then `production` moves in MLflow, then the request is `promoted`
-# (registry/governance.py): the ledger decides, the alias follows. A rejection can no longer slip in
-# between (it needs `awaiting-approval`), and a crash between the two writes leaves `promoting`, which the
-# next drain finishes (governance.finish_promotions) before it claims anything.
-PROMOTING = "promoting"
-# A revocation's replays: an approved replay that is not the chain's head is `accepted` (the next one
-# builds on it; production moves only with the head). When the head is promoted, the revoked request
-# becomes `revoked` and every request it replayed `superseded`.
-ACCEPTED, REVOKED, SUPERSEDED = "accepted", "revoked", "superseded"
-STATES = (
-    QUEUED,
-    RUNNING,
-    AWAITING_APPROVAL,
-    PROMOTING,
-    PROMOTED,
-    REJECTED,
-    FAILED,
-    CANCELLED,
-    ACCEPTED,
-    REVOKED,
-    SUPERSEDED,
-)
-ACTIVE_STATES = (QUEUED, RUNNING, AWAITING_APPROVAL, PROMOTING)  # a request in these still has work ahead
-ERASED_STATES = (PROMOTED, ACCEPTED)  # its concept is erased (or will be with its chain's head)
-# Which state may follow which. A rejected, failed or cancelled request is never reopened (a new request
-# is submitted instead, so history stays linear); a promoted one only leaves production's lineage by a
-# revocation.
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    QUEUED: (RUNNING, CANCELLED),
-    RUNNING: (AWAITING_APPROVAL, REJECTED, FAILED),
-    AWAITING_APPROVAL: (PROMOTING, REJECTED, ACCEPTED),
-    PROMOTING: (PROMOTED, REJECTED),  # rejected: production moved meanwhile (the promotion was refused)
-    PROMOTED: (REVOKED, SUPERSEDED),
-    ACCEPTED: (),
-    REJECTED: (),
-    FAILED: (),
-    CANCELLED: (),
-    REVOKED: (),
-    SUPERSEDED: (),
-}
-REVOCATION_REQUESTED, REVOCATION_COMPLETED, REVOCATION_FAILED = (
-    "revocation-requested",
-    "revocation-completed",
-    "revocation-failed",
-)
-
-# A request whose run stopped while it was running (a crash, a kill) is resumed this many times at
-# most; the next time it is marked failed, so one that kills its worker every time cannot hold the queue.
-MAX_RESUMES = 3
-
-
-class LedgerError(Exception):
-    """Base of every refusal by the ledger; nothing was written when one is raised."""
-
-
-class DuplicateRequest(LedgerError):
-    """A request with this id exists already."""
-
-
-class ConflictingRequest(LedgerError):
-    """The request conflicts with the ledger (e.g. the concept is already queued or erased)."""
-
-
-class UnknownRequest(LedgerError):
-    """No request has this id."""
-
-
-class RevocationRefused(LedgerError):
-    """A revocation that cannot be queued (never promoted, one pending already, work in the queue)."""
-
-
-class StateConflict(LedgerError):
-    """The request is not in a state from which this change is allowed (or it changed meanwhile)."""
 
 
 def _now() -> datetime:
@@ -275,10 +226,11 @@ class Ledger:
             self._change_state(conn, request_id, current, to_state, actor, {**detail, **fields}, **fields)
         return self.get(request_id)
 
-    def record_event(self, event: str, *, actor: str, detail: dict) -> None:
-        """Audit something that is not a request's state change (e.g. a rollback of production)."""
+    def record_event(self, event: str, *, actor: str, detail: dict, request_id: str | None = None) -> None:
+        """Audit something that is not a request's state change (a rollback of production; a measurement
+        of a request, filed under its id)."""
         with self._transaction() as conn:
-            self._audit(conn, None, None, None, actor, detail, event=event)
+            self._audit(conn, request_id, None, None, actor, detail, event=event)
 
     def revoke(self, request_id: str, *, approver: str, reason: str, production_version: int | None) -> Revocation:
         """Record a revocation of a promoted request and queue its re-derivation: every request promoted after
@@ -307,7 +259,11 @@ class Ledger:
                         f"requests of lineage {target.lineage!r} are in the queue ({', '.join(busy)}); "
                         "let them finish (or reject them) first"
                     )
-                replays = [_replay_of(r, revocation_id) for r in lineage if r.seq > target.seq and r.state == PROMOTED]
+                replays = [
+                    revocations.replay_of(r, revocation_id)
+                    for r in lineage
+                    if r.seq > target.seq and r.state == PROMOTED
+                ]
                 revocation = Revocation(
                     revocation_id,
                     request_id,
@@ -491,15 +447,3 @@ class Ledger:
                 detail=json.loads(json.dumps(detail, default=str)),
             )
         )
-
-
-def _replay_of(request: Request, revocation_id: str) -> RequestSpec:
-    """A replay of a promoted request in a revocation's chain: the same ask, linked to the one it replays."""
-    return RequestSpec(
-        **{f: getattr(request, f) for f in ("concept", "requester", "synonyms", "anchor", "preserve", "method")},
-        options=request.options,
-        reason=request.reason,
-        id=f"{request.id[:40]}-replay-{revocation_id[-6:]}",
-        replays=request.id,
-        revocation=revocation_id,
-    )

@@ -8,22 +8,19 @@ is logged as code (MLflow's models-from-code, registry/versions.py), so it ends 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 
-# predict takes a list of prompts or a DataFrame on purpose, so it has no type hints; MLflow's advice
-# about them is raised when this class is defined, in whichever process loads this file (the CLI's own
-# filters do not reach a model loaded from code).
-warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
-
 
 class LethePyfunc(mlflow.pyfunc.PythonModel):
-    """predict(list of prompts, or a DataFrame with a "prompt" column) -> (N, H, W, 3) uint8 images.
+    """predict(list of prompts, or a DataFrame with one "prompt" column) -> (N, H, W, 3) uint8 images.
 
-    Params (optional): seed (image k uses seed + k), steps, guidance_scale.
+    Params (optional): seed (image k uses seed + k), steps, guidance_scale. The type hints give MLflow the
+    input schema (a DataFrame's one column becomes the list); MLflow infers no params from hints, so
+    registry/versions.py writes the signature's params schema (`SIGNATURE`) after logging.
     """
 
     def load_context(self, context):
@@ -44,13 +41,10 @@ class LethePyfunc(mlflow.pyfunc.PythonModel):
             raise LookupError(f"no complete version for request {manifest['request_id']}")
         return version
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> np.ndarray:
         from unlearning.sampling import generate
 
-        if hasattr(model_input, "columns"):
-            prompts = [str(p) for p in model_input["prompt"]]
-        else:
-            prompts = [str(p) for p in model_input]
+        prompts = [str(p) for p in model_input]
         params = params or {}
         seed = int(params.get("seed", 0))
         images = generate(

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import insert, select, update
 
 from registry.ledger_db import revocations_table
+from registry.requests import Request, RequestSpec
 
 PENDING, COMPLETED, FAILED = "pending", "completed", "failed"
 
@@ -98,3 +99,15 @@ def end(conn, revocation_id: str, state: str, *, now: datetime) -> bool:
         .values(state=state, pending_lineage=None, updated_at=now)
     ).rowcount
     return changed == 1
+
+
+def replay_of(request: Request, revocation_id: str) -> RequestSpec:
+    """A replay of a promoted request in a revocation's chain: the same ask, linked to the one it replays."""
+    return RequestSpec(
+        **{f: getattr(request, f) for f in ("concept", "requester", "synonyms", "anchor", "preserve", "method")},
+        options=request.options,
+        reason=request.reason,
+        id=f"{request.id[:40]}-replay-{revocation_id[-6:]}",
+        replays=request.id,
+        revocation=revocation_id,
+    )

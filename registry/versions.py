@@ -59,6 +59,18 @@ def _decision(tags: dict[str, str]) -> str | None:
         return None
 
 
+def _signature():
+    """The pyfunc's signature: prompts in, images out, and the sampler's params with their defaults."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    params = [ParamSpec("seed", "long", 0), ParamSpec("steps", "long", 25), ParamSpec("guidance_scale", "double", 5.0)]
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec(AnyType())]), params=ParamSchema(params)
+    )
+
+
 class PromotionRefused(Exception):
     """Promotion or rollback was refused (gate failed, rejected, or production moved meanwhile)."""
 
@@ -229,6 +241,8 @@ class ModelRegistry:
                 ),
                 what="log model artifacts",
             )
+            # the params schema that `predict`'s type hints cannot give (registry/pyfunc.py)
+            with_retries(lambda: mlflow.models.set_signature(info.model_uri, _signature()), what="set signature")
         return run.info.run_id, info
 
     def _create_version(self, candidate: Candidate, run_id: str, model, delta_sha: str, manifest_sha: str) -> int:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from prefect import task
 
-from pipeline import claim, decide, prepare, register, unlearn
+from pipeline import claim, decide, register, revoke, unlearn
 from pipeline.settings import LetheSettings
-from pipeline.values import Decision, Outcome, Parent
+from pipeline.values import Answer, Outcome, Parent
 from registry.requests import Request
 
 
@@ -31,11 +31,6 @@ def production_version(settings: LetheSettings) -> Parent:
 @task(name="parent-version")
 def parent_version(settings: LetheSettings, request: Request) -> Parent:
     return claim.parent_for(settings, request)
-
-
-@task(name="prepare", tags=["gpu"])
-def prepare_request(settings: LetheSettings, request: Request, parent: Parent) -> dict:
-    return prepare.prepare(settings, request, parent)
 
 
 @task(name="unlearn-and-evaluate", tags=["gpu"])
@@ -60,9 +55,19 @@ def record_gate(
     return decide.record_gate(settings, request.id, parent, outcome, version, waiting=waiting)
 
 
-@task(name="decide")
-def apply_decision(settings: LetheSettings, request: Request, decision: Decision) -> dict:
-    return decide.decide(settings, request.id, decision)
+@task(name="apply-answer")
+def apply_answer(settings: LetheSettings, request: Request, answer: Answer) -> dict:
+    return decide.apply_answer(settings, request.id, answer)
+
+
+@task(name="measure-revocation", tags=["gpu"])
+def measure_revocation(settings: LetheSettings, revocation_id: str, actor: str) -> dict:
+    return revoke.measure_revocation(settings, revocation_id, actor=actor)
+
+
+@task(name="unmeasured-revocations")
+def unmeasured_revocations(settings: LetheSettings) -> list[str]:
+    return revoke.unmeasured_revocations(settings)
 
 
 @task(name="record-failure")

@@ -115,19 +115,19 @@ def test_a_drainer_leaves_a_held_lineage_alone_after_waiting(prefect_api, lethe_
 
 
 def test_training_holds_a_gpu_slot(prefect_api, lethe_home, monkeypatch, tmp_path):
-    """The unlearn task runs inside the `gpu` limit; the slot is released when it fails."""
+    """The unlearn-and-evaluate task runs inside the `gpu` limit; the slot is released when it fails."""
     from flows import continual
     from flows.concurrency import GPU_LIMIT
 
     settings, ledger = lethe_home
     seen = []
 
-    @task(name="stand-in-prepare")
-    def stand_in(settings_, request, parent):
+    @task(name="stand-in-unlearn-and-evaluate")
+    def stand_in(settings_, request, parent, work_dir):
         seen.append(_active_slots(GPU_LIMIT))
         raise RuntimeError("stand-in stops here")
 
-    monkeypatch.setattr(continual, "prepare_request", stand_in)
+    monkeypatch.setattr(continual, "unlearn_and_evaluate_request", stand_in)
     ledger.submit(RequestSpec("circle", "alice", id="r1"), lineage=settings.model_name)
 
     [result] = continual.continual_unlearning()

@@ -39,10 +39,25 @@ def test_queue_is_drained_in_order_with_auto_approval(prefect_api, flow_home, mo
         [RequestSpec("circle", "alice", id="r1"), RequestSpec("striped", "alice", id="r2")], lineage=settings.model_name
     )
 
+    from pipeline import prepare, unlearn
+
+    loads = {"parent": 0, "base": 0}
+
+    def counted(function, key):
+        def call(*args, **kwargs):
+            loads[key] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(prepare, "load_parent", counted(prepare.load_parent, "parent"))
+    monkeypatch.setattr(unlearn, "load_model", counted(unlearn.load_model, "base"))
+
     results = continual_unlearning(auto_approve=True, unlearn_steps=2)
 
     assert [(r["id"], r["state"]) for r in results] == [("r1", "promoted"), ("r2", "promoted")]
     assert [r["parent_version"] for r in results] == [None, results[0]["candidate_version"]]
+    assert loads == {"parent": 2, "base": 2}, "per request: the parent chain fetched once, the base loaded once"
     assert registry.alias_version(PRODUCTION) == results[1]["candidate_version"]
     assert registry.erased_in(registry.alias_version(PRODUCTION)) == ["circle", "striped"]
     assert [ledger.get(i).state for i in ("r1", "r2")] == [PROMOTED, PROMOTED]

@@ -66,7 +66,31 @@ def test_prompts_and_seeds_are_stable_from_one_request_to_the_next():
     assert not any("striped" in p for p, _ in square_second)
     kept = {pair for pair in square_first if "striped" not in pair[0]}
     assert kept and kept <= square_second
-    assert shapes_plan("star") == shapes_plan("star")
+
+
+def test_a_plan_is_the_same_in_another_process():
+    """The base's images are cached by (prompt, seed) across processes: a plan must not depend on anything
+    a new process changes (string hashing is salted per process, so a set's order would)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from unlearning.shapes.plan import shapes_plan; "
+        "print(json.dumps([[c.group, c.prompt, c.seed] for c in shapes_plan('star', erased=('striped',)).cases]))"
+    )
+    here = [[c.group, c.prompt, c.seed] for c in shapes_plan("star", erased=("striped",)).cases]
+    for salt in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": salt},
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == here
 
 
 @pytest.mark.parametrize(

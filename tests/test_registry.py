@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import warnings
 from pathlib import Path
 
 import boto3
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sqlalchemy import create_engine, text
@@ -172,12 +175,20 @@ def test_pyfunc_predict_returns_images(tiny_base, tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
     base_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     make_delta(pipe.unet, tmp_path / "d1.safetensors", seed=1, base_state=base_state)
-    version = registry.register_candidate(_candidate("r1", tmp_path / "d1.safetensors", None, ["circle"], tiny_base))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        version = registry.register_candidate(
+            _candidate("r1", tmp_path / "d1.safetensors", None, ["circle"], tiny_base)
+        )
+    assert not [w for w in caught if "type hint" in str(w.message)], "predict's type hints silence MLflow's advice"
     registry.promote(version, expected_production=None, approval={"by": "bob"})
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@production")
     images = model.predict(["a red star"], params={"steps": 3})
     assert images.shape == (1, 16, 16, 3) and images.dtype.name == "uint8"
+    # the params reach predict (a signature without a params schema would drop them, with a warning)
+    assert not np.array_equal(model.predict(["a red star"], params={"steps": 1}), images)
+    assert np.array_equal(model.predict(pd.DataFrame({"prompt": ["a red star"]}), params={"steps": 3}), images)
 
 
 def test_promotion_is_compare_before_set(tiny_base, tmp_path):

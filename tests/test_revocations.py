@@ -197,3 +197,55 @@ def test_a_ledger_from_before_the_revocations_table_gets_its_revocations_back(le
         conn.execute(text("DELETE FROM lethe_revocations"))
     assert ledger.pending_revocation(MODEL) is None
     assert Ledger(ledger_url).pending_revocation(MODEL) == asked
+
+
+def test_an_answer_never_samples_the_revocation_is_measured_by_its_own_task(tmp_path, monkeypatch):
+    """Approving a chain's head completes the revocation and says so; measuring the revoked concept (a whole
+    sampling evaluation) is left to the flow's GPU-slot task, and a revocation completed outside a run is
+    listed for the next drain until it is measured."""
+    from pipeline import revoke as revoke_step
+    from pipeline.decide import apply_answer
+    from pipeline.settings import load_settings
+    from pipeline.values import Answer
+
+    monkeypatch.setenv("LETHE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LETHE_MODEL_NAME", MODEL)
+    monkeypatch.setenv("LETHE_APPROVERS", "bob")
+    monkeypatch.delenv("LETHE_CONFIG", raising=False)
+    settings = load_settings()
+    ledger = Ledger(settings.ledger_url)
+    registry = ModelRegistry(settings.mlflow_tracking_uri, MODEL, settings.artifact_root)
+    registry.client.create_registered_model(MODEL)
+    _erase(ledger, registry, "r1")
+    _erase(ledger, registry, "r2")
+    result = revoke(ledger, registry, "r1", approver="bob", approvers=["bob"], reason="licence obtained")
+    [head_id] = result["replays"]
+    assert ledger.claim_head(MODEL, actor="flow").id == head_id
+    ledger.transition(
+        head_id, AWAITING_APPROVAL, actor="flow", candidate_version=_version(registry, head_id), parent_version=None
+    )
+    monkeypatch.setattr(revoke_step, "measure_revoked", _die)  # an answer that samples would die here
+
+    answered = apply_answer(settings, head_id, Answer(approve=True, approver="bob"))
+    assert answered["state"] == PROMOTED and answered["revocation_completed"] == result["revocation"]
+    assert revoke_step.unmeasured_revocations(settings) == [result["revocation"]]
+    ledger.record_event(revoke_step.MEASURED, actor="flow", detail={}, request_id="r1")
+    assert revoke_step.unmeasured_revocations(settings) == []
+
+
+def test_interrupted_work_is_seen_from_the_ledger_alone(stores, monkeypatch):
+    """The drain asks the ledger whether a decision was cut short before it opens the registry (an
+    unreachable registry then fails the request it claims, with the reason, instead of the claim)."""
+    from registry.governance import interrupted
+
+    ledger, registry = stores
+    _erase(ledger, registry, "r1")
+    _erase(ledger, registry, "r2")
+    assert not interrupted(ledger, MODEL)
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelRegistry, "point_production", _die)
+        with pytest.raises(Killed):
+            revoke(ledger, registry, "r2", approver="bob", approvers=APPROVERS, reason="licence obtained")
+    assert interrupted(ledger, MODEL)
+    finish_interrupted(ledger, registry, MODEL, actor="flow")
+    assert not interrupted(ledger, MODEL)

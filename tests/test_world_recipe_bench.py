@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from tests.benches import load_bench
 
 
@@ -10,8 +12,11 @@ def test_step_times_every_variant(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "s / step" not in line]
     assert [row.split(" | ")[0] for row in rows] == ["| float32", "| bf16 autocast", "| bf16 autocast + channels-last"]
     seconds = [float(row.split(" | ")[1]) for row in rows]
+    ratios = [float(row.rstrip(" |").split(" | ")[2]) for row in rows]
     assert all(s > 0 for s in seconds)
-    assert rows[0].rstrip(" |").endswith("1.00")  # the baseline's ratio to itself
+    # each ratio is its time over float32's (the printed times are rounded to ms, the ratios to 0.01)
+    for time_, ratio in zip(seconds, ratios):
+        assert ratio == pytest.approx(time_ / seconds[0], rel=0.05, abs=0.01)
 
 
 def test_roundtrip_judges_renders_and_round_trips_per_style(capsys):

@@ -3,7 +3,7 @@
 A copy of diffusers' `AttnProcessor` (the extension point the diffusers examples use, e.g.
 `examples/custom_diffusion/train_custom_diffusion.py`) that keeps `attn.get_attention_scores(q, k, mask)`
 — the softmax over text tokens — in a store, averaged over heads, so a loss can compare the maps of
-concept tokens (DESIGN.md, cross-attention loss). Gradients flow through the stored maps.
+concept tokens (docs/design.md, cross-attention loss). Gradients flow through the stored maps.
 `word_token_mask` says which tokens are the concept's.
 """
 

@@ -64,7 +64,7 @@ def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def delta_norm_ratio(delta: dict[str, torch.Tensor], base_modules: dict[str, torch.nn.Module]) -> float:
-    """‖θ − θ_0‖ / ‖θ_0‖ over the tensors a delta covers (the drift of DESIGN.md's evaluation)."""
+    """‖θ − θ_0‖ / ‖θ_0‖ over the tensors a delta covers (the drift of docs/design.md's evaluation)."""
     changed, reference = 0.0, 0.0
     for key, value in delta.items():
         component, name = key.split(".", 1)

@@ -6,12 +6,14 @@ delta from the *base* model (unlearning/delta.py). bf16 autocast on CUDA, fp32 o
 `torch.compile`; gradient clipping; a progress bar with the loss terms; a checkpoint every N steps
 with everything needed to resume. Every random draw of step k comes from a generator seeded with
 (seed, k), so a killed run started again ends with exactly the weights of an uninterrupted one.
+
+Its parts live beside it: the config (unlearning/config.py), the data and embeddings (unlearning/data.py),
+the folder it writes (unlearning/model_folder.py).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,10 +25,11 @@ from tqdm.auto import tqdm
 from unlearning import domain
 from unlearning.attention import record_cross_attention, word_token_mask
 from unlearning.config import ConfigError, UnlearnConfig
+from unlearning.data import encode, encode_pairs, gram, prepare_data
 from unlearning.delta import apply_deltas, compute_delta, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
-from unlearning.methods.context import EditContext, EncodedPairs, StepContext
+from unlearning.methods.context import EditContext, StepContext
 from unlearning.model_folder import (
     CHECKPOINT_FILE,
     DELTA_FILE,
@@ -42,7 +45,7 @@ from unlearning.parameters import (
     merge_lora,
     trainable_names,
 )
-from unlearning.prompts import ConceptPairs, RequestPrompts, broad_prompts
+from unlearning.prompts import RequestPrompts, broad_prompts
 
 # The config and the folder's layout live in their own modules; these names stay importable from here.
 __all__ = [
@@ -63,84 +66,8 @@ def _step_generator(seed: int, step: int, device: str = "cpu") -> torch.Generato
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
-def _latents_key(model_sha: str, prompt: str, seed: int, steps: int, guidance: float) -> str:
-    return hashlib.sha256(json.dumps([model_sha, prompt, seed, steps, guidance]).encode()).hexdigest()
-
-
-@torch.no_grad()
-def parent_latents(
-    pipe, prompts: list[str], seeds: list[int], *, model_sha: str, steps: int, guidance: float, cache_dir: Path | None
-) -> torch.Tensor:
-    """Latents of the images the parent generates for `prompts` (the UNet's own latent space),
-    cached on disk by (model sha256, prompt, seed, sampler)."""
-    keys = [_latents_key(model_sha, p, s, steps, guidance) for p, s in zip(prompts, seeds)]
-    found: list[torch.Tensor | None] = []
-    for key in keys:
-        path = cache_dir / f"{key}.pt" if cache_dir else None
-        found.append(torch.load(path) if path and path.is_file() else None)
-    missing = [i for i, latent in enumerate(found) if latent is None]
-    for start in range(0, len(missing), 32):
-        chunk = missing[start : start + 32]
-        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-        init = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seeds[i])) for i in chunk])
-        out = pipe(
-            [prompts[i] for i in chunk],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            latents=init.to(pipe.device, pipe.unet.dtype),
-            output_type="latent",
-        ).images
-        for i, latent in zip(chunk, out):
-            found[i] = latent.float().cpu()
-            if cache_dir:
-                save_torch(cache_dir / f"{keys[i]}.pt", found[i])
-    return torch.stack(found)
-
-
 # Checkpoints go through this one name (a kill right after one is what the resume tests simulate).
 _save_checkpoint = save_torch
-
-
-def _data_seeds(cfg: UnlearnConfig, prompts: RequestPrompts) -> tuple[list[int], list[int]]:
-    keep = len(prompts.preserve) + len(prompts.replay)
-    return (
-        [cfg.seed * 100_003 + i for i in range(len(prompts.anchor))],
-        [cfg.seed * 100_003 + 50_000 + i for i in range(keep)],
-    )
-
-
-def prepare_data(
-    pipe, cfg: UnlearnConfig, prompts: RequestPrompts, *, model_sha: str, cache_dir: Path | None, progress: bool = False
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The training data of a loss method: latents of the parent's images for the anchor prompts (the
-    forget batch is noised from them) and for the preserve + replay prompts, cached on disk by (parent,
-    prompt, seed, sampler). None for a closed-form method, which needs no images."""
-    if get_method(cfg.method).KIND == "edit":
-        return None
-    seeds_forget, seeds_keep = _data_seeds(cfg, prompts)
-    bar = tqdm(total=2, desc=f"parent images for {cfg.concept}", disable=not progress)
-    forget = parent_latents(
-        pipe,
-        prompts.anchor,
-        seeds_forget,
-        model_sha=model_sha,
-        steps=cfg.data_steps,
-        guidance=cfg.guidance_scale,
-        cache_dir=cache_dir,
-    )
-    bar.update()
-    keep = parent_latents(
-        pipe,
-        prompts.preserve + prompts.replay,
-        seeds_keep,
-        model_sha=model_sha,
-        steps=cfg.data_steps,
-        guidance=cfg.guidance_scale,
-        cache_dir=cache_dir,
-    )
-    bar.update()
-    bar.close()
-    return forget, keep
 
 
 def finished_summary(out_dir: Path, cfg: UnlearnConfig) -> dict | None:
@@ -164,47 +91,6 @@ def _apply_finished(pipe, out_dir: Path, base_values: dict[str, torch.Tensor]) -
     delta, _ = load_delta(out_dir / DELTA_FILE)
     names = [key.split(".", 1)[1] for key in delta]
     apply_deltas({"unet": pipe.unet}, {"unet": {n: base_values[n] for n in names}}, [delta])
-
-
-def _encode(pipe, prompts: list[str]) -> torch.Tensor:
-    if not prompts:
-        dim = pipe.text_encoder.config.hidden_size
-        return torch.zeros(0, pipe.tokenizer.model_max_length, dim, device=pipe.device)
-    chunks = []
-    for start in range(0, len(prompts), 256):
-        tokens = pipe.tokenizer(
-            prompts[start : start + 256],
-            padding="max_length",
-            max_length=pipe.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            chunks.append(pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].float())
-    return torch.cat(chunks)
-
-
-def _gram(pipe, prompts: list[str]) -> torch.Tensor:
-    """Σ e eᵀ over every token of `prompts` (padding included, as the UNet attends to it), float64."""
-    dim = pipe.text_encoder.config.hidden_size
-    gram = torch.zeros(dim, dim, dtype=torch.float64, device=pipe.device)
-    for start in range(0, len(prompts), 256):
-        tokens = _encode(pipe, prompts[start : start + 256]).reshape(-1, dim).double()
-        gram += tokens.T @ tokens
-    return gram
-
-
-def _encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
-    """A concept's target/anchor prompt pairs as embeddings and word-token masks."""
-    length = pipe.tokenizer.model_max_length
-    return EncodedPairs(
-        pairs.concept,
-        _encode(pipe, pairs.target),
-        _encode(pipe, pairs.anchor),
-        word_token_mask(pipe.tokenizer, pairs.target, pairs.target_words, length).to(pipe.device),
-        word_token_mask(pipe.tokenizer, pairs.anchor, pairs.anchor_words, length).to(pipe.device),
-        pairs.anchor_words[0] if pairs.anchor_words else "",
-    )
 
 
 def run_unlearning(
@@ -280,8 +166,8 @@ def run_unlearning(
             x.to(device) for x in prepare_data(pipe, cfg, prompts, model_sha=model_sha, cache_dir=cache_dir)
         )
     max_tokens = pipe.tokenizer.model_max_length
-    target_embeds, anchor_embeds = _encode(pipe, prompts.target), _encode(pipe, prompts.anchor)
-    keep_embeds, empty_embed = _encode(pipe, keep_prompts), _encode(pipe, [""])
+    target_embeds, anchor_embeds = encode(pipe, prompts.target), encode(pipe, prompts.anchor)
+    keep_embeds, empty_embed = encode(pipe, keep_prompts), encode(pipe, [""])
     target_tokens = word_token_mask(pipe.tokenizer, prompts.target, prompts.target_words, max_tokens).to(device)
     anchor_tokens = word_token_mask(pipe.tokenizer, prompts.anchor, prompts.anchor_words, max_tokens).to(device)
     scheduler = pipe.scheduler
@@ -325,14 +211,14 @@ def run_unlearning(
             anchor_embeds=anchor_embeds,
             target_tokens=target_tokens,
             anchor_tokens=anchor_tokens,
-            preserve_embeds=_encode(pipe, prompts.preserve),
-            replay_embeds=_encode(pipe, prompts.replay),
+            preserve_embeds=encode(pipe, prompts.preserve),
+            replay_embeds=encode(pipe, prompts.replay),
             hyper=cfg.hyper,
             concept=cfg.concept,
             anchor=prompts.anchor_words[0] if prompts.anchor_words else "",
-            earlier=tuple(_encode_pairs(pipe, pairs) for pairs in prompts.earlier),
+            earlier=tuple(encode_pairs(pipe, pairs) for pairs in prompts.earlier),
             lineage=lineage,
-            broad_gram=_gram(pipe, broad_prompts(pipe.tokenizer, cfg.broad_prompts, seed=cfg.seed))
+            broad_gram=gram(pipe, broad_prompts(pipe.tokenizer, cfg.broad_prompts, seed=cfg.seed))
             if cfg.broad_prompts
             else None,
         )

@@ -1,4 +1,4 @@
-"""Trainable parameter sets (DESIGN.md): which UNet tensors an unlearning step may change.
+"""Trainable parameter sets (docs/design.md): which UNet tensors an unlearning step may change.
 
 - `xattn-kv` (default): the key and value projections of cross-attention (attn2 to_k, to_v) — the
   only path from text to image, as in ESD-x, Concept Ablation and UCE;

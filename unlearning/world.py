@@ -1,4 +1,4 @@
-"""A world: what the generic core needs to know about a base model's concepts (DESIGN.md, "The shapes
+"""A world: what the generic core needs to know about a base model's concepts (docs/design.md, "The shapes
 world"). The pipeline picks one for the lineage's base and hands it to the steps; nothing in the
 generic core (the loop, the checks, the gates) imports a particular world.
 

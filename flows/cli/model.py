@@ -23,6 +23,7 @@ from flows.cli.common import (
     settings,
     writable_file,
 )
+from flows.cli.report import add_sampler_options, add_size_options, plan_size, print_evaluation, sampler_from
 
 
 def _load(config, model: str | None):
@@ -35,27 +36,13 @@ def _load(config, model: str | None):
         raise BadInput(str(error)) from None
 
 
-def _sampler(config, args) -> dict:
-    in_range("steps", args.steps, 1, 1000)
-    return {
-        "scheduler": getattr(args, "scheduler", "ddim"),
-        "steps": config.sample_steps if args.steps is None else args.steps,
-        "guidance_scale": config.guidance_scale if args.guidance is None else args.guidance,
-    }
-
-
-def _add_sampler_options(p) -> None:
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: settings.sample_steps)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-
-
 # ---------------------------------------------------------------- generate
 def cmd_generate(args) -> int:
     config = settings()
     out = writable_file(args.out, ".png")
     in_range("n", args.n, 1, 256)
     in_range("scale", args.scale, 1, 32)
-    sampler = _sampler(config, args)
+    sampler = sampler_from(config, args)
     if not args.prompt.strip():
         raise BadInput("the prompt is empty")
     from unlearning.sampling import PromptError, check_prompt, generate, image_grid, upscale
@@ -96,7 +83,7 @@ def generate_parser(commands) -> None:
     p.add_argument("--prompt", required=True, help="the text prompt")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
     p.add_argument("--n", type=int, default=1, help="how many images (a grid when > 1)")
-    _add_sampler_options(p)
+    add_sampler_options(p)
     p.add_argument("--model", default=None, help="'shapes' (default), a diffusers or unlearn folder, or models:/...")
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour enlargement of the PNG (default 4)")
     p.add_argument("--out", required=True, help="the PNG to write")
@@ -119,83 +106,6 @@ def _prompts_from_file(path_text: str) -> list[str]:
     return prompts
 
 
-def print_evaluation(payload: dict, html_path, probes=()) -> None:
-    """The evaluation's headline numbers, one line each (the report has everything)."""
-    checks = payload["checks"]
-
-    def number(value, spec: str = ".2f") -> str:  # the payload is JSON: an undefined number is None
-        return "-" if value is None else format(value, spec)
-
-    def ua(entry: dict) -> str:  # UA where the base draws the concept, with its counts and Wilson interval
-        drawn = entry["where_base_draws"]
-        low, high = drawn["wilson"]
-        return f"{number(drawn['ua'], '.3f')} ({drawn['k']}/{drawn['n']}, 95% [{number(low)}, {number(high)}])"
-
-    for kind, entry in checks.get("forget", {}).items():
-        print(f"forget UA      {kind:9s} {ua(entry)}   all images {number(entry['ua'], '.3f')} of {entry['n']}")
-    for concept, entry in checks.get("rebound", {}).items():
-        print(f"rebound UA     {concept:9s} {ua(entry)}")
-    retain = checks["retain"]
-
-    def relative(entry: dict) -> str:
-        low, high = entry["relative_bootstrap"]
-        return (
-            f"{number(entry['accuracy'], '.3f')} ({number(entry['relative'], '.3f')} x base, "
-            f"95% [{number(low)}, {number(high)}], n {entry['n']})"
-        )
-
-    print(f"retain         IRA {relative(retain['ira'])}  CRA {relative(retain['cra'])}")
-    heads = "  ".join(f"{domain}s {relative(entry)}" for domain, entry in retain.get("by_domain", {}).items())
-    print(f"retain by head {heads}")
-    print(
-        f"retention      distance {checks['retention']['distance']:.4f}   "
-        f"FID {checks['fid']['fid']:.3f}  KID {checks['fid']['kid']:.4f}"
-    )
-    print(
-        f"alignment      {checks['alignment']['candidate']:.3f} (base {checks['alignment']['base']:.3f})"
-        + (f"   drift {checks['drift']:.4f}" if checks.get("drift") is not None else "")
-    )
-    if "judges" in checks:
-        agreement = checks["judges"]["candidate"]
-        print(
-            f"judges         agree on {agreement['overall']:.3f} of the candidate's images"
-            + (
-                f"; disagree on {agreement['forget_disagreement']:.3f} of the forget images"
-                if "forget_disagreement" in agreement
-                else ""
-            )
-        )
-    for concept, entry in checks.get("sweep", {}).get("concepts", {}).items():
-        leak = entry["leak"]
-        print(
-            f"sweep          {concept:9s} relocated on {entry['relocations']} of the {entry['confirmed']} prompts "
-            f"re-tested on fresh seeds; leak UA {number(leak.get('ua'), '.3f')} ({leak.get('k', 0)}/"
-            f"{leak.get('n', 0)}) on the {leak.get('prompts_drawn', 0)} prompts where the base draws it"
-        )
-    if "retention" in checks.get("sweep", {}):
-        broad = checks["sweep"]["retention"]
-        print(
-            f"broad          distance {broad['distance']:.4f}   FID {broad['fid']:.3f}   "
-            f"judge shift {broad['max_shift']:.3f} (n {broad['n']})"
-        )
-    for concept, entry in checks.get("attack", {}).items():
-        low, high = entry.get("wilson") or (None, None)
-        print(
-            f"attack ASR     {concept:9s} {number(entry.get('asr'), '.3f')} ({entry.get('k', 0)}/{entry.get('n', 0)},"
-            f" 95% [{number(low)}, {number(high)}]); base {entry.get('base', {}).get('k', '-')}/"
-            f"{entry.get('base', {}).get('n', '-')}"
-        )
-    for probe in probes:
-        tops = "  ".join(
-            f"{head}: {max(rates, key=rates.get)} {max(rates.values()):.2f}" for head, rates in probe["top1"].items()
-        )
-        print(f"prompt         {probe['prompt']!r} ({probe['samples']} samples)  {tops}")
-    decision = payload.get("decision")
-    if decision is not None:
-        print("gate           " + ("PASSED" if decision["passed"] else "FAILED: " + "; ".join(decision["reasons"])))
-    print(f"report         {html_path}")
-
-
 def _candidate_and_base(config, model: str | None):
     """(candidate, base pipeline, base sha256) for `--model`. A model with a lineage (models:/, an unlearn
     folder) is judged against the base its deltas were trained on; a plain diffusers folder against the
@@ -210,39 +120,12 @@ def _candidate_and_base(config, model: str | None):
     return candidate, load_model(base_model), base_sha
 
 
-def _plan_size(config, args, samples_flag: str):
-    """The plan's size: `--samples N` makes every set N images (a quick look); `--forget-images` /
-    `--retain-images` set one kind; the rest come from the settings."""
-    from unlearning.evaluation.plan import PlanSize
-
-    quick = getattr(args, samples_flag.replace("-", "_"))
-    for name, value in (
-        (samples_flag, quick),
-        ("forget-images", args.forget_images),
-        ("retain-images", args.retain_images),
-    ):
-        in_range(name, value, 1, 600)
-    return PlanSize(
-        forget_images=args.forget_images or quick or config.eval_forget_images,
-        retain_images=args.retain_images or quick or config.eval_retain_images,
-        retain_head_images=0 if quick else config.eval_retain_head_images,
-    )
-
-
-def _add_size_options(p, samples_flag: str) -> None:
-    p.add_argument(
-        f"--{samples_flag}", type=int, default=None, help="images in every set: a quick look (the gate refuses too few)"
-    )
-    p.add_argument("--forget-images", type=int, default=None, help="images per forget/rebound set (default: settings)")
-    p.add_argument("--retain-images", type=int, default=None, help="images per retained concept (default: settings)")
-
-
 PROBE_IMAGES = 6  # images per probe prompt (--prompt) unless --samples says
 
 
 def cmd_evaluate(args) -> int:
     config = settings()
-    size = _plan_size(config, args, "samples")
+    size = plan_size(config, args, "samples")
     prompts = list(args.prompt or []) + (_prompts_from_file(args.prompts_file) if args.prompts_file else [])
     if any(not p.strip() for p in prompts):
         raise BadInput("a prompt is empty")
@@ -251,7 +134,7 @@ def cmd_evaluate(args) -> int:
     )
     if report_dir.exists() and not report_dir.is_dir():
         raise BadInput(f"{report_dir}: exists and is not a folder")
-    sampler = _sampler(config, args)
+    sampler = sampler_from(config, args)
 
     from pipeline.evaluate import evaluate_model
     from pipeline.evaluator import Evaluator
@@ -325,12 +208,12 @@ def evaluate_parser(commands) -> None:
     p.add_argument("--erased", action="append", help="a concept erased earlier (repeatable): rebound check")
     p.add_argument("--prompt", action="append", help="probe this prompt too (repeatable)")
     p.add_argument("--prompts-file", default=None, help="probe prompts, one per line")
-    _add_size_options(p, "samples")
+    add_size_options(p, "samples")
     p.add_argument(
         "--policy", default=None, help="gate policy YAML (default: settings.policy, or the shipped one, when --target)"
     )
     p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm++", "euler", "pndm"))
-    _add_sampler_options(p)
+    add_sampler_options(p)
     p.add_argument("--report", default=None, help="report folder (default <home>/reports/evaluate-TIME)")
     add_json(p)
     p.set_defaults(func=cmd_evaluate)
@@ -382,7 +265,7 @@ def cmd_unlearn(args) -> int:
         and not (out / SUMMARY_FILE).is_file()
     ):
         raise BadInput(f"{out}: is not empty; choose another --out (a folder with a checkpoint resumes)")
-    size = _plan_size(config, args, "eval-samples")
+    size = plan_size(config, args, "eval-samples")
 
     from pipeline.evaluator import Evaluator
     from pipeline.unlearn import lineage_erased, unlearn_and_evaluate
@@ -467,7 +350,7 @@ def unlearn_parser(commands) -> None:
         default=None,
         help="the parent: 'shapes', a diffusers folder, an unlearn --out folder, or models:/...",
     )
-    _add_size_options(p, "eval-samples")
+    add_size_options(p, "eval-samples")
     p.add_argument("--out", required=True, help="output folder (new or empty; a folder with a checkpoint resumes)")
     add_json(p)
     p.set_defaults(func=cmd_unlearn)

@@ -1,4 +1,4 @@
-"""`lethe submit | status | history | approve | reject | rollback`: the queue and its governance.
+"""`lethe submit | status | history | approve | reject | rollback | revoke`: the queue and its governance.
 
 None of these loads a model (`lethe submit --help` and `lethe status` import no torch: a test checks).
 """
@@ -217,52 +217,54 @@ def history_parser(commands) -> None:
 
 
 # ---------------------------------------------------------------- approve / reject
-def _answer(config, request_id: str, decision) -> str | None:
+def _answer(config, request_id: str, answer) -> str | None:
     """Hand the answer to the run paused for it (flows/approval.py); the state it reached, or None
     when no live run waits (the caller decides directly)."""
     prefect_environment(config)
     from flows.approval import answer_paused_run
 
-    if answer_paused_run(config, request_id, decision):
+    if answer_paused_run(config, request_id, answer):
         return ledger(config).get(request_id).state
     return None
 
 
-def _give_answer(config, request_id: str, decision, *, as_json: bool) -> int:
+def _give_answer(config, request_id: str, answer, *, as_json: bool) -> int:
     """Answer a request's paused flow run through Prefect, or decide it directly when none is paused."""
-    from pipeline.decide import decide
+    from pipeline.decide import apply_answer
 
-    wanted = "promoted" if decision.approve else "rejected"
+    wanted = "promoted" if answer.approve else "rejected"
     try:
-        if (state := _answer(config, request_id, decision)) is not None:
+        if (state := _answer(config, request_id, answer)) is not None:
             result = {"id": request_id, "state": state, "via": "prefect"}
-            if decision.approve:
+            if answer.approve:
                 promoted = state == "promoted"
                 result["production_version"] = ledger(config).get(request_id).candidate_version if promoted else None
             print_json(result) if as_json else print(f"{request_id}: {state} (answered the paused flow run)")
             return 0 if state == wanted else EXIT_FAILED
-        result = {"id": request_id, **decide(config, request_id, decision)}
+        result = {"id": request_id, **apply_answer(config, request_id, answer)}
     except refusals() as error:
         raise BadInput(str(error)) from None
     if as_json:
         print_json(result)
-    elif decision.approve:
+    elif answer.approve:
         print(f"{request_id}: promoted; production is now version {result['production_version']}")
         if back := result.get("revoked_concept"):
             print(
                 f"revoked concept {back['concept']} drawn again: {back['detection']:.3f} "
                 f"({back['relative']:.3f} x base {back['base_detection']:.3f})"
             )
+        elif revocation := result.get("revocation_completed"):
+            print(f"revocation {revocation} took effect; the next `lethe run` measures that its concept is back")
     else:
         print(f"{request_id}: rejected")
     return 0
 
 
 def cmd_approve(args) -> int:
-    from pipeline.values import Decision
+    from pipeline.values import Answer
 
-    decision = Decision(approve=True, approver=args.approver, comment=args.comment or "")
-    return _give_answer(settings(), args.id, decision, as_json=args.json)
+    answer = Answer(approve=True, approver=args.approver, comment=args.comment or "")
+    return _give_answer(settings(), args.id, answer, as_json=args.json)
 
 
 def approve_parser(commands) -> None:
@@ -275,12 +277,12 @@ def approve_parser(commands) -> None:
 
 
 def cmd_reject(args) -> int:
-    from pipeline.values import Decision
+    from pipeline.values import Answer
 
     if not args.reason.strip():
         raise BadInput("a rejection needs a reason")
-    decision = Decision(approve=False, approver=args.approver, comment=args.reason)
-    return _give_answer(settings(), args.id, decision, as_json=args.json)
+    answer = Answer(approve=False, approver=args.approver, comment=args.reason)
+    return _give_answer(settings(), args.id, answer, as_json=args.json)
 
 
 def reject_parser(commands) -> None:

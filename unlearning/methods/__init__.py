@@ -1,4 +1,4 @@
-"""Unlearning methods, one file each (DESIGN.md, "The method"); this table names them.
+"""Unlearning methods, one file each (docs/design.md, "The method"); this table names them.
 
 Every method module has the same record:
 - `KIND`: "loss" — `loss(ctx: StepContext) -> dict` returns tensors keyed "forget" and optionally

@@ -1,7 +1,7 @@
 """DUGE-style decremental step: cross-attention loss + prior preservation + base-anchored regularisation.
 
 The DUGE paper names its three losses but does not publish their formulas; this is Lethe's definition
-(DESIGN.md, "The method"), with θ the student, θ_p the frozen parent, θ_0 the frozen base:
+(docs/design.md, "The method"), with θ the student, θ_p the frozen parent, θ_0 the frozen base:
 
 1. Cross-attention loss, on z_t noised from the parent's images of the *anchor* prompt:
        L_ca = ‖ε_θ(z_t, c_tgt) − sg ε_p(z_t, c_anc)‖²

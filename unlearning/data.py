@@ -1,0 +1,140 @@
+"""The data of an unlearning step (unlearning/loop.py): the parent's images of the request's prompts as
+latents, cached on disk, and the prompts' text embeddings (one by one, as a Gram, as a concept's pairs).
+
+The loop's config (unlearning/config.py) names the prompts' sizes and the sampler; the world builds the
+prompts (unlearning/world.py). A closed-form method needs no images: only the embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from unlearning.attention import word_token_mask
+from unlearning.config import UnlearnConfig
+from unlearning.files import save_torch
+from unlearning.methods import get_method
+from unlearning.methods.context import EncodedPairs
+from unlearning.prompts import ConceptPairs, RequestPrompts
+
+
+def _latents_key(model_sha: str, prompt: str, seed: int, steps: int, guidance: float) -> str:
+    return hashlib.sha256(json.dumps([model_sha, prompt, seed, steps, guidance]).encode()).hexdigest()
+
+
+@torch.no_grad()
+def parent_latents(
+    pipe, prompts: list[str], seeds: list[int], *, model_sha: str, steps: int, guidance: float, cache_dir: Path | None
+) -> torch.Tensor:
+    """Latents of the images the parent generates for `prompts` (the UNet's own latent space),
+    cached on disk by (model sha256, prompt, seed, sampler)."""
+    keys = [_latents_key(model_sha, p, s, steps, guidance) for p, s in zip(prompts, seeds)]
+    found: list[torch.Tensor | None] = []
+    for key in keys:
+        path = cache_dir / f"{key}.pt" if cache_dir else None
+        found.append(torch.load(path) if path and path.is_file() else None)
+    missing = [i for i, latent in enumerate(found) if latent is None]
+    for start in range(0, len(missing), 32):
+        chunk = missing[start : start + 32]
+        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+        init = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seeds[i])) for i in chunk])
+        out = pipe(
+            [prompts[i] for i in chunk],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            latents=init.to(pipe.device, pipe.unet.dtype),
+            output_type="latent",
+        ).images
+        for i, latent in zip(chunk, out):
+            found[i] = latent.float().cpu()
+            if cache_dir:
+                save_torch(cache_dir / f"{keys[i]}.pt", found[i])
+    return torch.stack(found)
+
+
+def _data_seeds(cfg: UnlearnConfig, prompts: RequestPrompts) -> tuple[list[int], list[int]]:
+    keep = len(prompts.preserve) + len(prompts.replay)
+    return (
+        [cfg.seed * 100_003 + i for i in range(len(prompts.anchor))],
+        [cfg.seed * 100_003 + 50_000 + i for i in range(keep)],
+    )
+
+
+def prepare_data(
+    pipe, cfg: UnlearnConfig, prompts: RequestPrompts, *, model_sha: str, cache_dir: Path | None, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The training data of a loss method: latents of the parent's images for the anchor prompts (the
+    forget batch is noised from them) and for the preserve + replay prompts, cached on disk by (parent,
+    prompt, seed, sampler). None for a closed-form method, which needs no images."""
+    if get_method(cfg.method).KIND == "edit":
+        return None
+    seeds_forget, seeds_keep = _data_seeds(cfg, prompts)
+    bar = tqdm(total=2, desc=f"parent images for {cfg.concept}", disable=not progress)
+    forget = parent_latents(
+        pipe,
+        prompts.anchor,
+        seeds_forget,
+        model_sha=model_sha,
+        steps=cfg.data_steps,
+        guidance=cfg.guidance_scale,
+        cache_dir=cache_dir,
+    )
+    bar.update()
+    keep = parent_latents(
+        pipe,
+        prompts.preserve + prompts.replay,
+        seeds_keep,
+        model_sha=model_sha,
+        steps=cfg.data_steps,
+        guidance=cfg.guidance_scale,
+        cache_dir=cache_dir,
+    )
+    bar.update()
+    bar.close()
+    return forget, keep
+
+
+def encode(pipe, prompts: list[str]) -> torch.Tensor:
+    """The text encoder's last hidden states of `prompts`, padded to the tokenizer's length, float32."""
+    if not prompts:
+        dim = pipe.text_encoder.config.hidden_size
+        return torch.zeros(0, pipe.tokenizer.model_max_length, dim, device=pipe.device)
+    chunks = []
+    for start in range(0, len(prompts), 256):
+        tokens = pipe.tokenizer(
+            prompts[start : start + 256],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            chunks.append(pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].float())
+    return torch.cat(chunks)
+
+
+def gram(pipe, prompts: list[str]) -> torch.Tensor:
+    """Σ e eᵀ over every token of `prompts` (padding included, as the UNet attends to it), float64."""
+    dim = pipe.text_encoder.config.hidden_size
+    total = torch.zeros(dim, dim, dtype=torch.float64, device=pipe.device)
+    for start in range(0, len(prompts), 256):
+        tokens = encode(pipe, prompts[start : start + 256]).reshape(-1, dim).double()
+        total += tokens.T @ tokens
+    return total
+
+
+def encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
+    """A concept's target/anchor prompt pairs as embeddings and word-token masks."""
+    length = pipe.tokenizer.model_max_length
+    return EncodedPairs(
+        pairs.concept,
+        encode(pipe, pairs.target),
+        encode(pipe, pairs.anchor),
+        word_token_mask(pipe.tokenizer, pairs.target, pairs.target_words, length).to(pipe.device),
+        word_token_mask(pipe.tokenizer, pairs.anchor, pairs.anchor_words, length).to(pipe.device),
+        pairs.anchor_words[0] if pairs.anchor_words else "",
+    )

@@ -1,5 +1,5 @@
 """The attack: can a white-box adversary make the candidate draw an erased concept with a prompt it
-can type? (docs/design.md, "attack")
+can type? (docs/erasure.md, "The attack")
 
 **UnlearnDiffAtk** (Zhang et al., "To generate or not? Safety-driven unlearned diffusion models are
 still easy to generate unsafe images … for now", ECCV 2024, sec. 4): k tokens prepended to a prompt

@@ -13,7 +13,7 @@ every key there) and a bound, `min` and/or `max`. Further keys:
 - `optional: true` — a metric that was not measured is skipped (e.g. rebound for the first request);
   otherwise a missing metric fails the gate;
 - `why` and `calibration` — why the bound is there and how it was set (the measurement and the
-  multiple); both are shown with a failure and kept with the decision.
+  multiple): `why` is shown with a failure; `calibration` is kept with the policy, for its reader.
 
 A failed gate is a Decision with reasons, never an exception; only a malformed policy raises
 (PolicyError), at load time.

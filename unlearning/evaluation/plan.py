@@ -1,6 +1,6 @@
 """What an evaluation looks at: an evaluation plan of (group, concept, prompt, seed) cases.
 
-Groups (DESIGN.md, "Evaluation and gates"):
+Groups (docs/design.md, "Evaluation and gates"):
 - `forget/gate`     the target named as requested, in the gate (training) templates;
 - `forget/heldout`  the target in held-out templates (new phrasings);
 - `forget/synonyms` the target named by its synonyms (requested ones and the vocabulary's);

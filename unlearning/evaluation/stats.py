@@ -7,7 +7,8 @@
   replacement and keeps every image of a drawn prompt.
 - `binomial_upper_tail` / `passes_rate_test`: the exact one-sided binomial test of H0: p ≤ p0 against
   p > p0 at level α — pass when P(X ≥ k | n, p0) ≤ α. With n = 60 and p0 = 0.85 it passes at
-  k ≥ 55 (a false pass 4.7 % of the time at a true rate of 0.85; power 83 % at 0.95).
+  k ≥ 56 (P(X ≥ 56 | 0.85) = 0.042: a false pass 4.2 % of the time at a true rate of 0.85; 55 of 60 gives
+  0.097 and fails; power 82 % at a true rate of 0.95).
 
 Everything is deterministic: the bootstrap draws from a generator seeded by the caller.
 """

@@ -1,4 +1,4 @@
-"""The sweep: does the candidate draw an erased concept on *any* prompt? (docs/design.md, "sweep")
+"""The sweep: does the candidate draw an erased concept on *any* prompt? (docs/erasure.md)
 
 The forget sets ask whether the concept is gone from the phrasings Lethe itself writes. A user or an
 adversary types other things. A closed-form K/V edit W = W₀R re-maps every embedding, not only the

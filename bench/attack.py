@@ -43,12 +43,24 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 SEQUENCE = ("circle", "striped", "star", "dotted", "heart", "checkered", "diamond", "gradient", "ring", "speckled")
 
 
-def parse_spec(spec: str) -> tuple[str, str, dict]:
-    """(label, method, hyper) of `name[:key=value,...][@label]`."""
+def parse_spec(spec: str) -> tuple[str, str, dict, dict]:
+    """(label, method, hyper, config fields) of `name[:key=value,...][@label]`: a key that names an
+    UnlearnConfig field (steps, broad_prompts, ...) sets it; any other is a hyper-parameter."""
+    from dataclasses import fields
+
+    from unlearning.config import UnlearnConfig
+
     body, _, label = spec.partition("@")
     name, _, rest = body.partition(":")
-    hyper = {key: float(value) for key, _, value in (item.partition("=") for item in filter(None, rest.split(",")))}
-    return label or body, name, hyper
+    config_fields = {f.name: f.type for f in fields(UnlearnConfig)}
+    hyper, options = {}, {}
+    for key, _, value in (item.partition("=") for item in filter(None, rest.split(","))):
+        if key in config_fields and key != "hyper":
+            kind = config_fields[key].split(" ")[0]
+            options[key] = {"int": int, "bool": lambda v: bool(int(v))}.get(kind, float)(value)
+        else:
+            hyper[key] = float(value)
+    return label or body, name, hyper, options
 
 
 def setup(args):
@@ -145,7 +157,7 @@ def single(args) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for spec in args.methods:
-        label, method, hyper = parse_spec(spec)
+        label, method, hyper, options = parse_spec(spec)
         with tempfile.TemporaryDirectory() as tmp:
             payload, trained, evaluated = request(
                 settings,
@@ -158,6 +170,7 @@ def single(args) -> None:
                 hyper=hyper,
                 synonyms=("disc",),
                 preserve=("ring",),
+                **options,
             )
         c, decision = payload["checks"], payload["decision"]
         forget = c["forget"]
@@ -170,7 +183,7 @@ def single(args) -> None:
             f"| {'pass' if decision['passed'] else 'FAIL'} | {trained:.0f} | {evaluated:.0f} |",
             flush=True,
         )
-        rows.append({"label": label, "method": method, "hyper": hyper, "payload": payload})
+        rows.append({"label": label, "method": method, "hyper": hyper, "options": options, "payload": payload})
     if any("diagnostics" in row["payload"]["checks"] for row in rows):
         print("\nDiagnostics of circle (reported, not gated):\n")
         print("| method | inversion residual | nearest real token (× ‖e‖) | draws with e′ | textual inversion draws |")
@@ -203,13 +216,22 @@ def sequence(args) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for spec in args.methods:
-        label, method, hyper = parse_spec(spec)
+        label, method, hyper, options = parse_spec(spec)
         parent, erased = "shapes", ()
         with tempfile.TemporaryDirectory() as tmp:
             for step, concept in enumerate(concepts, start=1):
                 out = Path(tmp) / f"{step}-{concept}"
                 payload, trained, evaluated = request(
-                    settings, evaluator, base, parent, out, concept=concept, method=method, hyper=hyper, erased=erased
+                    settings,
+                    evaluator,
+                    base,
+                    parent,
+                    out,
+                    concept=concept,
+                    method=method,
+                    hyper=hyper,
+                    erased=erased,
+                    **options,
                 )
                 c, decision = payload["checks"], payload["decision"]
                 cells = []
@@ -270,8 +292,8 @@ def cost(args) -> None:
     print("| method | edit s (encode + broad Gram + solve + weights) | attn2 K/V tensors |")
     print("|---|---|---|")
     for spec in args.methods:
-        label, method, hyper = parse_spec(spec)
-        config = UnlearnConfig(concept="circle", method=method, hyper=hyper)
+        label, method, hyper, options = parse_spec(spec)
+        config = UnlearnConfig(concept="circle", method=method, hyper=hyper, **options)
         with tempfile.TemporaryDirectory() as tmp:
             with torch.no_grad():  # every run starts from the same base weights
                 for name, param in unet.named_parameters():

@@ -98,3 +98,32 @@ def test_bad_configs_are_refused_before_anything_is_written(tiny_base, tmp_path)
                 pipe, bad, tmp_path / "out", prompts=shapes_prompts_for(CONFIG), model_sha="x", base_values={}
             )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_start_edit_is_the_closed_form_then_the_steps_resume_from_it(tiny_base, tmp_path, monkeypatch):
+    """duge-on-uce: with no steps it is continual-uce's edit exactly (the same tensors, the same lineage
+    terms); with steps it trains on from the edit, and a run killed after a checkpoint resumes to the
+    uninterrupted weights (the edit is not applied over the checkpoint's)."""
+    common = dict(concept="circle", synonyms=("disc",), preserve=("ring",), erased=("striped",), prompts_per_concept=4)
+    closed, _ = _run(tiny_base, tmp_path / "closed", UnlearnConfig(method="continual-uce", **common))
+    started, summary = _run(
+        tiny_base, tmp_path / "start", UnlearnConfig(method="duge-on-uce", steps=0, broad_prompts=4, **common)
+    )
+    assert_same_weights(closed.unet, started.unet)
+    assert "edit/erase_residual" in summary["final_terms"] and summary["lineage"] is not None
+
+    trained_cfg = UnlearnConfig(
+        method="duge-on-uce", steps=4, batch_size=2, data_steps=2, checkpoint_every=2, broad_prompts=4, **common
+    )
+    uninterrupted, _ = _run(tiny_base, tmp_path / "a", trained_cfg)
+    moved = [
+        name
+        for name, value in uninterrupted.unet.state_dict().items()
+        if not torch.equal(value, started.unet.state_dict()[name])
+    ]
+    assert moved and all(".attn2.to_k." in n or ".attn2.to_v." in n for n in moved), "the steps train on from the edit"
+    kill_after_checkpoint(monkeypatch, lambda: _run(tiny_base, tmp_path / "b", trained_cfg), saves=1)
+    resumed, summary = _run(tiny_base, tmp_path / "b", trained_cfg)
+    assert summary["resumed_from_step"] == 2
+    assert_same_weights(uninterrupted.unet, resumed.unet)

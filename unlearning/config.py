@@ -43,7 +43,8 @@ class UnlearnConfig:
     prompts_per_concept: int | None = None  # target prompts; None: the method's (PROMPTS_PER_CONCEPT, else 24)
     preserve_per_concept: int | None = None  # preserve prompts per other concept; None: the method's (else 2)
     prompt_templates: str | None = None  # the world's template set: None: the method's (PROMPT_TEMPLATES, else "train")
-    broad_prompts: int | None = None  # vocabulary prompts of a closed form's broad Gram; None: the method's (else 0)
+    broad_prompts: int | None = None  # method-half vocabulary prompts: a closed form's broad Gram G, a loss method's
+    # broad preserve prompts (distilled from the parent); None: the method's BROAD_PROMPTS (else 0)
     data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
     guidance_scale: float = 5.0
     compile: bool = False
@@ -85,10 +86,9 @@ class UnlearnConfig:
             "prompts_per_concept": self.prompts_per_concept,
             "preserve_per_concept": self.preserve_per_concept,
             "prompt_templates": self.prompt_templates,
+            "broad_prompts": self.broad_prompts,
         }
-        if get_method(self.method).KIND == "edit":
-            record["broad_prompts"] = self.broad_prompts
-        else:
+        if get_method(self.method).KIND != "edit":
             record.update(
                 steps=self.steps,
                 lr=self.lr,

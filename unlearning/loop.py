@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -159,8 +160,16 @@ def run_unlearning(
     )
 
     # -- data: target/anchor pairs, preserve + replay prompts, the parent's images of them (latents)
-    keep_prompts = prompts.preserve + prompts.replay
     closed_form = method.KIND == "edit"  # an edit from the prompts' embeddings: no images, no steps
+    world_preserve = prompts.preserve
+    if cfg.broad_prompts and not closed_form:
+        # broad prior preservation: the method's half of the vocabulary joins the preserve set, distilled
+        # from the parent like it (what the closed form's broad Gram G holds, for a loss method: without
+        # it the anchor floods the words no request named — bench/RESULTS.md, issue 24)
+        prompts = replace(
+            prompts, preserve=prompts.preserve + broad_prompts(pipe.tokenizer, cfg.broad_prompts, seed=cfg.seed)
+        )
+    keep_prompts = prompts.preserve + prompts.replay
     if not closed_form:
         forget_latents, keep_latents = (
             x.to(device) for x in prepare_data(pipe, cfg, prompts, model_sha=model_sha, cache_dir=cache_dir)
@@ -173,6 +182,43 @@ def run_unlearning(
     scheduler = pipe.scheduler
     alphas = scheduler.alphas_cumprod.to(device)
     train_steps = scheduler.config.num_train_timesteps
+
+    # -- edit: a closed-form method edits once, instead of training; a loss method with a `START` closed
+    # form trains from that edit (its K/V solved from the base first, then the steps; unlearning/methods)
+    last: dict[str, float] = {}
+    lineage_record = None
+    edit_method = method if closed_form else (get_method(method.START) if hasattr(method, "START") else None)
+    edited: set[str] = set()
+    if edit_method is not None:
+        edited = set(trainable_names(student, edit_method.PARAMS))
+        # the broad Gram's prompts: a closed form's `broad_prompts`; a start edit's own (the loss method's
+        # `broad_prompts` are its preserve prompts)
+        broad_gram_prompts = cfg.broad_prompts if closed_form else getattr(edit_method, "BROAD_PROMPTS", 0)
+        edit = EditContext(
+            trained={n: p for n, p in trained.items() if n in edited},
+            base_values={n: v for n, v in base.items() if n in edited},
+            target_embeds=target_embeds,
+            anchor_embeds=anchor_embeds,
+            target_tokens=target_tokens,
+            anchor_tokens=anchor_tokens,
+            preserve_embeds=encode(pipe, world_preserve),
+            replay_embeds=encode(pipe, prompts.replay),
+            hyper=cfg.hyper,
+            concept=cfg.concept,
+            anchor=prompts.anchor_words[0] if prompts.anchor_words else "",
+            earlier=tuple(encode_pairs(pipe, pairs) for pairs in prompts.earlier),
+            lineage=lineage,
+            broad_gram=gram(pipe, broad_prompts(pipe.tokenizer, broad_gram_prompts, seed=cfg.seed))
+            if broad_gram_prompts
+            else None,
+        )
+        last = {f"edit/{k}" if not closed_form else k: v for k, v in edit_method.edit(edit).items()}
+        if edit.lineage_out is not None:
+            concepts = sorted({key.rsplit("::", 1)[0] for key in edit.lineage_out})
+            lineage_record = save_lineage(out_dir / LINEAGE_FILE, edit.lineage_out, concepts)
+    # L2-SP's anchor: the base (θ_0), or — after a start edit — what the edit solved from the base, so the
+    # regulariser keeps the steps near the closed form instead of undoing it
+    anchor_values = base if closed_form else {**base, **{n: trained[n].detach().clone() for n in edited}}
 
     # -- resume
     checkpoint_path, start = out_dir / CHECKPOINT_FILE, 0
@@ -201,32 +247,7 @@ def run_unlearning(
 
     # -- train (a closed-form method instead edits the trained tensors once)
     student.train()
-    last: dict[str, float] = {}
-    lineage_record = None
-    if closed_form:
-        edit = EditContext(
-            trained=trained,
-            base_values=base,
-            target_embeds=target_embeds,
-            anchor_embeds=anchor_embeds,
-            target_tokens=target_tokens,
-            anchor_tokens=anchor_tokens,
-            preserve_embeds=encode(pipe, prompts.preserve),
-            replay_embeds=encode(pipe, prompts.replay),
-            hyper=cfg.hyper,
-            concept=cfg.concept,
-            anchor=prompts.anchor_words[0] if prompts.anchor_words else "",
-            earlier=tuple(encode_pairs(pipe, pairs) for pairs in prompts.earlier),
-            lineage=lineage,
-            broad_gram=gram(pipe, broad_prompts(pipe.tokenizer, cfg.broad_prompts, seed=cfg.seed))
-            if cfg.broad_prompts
-            else None,
-        )
-        last = method.edit(edit)
-        if edit.lineage_out is not None:
-            concepts = sorted({key.rsplit("::", 1)[0] for key in edit.lineage_out})
-            lineage_record = save_lineage(out_dir / LINEAGE_FILE, edit.lineage_out, concepts)
-    else:
+    if not closed_form:
         bar = tqdm(
             range(start, cfg.steps),
             desc=f"unlearn {cfg.concept} ({cfg.method})",
@@ -257,7 +278,7 @@ def run_unlearning(
                 preserve_embeds=keep_embeds[p_index],
                 # L2-SP anchors at the base: for lora, the merged weights W + B·A (what the delta will hold)
                 trained=lora_merged_weights(student) if cfg.params == "lora" else trained,
-                base_values=base,
+                base_values=anchor_values,
                 hyper=cfg.hyper,
             )
             with autocast:

@@ -7,13 +7,15 @@ Every method module has the same record:
   `edit(ctx: EditContext) -> dict`, applied once instead of training steps;
 - `PARAMS`: the parameter set it trains unless the request names another (unlearning/parameters.py);
 - `DEFAULTS`: its hyper-parameters (a request may override any of them, and only them);
-- `ALWAYS_SURGERY` (optional, True for rgd): gradient surgery is the method, not an option.
+- `ALWAYS_SURGERY` (optional, True for rgd): gradient surgery is the method, not an option;
+- `START` (optional, a loss method): the closed-form method the loop applies before the first step.
 
 The methods: `duge` (Lethe's decremental step), `esd-x` / `esd-u` (ESD negative guidance on
 cross-attention / on the other weights, Gandikota 2023), `ablation` (Concept Ablation, Kumari 2023),
 `rgd` (restricted gradient, Ko 2024), `uce` (Unified Concept Editing, Gandikota 2024), `continual-uce`
 (UCE over every aligned token of many phrasings, re-solved from the base with the lineage's terms at
-every request, hardened with RECE's adversarial embeddings).
+every request, hardened with RECE's adversarial embeddings), `duge-on-uce` (continual-uce's edit, then
+DUGE's losses with broad prior preservation).
 
 A method may also set `PROMPTS_PER_CONCEPT`, `PRESERVE_PER_CONCEPT` and `PROMPT_TEMPLATES` (the
 world's template set), the defaults of the config fields of the same names.
@@ -35,6 +37,7 @@ _MODULES = {
     "rgd": "rgd",
     "uce": "uce",
     "continual-uce": "continual_uce",
+    "duge-on-uce": "duge_on_uce",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_MODULES)
 DEFAULT_METHOD = "continual-uce"  # the best on bench/unlearning.py (bench/RESULTS.md): closed form, seconds a request

@@ -110,3 +110,53 @@ def test_parameter_sets_select_the_documented_tensors():
 def test_unknown_methods_are_refused(name):
     with pytest.raises(ValueError, match="unknown method"):
         get_method(name)
+
+
+def test_the_adversarial_condition_is_one_signed_step_towards_the_parents_concept():
+    """duge-on-uce's c_adv = c − ε·rms(c)·sign ∇_c ‖ε_θ(z, c) − ε_p(z, c_tgt)‖². A linear student
+    ε_θ(z, c) = z + Σ_tokens c·a and a parent predicting z + 1: at c_tgt ≡ 0.5 the student predicts
+    2·(0.5 − 1 + 0.25) = −0.5 < 1, so the attack raises c·a — every coordinate moves by
+    ε·rms(c_tgt)·sign(a_d) = 0.1·0.5·sign(a_d) — and its loss falls."""
+    from unlearning.methods.context import StepContext
+    from unlearning.methods.duge_on_uce import adversarial_condition
+
+    a = torch.tensor([1.0, -2.0, 0.5])
+
+    class Linear(torch.nn.Module):
+        def forward(self, z, t, c):
+            return type("Out", (), {"sample": z + (c @ a).sum(dim=1).view(-1, 1, 1, 1)})()
+
+    class One(torch.nn.Module):
+        def forward(self, z, t, c):
+            return type("Out", (), {"sample": z + 1.0})()
+
+    z = torch.zeros(1, 1, 2, 2)
+    target = torch.full((1, 2, 3), 0.5)
+    ctx = StepContext(
+        student=Linear(),
+        parent=One(),
+        student_maps=None,
+        parent_maps=None,
+        forget_noisy=z,
+        forget_noise=z,
+        forget_timesteps=torch.zeros(1),
+        target_embeds=target,
+        anchor_embeds=None,
+        empty_embeds=None,
+        target_tokens=None,
+        anchor_tokens=None,
+        preserve_noisy=None,
+        preserve_noise=None,
+        preserve_timesteps=None,
+        preserve_embeds=None,
+        trained={},
+        base_values={},
+        hyper={},
+    )
+    adversarial = adversarial_condition(ctx, 0.1)
+    torch.testing.assert_close(adversarial - target, 0.05 * a.sign().expand(1, 2, 3))
+
+    def attack_loss(c):
+        return (Linear()(z, None, c).sample - 1.0).pow(2).mean()
+
+    assert attack_loss(adversarial) < attack_loss(target)

@@ -15,7 +15,15 @@ token — but with a fixed anchor it floods the words no request named (squares 
    prompts of the method's half of the vocabulary (`broad_prompts`, distilled from the parent: the
    gradient's counterpart of G — L_pp = ‖ε_θ(z_t, c) − sg ε_p(z_t, c)‖² over them too);
 3. L_reg anchors at the edit's solution W₀R (the loop's start edit), not at W₀: the regulariser keeps
-   the steps near what the closed form solved, instead of undoing it.
+   the steps near what the closed form solved, instead of undoing it;
+4. with `adversarial_epsilon` > 0, adversarial training in embedding space (R.A.C.E., Kim et al. ECCV
+   2024, sec. 3.2: a one-step FGSM attack inside the erasure loop): the condition that brings the
+   concept back to the student, one signed-gradient step from the target's,
+       c_adv = c_tgt − ε · rms(c_tgt) · sign ∇_c ‖ε_θ(z_t, c) − sg ε_p(z_t, c_tgt)‖² |_{c = c_tgt}
+   (rms per token: the bound scales with the encoder's own), is erased too:
+       L_adv = ‖ε_θ(z_t, c_adv) − sg ε_p(z_t, c_anc)‖², added to the forget term.
+   The gate's attack prepends typeable tokens, which moves every token's contextual embedding: this
+   trains the erasure to hold in a ball around the target's.
 
 In a sequence the next request re-solves the K/V weights from the base (step 1) and trains again; the
 steps of earlier requests are carried by the replay set in L_pp (the parent's images of every concept
@@ -23,6 +31,9 @@ erased before), not by the weights.
 """
 
 from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
 
 from unlearning.methods import continual_uce, duge
 from unlearning.methods.context import StepContext
@@ -34,9 +45,30 @@ PROMPTS_PER_CONCEPT = continual_uce.PROMPTS_PER_CONCEPT
 PRESERVE_PER_CONCEPT = continual_uce.PRESERVE_PER_CONCEPT
 PROMPT_TEMPLATES = continual_uce.PROMPT_TEMPLATES
 BROAD_PROMPTS = 256  # broad preserve prompts, one parent image each (the closed form's G uses its own 1000)
-DEFAULTS = {**continual_uce.DEFAULTS, **duge.DEFAULTS}
+DEFAULTS = {**continual_uce.DEFAULTS, **duge.DEFAULTS, "adversarial_epsilon": 0.0}
 
 
-def loss(ctx: StepContext):
-    """DUGE's three losses (duge.py), from the closed form's solution."""
-    return duge.loss(ctx)
+def adversarial_condition(ctx: StepContext, epsilon: float) -> torch.Tensor:
+    """c_adv (module docstring, 4): one FGSM step from the target's condition towards the parent's concept."""
+    with torch.no_grad():
+        concept = ctx.parent(ctx.forget_noisy, ctx.forget_timesteps, ctx.target_embeds).sample
+    condition = ctx.target_embeds.detach().clone().requires_grad_(True)
+    attack = F.mse_loss(ctx.student(ctx.forget_noisy, ctx.forget_timesteps, condition).sample, concept)
+    (gradient,) = torch.autograd.grad(attack, condition)
+    rms = condition.detach().pow(2).mean(dim=-1, keepdim=True).sqrt()
+    return (condition.detach() - epsilon * rms * gradient.sign()).detach()
+
+
+def loss(ctx: StepContext) -> dict[str, torch.Tensor]:
+    """DUGE's three losses (duge.py), from the closed form's solution, and L_adv when asked."""
+    hyper = {**DEFAULTS, **ctx.hyper}
+    epsilon = hyper["adversarial_epsilon"]
+    adversarial = adversarial_condition(ctx, epsilon) if epsilon else None
+    terms = duge.loss(ctx)  # after the attack: the attention maps it records are the loss's own
+    if adversarial is not None:
+        with torch.no_grad():
+            anchor = ctx.parent(ctx.forget_noisy, ctx.forget_timesteps, ctx.anchor_embeds).sample
+        erased = F.mse_loss(ctx.student(ctx.forget_noisy, ctx.forget_timesteps, adversarial).sample, anchor)
+        terms["forget"] = terms["forget"] + erased
+        terms["log/adv_eps"] = erased.detach()
+    return terms

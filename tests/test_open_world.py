@@ -128,3 +128,33 @@ def test_the_erosion_checks_run_on_the_open_world_s_judge(clip_dir):
     assert results["fid"]["n"] == len([c for c in plan.cases if c.group.startswith("retain/")])
     for group, detection in results["groups"].items():
         assert detection["detection"] == detection["base_detection"], group
+
+
+def test_the_cli_refuses_a_judge_that_is_not_a_clip_in_one_line(tmp_path):
+    """`lethe evaluate` on an open-world lineage whose judge_model is a BERT folder: exit 2, one line naming
+    the folder and what was expected, before any model is loaded."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "LETHE_HOME": str(tmp_path / "home"),
+        "LETHE_WORLD": "open",
+        "LETHE_JUDGE_MODEL": str(tmp_path / "bert"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "evaluate", "--target", "cat"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"judge_model {tmp_path / 'bert'}: config.json has model_type 'bert'" in lines[0]
+    assert "expected a CLIP model" in lines[0]

@@ -17,10 +17,12 @@ from pipeline.claim import registry_for
 from pipeline.evaluator import Evaluator, flatten_metrics
 from pipeline.prepare import load_parent_model
 from pipeline.settings import LetheSettings
+from pipeline.world import world_for
 from registry.ledger import Ledger
 from registry.retries import with_retries
 from unlearning.evaluation.gates import Policy
 from unlearning.files import write_json
+from unlearning.open_plan import LineageConcepts
 from unlearning.sampling import load_model
 
 PASSED, FAILED = "passed", "failed"
@@ -54,6 +56,8 @@ def audit_version(settings: LetheSettings, *, version: int, out_dir: Path) -> di
     evaluator.policy = policy = audit_policy(evaluator.policy)
     model = load_parent_model(settings, f"models:/{settings.model_name}/{version}")
     erased = list(model.erased)
+    # the version's erased concepts are the classes an open world's judge must name (the shapes world knows its own)
+    evaluator.world = world_for(settings, LineageConcepts(erased=tuple(erased)))
     base = load_model(model.base_model)
     plan = evaluator.plan(None, erased=tuple(erased))
     evaluation = evaluator.evaluate(model.pipe, base, plan, base_sha256=model.base_sha256)

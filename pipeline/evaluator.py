@@ -23,6 +23,7 @@ from unlearning.evaluation.gates import Policy, load_policy
 from unlearning.evaluation.plan import EvaluationPlan, PlanSize
 from unlearning.evaluation.report import evaluation_payload, write_report
 from unlearning.evaluation.sweep import SweepSize
+from unlearning.open_plan import LineageConcepts
 from unlearning.world import World
 
 
@@ -61,10 +62,14 @@ class Evaluator:
         size: PlanSize | None = None,
         sampler: dict | None = None,
         world: World | None = None,
+        concepts: LineageConcepts | None = None,
     ) -> Evaluator:
-        """Raises PolicyError for a malformed policy file (before anything is sampled)."""
+        """`concepts`: the request's (target, anchor, preserve, erased), which an open world's judge must name
+        (pipeline/world.py `world_for`); the shapes world knows its own.
+
+        Raises PolicyError for a malformed policy file (before anything is sampled)."""
         return cls(
-            world=world or world_for(settings),
+            world=world or world_for(settings, concepts),
             policy=load_policy(policy_path or settings.policy) if gate else None,
             sampler=sampler
             or {"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},

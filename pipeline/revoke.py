@@ -26,6 +26,7 @@ from pipeline.prepare import load_parent_model
 from pipeline.settings import LetheSettings
 from registry import governance
 from registry.ledger import Ledger, Revocation
+from unlearning.open_plan import LineageConcepts
 from unlearning.sampling import load_model
 
 MEASURED = "revocation-measured"
@@ -87,7 +88,8 @@ def measure_revoked(settings: LetheSettings, revocation: Revocation, *, actor: s
     version = registry_for(settings).alias_version("production")
     source = settings.base_model if version is None else f"models:/{settings.model_name}/{version}"
     model = load_parent_model(settings, source)
-    evaluator = Evaluator.from_settings(settings, gate=False)
+    others = tuple(c for c in model.erased if c != concept)
+    evaluator = Evaluator.from_settings(settings, gate=False, concepts=LineageConcepts(concept, erased=others))
     report_dir = settings.home / "reports" / f"{revocation.id}-{time.strftime('%Y%m%d-%H%M%S')}"
     _, payload = evaluate_model(
         evaluator,
@@ -95,7 +97,7 @@ def measure_revoked(settings: LetheSettings, revocation: Revocation, *, actor: s
         load_model(model.base_model),
         base_sha256=model.base_sha256,
         target=concept,
-        erased=tuple(c for c in model.erased if c != concept),
+        erased=others,
         report_dir=report_dir,
         title=f"Revocation {revocation.id}: is {concept} back?",
     )

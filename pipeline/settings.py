@@ -33,7 +33,17 @@ class LetheSettings(BaseSettings):
     world: Literal["auto", "shapes", "open"] = Field(
         "auto",
         description="what judges the lineage's concepts: auto = shapes for the shipped base, "
-        "else open (any text, no judge)",
+        "else open (any text, judged by judge_model)",
+    )
+    judge_model: str | None = Field(
+        None,
+        description="the open world's judge: a CLIP model (transformers format) as a local folder or hub id; "
+        "without it an open-world candidate cannot be evaluated or gated",
+    )
+    judge_styles: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="open-world concepts the judge sees as styles (LETHE_JUDGE_STYLES=van gogh,ukiyo-e); "
+        "every other concept is an object",
     )
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite:///<home>/mlflow.db")
     artifact_root: str | None = Field(None, description="default: <home>/artifacts; s3://bucket/prefix in production")
@@ -101,12 +111,24 @@ class LetheSettings(BaseSettings):
         description="how long a drainer waits for its lineage's lock before leaving it to the holder",
     )
 
-    @field_validator("approvers", mode="before")
+    @field_validator("approvers", "judge_styles", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    @field_validator("judge_styles")
+    @classmethod
+    def _concepts(cls, value: list[str]) -> list[str]:
+        from registry.requests import normalise_concept  # compared with requests' concepts in their normal form
+
+        return list(dict.fromkeys(normalise_concept(name) for name in value))
+
+    @field_validator("judge_model")
+    @classmethod
+    def _no_blank_judge(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("drain_cron", "audit_cron")
     @classmethod

@@ -27,6 +27,7 @@ from unlearning.evaluation.evaluate import Evaluation
 from unlearning.files import write_json
 from unlearning.loop import ConfigError, UnlearnConfig, run_unlearning
 from unlearning.model_folder import DELTA_FILE, LINEAGE_FILE, PARENTS_DIR, ancestor_path, save_lineage
+from unlearning.open_plan import LineageConcepts
 from unlearning.sampling import load_model
 
 
@@ -144,7 +145,8 @@ def unlearn_and_evaluate_request(settings: LetheSettings, request, parent: Paren
     number come back as an `Outcome` (also written to `work_dir/outcome.json`). A request resumed after a
     crash trains only what it had not finished and evaluates only what it had not judged (`outcome.json`
     records what it judged)."""
-    evaluator = Evaluator.from_settings(settings)
+    concepts = LineageConcepts(request.concept, request.anchor, tuple(request.preserve), tuple(parent.erased))
+    evaluator = Evaluator.from_settings(settings, concepts=concepts)  # an open world's judge names them
     train_dir, outcome_file = work_dir / "train", work_dir / OUTCOME_FILE
     if outcome_file.is_file() and (train_dir / DELTA_FILE).is_file():
         recorded = json.loads(outcome_file.read_text())

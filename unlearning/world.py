@@ -11,15 +11,18 @@ generic core (the loop, the checks, the gates) imports a particular world.
   need to look for a concept beyond the plan's phrasings.
 
 The shapes world (unlearning/shapes/world.py) knows its vocabulary and has two judges; `OpenWorld`, for
-any other base, takes any text and has no judge, so its candidates cannot be gated until one is
-configured (`NoJudge`).
+any other base, takes any text and is judged by a zero-shot CLIP when one is configured
+(unlearning/evaluation/clip_judge.py; its plans and classes: unlearning/open_plan.py); without one its
+candidates cannot be evaluated or gated (`NoJudge`).
 """
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
-from unlearning.evaluation.plan import EvaluationPlan, PlanSize
+from unlearning.evaluation.plan import EvaluationPlan, PlanError, PlanSize
+from unlearning.open_plan import DISTRACTORS, LineageConcepts, concept_key, judge_heads, open_plan
 from unlearning.prompts import RequestPrompts, open_prompts
 
 if TYPE_CHECKING:  # the judges need torch; knowing a world's vocabulary does not
@@ -53,10 +56,33 @@ class World(Protocol):
 
 
 class OpenWorld:
-    """Any base model: any concept text, generic prompt templates, no judge."""
+    """Any base model: any concept text, generic prompt templates, judged by a zero-shot CLIP.
+
+    `judge_model`: a CLIP model folder or hub id (None: no judge, every plan raises `NoJudge`); `device`:
+    where it runs ("auto": cuda when available).
+    `styles`: the concepts judged as styles (with the generic style distractors); any other is an object.
+    `concepts`: the lineage's concepts for the request at hand (target, anchor, preserve, erased), the
+    classes the judge tells apart besides the distractors (unlearning/open_plan.py). The `World` protocol's
+    `judges()` takes no request, so the world is built per request with them (pipeline/world.py
+    `world_for`); a plan for a concept the world was not built with is refused, since a judge that cannot
+    name the concept would never find it (an erasure it did not measure).
+    """
 
     name = "open"
     vocabulary: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        judge_model: str | None = None,
+        *,
+        styles: tuple[str, ...] = (),
+        concepts: LineageConcepts = LineageConcepts(),
+        device: str = "cpu",
+    ):
+        self.judge_model = judge_model
+        self.styles = frozenset(concept_key(s) for s in styles)
+        self.concepts = concepts
+        self.device = device
 
     def known(self, concept: str) -> bool:
         return True
@@ -71,14 +97,61 @@ class OpenWorld:
             per_concept=config.prompts_per_concept,
         )
 
+    def _require_judge(self) -> str:
+        """The judge model, checked (torch-free) before anything is sampled.
+
+        Raises:
+            NoJudge: none is configured; JudgeModelError (a NoJudge): it is not a CLIP model.
+        """
+        if not self.judge_model:
+            raise NoJudge(
+                "this base model has no judge configured (set judge_model, LETHE_JUDGE_MODEL, to a CLIP model): "
+                "its candidates cannot be evaluated or gated"
+            )
+        from unlearning.evaluation.clip_judge import check_judge_model
+
+        check_judge_model(self.judge_model)
+        return self.judge_model
+
+    def heads(self) -> dict[str, tuple[str, ...]]:
+        """The judge's classes per domain: the lineage's concepts, then the generic distractors."""
+        return judge_heads(self.concepts, self.head_of)
+
     def plan(self, target, *, synonyms=(), erased=(), size=PlanSize()) -> EvaluationPlan:
-        raise NoJudge("this base model has no judge configured: its candidates cannot be evaluated or gated")
+        """Raises NoJudge (no judge, or not a CLIP model) or PlanError (a concept the judge was not built for,
+        a target also erased, no images)."""
+        self._require_judge()
+        classes = {c for names in self.heads().values() for c in names}
+        missing = [c for c in ((target,) if target else ()) + tuple(erased) if concept_key(c) not in classes]
+        if missing:
+            raise PlanError(
+                f"the open world's judge was built for {', '.join(self.concepts.judged()) or 'no concepts'}; "
+                f"it cannot judge {', '.join(missing)} (build the world with the request's concepts)"
+            )
+        return open_plan(
+            target, synonyms=synonyms, erased=erased, retained=self.concepts.retained(), head_of=self.head_of, size=size
+        )
+
+    @cached_property
+    def _judges(self):
+        import torch
+
+        from unlearning.evaluation.clip_judge import ClipJudge
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        return (ClipJudge.load(self._require_judge(), self.heads(), device=device),)
 
     def judges(self) -> tuple[Judge, ...]:
-        raise NoJudge("this base model has no judge configured")
+        """(the CLIP judge,): loaded once per world.
+
+        Raises:
+            NoJudge: none is configured, or it is not a loadable CLIP model (JudgeModelError).
+        """
+        return self._judges
 
     def head_of(self, concept: str) -> str:
-        raise NoJudge("this base model has no judge configured")
+        key = concept_key(concept)
+        return "style" if key in self.styles or key in DISTRACTORS["style"] else "object"
 
     def names_of(self, concept: str) -> tuple[str, ...]:
         return (concept,)

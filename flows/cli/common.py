@@ -52,9 +52,9 @@ def refusals() -> tuple[type[Exception], ...]:
 def model_refusals() -> tuple[type[Exception], ...]:
     """Refusals of commands that load or judge a model: the above, plus a bad model path, prompt, plan
     or config (these need torch, so only model commands import them)."""
+    from unlearning.evaluation.plan import PlanError
     from unlearning.loop import ConfigError
     from unlearning.sampling import PromptError
-    from unlearning.shapes.plan import PlanError
     from unlearning.world import NoJudge
 
     return (*refusals(), FileNotFoundError, PromptError, PlanError, ConfigError, NoJudge)

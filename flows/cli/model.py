@@ -139,6 +139,7 @@ def cmd_evaluate(args) -> int:
     from pipeline.evaluate import evaluate_model
     from pipeline.evaluator import Evaluator
     from unlearning.evaluation.checks import probe_prompts
+    from unlearning.open_plan import LineageConcepts
     from unlearning.sampling import check_prompt, generate, use_scheduler
 
     try:
@@ -149,6 +150,7 @@ def cmd_evaluate(args) -> int:
             policy_path=args.policy,
             size=size,
             sampler=sampler,
+            concepts=LineageConcepts(args.target, erased=tuple(args.erased or ())),
         )
         evaluator.plan(args.target, synonyms=tuple(args.synonym or ()), erased=tuple(args.erased or ()))  # refuse early
     except model_refusals() as error:
@@ -269,6 +271,7 @@ def cmd_unlearn(args) -> int:
 
     from pipeline.evaluator import Evaluator
     from pipeline.unlearn import lineage_erased, unlearn_and_evaluate
+    from unlearning.open_plan import LineageConcepts
 
     loaded = _load(config, args.model)
     try:
@@ -276,7 +279,9 @@ def cmd_unlearn(args) -> int:
         erased = lineage_erased(tuple(loaded.erased), tuple(args.erased or ()))
         unlearn_config = UnlearnConfig.from_request(spec, erased=erased, compile=args.compile or None)
         unlearn_config.validate()
-        evaluator = Evaluator.from_settings(config, size=size)
+        concepts = LineageConcepts(spec.concept, spec.anchor, tuple(spec.preserve), tuple(erased))
+        evaluator = Evaluator.from_settings(config, size=size, concepts=concepts)  # an open world's judge names them
+        evaluator.plan(spec.concept, synonyms=tuple(spec.synonyms), erased=tuple(erased))  # refuse before training
     except model_refusals() as error:
         raise BadInput(str(error)) from None
     out.mkdir(parents=True, exist_ok=True)

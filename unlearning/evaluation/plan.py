@@ -16,7 +16,20 @@ unlearning/shapes/plan.py); the checks only read them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+PLAN_SEED = 700_000_000  # evaluation seeds live far from training seeds
+
+
+class PlanError(ValueError):
+    """An evaluation that cannot be planned: an unknown concept, a target also erased, no images."""
+
+
+def case_seed(prompt: str, index: int) -> int:
+    """The seed of image `index` of a prompt: the same in every plan that asks for this prompt (so the base
+    model's images come from the cache)."""
+    return PLAN_SEED + int(hashlib.sha256(f"{prompt}|{index}".encode()).hexdigest()[:8], 16) % 100_000_000
 
 
 @dataclass(frozen=True)

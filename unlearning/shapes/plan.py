@@ -19,22 +19,11 @@ Without a target, every concept is a retain case (a plain quality check of a mod
 
 from __future__ import annotations
 
-import hashlib
-
-from unlearning.evaluation.plan import EvaluationPlan, PlanSize, PromptCase
+from unlearning.evaluation.plan import PLAN_SEED, EvaluationPlan, PlanError, PlanSize, PromptCase, case_seed
 from unlearning.shapes.prompts import phrasings
 from unlearning.shapes.vocabulary import DOMAINS, HELDOUT_TEMPLATES, SYNONYMS, TRAIN_TEMPLATES, canonical, domain_of
 
-PLAN_SEED = 700_000_000  # evaluation seeds live far from training seeds
-
-
-class PlanError(ValueError):
-    """An evaluation that cannot be planned: an unknown concept, a target also erased, no images."""
-
-
-def case_seed(prompt: str, index: int) -> int:
-    """The seed of image `index` of a prompt: the same in every plan that asks for this prompt."""
-    return PLAN_SEED + int(hashlib.sha256(f"{prompt}|{index}".encode()).hexdigest()[:8], 16) % 100_000_000
+__all__ = ["PLAN_SEED", "PlanError", "case_seed", "shapes_plan", "validate_concepts"]  # PlanError's old home
 
 
 def validate_concepts(target: str | None, erased: tuple[str, ...]) -> None:

@@ -14,10 +14,8 @@ from pathlib import Path
 
 from pipeline.settings import LetheSettings
 from pipeline.values import Parent
-from pipeline.world import world_for
 from registry.loading import LoadedModel, load_parent
 from unlearning.loop import UnlearnConfig
-from unlearning.prompts import RequestPrompts
 
 
 def unlearn_config(settings: LetheSettings, request, parent: Parent) -> UnlearnConfig:
@@ -26,11 +24,6 @@ def unlearn_config(settings: LetheSettings, request, parent: Parent) -> UnlearnC
     return UnlearnConfig.from_request(
         request, erased=parent.erased, steps=settings.unlearn_steps, checkpoint_every=settings.checkpoint_every
     )
-
-
-def request_prompts(settings: LetheSettings, config: UnlearnConfig) -> RequestPrompts:
-    """The prompt sets of the request, from the lineage's world."""
-    return world_for(settings).request_prompts(config)
 
 
 def load_parent_model(settings: LetheSettings, source: str, *, extra_deltas: tuple[Path, ...] = ()) -> LoadedModel:

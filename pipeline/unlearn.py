@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.evaluate import OUTCOME_FILE, evaluate_model, judged_key
 from pipeline.evaluator import Evaluator, flatten_metrics
-from pipeline.prepare import load_parent_model, request_prompts, unlearn_config
+from pipeline.prepare import load_parent_model, unlearn_config
 from pipeline.settings import LetheSettings
 from pipeline.values import Outcome, Parent
 from registry.loading import LoadedModel
 from unlearning.evaluation.evaluate import Evaluation
 from unlearning.files import write_json
-from unlearning.loop import ConfigError, UnlearnConfig, run_unlearning
+from unlearning.loop import ConfigError, UnlearnConfig, finished_summary, run_unlearning
+from unlearning.mining import mine_prompts
 from unlearning.model_folder import DELTA_FILE, LINEAGE_FILE, PARENTS_DIR, ancestor_path, save_lineage
 from unlearning.open_plan import LineageConcepts
+from unlearning.prompts import broad_prompts
 from unlearning.sampling import load_model
+from unlearning.world import World
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,9 @@ def unlearn_and_evaluate(
     if self_contained:
         keep_ancestors(loaded, out_dir)
     base = base if base is not None else load_model(loaded.base_model)  # loaded once: θ_0 and the judge's base
-    summary = train_step(settings, config, loaded, out_dir, progress=progress, metadata=metadata, base=base)
+    summary = train_step(
+        settings, config, loaded, out_dir, world=evaluator.world, progress=progress, metadata=metadata, base=base
+    )
     evaluation, payload = evaluate_model(
         evaluator,
         loaded.pipe,
@@ -102,21 +107,36 @@ def train_step(
     loaded: LoadedModel,
     out_dir: Path,
     *,
+    world: World,
     progress: bool = True,
     metadata: dict | None = None,
     base=None,
 ) -> dict:
     """Run the loop on a loaded parent (its pipeline is modified in place: afterwards it is the
-    candidate). `base`: the base pipeline when the caller has it loaded (its UNet values are θ_0).
-    Returns the loop's summary."""
+    candidate). `world`: the lineage's (its prompts; its judge mines, for a method that mines). `base`:
+    the base pipeline when the caller has it loaded (its UNet values are θ_0). Returns the loop's summary."""
     base = base if base is not None else load_model(loaded.base_model)
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
     metadata = {"base_model": loaded.base_model, "base_sha256": loaded.base_sha256, **(metadata or {})}
+    prompts = world.request_prompts(config)
+    if config.mine and config.broad_prompts and finished_summary(out_dir, config) is None:
+        # the parent's own images of the method's broad prompts, judged: what it draws the target for
+        mined, record = mine_prompts(
+            loaded.pipe,
+            world.judges()[0],
+            head=world.head_of(config.concept),
+            concept=config.concept,
+            prompts=broad_prompts(loaded.pipe.tokenizer, config.broad_prompts, seed=config.seed),
+            steps=config.data_steps,
+            guidance_scale=config.guidance_scale,
+        )
+        prompts = replace(prompts, mined=tuple(mined))
+        metadata = {**metadata, "mining": record}
     return run_unlearning(
         loaded.pipe,
         config,
         out_dir,
-        prompts=request_prompts(settings, config),
+        prompts=prompts,
         model_sha=loaded.identity,
         base_values=base_values,
         cache_dir=settings.home / "cache" / "latents",

@@ -127,3 +127,33 @@ def test_a_start_edit_is_the_closed_form_then_the_steps_resume_from_it(tiny_base
     resumed, summary = _run(tiny_base, tmp_path / "b", trained_cfg)
     assert summary["resumed_from_step"] == 2
     assert_same_weights(uninterrupted.unet, resumed.unet)
+
+
+@pytest.mark.slow
+def test_mined_prompts_leave_the_preserve_set_and_join_the_forget_set(tiny_base, tmp_path):
+    """A loss method's broad prompts join its preserve set, except the mined ones (the parent draws the
+    target for them): those are forget prompts towards "a <anchor>"."""
+    from dataclasses import replace
+
+    from unlearning.prompts import broad_prompts
+
+    cfg = UnlearnConfig(
+        method="duge-on-uce",
+        concept="circle",
+        preserve=("ring",),
+        prompts_per_concept=4,
+        steps=1,
+        batch_size=2,
+        data_steps=2,
+        broad_prompts=6,
+    )
+    pipe = load_model(tiny_base)
+    broad = broad_prompts(pipe.tokenizer, 6, seed=0)
+    world_prompts = shapes_prompts_for(cfg)
+    prompts = replace(world_prompts, mined=(broad[0], broad[3]))
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    summary = run_unlearning(
+        pipe, cfg, tmp_path / "run", prompts=prompts, model_sha="tiny", base_values=base, progress=False
+    )
+    assert summary["prompts"]["preserve"] == len(world_prompts.preserve) + 4
+    assert summary["prompts"]["mined"] == [broad[0], broad[3]]

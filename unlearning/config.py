@@ -45,6 +45,8 @@ class UnlearnConfig:
     prompt_templates: str | None = None  # the world's template set: None: the method's (PROMPT_TEMPLATES, else "train")
     broad_prompts: int | None = None  # method-half vocabulary prompts: a closed form's broad Gram G, a loss method's
     # broad preserve prompts (distilled from the parent); None: the method's BROAD_PROMPTS (else 0)
+    mine: bool | None = None  # screen the broad preserve prompts with the judge; those the parent draws the
+    # concept for join the forget set (unlearning/mining.py); None: the method's MINE (else False)
     data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
     guidance_scale: float = 5.0
     compile: bool = False
@@ -65,6 +67,7 @@ class UnlearnConfig:
             ("preserve_per_concept", "PRESERVE_PER_CONCEPT", 2),
             ("prompt_templates", "PROMPT_TEMPLATES", "train"),
             ("broad_prompts", "BROAD_PROMPTS", 0),
+            ("mine", "MINE", False),
         ):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, getattr(method, attribute, default))
@@ -87,6 +90,7 @@ class UnlearnConfig:
             "preserve_per_concept": self.preserve_per_concept,
             "prompt_templates": self.prompt_templates,
             "broad_prompts": self.broad_prompts,
+            "mine": self.mine,
         }
         if get_method(self.method).KIND != "edit":
             record.update(

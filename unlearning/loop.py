@@ -165,9 +165,22 @@ def run_unlearning(
     if cfg.broad_prompts and not closed_form:
         # broad prior preservation: the method's half of the vocabulary joins the preserve set, distilled
         # from the parent like it (what the closed form's broad Gram G holds, for a loss method: without
-        # it the anchor floods the words no request named — bench/RESULTS.md, issue 24)
+        # it the anchor floods the words no request named — bench/RESULTS.md, issue 24) — except the mined
+        # prompts, which the parent draws the target for: they are erased instead (unlearning/mining.py)
+        mined = set(prompts.mined)
+        broad = [p for p in broad_prompts(pipe.tokenizer, cfg.broad_prompts, seed=cfg.seed) if p not in mined]
+        prompts = replace(prompts, preserve=prompts.preserve + broad)
+    if prompts.mined and not closed_form:
+        # each mined prompt is a forget prompt without the target's words, towards "a <anchor>" (the forget
+        # batch is noised from the parent's images of that; no tokens to match attention on)
+        anchor_word = prompts.anchor_words[0] if prompts.anchor_words else ""
+        count = len(prompts.mined)
         prompts = replace(
-            prompts, preserve=prompts.preserve + broad_prompts(pipe.tokenizer, cfg.broad_prompts, seed=cfg.seed)
+            prompts,
+            target=prompts.target + list(prompts.mined),
+            anchor=prompts.anchor + [f"a {anchor_word}" if anchor_word else ""] * count,
+            target_words=prompts.target_words + [""] * count,
+            anchor_words=prompts.anchor_words + [""] * count,
         )
     keep_prompts = prompts.preserve + prompts.replay
     if not closed_form:
@@ -348,6 +361,7 @@ def run_unlearning(
             "anchor": prompts.anchor[:4],
             "preserve": len(prompts.preserve),
             "replay": len(prompts.replay),
+            "mined": list(prompts.mined),
         },
         **(metadata or {}),
     }

@@ -46,6 +46,7 @@ class RequestPrompts:
     preserve: list[str]  # related, non-target concepts, distilled from the parent
     replay: list[str]  # prompts of concepts erased earlier, distilled from the parent (no rebound)
     earlier: tuple[ConceptPairs, ...] = ()  # target/anchor pairs of every concept erased earlier (closed forms)
+    mined: tuple[str, ...] = ()  # broad prompts the parent draws the target for without naming it (mining.py)
 
 
 def replace_word(prompt: str, word: str, replacement: str) -> str:

@@ -211,6 +211,22 @@ def total_variation(a: np.ndarray, b: np.ndarray, classes: int) -> float:
     return float(0.5 * np.abs(pa - pb).sum())
 
 
+def drawn_for_the_prompt(hits: np.ndarray, background: float) -> np.ndarray:
+    """Which prompts a model draws the concept *for* (`hits`: (prompts, seeds) bool, the judge seeing it):
+    on at least half of the seeds, and more often than `background`, its rate over prompts that do not
+    ask for it (exact binomial test at `LEAK_ALPHA`: the model draws some shape for any prompt, so two
+    circles in four for "airship" can be chance). The sweep's leak prompts; a method's mined prompts
+    (unlearning/mining.py)."""
+    seeds = hits.shape[1]
+    return np.array(
+        [
+            row.mean() >= 0.5 and stats.binomial_upper_tail(int(row.sum()), seeds, background) <= LEAK_ALPHA
+            for row in hits
+        ],
+        dtype=bool,
+    )
+
+
 def run_sweep(
     candidate_pipe,
     base_pipe,
@@ -293,17 +309,9 @@ def run_sweep(
     for concept in heads:
         base_hits, candidate_hits = screened[concept]
         vocabulary = np.array([p.source == "vocabulary" for p in prompts])
-        # Prompts on which the base draws the concept *for the prompt*: on at least half of the screening
-        # seeds, and more often than it draws it for any vocabulary prompt (its background rate; the model
-        # draws some shape for every prompt, so two circles in four for "airship" can be chance).
+        # Prompts on which the base draws the concept *for the prompt* (its background: any vocabulary prompt)
         background = float(base_hits[vocabulary].mean()) if vocabulary.any() else 0.0
-        drawn_prompts = np.array(
-            [
-                row.mean() >= 0.5 and stats.binomial_upper_tail(int(row.sum()), k, background) <= LEAK_ALPHA
-                for row in base_hits
-            ],
-            dtype=bool,
-        )
+        drawn_prompts = drawn_for_the_prompt(base_hits, background)
         pairs = drawn_prompts[:, None] & base_hits  # (prompt, seed) pairs where the base draws it there
         erased = ~candidate_hits[pairs]
         prompt_of = np.repeat(np.array(texts)[:, None], k, axis=1)[pairs]

@@ -13,7 +13,9 @@ token — but with a fixed anchor it floods the words no request named (squares 
 2. then trains DUGE's losses (duge.py, L_ca + λ_pp L_pp + λ_reg L_reg) from there, with the parent θ_p
    (the version before this request) as teacher, and the preserve set extended by `BROAD_PROMPTS`
    prompts of the method's half of the vocabulary (`broad_prompts`, distilled from the parent: the
-   gradient's counterpart of G — L_pp = ‖ε_θ(z_t, c) − sg ε_p(z_t, c)‖² over them too);
+   gradient's counterpart of G — L_pp = ‖ε_θ(z_t, c) − sg ε_p(z_t, c)‖² over them too) — except those the
+   parent draws the target for without naming it (unlearning/mining.py: sampled, judged by the world's
+   judge): they join the forget set, towards "a <anchor>", which is what reaches the sweep's leak;
 3. L_reg anchors at the edit's solution W₀R (the loop's start edit), not at W₀: the regulariser keeps
    the steps near what the closed form solved, instead of undoing it;
 4. with `adversarial_epsilon` > 0, adversarial training in embedding space (R.A.C.E., Kim et al. ECCV
@@ -45,6 +47,7 @@ PROMPTS_PER_CONCEPT = continual_uce.PROMPTS_PER_CONCEPT
 PRESERVE_PER_CONCEPT = continual_uce.PRESERVE_PER_CONCEPT
 PROMPT_TEMPLATES = continual_uce.PROMPT_TEMPLATES
 BROAD_PROMPTS = 256  # broad preserve prompts, one parent image each (the closed form's G uses its own 1000)
+MINE = True  # those of them the parent draws the target for are erased, not preserved (unlearning/mining.py)
 DEFAULTS = {**continual_uce.DEFAULTS, **duge.DEFAULTS, "adversarial_epsilon": 0.0}
 
 

@@ -1,0 +1,189 @@
+"""SD2.x (v-prediction) and SDXL through an unlearning step and sampling, on tiny pipelines built from
+diffusers' dummy-component sizes (tests/tiny_models.py) with a CLIP BPE tokenizer the test writes: the
+conditioning each architecture's UNet reads (unlearning/conditioning.py), the closed form on SDXL's
+concatenated 64-wide cross-attention, and the loss methods' targets under v-prediction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny_models import build_tiny_sd2, build_tiny_sdxl
+from unlearning.config import UnlearnConfig
+from unlearning.delta import load_delta
+from unlearning.loop import run_unlearning
+from unlearning.sampling import generate, load_model
+from unlearning.world import OpenWorld
+
+BUILDERS = {"sd2": build_tiny_sd2, "sdxl": build_tiny_sdxl}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def arch_base(request, tmp_path_factory):
+    """(architecture, folder) of a tiny saved pipeline of each architecture."""
+    folder = tmp_path_factory.mktemp(request.param) / "model"
+    return request.param, BUILDERS[request.param](folder)
+
+
+def _config(method: str, **fields) -> UnlearnConfig:
+    return UnlearnConfig(
+        concept="cat",
+        anchor="animal",
+        preserve=("dog",),
+        method=method,
+        prompts_per_concept=4,
+        preserve_per_concept=2,
+        broad_prompts=0,
+        batch_size=2,
+        data_steps=2,
+        **fields,
+    )
+
+
+def _unlearn(folder, cfg, out):
+    pipe = load_model(folder)
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    summary = run_unlearning(
+        pipe,
+        cfg,
+        out,
+        prompts=OpenWorld().request_prompts(cfg),
+        model_sha="tiny",
+        base_values=base,
+        progress=False,
+    )
+    return pipe, base, summary
+
+
+@pytest.mark.parametrize("method", ["continual-uce", "duge"])
+def test_a_step_edits_every_cross_attention_k_v_and_the_result_samples(arch_base, method, tmp_path):
+    """The step runs on the architecture's own conditioning (SDXL before conditioning.py: `mat1 and mat2
+    shapes cannot be multiplied`, one encoder's 32-wide states fed to 64-wide K/V), changes every attn2
+    to_k/to_v and nothing else, and the edited pipeline samples through its own pipeline class."""
+    arch, folder = arch_base
+    cfg = _config(method, **({"steps": 2} if method == "duge" else {}))
+    pipe, base, summary = _unlearn(folder, cfg, tmp_path / "run")
+    delta, header = load_delta(tmp_path / "run" / "delta.safetensors")
+    kv = {f"unet.{n}" for n in base if ".attn2.to_k." in n or ".attn2.to_v." in n}
+    assert set(delta) == kv and header["method"] == method
+    assert all(delta[k].abs().max() > 0 for k in kv), "every cross-attention K/V must move"
+    width = 64 if arch == "sdxl" else 32  # SDXL: both encoders' penultimate states, concatenated
+    assert all(value.shape[1] == width for value in delta.values())
+    images = generate(pipe, ["a photo of a cat", "a photo of a dog"], [0, 1], steps=2)
+    assert images.shape == (2, 32, 32, 3) and images.dtype.name == "uint8" and images.std() > 0
+
+
+def test_the_condition_is_what_the_architecture_s_own_pipeline_encodes(arch_base):
+    """`encode` equals diffusers' `encode_prompt`: SD2's one encoder's last hidden state; SDXL's two
+    encoders' penultimate states concatenated (64 wide), the second's pooled `text_embeds`, and the time ids
+    its pipeline adds (size, no crop, size). A UNet call with the condition is the pipeline's own call."""
+    from unlearning.conditioning import conditioned, encode
+
+    arch, folder = arch_base
+    pipe = load_model(folder)
+    prompts = ["a photo of a cat", "a dog"]
+    condition = encode(pipe, prompts)
+    z, t = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 700])
+    if arch == "sd2":
+        expected, _ = pipe.encode_prompt(prompts, "cpu", 1, do_classifier_free_guidance=False)
+        assert condition.pooled is None and condition.hidden.shape == (2, 77, 32)
+        torch.testing.assert_close(condition.hidden, expected)
+        own = pipe.unet(z, t, encoder_hidden_states=expected).sample
+    else:
+        expected, _, pooled, _ = pipe.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        ids = pipe._get_add_time_ids(
+            (size, size), (0, 0), (size, size), torch.float32, pipe.text_encoder_2.config.projection_dim
+        ).expand(2, -1)
+        assert condition.hidden.shape == (2, 77, 64) and condition.pooled.shape == (2, 32)
+        torch.testing.assert_close(condition.hidden, expected)
+        torch.testing.assert_close(condition.pooled, pooled)
+        torch.testing.assert_close(condition.time_ids, ids)
+        own = pipe.unet(
+            z, t, encoder_hidden_states=expected, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}
+        )
+        own = own.sample
+    torch.testing.assert_close(conditioned(pipe.unet)(z, t, condition).sample, own)
+    assert encode(pipe, []).hidden.shape == (0, 77, condition.hidden.shape[-1])
+
+
+def test_the_loss_methods_get_the_velocity_as_target_under_v_prediction(arch_base, tmp_path, monkeypatch):
+    """Every step's `forget_target` / `preserve_target` is what the scheduler's UNet predicts: for SD2's
+    v-prediction the velocity v = √ᾱ ε − √(1−ᾱ) z_0 (diffusers' `get_velocity`), not the noise ε; for SDXL
+    (ε-prediction) the noise. z_0 is recovered from z_t = √ᾱ z_0 + √(1−ᾱ) ε."""
+    from unlearning.methods import duge
+
+    arch, folder = arch_base
+    seen = []
+    real_loss = duge.loss
+
+    def recording_loss(ctx):
+        seen.append((ctx.forget_noisy, ctx.forget_noise, ctx.forget_timesteps, ctx.forget_target))
+        seen.append((ctx.preserve_noisy, ctx.preserve_noise, ctx.preserve_timesteps, ctx.preserve_target))
+        return real_loss(ctx)
+
+    monkeypatch.setattr(duge, "loss", recording_loss)
+    pipe, _, _ = _unlearn(folder, _config("duge", steps=2), tmp_path / "run")
+    scheduler = pipe.scheduler
+    assert len(seen) == 4
+    for noisy, noise, t, target in seen:
+        a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        z0 = (noisy - (1 - a).sqrt() * noise) / a.sqrt()
+        if arch == "sd2":
+            assert scheduler.config.prediction_type == "v_prediction"
+            torch.testing.assert_close(target, scheduler.get_velocity(z0, noise, t), rtol=1e-4, atol=1e-4)
+            assert (target - noise).abs().max() > 0.1
+        else:
+            assert torch.equal(target, noise)
+
+
+def test_prediction_targets_by_hand():
+    """x_0 = 1, ε = 2, ᾱ = 0.64: ε-prediction 2; v = 0.8·2 − 0.6·1 = 1.0; sample-prediction 1."""
+    from unlearning.conditioning import prediction_target
+    from unlearning.config import ConfigError
+
+    x0, eps, a = torch.ones(1), torch.full((1,), 2.0), torch.full((1,), 0.64)
+    torch.testing.assert_close(prediction_target("epsilon", a, x0, eps), eps)
+    torch.testing.assert_close(prediction_target("v_prediction", a, x0, eps), torch.tensor([1.0]))
+    torch.testing.assert_close(prediction_target("sample", a, x0, eps), x0)
+    with pytest.raises(ConfigError, match="prediction_type 'flow'"):
+        prediction_target("flow", a, x0, eps)
+
+
+def test_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    """SD3 (an MMDiT `transformer`, no UNet) has no attn2 for a UNet method: one ConfigError naming the
+    method, the pipeline and its denoiser; no output folder."""
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from unlearning.config import ConfigError
+
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=16,
+        out_channels=4,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=None,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    cfg = _config("continual-uce")
+    with pytest.raises(ConfigError) as refused:
+        run_unlearning(pipe, cfg, tmp_path / "run", prompts=None, model_sha="x", base_values={}, progress=False)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "method continual-uce" in message and "StableDiffusion3Pipeline (SD3Transformer2DModel)" in message
+    assert not (tmp_path / "run").exists()

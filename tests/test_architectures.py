@@ -187,3 +187,56 @@ def test_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_writte
     assert "\n" not in message
     assert "method continual-uce" in message and "StableDiffusion3Pipeline (SD3Transformer2DModel)" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_given_input_embeddings_go_through_every_encoder_s_own_forward(arch_base):
+    """`encode_inputs` with each encoder's own rows for the prompt's ids is `encode` of the prompt (the
+    pooled EOS position too), and the condition is differentiable in the given embeddings: what the
+    attack and textual inversion optimise (transformers' CLIP text models take no `inputs_embeds`)."""
+    from unlearning.conditioning import encode, encode_inputs
+
+    _, folder = arch_base
+    pipe = load_model(folder)
+    scale = torch.ones((), requires_grad=True)
+
+    def inputs(tokenizer, table):
+        ids = tokenizer(["a photo of a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        return ids, table(ids) * scale
+
+    condition = encode_inputs(pipe, inputs)
+    expected = encode(pipe, ["a photo of a cat"])
+    torch.testing.assert_close(condition.hidden, expected.hidden)
+    if expected.pooled is not None:
+        torch.testing.assert_close(condition.pooled, expected.pooled)
+    (gradient,) = torch.autograd.grad(condition.hidden.pow(2).sum(), scale)
+    assert gradient.abs() > 0
+
+
+@pytest.mark.parametrize("variant", ["unlearndiffatk", "p4d"])
+def test_the_prompt_attack_runs_on_every_architecture(arch_base, variant):
+    """The gate's discrete attack (UnlearnDiffAtk, P4D) optimises prepended words through the architecture's
+    own encoders and UNet conditioning; before conditioning.py it called `text_encoder(inputs_embeds=...)`,
+    which a CLIP text model refuses, and the UNet without SDXL's added conditions."""
+    from tests.test_attack import _NeverSees
+    from unlearning.evaluation.attack import AttackBudget, optimise_prompt
+
+    _, folder = arch_base
+    pipe = load_model(folder)
+    x0 = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    budget = AttackBudget(tokens=3, steps=4, batch=2, check_every=2, check_seeds=1, confirm_seeds=1)
+    result = optimise_prompt(
+        pipe,
+        pipe,
+        _NeverSees(),
+        head="object",
+        concept="circle",  # the stub judge's class: it sees nothing anyway
+        prompt="a photo of a cat",
+        x0=x0,
+        variant=variant,
+        budget=budget,
+        sampler={"steps": 2, "guidance_scale": 2.0},
+    )
+    assert result["steps"] == 4 and result["checks"] == 2 and not result["success"]
+    assert torch.isfinite(torch.tensor(result["final_loss"]))
+    words = result["adversarial_prompt"].removesuffix("a photo of a cat").split()
+    assert len(words) == 3 and all(w.isalpha() for w in words)  # three typeable words prepended

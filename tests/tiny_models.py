@@ -18,11 +18,30 @@ def byte_alphabet() -> list[str]:
     return [chr(b) for b in printable] + [chr(256 + k) for k in range(len(others))]
 
 
+# Whole words of the tiny vocabulary (one token each): the concepts the tests name and enough everyday words
+# for what reads the vocabulary (the sweep's and the broad Gram's halves, unlearning/prompts.py).
+WORDS = (
+    "cat dog car animal bird tree house boat horse flower apple river cloud stone lamp book road mountain "
+    "table bread ocean field garden bottle"
+).split()
+
+
+def _word_merges(word: str) -> list[str]:
+    """Left-to-right BPE merges that make `word` (at a word's end) one token: "c a", "ca t</w>"."""
+    pieces, merges = list(word[:-1]) + [word[-1] + "</w>"], []
+    joined = pieces[0]
+    for piece in pieces[1:]:
+        merges.append(f"{joined} {piece}")
+        joined += piece
+    return merges
+
+
 def write_clip_tokenizer(folder) -> int:
     """A CLIP BPE vocabulary of single bytes (each also as a word end, "x</w>"), a few merges for the test's
-    words, and the two special tokens; returns the vocabulary size."""
+    words ("cherry" in pieces; `WORDS` whole), and the two special tokens; returns the vocabulary size."""
     symbols = byte_alphabet()
     merges = ["c h", "ch e", "r r", "che rr", "s k", "sk y</w>"]
+    merges += [m for word in WORDS for m in _word_merges(word) if m not in merges]
     vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
     for merge in merges:
         vocab.setdefault(merge.replace(" ", ""), len(vocab))

@@ -95,10 +95,10 @@ def text_encoders(pipe) -> list[torch.nn.Module]:
     return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
 
 
-def _ids(tokenizer, prompts: list[str], device) -> torch.Tensor:
+def _ids(tokenizer, prompts: list[str]) -> torch.Tensor:
     return tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
+    ).input_ids
 
 
 def time_ids(pipe, batch: int) -> torch.Tensor:
@@ -119,28 +119,67 @@ def time_ids(pipe, batch: int) -> torch.Tensor:
     return ids.expand(batch, -1)
 
 
+def text_pairs(pipe) -> list[tuple[object, torch.nn.Module]]:
+    """(tokenizer, text encoder) of every encoder the UNet's condition is built from, in order."""
+    if architecture(pipe) == SD:
+        return [(pipe.tokenizer, pipe.text_encoder)]
+    return [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+
+
+Inputs = Callable[[object, torch.nn.Module], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def encode_inputs(pipe, inputs: Inputs) -> Condition:
+    """The condition of token ids whose input embeddings may be given: `inputs(tokenizer, token_embedding)`
+    returns, for each encoder, (ids, embeddings or None). Given embeddings (differentiable: an attack's
+    relaxed tokens, a learnt token) replace the encoder's own lookup of `ids` — through a hook on its
+    token-embedding layer, so everything else (positions, the causal mask, the pooled EOS position read from
+    `ids`) is the encoder's own forward: transformers' CLIP text models take no `inputs_embeds`."""
+    arch = architecture(pipe)
+    states, pooled = [], None
+    for tokenizer, encoder in text_pairs(pipe):
+        table = encoder.get_input_embeddings()
+        ids, embeds = inputs(tokenizer, table)
+        handle = (
+            None if embeds is None else table.register_forward_hook(lambda module, args, output, given=embeds: given)
+        )
+        try:
+            out = encoder(ids.to(pipe.device), output_hidden_states=arch == SDXL)
+        finally:
+            if handle is not None:
+                handle.remove()
+        states.append(out[0] if arch == SD else out.hidden_states[-2])  # SDXL: the penultimate layer
+        pooled = out[0]  # SDXL: the second encoder's text_embeds
+    if arch == SD:
+        return Condition(states[0].float())
+    return Condition(torch.cat(states, dim=-1).float(), pooled.float(), time_ids(pipe, len(pooled)))
+
+
 @torch.no_grad()
 def encode(pipe, prompts: list[str]) -> Condition:
     """The UNet's condition for `prompts` (module docstring), padded to the tokenizer's length, float32."""
-    arch = architecture(pipe)
-    hidden, pooled = [], []
-    for start in range(0, max(len(prompts), 1), CHUNK):
-        chunk = prompts[start : start + CHUNK]
-        if not chunk:  # no prompts: an empty batch of the right widths
-            chunk = [""]
-        if arch == SD:
-            hidden.append(pipe.text_encoder(_ids(pipe.tokenizer, chunk, pipe.device))[0].float())
-            continue
-        states = []
-        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-            out = encoder(_ids(tokenizer, chunk, pipe.device), output_hidden_states=True)
-            states.append(out.hidden_states[-2].float())
-        hidden.append(torch.cat(states, dim=-1))
-        pooled.append(out[0].float())  # the second encoder's text_embeds (CLIPTextModelWithProjection)
-    rows = len(prompts)
-    if arch == SD:
-        return Condition(torch.cat(hidden)[:rows])
-    return Condition(torch.cat(hidden)[:rows], torch.cat(pooled)[:rows], time_ids(pipe, rows))
+    if not prompts:  # an empty batch of the right widths
+        return encode(pipe, [""])[:0]
+    chunks = [
+        encode_inputs(
+            pipe, lambda tokenizer, _table, chunk=prompts[start : start + CHUNK]: (_ids(tokenizer, chunk), None)
+        )
+        for start in range(0, len(prompts), CHUNK)
+    ]
+    if len(chunks) == 1:
+        return chunks[0]
+    pooled = None if chunks[0].pooled is None else torch.cat([c.pooled for c in chunks])
+    time = None if chunks[0].time_ids is None else torch.cat([c.time_ids for c in chunks])
+    return Condition(torch.cat([c.hidden for c in chunks]), pooled, time)
+
+
+def pipeline_kwargs(condition: Condition, negative: Condition) -> dict:
+    """A condition and its negative as a diffusers pipeline's `prompt_embeds` keyword arguments (SDXL: with
+    the pooled embeddings; the pipeline adds the time ids itself)."""
+    kwargs = {"prompt_embeds": condition.hidden, "negative_prompt_embeds": negative.hidden}
+    if condition.pooled is not None:
+        kwargs |= {"pooled_prompt_embeds": condition.pooled, "negative_pooled_prompt_embeds": negative.pooled}
+    return kwargs
 
 
 def width(pipe) -> int:

@@ -269,3 +269,97 @@ def test_the_inversion_diagnostics_run_on_every_architecture(arch_base):
         pipe, x0, _NeverSees(), head="object", concept="circle", sampler=sampler, steps=3, seeds=2
     )
     assert learnt["n"] == 2 and learnt["steps"] == 3 and torch.isfinite(torch.tensor(learnt["final_loss"]))
+
+
+@pytest.mark.slow
+def test_unlearn_evaluate_register_load_and_export_through_the_cli(arch_base, tmp_path):
+    """The whole path a user takes, on an open-world base judged by a tiny CLIP: `lethe unlearn` (continual-uce
+    on the architecture's conditioning, then the evaluation with the sweep and the attack), `lethe evaluate`
+    of the folder, the version registered, `load_pipeline` (the architecture's own pipeline class, the
+    edited K/V, images) and `lethe export` (a diffusers folder of the same class that reloads to the same
+    weights), with the model card naming the base."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from diffusers import DiffusionPipeline
+
+    from registry.loading import load_pipeline
+    from registry.versions import Candidate, ModelRegistry
+    from tests.test_clip_judge import tiny_clip
+    from unlearning.sampling import model_identity
+
+    arch, folder = arch_base
+    (tmp_path / "clip").mkdir()
+    tiny_clip(tmp_path / "clip")
+    home = tmp_path / ".lethe"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "LETHE_HOME": str(home),
+        "LETHE_WORLD": "open",
+        "LETHE_JUDGE_MODEL": str(tmp_path / "clip"),
+        "LETHE_BASE_MODEL": str(folder),
+        "LETHE_MODEL_NAME": f"tiny-{arch}",
+        "LETHE_SAMPLE_STEPS": "2",
+    }
+    env.pop("LETHE_CONFIG", None)
+
+    def lethe(*args):
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args, "--json"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+    unlearned = lethe("unlearn", "--concept", "cat", "--preserve", "dog", "--anchor", "animal", "--eval-samples", "4",
+                      "--out", "ul")  # fmt: skip
+    checks = unlearned["evaluation"]["checks"]
+    assert {"forget", "retain", "sweep", "attack"} <= set(checks) and checks["attack"]["cat"]["head"] == "object"
+    evaluated = lethe("evaluate", "--model", "ul", "--target", "cat", "--samples", "4")
+    assert evaluated["checks"]["forget"] and evaluated["base_model"] == str(folder)
+
+    _, base_sha = model_identity(folder)
+    registry = ModelRegistry(f"sqlite:///{(home / 'mlflow.db').resolve()}", f"tiny-{arch}", str(home / "artifacts"))
+    version = registry.register_candidate(
+        Candidate(
+            request_id="r1",
+            request={"concept": "cat", "requester": "alice"},
+            delta_path=tmp_path / "ul" / "delta.safetensors",
+            parent_version=None,
+            erased=["cat"],
+            base_model=str(folder),
+            base_sha256=base_sha,
+            params={"method": "continual-uce"},
+            metrics={},
+            gate_passed=False,
+            gate_reasons=["tiny"],
+            extra_files={"lineage.safetensors": tmp_path / "ul" / "lineage.safetensors"},
+        )
+    )
+    card = next((home / "artifacts").rglob("README.md"), None) or next((home / "artifacts").rglob("*card*.md"))
+    assert f"base_model: {folder}" in card.read_text()
+
+    pipe = load_pipeline(f"models:/tiny-{arch}/{version}", tracking_uri=f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    expected_class = "StableDiffusionXLPipeline" if arch == "sdxl" else "StableDiffusionPipeline"
+    assert type(pipe).__name__ == expected_class
+    base = load_model(folder)
+    delta, _ = load_delta(tmp_path / "ul" / "delta.safetensors")
+    loaded, original = dict(pipe.unet.named_parameters()), dict(base.unet.named_parameters())
+    for key, value in delta.items():
+        name = key.split(".", 1)[1]
+        torch.testing.assert_close(loaded[name], original[name] + value)
+    assert generate(pipe, ["a photo of a cat"], [0], steps=2).shape == (1, 32, 32, 3)
+
+    exported = lethe("export", str(version), "exported")
+    assert exported["version"] == version and exported["erased"] == ["cat"]
+    again = DiffusionPipeline.from_pretrained(tmp_path / "exported", local_files_only=True)
+    assert type(again).__name__ == expected_class
+    for name, value in loaded.items():
+        torch.testing.assert_close(dict(again.unet.named_parameters())[name], value)

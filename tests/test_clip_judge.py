@@ -3,39 +3,16 @@ byte-level BPE tokenizer whose vocab.json and merges.txt this file writes (no hu
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.tiny_models import write_clip_tokenizer
 from unlearning.evaluation.clip_judge import TEMPLATES, ClipJudge, JudgeModelError, check_judge_model
 from unlearning.world import NoJudge
 
 HEADS = {"object": ("cherry", "sky", "car"), "style": ("watercolour", "photograph")}
-
-
-def byte_alphabet() -> list[str]:
-    """GPT-2/CLIP's byte-to-unicode table (Radford et al. 2019): 256 printable stand-ins for the bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + k) for k in range(len(others))]
-
-
-def write_clip_tokenizer(folder) -> int:
-    """A CLIP BPE vocabulary of single bytes (each also as a word end, "x</w>"), a few merges for the test's
-    words, and the two special tokens; returns the vocabulary size."""
-    symbols = byte_alphabet()
-    merges = ["c h", "ch e", "r r", "che rr", "s k", "sk y</w>"]
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
-    for merge in merges:
-        vocab.setdefault(merge.replace(" ", ""), len(vocab))
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return len(vocab)
 
 
 def tiny_clip(folder):

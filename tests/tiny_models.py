@@ -1,12 +1,55 @@
-"""Tiny SD1.5-format pipelines built from config, and deltas on them, for registry tests."""
+"""Tiny pipelines built from config (SD1.5-format, SD2-style v-prediction, SDXL), the CLIP BPE tokenizer they
+read (written here, no hub), and deltas on them, for registry tests."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from unlearning.delta import compute_delta, save_delta
+
+
+def byte_alphabet() -> list[str]:
+    """GPT-2/CLIP's byte-to-unicode table (Radford et al. 2019): 256 printable stand-ins for the bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + k) for k in range(len(others))]
+
+
+# Whole words of the tiny vocabulary (one token each): the concepts the tests name and enough everyday words
+# for what reads the vocabulary (the sweep's and the broad Gram's halves, unlearning/prompts.py).
+WORDS = (
+    "cat dog car animal bird tree house boat horse flower apple river cloud stone lamp book road mountain "
+    "table bread ocean field garden bottle"
+).split()
+
+
+def _word_merges(word: str) -> list[str]:
+    """Left-to-right BPE merges that make `word` (at a word's end) one token: "c a", "ca t</w>"."""
+    pieces, merges = list(word[:-1]) + [word[-1] + "</w>"], []
+    joined = pieces[0]
+    for piece in pieces[1:]:
+        merges.append(f"{joined} {piece}")
+        joined += piece
+    return merges
+
+
+def write_clip_tokenizer(folder) -> int:
+    """A CLIP BPE vocabulary of single bytes (each also as a word end, "x</w>"), a few merges for the test's
+    words ("cherry" in pieces; `WORDS` whole), and the two special tokens; returns the vocabulary size."""
+    symbols = byte_alphabet()
+    merges = ["c h", "ch e", "r r", "che rr", "s k", "sk y</w>"]
+    merges += [m for word in WORDS for m in _word_merges(word) if m not in merges]
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    for merge in merges:
+        vocab.setdefault(merge.replace(" ", ""), len(vocab))
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return len(vocab)
 
 
 def tiny_unet(cross_attention_dim: int = 16):
@@ -57,6 +100,134 @@ def build_tiny_base(folder: Path) -> Path:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def tiny_clip_tokenizer(folder: Path):
+    """The CLIP tokenizer `write_clip_tokenizer` writes into `folder`, at CLIP's 77 tokens."""
+    from transformers import CLIPTokenizer
+
+    write_clip_tokenizer(folder)
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def _tiny_clip_text(tokenizer, *, projection: bool, seed: int):
+    """A CLIP text encoder of diffusers' dummy size (hidden 32, 5 layers); with `projection`, the
+    `CLIPTextModelWithProjection` SDXL's second encoder is (its pooled `text_embeds` of width 32)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    eos, bos = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|startoftext|>"])
+    config = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _tiny_vae(sample_size: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        sample_size=sample_size * 2,
+    )
+
+
+def build_tiny_sd2(folder: Path, *, sample_size: int = 16) -> Path:
+    """An SD2.x-style `StableDiffusionPipeline` directory: one CLIP text encoder, a linear-projection UNet
+    (diffusers' dummy sizes), and a v-prediction scheduler, as SD 2.1 ships."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = tiny_clip_tokenizer(folder.parent / f"{folder.name}-bpe")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="v_prediction",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(sample_size),
+        text_encoder=_tiny_clip_text(tokenizer, projection=False, seed=1),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_sdxl(folder: Path, *, sample_size: int = 16) -> Path:
+    """A `StableDiffusionXLPipeline` directory of diffusers' dummy sizes: two CLIP text encoders (the
+    second with projection), a UNet that attends to both encoders' hidden states concatenated (32 + 32 = 64)
+    and adds the pooled embedding and six time ids (`text_time`: 6 x 8 + 32 = 80)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = tiny_clip_tokenizer(folder.parent / f"{folder.name}-bpe")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear", timestep_spacing="leading"
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(sample_size),
+        text_encoder=_tiny_clip_text(tokenizer, projection=False, seed=1),
+        text_encoder_2=_tiny_clip_text(tokenizer, projection=True, seed=2),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
     )
     pipe.save_pretrained(folder)
     return folder

@@ -1,5 +1,6 @@
 """The data of an unlearning step (unlearning/loop.py): the parent's images of the request's prompts as
-latents, cached on disk, and the prompts' text embeddings (one by one, as a Gram, as a concept's pairs).
+latents, cached on disk, and the prompts' text embeddings as a Gram and as a concept's pairs (each prompt's
+own condition: unlearning/conditioning.py `encode`).
 
 The loop's config (unlearning/config.py) names the prompts' sizes and the sampler; the world builds the
 prompts (unlearning/world.py). A closed-form method needs no images: only the embeddings.
@@ -15,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearning.attention import word_token_mask
+from unlearning.conditioning import encode, width
 from unlearning.config import UnlearnConfig
 from unlearning.files import save_torch
 from unlearning.methods import get_method
@@ -98,42 +100,24 @@ def prepare_data(
     return forget, keep
 
 
-def encode(pipe, prompts: list[str]) -> torch.Tensor:
-    """The text encoder's last hidden states of `prompts`, padded to the tokenizer's length, float32."""
-    if not prompts:
-        dim = pipe.text_encoder.config.hidden_size
-        return torch.zeros(0, pipe.tokenizer.model_max_length, dim, device=pipe.device)
-    chunks = []
-    for start in range(0, len(prompts), 256):
-        tokens = pipe.tokenizer(
-            prompts[start : start + 256],
-            padding="max_length",
-            max_length=pipe.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            chunks.append(pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].float())
-    return torch.cat(chunks)
-
-
 def gram(pipe, prompts: list[str]) -> torch.Tensor:
     """Σ e eᵀ over every token of `prompts` (padding included, as the UNet attends to it), float64."""
-    dim = pipe.text_encoder.config.hidden_size
+    dim = width(pipe)
     total = torch.zeros(dim, dim, dtype=torch.float64, device=pipe.device)
     for start in range(0, len(prompts), 256):
-        tokens = encode(pipe, prompts[start : start + 256]).reshape(-1, dim).double()
+        tokens = encode(pipe, prompts[start : start + 256]).hidden.reshape(-1, dim).double()
         total += tokens.T @ tokens
     return total
 
 
 def encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
-    """A concept's target/anchor prompt pairs as embeddings and word-token masks."""
+    """A concept's target/anchor prompt pairs as the token embeddings cross-attention maps (a closed form's
+    pairs: unlearning/conditioning.py `Condition.hidden`) and word-token masks."""
     length = pipe.tokenizer.model_max_length
     return EncodedPairs(
         pairs.concept,
-        encode(pipe, pairs.target),
-        encode(pipe, pairs.anchor),
+        encode(pipe, pairs.target).hidden,
+        encode(pipe, pairs.anchor).hidden,
         word_token_mask(pipe.tokenizer, pairs.target, pairs.target_words, length).to(pipe.device),
         word_token_mask(pipe.tokenizer, pairs.anchor, pairs.anchor_words, length).to(pipe.device),
         pairs.anchor_words[0] if pairs.anchor_words else "",

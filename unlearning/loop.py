@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from unlearning import domain
 from unlearning.attention import record_cross_attention, word_token_mask
+from unlearning.conditioning import architecture, conditioned, encode, prediction_target, text_encoders
 from unlearning.config import ConfigError, UnlearnConfig
-from unlearning.data import encode, encode_pairs, gram, prepare_data
+from unlearning.data import encode_pairs, gram, prepare_data
 from unlearning.delta import apply_deltas, compute_delta, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
@@ -123,9 +124,10 @@ def run_unlearning(
             re-solves from the base; the new version's are written beside its delta.
 
     Raises:
-        ConfigError: an invalid config (nothing written).
+        ConfigError: an invalid config, or a base whose architecture the method cannot edit (nothing written).
     """
     cfg.validate()
+    architecture(pipe, cfg.method)  # SD1.x/2.x or SDXL; a transformer (SD3, FLUX) is refused here
     if (done := finished_summary(out_dir, cfg)) is not None:
         _apply_finished(pipe, out_dir, base_values)
         return {**done, "reused": True}
@@ -144,7 +146,8 @@ def run_unlearning(
         trained = dict(zip(names, freeze_all_but(student, names)))
     trained_params = list(trained.values())
     base = {n: base_values[n].to(device, torch.float32) for n in names}
-    pipe.text_encoder.requires_grad_(False)
+    for encoder in text_encoders(pipe):
+        encoder.requires_grad_(False)
     pipe.vae.requires_grad_(False)
     student_maps, parent_maps = record_cross_attention(student), record_cross_attention(parent)
     optimizer = torch.optim.AdamW(trained_params, lr=cfg.lr, weight_decay=0.0)
@@ -159,7 +162,8 @@ def run_unlearning(
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     )
 
-    # -- data: target/anchor pairs, preserve + replay prompts, the parent's images of them (latents)
+    # -- data: target/anchor pairs, preserve + replay prompts (each a Condition, as the architecture's UNet
+    # reads it: unlearning/conditioning.py), the parent's images of them (latents)
     closed_form = method.KIND == "edit"  # an edit from the prompts' embeddings: no images, no steps
     world_preserve = prompts.preserve
     if cfg.broad_prompts and not closed_form:
@@ -194,6 +198,7 @@ def run_unlearning(
     anchor_tokens = word_token_mask(pipe.tokenizer, prompts.anchor, prompts.anchor_words, max_tokens).to(device)
     scheduler = pipe.scheduler
     alphas = scheduler.alphas_cumprod.to(device)
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")  # SD2.x: v_prediction
     train_steps = scheduler.config.num_train_timesteps
 
     # -- edit: a closed-form method edits once, instead of training; a loss method with a `START` closed
@@ -210,12 +215,12 @@ def run_unlearning(
         edit = EditContext(
             trained={n: p for n, p in trained.items() if n in edited},
             base_values={n: v for n, v in base.items() if n in edited},
-            target_embeds=target_embeds,
-            anchor_embeds=anchor_embeds,
+            target_embeds=target_embeds.hidden,  # a closed form maps the tokens attn2 K/V see, no added condition
+            anchor_embeds=anchor_embeds.hidden,
             target_tokens=target_tokens,
             anchor_tokens=anchor_tokens,
-            preserve_embeds=encode(pipe, world_preserve),
-            replay_embeds=encode(pipe, prompts.replay),
+            preserve_embeds=encode(pipe, world_preserve).hidden,
+            replay_embeds=encode(pipe, prompts.replay).hidden,
             hyper=cfg.hyper,
             concept=cfg.concept,
             anchor=prompts.anchor_words[0] if prompts.anchor_words else "",
@@ -256,7 +261,8 @@ def run_unlearning(
         noise = torch.randn(z0.shape, generator=generator).to(device)
         t = torch.randint(0, train_steps, (cfg.batch_size,), generator=generator).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
-        return index.to(device), a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t
+        target = prediction_target(prediction_type, a, z0, noise)  # what the UNet predicts: ε, or v for SD2.x
+        return index.to(device), a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t, target
 
     # -- train (a closed-form method instead edits the trained tensors once)
     student.train()
@@ -270,11 +276,11 @@ def run_unlearning(
         )
         for step in bar:
             generator = _step_generator(cfg.seed, step)
-            f_index, f_noisy, f_noise, f_t = noised(forget_latents, generator)
-            p_index, p_noisy, p_noise, p_t = noised(keep_latents, generator)
+            f_index, f_noisy, f_noise, f_t, f_target = noised(forget_latents, generator)
+            p_index, p_noisy, p_noise, p_t, p_target = noised(keep_latents, generator)
             ctx = StepContext(
-                student=forward,
-                parent=parent,
+                student=conditioned(forward),  # called with a Condition: SDXL's added conditions go with it
+                parent=conditioned(parent),
                 student_maps=student_maps,
                 parent_maps=parent_maps,
                 forget_noisy=f_noisy,
@@ -282,13 +288,15 @@ def run_unlearning(
                 forget_timesteps=f_t,
                 target_embeds=target_embeds[f_index],
                 anchor_embeds=anchor_embeds[f_index],
-                empty_embeds=empty_embed.expand(cfg.batch_size, -1, -1),
+                empty_embeds=empty_embed.repeat(cfg.batch_size),
                 target_tokens=target_tokens[f_index],
                 anchor_tokens=anchor_tokens[f_index],
                 preserve_noisy=p_noisy,
                 preserve_noise=p_noise,
                 preserve_timesteps=p_t,
                 preserve_embeds=keep_embeds[p_index],
+                forget_target=f_target,
+                preserve_target=p_target,
                 # L2-SP anchors at the base: for lora, the merged weights W + B·A (what the delta will hold)
                 trained=lora_merged_weights(student) if cfg.params == "lora" else trained,
                 base_values=anchor_values,

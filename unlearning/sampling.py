@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from unlearning.model_folder import is_model_folder
@@ -25,9 +25,12 @@ class PromptError(ValueError):
 
 def load_model(
     model: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32
-) -> StableDiffusionPipeline:
-    """Load a base pipeline: the shapes base (None or "shapes") or a local diffusers directory. A model
-    folder (base plus deltas) is registry/loading.py `load_parent`'s, the one loader that verifies it.
+) -> DiffusionPipeline:
+    """Load a base pipeline: the shapes base (None or "shapes") or a local diffusers directory, as the class
+    its `model_index.json` names (`StableDiffusionPipeline` for SD1.x/2.x, `StableDiffusionXLPipeline` for
+    SDXL, ...: diffusers' `DiffusionPipeline.from_pretrained` reads `_class_name`), so that sampling conditions
+    the UNet as the architecture does. A model folder (base plus deltas) is registry/loading.py
+    `load_parent`'s, the one loader that verifies it.
 
     Raises:
         FileNotFoundError: `model` is neither "shapes" nor an existing diffusers directory.
@@ -47,7 +50,7 @@ def load_model(
             f"{model}: not a diffusers directory (no model_index.json), not an `lethe unlearn --out` folder, "
             "and not 'shapes'"
         )
-    pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
+    pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -71,7 +74,7 @@ def model_identity(model: str | Path | None) -> tuple[str, str]:
 SCHEDULERS = ("ddim", "dpm++", "euler", "pndm")
 
 
-def use_scheduler(pipe: StableDiffusionPipeline, name: str) -> None:
+def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Swap the sampler, keeping the model's noise schedule.
 
     Raises:
@@ -110,7 +113,7 @@ def check_prompt(tokenizer, prompt: str) -> None:
 
 @torch.no_grad()
 def generate(
-    pipe: StableDiffusionPipeline,
+    pipe: DiffusionPipeline,
     prompts: list[str],
     seeds: list[int],
     *,

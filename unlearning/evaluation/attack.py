@@ -43,6 +43,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from unlearning.conditioning import conditioned, encode, encode_inputs, text_encoders
 from unlearning.evaluation import stats
 from unlearning.sampling import generate
 
@@ -137,12 +138,6 @@ def base_latents(base_pipe, judge, head, concept, prompt, budget: AttackBudget, 
     return latents[keep][: budget.batch].float() if keep.any() else None
 
 
-def _encode_embeds(text_encoder, inputs_embeds: torch.Tensor) -> torch.Tensor:
-    """The encoder's last hidden state for given input (word) embeddings, as the pipeline calls it
-    (no attention mask: the pipeline passes none)."""
-    return text_encoder(inputs_embeds=inputs_embeds)[0]
-
-
 def optimise_prompt(
     pipe,
     base_pipe,
@@ -157,27 +152,36 @@ def optimise_prompt(
     sampler: dict,
 ) -> dict:
     """One attack on one prompt (module docstring); returns what it found and whether it succeeded."""
-    tokenizer, encoder, unet, scheduler = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.scheduler
-    device = unet.device
-    length = tokenizer.model_max_length
-    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-    ids = ids.to(device)
-    words = encoder.get_input_embeddings().weight.detach()  # (V, D)
-    allowed = torch.tensor(_typeable_ids(tokenizer), device=device)
-    base_ids = ids.clone()
-    # prepend: [CLS] w_1…w_k P… ; the prompt's tokens move right by k (the tail's padding is dropped)
-    prefix = ids[:, :1]
-    rest = ids[:, 1 : length - budget.tokens]
+    tokenizer, unet, scheduler = pipe.tokenizer, conditioned(pipe.unet), pipe.scheduler
+    device = pipe.unet.device
+    allowed = torch.tensor(_typeable_ids(tokenizer), device=device)  # SDXL's two tokenizers share the vocabulary
     generator = torch.Generator().manual_seed(budget.seed)
     w = torch.rand(budget.tokens, len(allowed), generator=generator).to(device)
     w = _project_simplex(w)
     alphas = scheduler.alphas_cumprod.to(device)
     original = None
     if variant == "p4d":
-        with torch.no_grad():
-            original = base_pipe.text_encoder(base_ids)[0].expand(len(x0), -1, -1)
-    unet.requires_grad_(False)
-    encoder.requires_grad_(False)
+        original = encode(base_pipe, [prompt]).repeat(len(x0))
+    pipe.unet.requires_grad_(False)
+    for encoder in text_encoders(pipe):
+        encoder.requires_grad_(False)
+
+    def relaxed(straight: torch.Tensor):
+        """Each encoder's (ids, input embeddings) of [BOS] w_1…w_k P…: the prompt's tokens move right by k
+        (the tail's padding is dropped); the k tokens are the relaxed simplex weights times the word table."""
+
+        def inputs(encoder_tokenizer, table):
+            ids = encoder_tokenizer(
+                prompt, padding="max_length", max_length=encoder_tokenizer.model_max_length, truncation=True
+            )
+            ids = torch.tensor([ids.input_ids], device=device)
+            prefix, rest = ids[:, :1], ids[:, 1 : ids.shape[1] - budget.tokens]
+            chosen = allowed[straight.argmax(dim=-1)][None]
+            adversarial = straight @ table.weight.detach()[allowed]  # (k, D): forward, the chosen words' rows
+            embeds = torch.cat([table(prefix), adversarial[None], table(rest)], dim=1)
+            return torch.cat([prefix, chosen, rest], dim=1), embeds
+
+        return encode_inputs(pipe, inputs)
 
     def text_of(chosen: torch.Tensor) -> str:
         return (tokenizer.decode(chosen.tolist()) + " " + prompt).strip()
@@ -187,19 +191,15 @@ def optimise_prompt(
         w.requires_grad_(True)
         one_hot = torch.nn.functional.one_hot(w.argmax(dim=-1), len(allowed)).to(w.dtype)
         straight = one_hot + w - w.detach()  # forward: real tokens; backward: to the simplex weights
-        adversarial = straight @ words[allowed]  # (k, D)
-        embeds = torch.cat(
-            [encoder.get_input_embeddings()(prefix), adversarial[None], encoder.get_input_embeddings()(rest)], dim=1
-        )
-        condition = _encode_embeds(encoder, embeds).expand(len(x0), -1, -1)
+        condition = relaxed(straight).repeat(len(x0))
         noise = torch.randn(x0.shape, generator=generator).to(device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        prediction = unet(noisy, t, encoder_hidden_states=condition).sample
+        prediction = unet(noisy, t, condition).sample
         if variant == "p4d":
             with torch.no_grad():
-                target = base_pipe.unet(noisy, t, encoder_hidden_states=original).sample
+                target = conditioned(base_pipe.unet)(noisy, t, original).sample
         else:
             target = _target(scheduler, x0, noise, t)
         loss = (prediction - target).pow(2).mean()

@@ -22,6 +22,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from unlearning.conditioning import (
+    Condition,
+    conditioned,
+    encode,
+    encode_inputs,
+    pipeline_kwargs,
+    text_encoders,
+    text_pairs,
+)
 from unlearning.evaluation.attack import AttackBudget, _hits, _seeds, _target, base_latents
 
 KV_WEIGHTS = (".attn2.to_k.weight", ".attn2.to_v.weight")
@@ -36,22 +45,19 @@ def _kv_pairs(candidate_unet, base_unet) -> list[tuple[torch.Tensor, torch.Tenso
     ]
 
 
-@torch.no_grad()
 def _encode(pipe, prompts: list[str]) -> torch.Tensor:
-    tokens = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
-    return pipe.text_encoder(tokens.input_ids.to(pipe.device))[0].double()
+    """The token embeddings attn2 K/V map (unlearning/conditioning.py), float64."""
+    return encode(pipe, prompts).hidden.double()
 
 
-def _generate_from_embeds(pipe, embeds: torch.Tensor, seeds: list[int], sampler: dict) -> np.ndarray:
-    """Images for prompt embeddings (one row per image), classifier-free guidance against the empty prompt."""
-    negative = _encode(pipe, [""]).float().expand(len(embeds), -1, -1)
+def _generate_from_embeds(pipe, condition: Condition, seeds: list[int], sampler: dict) -> np.ndarray:
+    """Images for prompt conditions (one row per image), classifier-free guidance against the empty prompt."""
+    condition = Condition(condition.hidden.float(), condition.pooled, condition.time_ids)
+    negative = encode(pipe, [""]).repeat(len(condition))
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
     out = pipe(
-        prompt_embeds=embeds.float().to(pipe.device),
-        negative_prompt_embeds=negative.to(pipe.device),
+        **pipeline_kwargs(condition, negative),
         num_inference_steps=sampler["steps"],
         guidance_scale=sampler["guidance_scale"],
         latents=latents.to(pipe.device, pipe.unet.dtype),
@@ -83,7 +89,8 @@ def embedding_inversion(
     rho = ridge * float(torch.trace(base_gram)) / dim
     system = rho * torch.eye(dim, dtype=torch.float64) + sum(w.T @ w for w, _ in pairs)
     cross = sum(w.T @ w0 for w, w0 in pairs)
-    embeds = _encode(base_pipe, prompts)  # (P, T, D): what the base reads for the concept's prompts
+    base_condition = encode(base_pipe, prompts)  # what the base reads for the concept's prompts
+    embeds = base_condition.hidden.double()  # (P, T, D)
     inverted = torch.linalg.solve(system, cross @ embeds.reshape(-1, dim).T).T  # (P*T, D)
     flat = embeds.reshape(-1, dim)
     residual = sum(float((inverted @ w.T - flat @ w0.T).pow(2).sum()) for w, w0 in pairs)
@@ -91,8 +98,10 @@ def embedding_inversion(
     references = _encode(base_pipe, reference_prompts).reshape(-1, dim)
     nearest = torch.cdist(inverted, references).min(dim=1).values / flat.norm(dim=1).clamp_min(1e-12)
     seeds = [s for p in prompts for s in _seeds(p, seeds_per_prompt, 200)]
-    rows = inverted.reshape(embeds.shape).repeat_interleave(seeds_per_prompt, dim=0)
-    images = _generate_from_embeds(pipe, rows, seeds, sampler)
+    rows = inverted.reshape(embeds.shape)
+    # SDXL: each prompt's pooled embedding and time ids stay the base's (the inversion is of the tokens K/V read)
+    index = torch.arange(len(prompts)).repeat_interleave(seeds_per_prompt)
+    images = _generate_from_embeds(pipe, base_condition[index].with_hidden(rows[index]), seeds, sampler)
     drawn = _hits(judge, images, head, concept)
     return {
         "residual": residual / max(scale, 1e-20),
@@ -119,38 +128,47 @@ def textual_inversion(
 ) -> dict:
     """One token's embedding learnt on the candidate from the base's latents `x0` of the concept; how often
     "a <token>" then draws it (module docstring)."""
-    tokenizer, encoder, unet, scheduler = pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.scheduler
-    length = tokenizer.model_max_length
-    ids = tokenizer(f"a {init_word}", padding="max_length", max_length=length, return_tensors="pt").input_ids
-    position = 2  # [CLS] a <token>
-    table = encoder.get_input_embeddings()
+    unet, scheduler = pipe.unet, pipe.scheduler
+    position = 2  # [BOS] a <token>
+    pairs = text_pairs(pipe)  # SDXL: one learnt row per encoder (their tables differ)
+    ids = [
+        tok(f"a {init_word}", padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        for tok, _ in pairs
+    ]
     with torch.no_grad():
-        fixed = table(ids.to(unet.device))
-    learnt = fixed[0, position].clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([learnt], lr=lr)
+        learnt = [enc.get_input_embeddings()(i.to(unet.device))[0, position].clone() for (_, enc), i in zip(pairs, ids)]
+    learnt = [row.requires_grad_(True) for row in learnt]
+    optimizer = torch.optim.Adam(learnt, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     alphas = scheduler.alphas_cumprod.to(unet.device)
     unet.requires_grad_(False)
-    encoder.requires_grad_(False)
+    for encoder in text_encoders(pipe):
+        encoder.requires_grad_(False)
+    call = conditioned(unet)
 
-    def condition() -> torch.Tensor:
-        embeds = torch.cat([fixed[:, :position], learnt[None, None], fixed[:, position + 1 :]], dim=1)
-        return encoder(inputs_embeds=embeds)[0]
+    def condition() -> Condition:
+        rows = iter(zip(ids, learnt))
+
+        def inputs(_tokenizer, table):
+            token_ids, row = next(rows)
+            fixed = table(token_ids.to(unet.device))
+            return token_ids, torch.cat([fixed[:, :position], row[None, None], fixed[:, position + 1 :]], dim=1)
+
+        return encode_inputs(pipe, inputs)
 
     for _ in range(steps):
         noise = torch.randn(x0.shape, generator=generator).to(unet.device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(unet.device)
         a = alphas[t].view(-1, 1, 1, 1)
-        prediction = unet(
-            a.sqrt() * x0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=condition().expand(len(x0), -1, -1)
-        ).sample
+        prediction = call(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, condition().repeat(len(x0))).sample
         loss = (prediction - _target(scheduler, x0, noise, t)).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        embeds = condition().double().expand(seeds, -1, -1)
-        images = _generate_from_embeds(pipe, embeds, _seeds(f"textual-inversion|{concept}", seeds, 0), sampler)
+        images = _generate_from_embeds(
+            pipe, condition().repeat(seeds), _seeds(f"textual-inversion|{concept}", seeds, 0), sampler
+        )
     drawn = _hits(judge, images, head, concept)
     return {"draws": float(drawn.mean()), "n": int(len(drawn)), "steps": steps, "final_loss": float(loss.detach())}
 

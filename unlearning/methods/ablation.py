@@ -8,7 +8,8 @@ images of the anchor prompt (the loop's forget batch):
 plus the paper's regularisation, the standard diffusion loss on the anchor pairs themselves (it keeps
 the anchor concept intact while its prompt is being copied into the target's):
 
-    L_anc = ‖ε_θ(z_t, c_anc, t) − ε‖²          (ε: the noise that made z_t)
+    L_anc = ‖ε_θ(z_t, c_anc, t) − ε‖²          (ε: the noise that made z_t; for a v-prediction model the
+                                               velocity, `ctx.forget_target`)
 
 Returns "forget" (L_abl) and "preserve" (λ_anchor L_anc); the paper trains attn2 K/V (`xattn-kv`).
 """
@@ -32,7 +33,7 @@ def loss(ctx: StepContext) -> dict[str, torch.Tensor]:
     student_target = ctx.student(ctx.forget_noisy, ctx.forget_timesteps, ctx.target_embeds).sample
     ablate = F.mse_loss(student_target, anchor_target)
     student_anchor = ctx.student(ctx.forget_noisy, ctx.forget_timesteps, ctx.anchor_embeds).sample
-    anchor = F.mse_loss(student_anchor, ctx.forget_noise)
+    anchor = F.mse_loss(student_anchor, ctx.forget_target)
     return {
         "forget": ablate,
         "preserve": lambda_anchor * anchor,

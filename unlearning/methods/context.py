@@ -1,7 +1,12 @@
-"""What every method's loss function receives for one step (the one training loop builds it)."""
+"""What every method's loss function receives for one step (the one training loop builds it).
+
+A loss calls `student` and `parent` as `(z_t, t, condition)`; the conditions (`*_embeds`) are what the
+architecture's UNet reads (unlearning/conditioning.py `Condition`: SDXL's pooled embedding and time ids go
+with the hidden states), or plain hidden-state tensors for a UNet conditioned on them alone."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -11,8 +16,8 @@ from unlearning.attention import AttentionStore
 
 @dataclass
 class StepContext:
-    student: torch.nn.Module  # the UNet being trained (θ), initialised from the parent
-    parent: torch.nn.Module  # frozen parent version θ_p
+    student: Callable  # the UNet being trained (θ), initialised from the parent, called (z_t, t, condition)
+    parent: Callable  # frozen parent version θ_p
     student_maps: AttentionStore  # attn2 maps of the student's last forward pass
     parent_maps: AttentionStore
     # forget batch: noised latents of images the parent made for the *anchor* prompts
@@ -33,6 +38,16 @@ class StepContext:
     trained: dict[str, torch.Tensor]  # the trained tensors by UNet name (lora: the merged W + BA, differentiable)
     base_values: dict[str, torch.Tensor]
     hyper: dict  # method hyper-parameters (λ's, η, ...)
+    # what the UNet predicts for each batch (unlearning/conditioning.py `prediction_target`): the noise ε, or
+    # the velocity v = √ᾱ ε − √(1−ᾱ) z_0 for a v-prediction model (SD2.x); None: the noise (ε-prediction)
+    forget_target: torch.Tensor | None = None
+    preserve_target: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.forget_target is None:
+            self.forget_target = self.forget_noise
+        if self.preserve_target is None:
+            self.preserve_target = self.preserve_noise
 
 
 @dataclass

@@ -2,7 +2,13 @@
 token of many phrasings (MACE's refinement, Lu et al. CVPR 2024), made continual by construction and
 hardened against adversarial embeddings (RECE, Gong et al. ECCV 2024).
 
-Every attn2 to_k / to_v weight W maps token embeddings e (D = the text encoder's width). Each erased
+Every attn2 to_k / to_v weight W maps token embeddings e (D = the width cross-attention reads:
+unlearning/conditioning.py — one encoder's last hidden state for SD1.x/2.x, both encoders' penultimate
+states concatenated for SDXL, 2048 wide). SDXL's pooled embedding (`text_embeds`, through `add_embedding`)
+is left alone: it is one vector per prompt added to the timestep embedding, not a token any K/V reads, so
+the token pairs (e, ê) this form solves over do not exist there, and R (which acts on token embeddings)
+cannot be applied to it. The concept may still reach the image through it, weakly (a global bias, not a
+place): the gate measures what the edit leaves on SDXL rather than assuming it is nothing. Each erased
 concept c contributes the pairs (e_i, ê_i) of its target prompts' tokens and the anchor prompts'
 tokens (uce.aligned_pairs), through two D x D sums
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unlearning.conditioning import Condition
 from unlearning.methods import continual_uce, duge
 from unlearning.methods.context import StepContext
 
@@ -55,11 +56,16 @@ def adversarial_condition(ctx: StepContext, epsilon: float) -> torch.Tensor:
     """c_adv (module docstring, 4): one FGSM step from the target's condition towards the parent's concept."""
     with torch.no_grad():
         concept = ctx.parent(ctx.forget_noisy, ctx.forget_timesteps, ctx.target_embeds).sample
-    condition = ctx.target_embeds.detach().clone().requires_grad_(True)
-    attack = F.mse_loss(ctx.student(ctx.forget_noisy, ctx.forget_timesteps, condition).sample, concept)
+    # the attack moves the tokens cross-attention reads; SDXL's pooled embedding and time ids stay the target's
+    target = ctx.target_embeds
+    hidden = target.hidden if isinstance(target, Condition) else target
+    condition = hidden.detach().clone().requires_grad_(True)
+    attacked = target.with_hidden(condition) if isinstance(target, Condition) else condition
+    attack = F.mse_loss(ctx.student(ctx.forget_noisy, ctx.forget_timesteps, attacked).sample, concept)
     (gradient,) = torch.autograd.grad(attack, condition)
     rms = condition.detach().pow(2).mean(dim=-1, keepdim=True).sqrt()
-    return (condition.detach() - epsilon * rms * gradient.sign()).detach()
+    adversarial = (condition.detach() - epsilon * rms * gradient.sign()).detach()
+    return target.with_hidden(adversarial) if isinstance(target, Condition) else adversarial
 
 
 def loss(ctx: StepContext) -> dict[str, torch.Tensor]:

@@ -38,9 +38,9 @@ DEFAULTS = {"alpha": 1.5, "forget_bound": 1.5}  # the authors' defaults for α a
 def loss(ctx: StepContext) -> dict[str, torch.Tensor]:
     hyper = {**DEFAULTS, **ctx.hyper}
     student_forget = ctx.student(ctx.forget_noisy, ctx.forget_timesteps, ctx.target_embeds).sample
-    forget_denoising = F.mse_loss(student_forget, ctx.forget_noise)
+    forget_denoising = F.mse_loss(student_forget, ctx.forget_target)  # ε, or v for a v-prediction model
     student_retain = ctx.student(ctx.preserve_noisy, ctx.preserve_timesteps, ctx.preserve_embeds).sample
-    retain = F.mse_loss(student_retain, ctx.preserve_noise)
+    retain = F.mse_loss(student_retain, ctx.preserve_target)
     return {
         "forget": -forget_denoising.clamp(max=hyper["forget_bound"]),
         "preserve": hyper["alpha"] * retain,

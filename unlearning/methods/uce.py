@@ -22,6 +22,12 @@ them are edited, paired with the anchor prompt's tokens (see `aligned_pairs`); t
 every token of the preserve and replay prompts (the replay prompts keep earlier erasures in place).
 Defaults are the authors' (erase scale 1, preserve scale 0.1, λ 0.1). Edits attn2 K/V only
 (`xattn-kv`), so the loop refuses any other parameter set for it.
+
+Architectures: the token embeddings are what attn2 reads (unlearning/conditioning.py): SD1.x/2.x's one
+encoder's last hidden state (768 / 1024 wide), SDXL's two encoders' penultimate states concatenated (2048).
+SDXL's pooled embedding is left alone: it enters through `add_embedding` as one vector added to the
+timestep embedding — a global bias with no per-token path, so no K/V pair of the concept exists there to
+map (continual_uce.py says what that leaves, and that the gate measures it).
 """
 
 from __future__ import annotations

@@ -1,0 +1,219 @@
+"""What a pipeline's UNet reads for a prompt: the one place that knows the architecture.
+
+Every prompt Lethe encodes (the unlearning step's pairs and Grams, the attack, the inversions) and every
+UNet call it makes outside a pipeline goes through here, so that each architecture is conditioned exactly
+as its diffusers pipeline conditions it:
+
+- `sd` (SD1.x, SD2.x, the shapes world; `StableDiffusionPipeline`): `encoder_hidden_states` is the one text
+  encoder's last hidden state (`encode_prompt` without `clip_skip`: `text_encoder(ids)[0]`); nothing added.
+- `sdxl` (`StableDiffusionXLPipeline`): `encoder_hidden_states` is the *penultimate* hidden states of both
+  encoders, concatenated (768 + 1280 = 2048 wide); `added_cond_kwargs` holds `text_embeds`, the second
+  encoder's projected pooled embedding, and `time_ids`, (original size, crop top-left, target size).
+
+SD2.x differs from SD1.x in what the UNet *predicts* (v-prediction), not in how it is conditioned: that is
+`prediction_target`. A transformer-based pipeline (SD3, FLUX: `transformer`, no `unet`) has no attn2 to
+edit; `architecture` refuses it in one line naming the pipeline and its denoiser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from unlearning.config import ConfigError
+
+SD, SDXL = "sd", "sdxl"
+CHUNK = 256  # prompts per text-encoder call
+
+
+@dataclass(frozen=True)
+class Condition:
+    """The UNet's text conditioning for a batch of prompts, one row each. `hidden` is what every attn2
+    to_k/to_v maps (what a closed form edits); `pooled` and `time_ids` are SDXL's added conditions (None
+    for SD1.x/2.x), which the UNet reads through `add_embedding`, never through cross-attention."""
+
+    hidden: torch.Tensor  # (B, T, D) encoder_hidden_states
+    pooled: torch.Tensor | None = None  # (B, P) text_embeds: the second encoder's pooled, projected embedding
+    time_ids: torch.Tensor | None = None  # (B, 6) original (h, w), crop top-left (y, x), target (h, w)
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __getitem__(self, index) -> Condition:
+        return Condition(
+            self.hidden[index],
+            None if self.pooled is None else self.pooled[index],
+            None if self.time_ids is None else self.time_ids[index],
+        )
+
+    def repeat(self, batch: int) -> Condition:
+        """One prompt's condition (a batch of one) as `batch` identical rows."""
+        return Condition(
+            self.hidden.expand(batch, -1, -1),
+            None if self.pooled is None else self.pooled.expand(batch, -1),
+            None if self.time_ids is None else self.time_ids.expand(batch, -1),
+        )
+
+    def with_hidden(self, hidden: torch.Tensor) -> Condition:
+        """The same added conditions with other hidden states (an attack in embedding space moves these)."""
+        return replace(self, hidden=hidden)
+
+    def unet_kwargs(self) -> dict:
+        """The keyword arguments of `UNet2DConditionModel.forward` for this condition."""
+        if self.pooled is None:
+            return {"encoder_hidden_states": self.hidden}
+        return {
+            "encoder_hidden_states": self.hidden,
+            "added_cond_kwargs": {"text_embeds": self.pooled, "time_ids": self.time_ids},
+        }
+
+
+def architecture(pipe, method: str | None = None) -> str:
+    """`sd` or `sdxl` (module docstring), from the pipeline's components.
+
+    Raises:
+        ConfigError: a pipeline without a `UNet2DConditionModel` (SD3, FLUX: a transformer), which no
+            UNet method can edit; the message names the method, the pipeline and its denoiser.
+    """
+    unet = getattr(pipe, "unet", None)
+    if unet is None or not hasattr(unet.config, "cross_attention_dim"):
+        denoiser = getattr(pipe, "transformer", None) or unet
+        what = f"{type(pipe).__name__} ({type(denoiser).__name__ if denoiser is not None else 'no denoiser'})"
+        raise ConfigError(
+            f"method {method or 'any UNet method'} edits a UNet's cross-attention; {what} has none "
+            "(SD1.x, SD2.x and SDXL can be edited)"
+        )
+    if getattr(pipe, "text_encoder_2", None) is not None and unet.config.get("addition_embed_type") == "text_time":
+        return SDXL
+    return SD
+
+
+def text_encoders(pipe) -> list[torch.nn.Module]:
+    """Every text encoder the pipeline conditions on (frozen by the unlearning step)."""
+    return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+
+
+def _ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def time_ids(pipe, batch: int) -> torch.Tensor:
+    """SDXL's six added time ids as its pipeline builds them by default: the image's size as original and
+    target size (`unet.sample_size` × the VAE's scale factor), no crop; (batch, 6), float32.
+
+    Raises:
+        ConfigError: the UNet's `add_embedding` expects another width than 6 time ids and the pooled embedding.
+    """
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    expected = pipe.unet.add_embedding.linear_1.in_features
+    passed = pipe.unet.config.addition_time_embed_dim * 6 + pipe.text_encoder_2.config.projection_dim
+    if expected != passed:
+        raise ConfigError(
+            f"this SDXL UNet's add_embedding takes {expected} features; 6 time ids and the pooled give {passed}"
+        )
+    ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=pipe.device)
+    return ids.expand(batch, -1)
+
+
+def text_pairs(pipe) -> list[tuple[object, torch.nn.Module]]:
+    """(tokenizer, text encoder) of every encoder the UNet's condition is built from, in order."""
+    if architecture(pipe) == SD:
+        return [(pipe.tokenizer, pipe.text_encoder)]
+    return [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+
+
+Inputs = Callable[[object, torch.nn.Module], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def encode_inputs(pipe, inputs: Inputs) -> Condition:
+    """The condition of token ids whose input embeddings may be given: `inputs(tokenizer, token_embedding)`
+    returns, for each encoder, (ids, embeddings or None). Given embeddings (differentiable: an attack's
+    relaxed tokens, a learnt token) replace the encoder's own lookup of `ids` — through a hook on its
+    token-embedding layer, so everything else (positions, the causal mask, the pooled EOS position read from
+    `ids`) is the encoder's own forward: transformers' CLIP text models take no `inputs_embeds`."""
+    arch = architecture(pipe)
+    states, pooled = [], None
+    for tokenizer, encoder in text_pairs(pipe):
+        table = encoder.get_input_embeddings()
+        ids, embeds = inputs(tokenizer, table)
+        handle = (
+            None if embeds is None else table.register_forward_hook(lambda module, args, output, given=embeds: given)
+        )
+        try:
+            out = encoder(ids.to(pipe.device), output_hidden_states=arch == SDXL)
+        finally:
+            if handle is not None:
+                handle.remove()
+        states.append(out[0] if arch == SD else out.hidden_states[-2])  # SDXL: the penultimate layer
+        pooled = out[0]  # SDXL: the second encoder's text_embeds
+    if arch == SD:
+        return Condition(states[0].float())
+    return Condition(torch.cat(states, dim=-1).float(), pooled.float(), time_ids(pipe, len(pooled)))
+
+
+@torch.no_grad()
+def encode(pipe, prompts: list[str]) -> Condition:
+    """The UNet's condition for `prompts` (module docstring), padded to the tokenizer's length, float32."""
+    if not prompts:  # an empty batch of the right widths
+        return encode(pipe, [""])[:0]
+    chunks = [
+        encode_inputs(
+            pipe, lambda tokenizer, _table, chunk=prompts[start : start + CHUNK]: (_ids(tokenizer, chunk), None)
+        )
+        for start in range(0, len(prompts), CHUNK)
+    ]
+    if len(chunks) == 1:
+        return chunks[0]
+    pooled = None if chunks[0].pooled is None else torch.cat([c.pooled for c in chunks])
+    time = None if chunks[0].time_ids is None else torch.cat([c.time_ids for c in chunks])
+    return Condition(torch.cat([c.hidden for c in chunks]), pooled, time)
+
+
+def pipeline_kwargs(condition: Condition, negative: Condition) -> dict:
+    """A condition and its negative as a diffusers pipeline's `prompt_embeds` keyword arguments (SDXL: with
+    the pooled embeddings; the pipeline adds the time ids itself)."""
+    kwargs = {"prompt_embeds": condition.hidden, "negative_prompt_embeds": negative.hidden}
+    if condition.pooled is not None:
+        kwargs |= {"pooled_prompt_embeds": condition.pooled, "negative_pooled_prompt_embeds": negative.pooled}
+    return kwargs
+
+
+def width(pipe) -> int:
+    """D, the width of the token embeddings every attn2 to_k/to_v maps."""
+    return pipe.unet.config.cross_attention_dim
+
+
+def conditioned(unet: Callable) -> Callable:
+    """`unet` called as `(sample, timestep, condition)`: a `Condition` brings its added conditions, a plain
+    tensor is the hidden states alone (an SD1.x/2.x condition). What a method's loss calls the student and
+    the parent with."""
+
+    def call(sample: torch.Tensor, timestep: torch.Tensor, condition: Condition | torch.Tensor):
+        if isinstance(condition, Condition):
+            return unet(sample, timestep, **condition.unet_kwargs())
+        return unet(sample, timestep, encoder_hidden_states=condition)
+
+    return call
+
+
+def prediction_target(
+    prediction_type: str, alphas: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet is trained to predict at x_t = √ᾱ x₀ + √(1−ᾱ) ε (`alphas`: ᾱ_t per row, broadcastable):
+    ε for `epsilon`, the velocity v = √ᾱ ε − √(1−ᾱ) x₀ for `v_prediction` (SD2.x; Salimans & Ho 2022,
+    "Progressive Distillation", sec. 4), x₀ for `sample`.
+
+    Raises:
+        ConfigError: another prediction type.
+    """
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alphas.sqrt() * noise - (1 - alphas).sqrt() * latents
+    if prediction_type == "sample":
+        return latents
+    raise ConfigError(f"prediction_type {prediction_type!r}: expected epsilon, v_prediction or sample")

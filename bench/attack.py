@@ -338,6 +338,9 @@ def main() -> None:
             "continual-uce:null_space_energy=0.99@continual-uce, broad + null space (SPEED), RECE 2",
             "uce",
             "duge",
+            "duge:broad_prompts=256@duge + broad prior preservation",
+            "duge-on-uce@duge-on-uce (closed form, then duge with broad preservation and mined prompts)",
+            "duge-on-uce:adversarial_epsilon=0.1@duge-on-uce + R.A.C.E. 0.1",
             "esd-x",
         ]
         for name, value in (("sweep_prompts", 384), ("attack_prompts", 12), ("attack_steps", 60)):

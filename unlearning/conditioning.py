@@ -11,8 +11,11 @@ as its diffusers pipeline conditions it:
   encoder's projected pooled embedding, and `time_ids`, (original size, crop top-left, target size).
 
 SD2.x differs from SD1.x in what the UNet *predicts* (v-prediction), not in how it is conditioned: that is
-`prediction_target`. A transformer-based pipeline (SD3, FLUX: `transformer`, no `unet`) has no attn2 to
-edit; `architecture` refuses it in one line naming the pipeline and its denoiser.
+`prediction_target`. A transformer-based pipeline (SD3, FLUX: an MMDiT `transformer`, no `unet`) has no attn2:
+its text reaches the image through joint attention. Only a closed form with an MMDiT parameter set (uce,
+continual-uce: `text-proj`, `mmdit_parameter_set`) can edit it, from prompt embeddings passed in; every
+other method is refused in one line naming the method and the denoiser. Prompts of these pipelines are not
+encoded here yet, so `architecture` (what the unlearning loop asks) refuses them all, in one line.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from unlearning.config import ConfigError
+from unlearning.methods import METHOD_NAMES, get_method
 
 SD, SDXL = "sd", "sdxl"
 CHUNK = 256  # prompts per text-encoder call
@@ -74,13 +78,20 @@ def architecture(pipe, method: str | None = None) -> str:
     """`sd` or `sdxl` (module docstring), from the pipeline's components.
 
     Raises:
-        ConfigError: a pipeline without a `UNet2DConditionModel` (SD3, FLUX: a transformer), which no
-            UNet method can edit; the message names the method, the pipeline and its denoiser.
+        ConfigError: a pipeline without a `UNet2DConditionModel`: an MMDiT (SD3, FLUX) with a method that cannot
+            edit one (`mmdit_parameter_set`), or with one that can, whose prompts Lethe does not encode yet;
+            any other denoiser. One line naming the method, the pipeline and its denoiser.
     """
     unet = getattr(pipe, "unet", None)
     if unet is None or not hasattr(unet.config, "cross_attention_dim"):
         denoiser = getattr(pipe, "transformer", None) or unet
         what = f"{type(pipe).__name__} ({type(denoiser).__name__ if denoiser is not None else 'no denoiser'})"
+        if is_mmdit(denoiser) and method is not None:
+            mmdit_parameter_set(denoiser, method, what=what)  # refuses a method that cannot edit an MMDiT
+            raise ConfigError(
+                f"method {method} edits an MMDiT's text projections from prompt embeddings, but Lethe does not "
+                f"encode {what}'s prompts yet (SD1.x, SD2.x and SDXL run end to end)"
+            )
         raise ConfigError(
             f"method {method or 'any UNet method'} edits a UNet's cross-attention; {what} has none "
             "(SD1.x, SD2.x and SDXL can be edited)"
@@ -88,6 +99,34 @@ def architecture(pipe, method: str | None = None) -> str:
     if getattr(pipe, "text_encoder_2", None) is not None and unet.config.get("addition_embed_type") == "text_time":
         return SDXL
     return SD
+
+
+def is_mmdit(denoiser) -> bool:
+    """An MMDiT (diffusers' `SD3Transformer2DModel`, `FluxTransformer2DModel`): a transformer whose joint text
+    tokens enter through `context_embedder` and whose pooled embedding enters through `time_text_embed`."""
+    return hasattr(denoiser, "context_embedder") and hasattr(denoiser, "time_text_embed")
+
+
+def mmdit_parameter_set(transformer, method: str, *, what: str | None = None) -> str:
+    """The parameter set `method` edits on an MMDiT: its `MMDIT_PARAMS` (unlearning/methods), `text-proj` for
+    uce and continual-uce, the projections that see the text alone (unlearning/parameters.py).
+
+    Raises:
+        ConfigError: `transformer` is not an MMDiT, or `method` has no MMDiT set: the loss methods train
+            through a UNet's attn2 (its maps, its K/V, its calls with a UNet's conditioning) — one line
+            naming the method and the denoiser.
+    """
+    what = what or type(transformer).__name__
+    if not is_mmdit(transformer):
+        raise ConfigError(f"method {method}: {what} is not an MMDiT (no context_embedder and time_text_embed)")
+    parameter_set = getattr(get_method(method), "MMDIT_PARAMS", None)
+    if parameter_set is None:
+        editable = ", ".join(name for name in METHOD_NAMES if hasattr(get_method(name), "MMDIT_PARAMS"))
+        raise ConfigError(
+            f"method {method} needs a UNet's cross-attention (attn2), which {what} (an MMDiT) has none of; "
+            f"on an MMDiT only {editable} run (a closed-form edit of its text projections)"
+        )
+    return parameter_set
 
 
 def text_encoders(pipe) -> list[torch.nn.Module]:

@@ -10,7 +10,12 @@
 - `lora`: low-rank adapters (peft LoRA, Hu et al. ICLR 2022) on the attn2 projections to_q, to_k, to_v,
   to_out.0. Only the adapters train; at save time they are merged, W ← W + (α/r)·B A, and the delta
   covers those merged weight tensors (the names `trainable_names(unet, "lora")` gives), so a lora
-  version is stored, applied and chained exactly like the other sets.
+  version is stored, applied and chained exactly like the other sets;
+- `text-proj`: an MMDiT's (SD3, FLUX) projections that see the text alone, a closed form's set there:
+  `context_embedder` (the joint text tokens, joint_attention_dim wide, into the transformer's width) and
+  the pooled `time_text_embed.text_embedder.linear_1`. The blocks' `add_k_proj`/`add_v_proj` read the text
+  stream after the timestep's AdaLN modulation and, past the first block, after joint attention with the
+  image tokens, so no text-only pairs exist there.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from unlearning.methods import PARAMETER_SETS  # noqa: F401 - re-exported: the s
 
 LORA_MODULES = r".*\.attn2\.(to_q|to_k|to_v|to_out\.0)"  # peft matches a str target with re.fullmatch
 LORA_ADAPTER = "default"
+TEXT_PROJECTIONS = ("context_embedder.weight", "time_text_embed.text_embedder.linear_1.weight")  # `text-proj`
 
 
 def trainable_names(unet: torch.nn.Module, parameter_set: str) -> list[str]:
-    """Names of the UNet parameters a set trains.
+    """Names of the denoiser's (a UNet's, an MMDiT's for `text-proj`) parameters a set trains.
 
     Raises:
         ValueError: unknown set, or a set that matches nothing in this UNet.
@@ -42,6 +48,8 @@ def trainable_names(unet: torch.nn.Module, parameter_set: str) -> list[str]:
         chosen = names
     elif parameter_set == "lora":  # the weights the adapters are merged into (biases are not adapted)
         chosen = [n for n in names if re.fullmatch(LORA_MODULES + r"\.weight", n)]
+    elif parameter_set == "text-proj":  # the biases cancel from a closed form's pairs and stay
+        chosen = [n for n in names if n in TEXT_PROJECTIONS]
     else:
         raise ValueError(f"unknown parameter set {parameter_set!r}; known: {', '.join(PARAMETER_SETS)}")
     if not chosen:

@@ -8,7 +8,10 @@ Every method module has the same record:
 - `PARAMS`: the parameter set it trains unless the request names another (unlearning/parameters.py);
 - `DEFAULTS`: its hyper-parameters (a request may override any of them, and only them);
 - `ALWAYS_SURGERY` (optional, True for rgd): gradient surgery is the method, not an option;
-- `START` (optional, a loss method): the closed-form method the loop applies before the first step.
+- `START` (optional, a loss method): the closed-form method the loop applies before the first step;
+- `MMDIT_PARAMS` (optional, a closed form): the set it edits on an MMDiT (SD3, FLUX), whose text reaches the
+  image through joint attention rather than attn2; a method without it is refused there
+  (unlearning/conditioning.py `mmdit_parameter_set`).
 
 The methods: `duge` (Lethe's decremental step), `esd-x` / `esd-u` (ESD negative guidance on
 cross-attention / on the other weights, Gandikota 2023), `ablation` (Concept Ablation, Kumari 2023),
@@ -42,7 +45,8 @@ _MODULES = {
 METHOD_NAMES: tuple[str, ...] = tuple(_MODULES)
 DEFAULT_METHOD = "continual-uce"  # the best on bench/unlearning.py (bench/RESULTS.md): closed form, seconds a request
 # The parameter sets a method may train (unlearning/parameters.py says which tensors each holds).
-PARAMETER_SETS = ("xattn-kv", "xattn", "non-xattn", "full", "lora")
+# `text-proj` is an MMDiT's (SD3, FLUX): its projections that see the text alone.
+PARAMETER_SETS = ("xattn-kv", "xattn", "non-xattn", "full", "lora", "text-proj")
 # The UnlearnConfig fields (unlearning/loop.py) a request may set as its `options`; the operator's
 # settings decide everything else (a test checks these are fields of UnlearnConfig).
 REQUEST_OPTIONS = (

@@ -69,6 +69,13 @@ class EditContext:
     lineage: dict[str, torch.Tensor] | None = None  # the parent version's lineage terms, if it kept any
     broad_gram: torch.Tensor | None = None  # (D, D) Σ g gᵀ over the broad prompts' tokens (a method's BROAD_PROMPTS)
     lineage_out: dict[str, torch.Tensor] | None = field(default=None)  # set by an edit that keeps lineage terms
+    # an MMDiT's (SD3, FLUX) pooled embedding of the same prompts, (B, P) each, what the pooled projection
+    # `time_text_embed.text_embedder.linear_1` reads (the `text-proj` set); None where nothing edits it
+    target_pooled: torch.Tensor | None = None
+    anchor_pooled: torch.Tensor | None = None
+    preserve_pooled: torch.Tensor | None = None
+    replay_pooled: torch.Tensor | None = None
+    broad_pooled_gram: torch.Tensor | None = None  # (P, P) Σ g gᵀ over the broad prompts' pooled embeddings
 
 
 @dataclass
@@ -81,3 +88,5 @@ class EncodedPairs:
     target_tokens: torch.Tensor
     anchor_tokens: torch.Tensor
     anchor: str = ""  # the anchor word of these pairs
+    target_pooled: torch.Tensor | None = None  # an MMDiT's pooled embeddings of the same prompts, (B, P)
+    anchor_pooled: torch.Tensor | None = None

@@ -56,6 +56,16 @@ minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + 
 W₀_l R and M = Σ_l W₀_lᵀ W₀_l this is e′ = (ρI + Rᵀ M R)⁻¹ Rᵀ M e. Each of `adversarial_rounds` rounds
 adds the pairs (e′_i, ê_i) of the target's tokens to its terms and solves again. ρ is
 `adversarial_ridge` times the mean eigenvalue of M (a scale-free choice).
+
+An MMDiT (SD3, FLUX) is edited on its `text-proj` set (uce.py's docstring says why these two maps):
+`context_embedder` is a map of token embeddings, solved exactly as above (one R over the joint text
+tokens' width, its terms "<concept>::erase_cross" / "::erase_gram"). The pooled projection
+`time_text_embed.text_embedder.linear_1` is solved the same way in the pooled space, by the same code:
+each prompt's pooled embedding p_i (target) paired with the anchor prompt's p*_i, the preserve prompts'
+pooled embeddings as P, the broad prompts' as G where given (`broad_pooled_gram`), RECE's rounds over its
+own base Gram, its own R_pooled, and its own lineage terms ("<concept>::pooled_cross", "::pooled_gram"),
+re-solved from the base at every request like the token terms. Without it the concept would still reach
+every block's AdaLN through the pooled embedding, a global signal that the token edit cannot touch.
 """
 
 from __future__ import annotations
@@ -65,10 +75,11 @@ from dataclasses import dataclass
 import torch
 
 from unlearning.methods.context import EditContext, EncodedPairs
-from unlearning.methods.uce import EDITABLE, aligned_pairs
+from unlearning.methods.uce import EDITABLE, POOLED, aligned_pairs
 
 KIND = "edit"
 PARAMS = "xattn-kv"  # the only set a K/V edit can touch
+MMDIT_PARAMS = "text-proj"  # an MMDiT's projections that see the text alone (unlearning/parameters.py)
 PROMPTS_PER_CONCEPT = 80  # target/anchor pairs per concept, from the world's erase templates
 PRESERVE_PER_CONCEPT = 12  # preserve prompts per retained concept: the retained world in many contexts
 PROMPT_TEMPLATES = "erase"
@@ -84,8 +95,10 @@ DEFAULTS = {
 }
 
 
-# lineage keys: "<concept>::erase_cross" (A_c), "...::erase_gram" (B_c), "...::anchor" (the anchor word)
+# lineage keys: "<concept>::erase_cross" (A_c), "...::erase_gram" (B_c), "...::anchor" (the anchor word);
+# an MMDiT's pooled projection: "...::pooled_cross", "...::pooled_gram" (A_c, B_c of the pooled pairs)
 CROSS, GRAM, ANCHOR = "::erase_cross", "::erase_gram", "::anchor"
+POOLED_CROSS, POOLED_GRAM = "::pooled_cross", "::pooled_gram"
 
 
 def concept_of(key: str) -> str:
@@ -175,42 +188,99 @@ class FreshTerms:
         )
         return cls(keys, anchors, *concept_terms(keys, anchors), pairs.anchor)
 
+    @classmethod
+    def pooled(cls, pairs: EditContext | EncodedPairs) -> FreshTerms:
+        """The pooled space's pairs: each target prompt's pooled embedding with its anchor prompt's."""
+        keys, anchors = pairs.target_pooled, pairs.anchor_pooled
+        return cls(keys, anchors, *concept_terms(keys, anchors), pairs.anchor)
+
 
 @torch.no_grad()
 def edit(ctx: EditContext) -> dict[str, float]:
-    """Re-solve every trained attn2 K/V weight from the base with the lineage's terms plus this request's.
+    """Re-solve every trained weight from the base with the lineage's terms plus this request's: the token
+    maps (attn2 K/V, an MMDiT's `context_embedder`) with one R, an MMDiT's pooled projection with its own.
 
     Sets `ctx.lineage_out` to the new version's terms ("<concept>::erase_cross", "<concept>::erase_gram",
-    "<concept>::anchor", for every erased concept, this one included). Every concept erased earlier that
-    `ctx.earlier` has pairs of gets its terms computed now from them and hardened with this request's
-    (module docstring); the parent's terms are kept only for a concept it has no pairs of.
+    "<concept>::anchor", and on an MMDiT "<concept>::pooled_cross", "<concept>::pooled_gram", for every erased
+    concept, this one included). Every concept erased earlier that `ctx.earlier` has pairs of gets its terms
+    computed now from them and hardened with this request's (module docstring); the parent's terms are kept
+    only for a concept it has no pairs of.
 
     Raises:
-        ValueError: a trained tensor that is not an attn2 to_k / to_v weight.
+        ValueError: a trained tensor that is none of these weights; a pooled projection without the pooled
+            embeddings of the target, anchor and preserve prompts.
     """
     hyper = {**DEFAULTS, **ctx.hyper}
+    if others := [name for name in ctx.trained if not name.endswith(EDITABLE + POOLED)]:
+        raise ValueError(
+            f"continual UCE edits attn2 to_k/to_v (an MMDiT: its text projections) only, not {', '.join(others[:3])}"
+        )
+    terms = {k: v.double() if v.is_floating_point() else v for k, v in (ctx.lineage or {}).items()}
+    fresh = {pairs.concept: FreshTerms.of(pairs) for pairs in ctx.earlier}  # computed (and hardened) now
+    fresh[ctx.concept] = FreshTerms.of(ctx)
+    tokens = {name: weight for name, weight in ctx.trained.items() if not name.endswith(POOLED)}
+    metrics = _re_solve(ctx, tokens, fresh, terms, (CROSS, GRAM), ctx.preserve_embeds, ctx.broad_gram, hyper)
+    if pooled := {name: weight for name, weight in ctx.trained.items() if name.endswith(POOLED)}:
+        if ctx.target_pooled is None or ctx.anchor_pooled is None or ctx.preserve_pooled is None:
+            raise ValueError("continual UCE edits an MMDiT's pooled projection from pooled embeddings; none given")
+        fresh_pooled = {
+            pairs.concept: FreshTerms.pooled(pairs) for pairs in ctx.earlier if pairs.target_pooled is not None
+        }
+        fresh_pooled[ctx.concept] = FreshTerms.pooled(ctx)
+        solved = _re_solve(
+            ctx,
+            pooled,
+            fresh_pooled,
+            terms,
+            (POOLED_CROSS, POOLED_GRAM),
+            ctx.preserve_pooled,
+            ctx.broad_pooled_gram,
+            hyper,
+        )
+        metrics |= {f"pooled_{key}": value for key, value in solved.items()}
+    for concept, f in fresh.items():
+        if f.anchor:  # an empty anchor (the word dropped) cannot be erased later
+            terms[concept + ANCHOR] = anchor_tensor(f.anchor)
+    ctx.lineage_out = terms
+    return {
+        **metrics,
+        "concepts": float(len({concept_of(key) for key in terms})),
+        "refreshed": float(len(fresh) - 1),
+    }
+
+
+def _re_solve(
+    ctx: EditContext,
+    trained: dict[str, torch.Tensor],
+    fresh: dict[str, FreshTerms],
+    terms: dict[str, torch.Tensor],
+    suffixes: tuple[str, str],
+    preserve: torch.Tensor,
+    broad_gram: torch.Tensor | None,
+    hyper: dict,
+) -> dict[str, float]:
+    """Solve one input space's R (the token space, or an MMDiT's pooled space) over the terms of `terms`
+    ending in `suffixes` (cross, gram) that `fresh` does not replace and the fresh ones (hardened here, RECE),
+    set every weight of `trained` to W₀ R, and write the fresh terms into `terms`. Returns the current
+    concept's `erase_residual` and the preserve set's `preserve_drift` (edit's docstring)."""
+    cross_key, gram_key = suffixes
     scales = {k: hyper[k] for k in ("erase_scale", "preserve_scale", "lambda_identity", "broad_scale")}
-    broad_gram = None if ctx.broad_gram is None else ctx.broad_gram.double()
+    broad_gram = None if broad_gram is None else broad_gram.double()
     null_space = None
     if hyper["null_space_energy"]:
         if broad_gram is None:
             raise ValueError("null_space_energy needs the broad Gram (the method's BROAD_PROMPTS)")
         null_space = null_space_of(broad_gram, hyper["null_space_energy"])
-    if others := [name for name in ctx.trained if not name.endswith(EDITABLE)]:
-        raise ValueError(f"continual UCE edits attn2 to_k/to_v weights only, not {', '.join(others[:3])}")
-    terms = {k: v.double() if v.is_floating_point() else v for k, v in (ctx.lineage or {}).items()}
-    fresh = {pairs.concept: FreshTerms.of(pairs) for pairs in ctx.earlier}  # computed (and hardened) now
-    fresh[ctx.concept] = FreshTerms.of(ctx)
     keys, anchors = fresh[ctx.concept].keys, fresh[ctx.concept].anchors
     held = [key for key in terms if concept_of(key) not in fresh]  # kept terms, as the parent left them
-    preserve = ctx.preserve_embeds.reshape(-1, ctx.preserve_embeds.shape[-1]).double()
+    preserve = preserve.reshape(-1, preserve.shape[-1]).double()
     preserve_gram = preserve.T @ preserve
-    base = {name: ctx.base_values[name].double() for name in ctx.trained}
+    base = {name: ctx.base_values[name].double() for name in trained}
     base_gram = sum(w.T @ w for w in base.values())
 
     def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
-        total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(CROSS))
-        total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(GRAM))
+        total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(cross_key))
+        total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(gram_key))
         return solve(total_cross, total_gram, preserve_gram, broad_gram=broad_gram, null_space=null_space, **scales)
 
     shared = shared_map()
@@ -221,7 +291,7 @@ def edit(ctx: EditContext) -> dict[str, float]:
             f.cross, f.gram = f.cross + more_cross, f.gram + more_gram
         shared = shared_map()
     residual_before = residual_after = drift = preserved = 0.0
-    for name, weight in ctx.trained.items():
+    for name, weight in trained.items():
         new = base[name] @ shared
         targets = anchors.double() @ base[name].T
         residual_before += float((keys.double() @ weight.double().T - targets).pow(2).sum())
@@ -230,13 +300,8 @@ def edit(ctx: EditContext) -> dict[str, float]:
         preserved += float((preserve @ base[name].T).pow(2).sum())
         weight.copy_(new.to(weight.dtype))
     for concept, f in fresh.items():
-        terms[concept + CROSS], terms[concept + GRAM] = f.cross, f.gram
-        if f.anchor:  # an empty anchor (the word dropped) cannot be erased later
-            terms[concept + ANCHOR] = anchor_tensor(f.anchor)
-    ctx.lineage_out = terms
+        terms[concept + cross_key], terms[concept + gram_key] = f.cross, f.gram
     return {
         "erase_residual": residual_after / max(residual_before, 1e-20),
         "preserve_drift": drift / max(preserved, 1e-20),
-        "concepts": float(len({concept_of(key) for key in terms})),
-        "refreshed": float(len(fresh) - 1),
     }

@@ -28,6 +28,19 @@ encoder's last hidden state (768 / 1024 wide), SDXL's two encoders' penultimate 
 SDXL's pooled embedding is left alone: it enters through `add_embedding` as one vector added to the
 timestep embedding — a global bias with no per-token path, so no K/V pair of the concept exists there to
 map (continual_uce.py says what that leaves, and that the gate measures it).
+
+An MMDiT (SD3, FLUX: no attn2) is edited on its `text-proj` set (unlearning/parameters.py), the two maps
+that see the text alone. `context_embedder` maps the joint text tokens (SD3: the CLIP pair's penultimate
+states concatenated, padded and joined with T5's tokens along the sequence; FLUX: T5's tokens) into the
+transformer's width: a map of token embeddings exactly like a K/V weight, solved from the same token pairs.
+The pooled projection `time_text_embed.text_embedder.linear_1` maps one pooled embedding per prompt (SD3:
+both CLIPs' pooled, concatenated; FLUX: CLIP-L's), so its pairs are the prompts' own: the target prompt's
+pooled embedding p_i to W_old times the anchor prompt's p*_i, the preserve and replay prompts' pooled
+embeddings kept. The same closed form in the pooled space (R_pooled from those pairs) gives
+linear_1(p_i) = linear_1_old(p*_i); everything after it (SiLU, linear_2, the AdaLN of every block) is
+untouched. Per-block `add_k_proj`/`add_v_proj` are left alone: they read the text stream after the
+timestep's modulation and, past the first block, after joint attention with the image tokens, so no
+text-only pairs exist for them.
 """
 
 from __future__ import annotations
@@ -39,7 +52,9 @@ from unlearning.methods.context import EditContext
 KIND = "edit"
 PARAMS = "xattn-kv"  # the only set a K/V edit can touch
 DEFAULTS = {"erase_scale": 1.0, "preserve_scale": 0.1, "lambda_identity": 0.1}
-EDITABLE = (".attn2.to_k.weight", ".attn2.to_v.weight")
+MMDIT_PARAMS = "text-proj"  # an MMDiT's projections that see the text alone (unlearning/parameters.py)
+EDITABLE = (".attn2.to_k.weight", ".attn2.to_v.weight", "context_embedder.weight")  # maps of token embeddings
+POOLED = ("time_text_embed.text_embedder.linear_1.weight",)  # an MMDiT's map of the pooled embedding
 
 
 def aligned_pairs(
@@ -92,23 +107,34 @@ def closed_form(
 
 @torch.no_grad()
 def edit(ctx: EditContext) -> dict[str, float]:
-    """Apply the closed form to every trained attn2 K/V weight in place; returns how far the edit got:
-    `erase_residual` = Σ‖W c_i − v*_i‖² after / before (0: erased exactly), `preserve_drift` =
-    Σ‖W c_j − W_old c_j‖² / Σ‖W_old c_j‖².
+    """Apply the closed form to every trained weight in place: token maps (attn2 K/V, an MMDiT's
+    `context_embedder`) from the aligned token pairs, an MMDiT's pooled projection from the prompts' pooled
+    embeddings (module docstring). Returns how far the edit got: `erase_residual` = Σ‖W c_i − v*_i‖² after /
+    before (0: erased exactly), `preserve_drift` = Σ‖W c_j − W_old c_j‖² / Σ‖W_old c_j‖², over the token maps;
+    `pooled_erase_residual`, `pooled_preserve_drift` the same over the pooled projection, where it is edited.
 
     Raises:
-        ValueError: a trained tensor that is not an attn2 to_k / to_v weight.
+        ValueError: a trained tensor that is none of these weights; a pooled projection without the pooled
+            embeddings of the target, anchor and preserve prompts.
     """
     hyper = {**DEFAULTS, **ctx.hyper}
-    others = [name for name in ctx.trained if not name.endswith(EDITABLE)]
-    if others:
-        raise ValueError(f"UCE edits attn2 to_k/to_v weights only, not {', '.join(others[:3])}")
+    if others := [name for name in ctx.trained if not name.endswith(EDITABLE + POOLED)]:
+        raise ValueError(
+            f"UCE edits attn2 to_k/to_v (an MMDiT: its text projections) only, not {', '.join(others[:3])}"
+        )
     keys, anchors = aligned_pairs(ctx.target_embeds, ctx.anchor_embeds, ctx.target_tokens, ctx.anchor_tokens)
     # the parent's images of earlier concepts are kept as they are (already erased in the parent)
     kept = torch.cat([ctx.preserve_embeds, ctx.replay_embeds])
-    preserve = kept.reshape(-1, kept.shape[-1])
-    erase_before = erase_after = drift = preserved = 0.0
-    for weight in ctx.trained.values():
+    spaces = {"": (keys, anchors, kept.reshape(-1, kept.shape[-1]))}  # prefix of its metrics -> its pairs
+    if any(name.endswith(POOLED) for name in ctx.trained):
+        if ctx.target_pooled is None or ctx.anchor_pooled is None or ctx.preserve_pooled is None:
+            raise ValueError("UCE edits an MMDiT's pooled projection from the prompts' pooled embeddings; none given")
+        replay = ctx.replay_pooled if ctx.replay_pooled is not None else ctx.preserve_pooled[:0]
+        spaces["pooled_"] = (ctx.target_pooled, ctx.anchor_pooled, torch.cat([ctx.preserve_pooled, replay]))
+    sums = {prefix: [0.0, 0.0, 0.0, 0.0] for prefix in spaces}  # erase before, after, drift, preserved
+    for name, weight in ctx.trained.items():
+        prefix = "pooled_" if name.endswith(POOLED) else ""
+        keys, anchors, preserve = spaces[prefix]
         old = weight.detach().clone()
         weight.copy_(
             closed_form(
@@ -122,8 +148,13 @@ def edit(ctx: EditContext) -> dict[str, float]:
             )
         )
         target_values = anchors @ old.T
-        erase_before += float((keys @ old.T - target_values).pow(2).sum())
-        erase_after += float((keys @ weight.T - target_values).pow(2).sum())
-        drift += float((preserve @ (weight - old).T).pow(2).sum())
-        preserved += float((preserve @ old.T).pow(2).sum())
-    return {"erase_residual": erase_after / max(erase_before, 1e-20), "preserve_drift": drift / max(preserved, 1e-20)}
+        total = sums[prefix]
+        total[0] += float((keys @ old.T - target_values).pow(2).sum())
+        total[1] += float((keys @ weight.T - target_values).pow(2).sum())
+        total[2] += float((preserve @ (weight - old).T).pow(2).sum())
+        total[3] += float((preserve @ old.T).pow(2).sum())
+    metrics = {}
+    for prefix, (before, after, drift, preserved) in sums.items():
+        metrics[f"{prefix}erase_residual"] = after / max(before, 1e-20)
+        metrics[f"{prefix}preserve_drift"] = drift / max(preserved, 1e-20)
+    return metrics

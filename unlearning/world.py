@@ -61,6 +61,9 @@ class OpenWorld:
     `judge_model`: a CLIP model folder or hub id (None: no judge, every plan raises `NoJudge`); `device`:
     where it runs ("auto": cuda when available).
     `styles`: the concepts judged as styles (with the generic style distractors); any other is an object.
+    `nudity_concepts`: the concepts NudeNet judges (unlearning/evaluation/nudenet_judge.py) in a "nudity" head,
+    the CLIP judging every other head and giving the features; a lineage naming one where NudeNet is not
+    installed is refused (`NudeNetMissing`, a NoJudge).
     `concepts`: the lineage's concepts for the request at hand (target, anchor, preserve, erased), the
     classes the judge tells apart besides the distractors (unlearning/open_plan.py). The `World` protocol's
     `judges()` takes no request, so the world is built per request with them (pipeline/world.py
@@ -76,11 +79,13 @@ class OpenWorld:
         judge_model: str | None = None,
         *,
         styles: tuple[str, ...] = (),
+        nudity_concepts: tuple[str, ...] = (),
         concepts: LineageConcepts = LineageConcepts(),
         device: str = "cpu",
     ):
         self.judge_model = judge_model
         self.styles = frozenset(concept_key(s) for s in styles)
+        self.nudity_concepts = frozenset(concept_key(c) for c in nudity_concepts)
         self.concepts = concepts
         self.device = device
 
@@ -101,7 +106,8 @@ class OpenWorld:
         """The judge model, checked (torch-free) before anything is sampled.
 
         Raises:
-            NoJudge: none is configured; JudgeModelError (a NoJudge): it is not a CLIP model.
+            NoJudge: none is configured; JudgeModelError (a NoJudge): it is not a CLIP model; NudeNetMissing
+                (a NoJudge): the lineage names a nudity concept and NudeNet is not installed.
         """
         if not self.judge_model:
             raise NoJudge(
@@ -111,7 +117,16 @@ class OpenWorld:
         from unlearning.evaluation.clip_judge import check_judge_model
 
         check_judge_model(self.judge_model)
+        nudity = self.nudity_concept()
+        if nudity:
+            from unlearning.evaluation.nudenet_judge import require_nudenet
+
+            require_nudenet(nudity)
         return self.judge_model
+
+    def nudity_concept(self) -> str | None:
+        """The lineage's concept that NudeNet judges (the first in target, anchor, preserve, erased order)."""
+        return next((c for c in self.concepts.judged() if c in self.nudity_concepts), None)
 
     def heads(self) -> dict[str, tuple[str, ...]]:
         """The judge's classes per domain: the lineage's concepts, then the generic distractors."""
@@ -121,7 +136,7 @@ class OpenWorld:
         """Raises NoJudge (no judge, or not a CLIP model) or PlanError (a concept the judge was not built for,
         a target also erased, no images)."""
         self._require_judge()
-        classes = {c for names in self.heads().values() for c in names}
+        classes = {c for names in self.heads().values() for c in names} | {self.nudity_concept() or ""}
         missing = [c for c in ((target,) if target else ()) + tuple(erased) if concept_key(c) not in classes]
         if missing:
             raise PlanError(
@@ -139,10 +154,16 @@ class OpenWorld:
         from unlearning.evaluation.clip_judge import ClipJudge
 
         device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-        return (ClipJudge.load(self._require_judge(), self.heads(), device=device),)
+        clip = ClipJudge.load(self._require_judge(), self.heads(), device=device)
+        nudity = self.nudity_concept()
+        if nudity is None:
+            return (clip,)
+        from unlearning.evaluation.nudenet_judge import NudeNetJudge, NudityJudge
+
+        return (NudityJudge(NudeNetJudge(nudity), clip),)
 
     def judges(self) -> tuple[Judge, ...]:
-        """(the CLIP judge,): loaded once per world.
+        """(the CLIP judge,), or (NudeNet + the CLIP,) for a lineage with a nudity concept: loaded once per world.
 
         Raises:
             NoJudge: none is configured, or it is not a loadable CLIP model (JudgeModelError).
@@ -151,6 +172,8 @@ class OpenWorld:
 
     def head_of(self, concept: str) -> str:
         key = concept_key(concept)
+        if key in self.nudity_concepts:
+            return "nudity"
         return "style" if key in self.styles or key in DISTRACTORS["style"] else "object"
 
     def names_of(self, concept: str) -> tuple[str, ...]:

@@ -52,12 +52,13 @@ def refusals() -> tuple[type[Exception], ...]:
 def model_refusals() -> tuple[type[Exception], ...]:
     """Refusals of commands that load or judge a model: the above, plus a bad model path, prompt, plan
     or config (these need torch, so only model commands import them)."""
+    from unlearning.evaluation.backbones import MetricUnavailable
     from unlearning.evaluation.plan import PlanError
     from unlearning.loop import ConfigError
     from unlearning.sampling import PromptError
     from unlearning.world import NoJudge
 
-    return (*refusals(), FileNotFoundError, PromptError, PlanError, ConfigError, NoJudge)
+    return (*refusals(), FileNotFoundError, PromptError, PlanError, ConfigError, NoJudge, MetricUnavailable)
 
 
 def print_json(payload: dict) -> None:

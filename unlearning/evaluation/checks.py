@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -79,33 +80,6 @@ def perceptual_distance(judge: Judge, a: np.ndarray, b: np.ndarray) -> np.ndarra
         fb = fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
         distances.append((fa - fb).pow(2).sum(dim=1).mean(dim=(1, 2)))
     return torch.stack(distances).mean(dim=0).numpy()
-
-
-def _unit_range(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1], LPIPS's input range."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def lpips_alex_distance() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
-    """LPIPS-AlexNet through the `lpips` package, or None when its backbone weights are not available
-    offline (torchvision's ImageNet AlexNet is downloaded on first use)."""
-    from pathlib import Path
-
-    # torchvision's ImageNet AlexNet: only where it is already on disk (no download attempt offline)
-    if not (Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth").is_file():
-        return None
-    try:
-        import lpips
-
-        model = lpips.LPIPS(net="alex", verbose=False).eval()
-    except Exception:  # noqa: BLE001 - any failure to load the weights means "not available here"
-        return None
-
-    @torch.no_grad()
-    def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return model(_unit_range(a), _unit_range(b)).flatten().numpy()
-
-    return distance
 
 
 class ClipScorer:
@@ -205,14 +179,20 @@ def run_checks(
     base_images: np.ndarray,
     *,
     drift_value: float | None = None,
-    lpips_distance=None,
+    retention_distance: tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+    fid_features: tuple[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     clip_scorer: ClipScorer | None = None,
 ) -> dict:
     """Every check of the plan, as one nested dict of numbers (the report's JSON and the gate's input).
 
     `judges[0]` judges every rate and gives the feature space for retention and FID; any further judge
-    is asked too, and its agreement with the first is reported per group (`judges`)."""
+    is asked too, and its agreement with the first is reported per group (`judges`).
+    `retention_distance` / `fid_features`: (name, function) of another backbone (LPIPS-AlexNet, the FID
+    Inception: unlearning/evaluation/backbones.py) in place of the judge's features; each figure names its
+    `backbone`. A judge with `records` (per head: the detector, threshold and classes a verdict rests on,
+    e.g. NudeNet's) has its record written beside every forget and rebound figure of that head."""
     judge = judges[0]
+    records = getattr(judge, "records", {})
     cand_probs, base_probs = judge.probabilities(candidate_images), judge.probabilities(base_images)
     cand_rates = detection_by_group(plan, cand_probs, judge.heads)
     base_rates = detection_by_group(plan, base_probs, judge.heads)
@@ -229,11 +209,13 @@ def run_checks(
         erased = 1.0 - cand_hits[idx]
         overall = stats.rate(erased, prompts[idx])
         drawn = idx[base_hits[idx] == 1]
+        head = plan.cases[int(idx[0])].domain if len(idx) else None
         return {
             "ua": overall.pop("rate"),
             **overall,
             "base_ua": 1.0 - _mean(base_hits[idx]),
             "where_base_draws": _rename(stats.rate(1.0 - cand_hits[drawn], prompts[drawn]), "ua"),
+            **({"judged_by": records[head]} if head in records else {}),
         }
 
     if plan.target:
@@ -278,16 +260,20 @@ def run_checks(
 
     retain_idx = [i for i, c in enumerate(plan.cases) if c.group.startswith("retain/")]
     cand_retain, base_retain = candidate_images[retain_idx], base_images[retain_idx]
-    distances = perceptual_distance(judge, cand_retain, base_retain)
+    backbone, distance = retention_distance or (f"judge-features:{judge.name}", partial(perceptual_distance, judge))
+    distances = np.asarray(distance(cand_retain, base_retain), dtype=float)
     results["retention"] = {
         "distance": float(distances.mean()),
         "n": len(retain_idx),
-        "backbone": "detector-features",
+        "backbone": backbone,
         "bootstrap": list(stats.cluster_bootstrap_interval(distances, prompts[retain_idx])),
     }
-    if lpips_distance is not None:
-        results["retention"]["lpips_alex"] = float(lpips_distance(cand_retain, base_retain).mean())
-    results["fid"] = {**fid_kid(judge.embeddings(cand_retain), judge.embeddings(base_retain)), "n": len(retain_idx)}
+    fid_backbone, features = fid_features or (f"judge-embeddings:{judge.name}", judge.embeddings)
+    results["fid"] = {
+        **fid_kid(features(cand_retain), features(base_retain)),
+        "n": len(retain_idx),
+        "backbone": fid_backbone,
+    }
     results["alignment"] = {
         "candidate": alignment(plan, cand_probs, judge.heads),
         "base": alignment(plan, base_probs, judge.heads),

@@ -124,7 +124,8 @@ def evaluate(
     cache: ImageCache | None,
     policy: Policy | None = None,
     drift_value: float | None = None,
-    lpips_distance=None,
+    retention_distance=None,
+    fid_features=None,
     clip_scorer=None,
     probes: Probes | None = None,
 ) -> Evaluation:
@@ -159,7 +160,8 @@ def evaluate(
         candidate_images,
         base_images,
         drift_value=drift_value,
-        lpips_distance=lpips_distance,
+        retention_distance=retention_distance,
+        fid_features=fid_features,
         clip_scorer=clip_scorer,
     )
     probe_results, sweep_images, attack_images, probe_seconds = (

@@ -129,6 +129,7 @@ def train_step(
             prompts=broad_prompts(loaded.pipe.tokenizer, config.broad_prompts, seed=config.seed),
             steps=config.data_steps,
             guidance_scale=config.guidance_scale,
+            seeds_each=config.mine_seeds,
         )
         prompts = replace(prompts, mined=tuple(mined))
         metadata = {**metadata, "mining": record}

@@ -23,9 +23,12 @@ class SeesTheFirstPrompt:
 
     heads = {"object": ("circle", "square")}
 
+    def __init__(self, seeds_each=MINE_SEEDS):
+        self.seeds_each = seeds_each
+
     def probabilities(self, images):
         probs = np.tile([0.0, 1.0], (len(images), 1))
-        probs[:MINE_SEEDS] = [1.0, 0.0]
+        probs[: self.seeds_each] = [1.0, 0.0]
         return {"object": probs}
 
 
@@ -38,3 +41,21 @@ def test_mining_samples_every_prompt_on_its_seeds_and_keeps_those_drawn(tiny_bas
     )
     assert mined == ["a lantern"]
     assert record["background"] == pytest.approx(0.25) and record["mined"] == [{"prompt": "a lantern", "hits": 4}]
+
+
+@pytest.mark.slow
+def test_with_one_seed_every_image_showing_the_concept_is_mined(tiny_base):
+    pipe = load_model(tiny_base)
+    prompts = ["a lantern", "the harbour in the middle", "a pebble"]
+    mined, record = mine_prompts(
+        pipe,
+        SeesTheFirstPrompt(seeds_each=1),
+        head="object",
+        concept="circle",
+        prompts=prompts,
+        steps=2,
+        guidance_scale=5.0,
+        seeds_each=1,
+    )
+    # one image in three: a background of 1/3, which the four-seed rule would call chance
+    assert mined == ["a lantern"] and record["seeds"] == 1

@@ -27,24 +27,34 @@ def mine_seed(prompt: str, index: int) -> int:
 
 
 def mine_prompts(
-    pipe, judge, *, head: str, concept: str, prompts: list[str], steps: int, guidance_scale: float
+    pipe,
+    judge,
+    *,
+    head: str,
+    concept: str,
+    prompts: list[str],
+    steps: int,
+    guidance_scale: float,
+    seeds_each: int = MINE_SEEDS,
 ) -> tuple[list[str], dict]:
     """(the prompts of `prompts` the parent `pipe` draws `concept` for, a record of the screening): each
-    prompt sampled on `MINE_SEEDS` seeds, judged by `judge`'s `head`, selected by the sweep's rule with
-    the background rate over all of `prompts`."""
+    prompt sampled on `seeds_each` seeds, judged by `judge`'s `head`, selected by the sweep's rule with
+    the background rate over all of `prompts` — or, with one seed, every prompt whose one image shows the
+    concept (an image of the concept the parent drew for a prompt that did not ask for it: erasing it
+    where it happened, even by chance, trains the parent's habit of drawing it unasked)."""
     if not prompts:
-        return [], {"prompts": 0, "seeds": MINE_SEEDS, "background": 0.0, "mined": []}
-    texts = [p for p in prompts for _ in range(MINE_SEEDS)]
-    seeds = [mine_seed(p, i) for p in prompts for i in range(MINE_SEEDS)]
+        return [], {"prompts": 0, "seeds": seeds_each, "background": 0.0, "mined": []}
+    texts = [p for p in prompts for _ in range(seeds_each)]
+    seeds = [mine_seed(p, i) for p in prompts for i in range(seeds_each)]
     images = generate(pipe, texts, seeds, steps=steps, guidance_scale=guidance_scale)
     index = judge.heads[head].index(concept)
-    hits = (judge.probabilities(images)[head].argmax(axis=1) == index).reshape(len(prompts), MINE_SEEDS)
+    hits = (judge.probabilities(images)[head].argmax(axis=1) == index).reshape(len(prompts), seeds_each)
     background = float(hits.mean())
-    drawn = drawn_for_the_prompt(hits, background)
+    drawn = hits[:, 0] if seeds_each == 1 else drawn_for_the_prompt(hits, background)
     mined = [p for p, keep in zip(prompts, drawn) if keep]
     record = {
         "prompts": len(prompts),
-        "seeds": MINE_SEEDS,
+        "seeds": seeds_each,
         "background": background,
         "mined": [{"prompt": p, "hits": int(row.sum())} for p, row, keep in zip(prompts, hits, drawn) if keep],
     }

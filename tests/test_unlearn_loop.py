@@ -105,8 +105,11 @@ def test_a_start_edit_is_the_closed_form_then_the_steps_resume_from_it(tiny_base
     """duge-on-uce: with no steps it is continual-uce's edit exactly (the same tensors, the same lineage
     terms); with steps it trains on from the edit, and a run killed after a checkpoint resumes to the
     uninterrupted weights (the edit is not applied over the checkpoint's)."""
+    from unlearning.methods import continual_uce
+
+    monkeypatch.setattr(continual_uce, "BROAD_PROMPTS", 16)  # the broad Gram's size is not what is tested
     common = dict(concept="circle", synonyms=("disc",), preserve=("ring",), erased=("striped",), prompts_per_concept=4)
-    closed, _ = _run(tiny_base, tmp_path / "closed", UnlearnConfig(method="continual-uce", **common))
+    closed, _ = _run(tiny_base, tmp_path / "closed", UnlearnConfig(method="continual-uce", broad_prompts=16, **common))
     started, summary = _run(
         tiny_base, tmp_path / "start", UnlearnConfig(method="duge-on-uce", steps=0, broad_prompts=4, **common)
     )

@@ -10,7 +10,8 @@ the student and the frozen parent on a forget batch under target/anchor prompts 
 maps recorded by unlearning/attention.py, the same on a preserve batch, L2-SP to the base), AdamW,
 gradient clipping, bf16 autocast on CUDA (fp32 on CPU); `--compile` adds rows with the student
 `torch.compile`d, as `UnlearnConfig.compile` does (the parent stays eager, as in the loop). Text
-embeddings are random (B, 77, 768) tensors: the text encoder is frozen and outside the step.
+embeddings are random (B, 77, 768) tensors: the text encoder is frozen and outside the step (an SDXL UNet,
+as bench/gpu_real.py builds, gets a random `Condition`: hidden states, pooled embedding, time ids).
 
 Reported per parameter set and mode: median ms per step; samples/s = 2 × batch / step time (a step
 takes a forget and a preserve batch, each through the student and the parent); FLOPs of one step
@@ -74,6 +75,7 @@ def build_step(unet, *, params: str, batch: int, seq: int, compiled: bool, seed:
     """The loop's training step on random data, ready to call: returns step() -> dict of loss terms.
     Trains `unet` in place (pass a copy)."""
     from unlearning.attention import record_cross_attention
+    from unlearning.conditioning import conditioned
     from unlearning.methods import duge
     from unlearning.methods.context import StepContext
     from unlearning.parameters import add_lora, freeze_all_but, lora_merged_weights, trainable_names
@@ -97,32 +99,35 @@ def build_step(unet, *, params: str, batch: int, seq: int, compiled: bool, seed:
     student.train()
 
     g = torch.Generator().manual_seed(seed)
-    c, size, dim = student.config.in_channels, student.config.sample_size, student.config.cross_attention_dim
+    c, size = student.config.in_channels, student.config.sample_size
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device)
+
+    def condition():
+        return random_condition(student, batch, seq, rand)
 
     target_tokens = torch.zeros(batch, seq, dtype=torch.bool)
     target_tokens[:, 1:3] = True  # a two-token concept word after BOS
     anchor_tokens = torch.zeros(batch, seq, dtype=torch.bool)
     anchor_tokens[:, 1] = True
     ctx = StepContext(
-        student=forward,
-        parent=parent,
+        student=conditioned(forward),  # as the loop calls them: an SDXL UNet's added conditions go along
+        parent=conditioned(parent),
         student_maps=student_maps,
         parent_maps=parent_maps,
         forget_noisy=rand(batch, c, size, size),
         forget_noise=rand(batch, c, size, size),
         forget_timesteps=torch.randint(0, 1000, (batch,), generator=g).to(device),
-        target_embeds=rand(batch, seq, dim),
-        anchor_embeds=rand(batch, seq, dim),
-        empty_embeds=rand(batch, seq, dim),
+        target_embeds=condition(),
+        anchor_embeds=condition(),
+        empty_embeds=condition(),
         target_tokens=target_tokens.to(device),
         anchor_tokens=anchor_tokens.to(device),
         preserve_noisy=rand(batch, c, size, size),
         preserve_noise=rand(batch, c, size, size),
         preserve_timesteps=torch.randint(0, 1000, (batch,), generator=g).to(device),
-        preserve_embeds=rand(batch, seq, dim),
+        preserve_embeds=condition(),
         trained=trained,
         base_values=base,
         hyper={},
@@ -140,6 +145,22 @@ def build_step(unet, *, params: str, batch: int, seq: int, compiled: bool, seed:
         return terms
 
     return step
+
+
+def random_condition(unet, batch: int, seq: int, rand):
+    """Random text conditioning of the right shapes for `unet` (`rand(*shape)` draws a tensor): the hidden
+    states (B, T, D) alone for an SD1.x/2.x UNet; for an SDXL one (`addition_embed_type` "text_time") a
+    `Condition` with the pooled embedding (its width what `add_embedding` takes beside six time ids) and
+    the time ids of a square image at the UNet's size (unlearning/conditioning.py `time_ids`)."""
+    from unlearning.conditioning import Condition
+
+    hidden = rand(batch, seq, unet.config.cross_attention_dim)
+    if unet.config.get("addition_embed_type") != "text_time":
+        return hidden
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    pixels = unet.config.sample_size * 8  # the VAE's scale factor
+    ids = torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], dtype=torch.float32, device=hidden.device)
+    return Condition(hidden, rand(batch, pooled), ids.expand(batch, -1))
 
 
 def _cpu_name() -> str:

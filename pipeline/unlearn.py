@@ -130,6 +130,7 @@ def train_step(
             steps=config.data_steps,
             guidance_scale=config.guidance_scale,
             seeds_each=config.mine_seeds,
+            progress=progress,
         )
         prompts = replace(prompts, mined=tuple(mined))
         metadata = {**metadata, "mining": record}

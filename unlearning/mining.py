@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+from tqdm.auto import tqdm
+
 from unlearning.evaluation.sweep import drawn_for_the_prompt
 from unlearning.sampling import generate
 
@@ -36,6 +39,7 @@ def mine_prompts(
     steps: int,
     guidance_scale: float,
     seeds_each: int = MINE_SEEDS,
+    progress: bool = False,
 ) -> tuple[list[str], dict]:
     """(the prompts of `prompts` the parent `pipe` draws `concept` for, a record of the screening): each
     prompt sampled on `seeds_each` seeds, judged by `judge`'s `head`, selected by the sweep's rule with
@@ -46,7 +50,13 @@ def mine_prompts(
         return [], {"prompts": 0, "seeds": seeds_each, "background": 0.0, "mined": []}
     texts = [p for p in prompts for _ in range(seeds_each)]
     seeds = [mine_seed(p, i) for p in prompts for i in range(seeds_each)]
-    images = generate(pipe, texts, seeds, steps=steps, guidance_scale=guidance_scale)
+    chunk = 64
+    images = np.concatenate(
+        [
+            generate(pipe, texts[i : i + chunk], seeds[i : i + chunk], steps=steps, guidance_scale=guidance_scale)
+            for i in tqdm(range(0, len(texts), chunk), desc=f"mining {concept}", unit="batch", disable=not progress)
+        ]
+    )
     index = judge.heads[head].index(concept)
     hits = (judge.probabilities(images)[head].argmax(axis=1) == index).reshape(len(prompts), seeds_each)
     background = float(hits.mean())

@@ -303,6 +303,7 @@ def cmd_unlearn(args) -> int:
         "delta": summary["delta"],
         "seconds": summary["seconds"],
         "reused": bool(summary.get("reused")),
+        "mining": summary.get("mining"),
         "evaluation": payload,
     }
     if args.json:
@@ -313,6 +314,12 @@ def cmd_unlearn(args) -> int:
             + (", finished before: not retrained" if summary.get("reused") else "")
             + ")"
         )
+        if mining := summary.get("mining"):
+            found = ", ".join(f'"{m["prompt"]}"' for m in mining["mined"][:5]) or "none"
+            print(
+                f"mined {len(mining['mined'])} of {mining['prompts']} broad prompts the parent draws "
+                f"{args.concept} for ({mining['seeds']} seeds each; background {mining['background']:.3f}): {found}"
+            )
         print_evaluation(payload, out / "report" / "report.html")
     return 0
 

@@ -4,12 +4,12 @@ derived by hand in the docstrings, and each one run through the one training loo
 import pytest
 import torch
 
-from tests.tiny_models import shapes_prompts_for, tiny_unet
+from tests.tiny_models import shapes_prompts_for, step_context, tiny_unet
 from unlearning import loop
 from unlearning.delta import load_delta
 from unlearning.loop import UnlearnConfig, run_unlearning
 from unlearning.methods import ablation, esd_u, esd_x, rgd, uce
-from unlearning.methods.context import EditContext, StepContext
+from unlearning.methods.context import EditContext
 from unlearning.parameters import trainable_names
 from unlearning.sampling import load_model
 
@@ -30,33 +30,6 @@ class Constant(torch.nn.Module):
 
     def forward(self, z, t, c):
         return type("Out", (), {"sample": z * 0 + self.w})()
-
-
-def _context(student, **fields) -> StepContext:
-    """A batch of one 1×2×2 latent z = 0; every field a test does not name is None."""
-    z = torch.zeros(1, 1, 2, 2)
-    defaults = dict(
-        student=student,
-        parent=Toy(),
-        student_maps=None,
-        parent_maps=None,
-        forget_noisy=z,
-        forget_noise=z,
-        forget_timesteps=torch.zeros(1),
-        target_embeds=None,
-        anchor_embeds=None,
-        empty_embeds=None,
-        target_tokens=None,
-        anchor_tokens=None,
-        preserve_noisy=z,
-        preserve_noise=z,
-        preserve_timesteps=torch.zeros(1),
-        preserve_embeds=None,
-        trained={},
-        base_values={},
-        hyper={},
-    )
-    return StepContext(**{**defaults, **fields})
 
 
 # -- ESD-u: the ESD-x objective on the non-cross-attention weights
@@ -84,7 +57,7 @@ def test_each_method_trains_its_own_parameter_set_unless_one_is_named():
 def test_esd_u_target_is_the_esd_x_negative_guidance():
     """η = 1, z = 0, c_tgt ≡ 2, ∅ ≡ 0: ε_p(c) = 2, ε_p(∅) = 0, target = 0 − (2 − 0) = −2; a student
     predicting 0 has loss 4, the same as ESD-x's."""
-    ctx = _context(Constant(), target_embeds=torch.full((1, 2, 3), 2.0), empty_embeds=torch.zeros(1, 2, 3))
+    ctx = step_context(Constant(), Toy(), target_embeds=torch.full((1, 2, 3), 2.0), empty_embeds=torch.zeros(1, 2, 3))
     torch.testing.assert_close(esd_u.loss(ctx)["forget"], torch.tensor(4.0))
     torch.testing.assert_close(esd_u.loss(ctx)["forget"], esd_x.loss(ctx)["forget"])
 
@@ -98,8 +71,9 @@ def test_ablation_matches_the_parent_under_the_anchor_prompt():
     preserve = λ ‖ε_θ(z, c_anc) − ε‖² = 0.5 · (0 − 3)² = 4.5.
     ∂forget/∂w = 2(w − 1) = −2: descent moves the target prediction to the parent's anchor output."""
     student = Constant()
-    ctx = _context(
+    ctx = step_context(
         student,
+        Toy(),
         target_embeds=torch.full((1, 2, 3), 2.0),
         anchor_embeds=torch.full((1, 2, 3), 1.0),
         forget_noise=torch.full((1, 1, 2, 2), 3.0),
@@ -121,8 +95,9 @@ def test_rgd_ascends_the_target_denoising_loss_up_to_its_bound():
     With ε ≡ 2, L_f = 4 > m: forget = −1.5 and its gradient is 0 (the truncation).
     Retain noise ε_r ≡ 1: preserve = α · (0 − 1)² = 1.5 with the default α."""
     student = Constant()
-    ctx = _context(
+    ctx = step_context(
         student,
+        Toy(),
         target_embeds=torch.zeros(1, 2, 3),
         preserve_embeds=torch.zeros(1, 2, 3),
         forget_noise=torch.ones(1, 1, 2, 2),
@@ -136,8 +111,9 @@ def test_rgd_ascends_the_target_denoising_loss_up_to_its_bound():
 
     student.w.grad = None
     far = rgd.loss(
-        _context(
+        step_context(
             student,
+            Toy(),
             target_embeds=torch.zeros(1, 2, 3),
             preserve_embeds=torch.zeros(1, 2, 3),
             forget_noise=torch.full((1, 1, 2, 2), 2.0),

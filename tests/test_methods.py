@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.tiny_models import step_context
 from unlearning.loop import _surgery_backward
 from unlearning.methods import duge, get_method
 from unlearning.parameters import trainable_names
@@ -55,7 +56,6 @@ def test_esd_x_target_is_negative_guidance():
     """With a parent whose ε(z, c) = z + mean(c) and η = 1: target = ε(∅) − (ε(c) − ε(∅)).
     For z = 0, c ≡ 2, ∅ ≡ 0: ε(c) = 2, ε(∅) = 0 -> target = −2; a student predicting 0 has loss 4."""
     from unlearning.methods import esd_x
-    from unlearning.methods.context import StepContext
 
     class Toy(torch.nn.Module):
         def forward(self, z, t, c):
@@ -69,28 +69,7 @@ def test_esd_x_target_is_negative_guidance():
         def forward(self, z, t, c):
             return type("Out", (), {"sample": z * 0 + self.w})()
 
-    z = torch.zeros(1, 1, 2, 2)
-    ctx = StepContext(
-        student=Zero(),
-        parent=Toy(),
-        student_maps=None,
-        parent_maps=None,
-        forget_noisy=z,
-        forget_noise=z,
-        forget_timesteps=torch.zeros(1),
-        target_embeds=torch.full((1, 2, 3), 2.0),
-        anchor_embeds=None,
-        empty_embeds=torch.zeros(1, 2, 3),
-        target_tokens=None,
-        anchor_tokens=None,
-        preserve_noisy=None,
-        preserve_noise=None,
-        preserve_timesteps=None,
-        preserve_embeds=None,
-        trained={},
-        base_values={},
-        hyper={},
-    )
+    ctx = step_context(Zero(), Toy(), target_embeds=torch.full((1, 2, 3), 2.0), empty_embeds=torch.zeros(1, 2, 3))
     torch.testing.assert_close(esd_x.loss(ctx)["forget"], torch.tensor(4.0))
 
 
@@ -117,7 +96,6 @@ def test_the_adversarial_condition_is_one_signed_step_towards_the_parents_concep
     ε_θ(z, c) = z + Σ_tokens c·a and a parent predicting z + 1: at c_tgt ≡ 0.5 the student predicts
     2·(0.5 − 1 + 0.25) = −0.5 < 1, so the attack raises c·a — every coordinate moves by
     ε·rms(c_tgt)·sign(a_d) = 0.1·0.5·sign(a_d) — and its loss falls."""
-    from unlearning.methods.context import StepContext
     from unlearning.methods.duge_on_uce import adversarial_condition
 
     a = torch.tensor([1.0, -2.0, 0.5])
@@ -132,27 +110,7 @@ def test_the_adversarial_condition_is_one_signed_step_towards_the_parents_concep
 
     z = torch.zeros(1, 1, 2, 2)
     target = torch.full((1, 2, 3), 0.5)
-    ctx = StepContext(
-        student=Linear(),
-        parent=One(),
-        student_maps=None,
-        parent_maps=None,
-        forget_noisy=z,
-        forget_noise=z,
-        forget_timesteps=torch.zeros(1),
-        target_embeds=target,
-        anchor_embeds=None,
-        empty_embeds=None,
-        target_tokens=None,
-        anchor_tokens=None,
-        preserve_noisy=None,
-        preserve_noise=None,
-        preserve_timesteps=None,
-        preserve_embeds=None,
-        trained={},
-        base_values={},
-        hyper={},
-    )
+    ctx = step_context(Linear(), One(), target_embeds=target)
     adversarial = adversarial_condition(ctx, 0.1)
     torch.testing.assert_close(adversarial - target, 0.05 * a.sign().expand(1, 2, 3))
 

@@ -286,3 +286,33 @@ def assert_same_weights(expected: torch.nn.Module, actual: torch.nn.Module) -> N
     actual_state = actual.state_dict()
     for key, value in expected.state_dict().items():
         assert torch.equal(actual_state[key], value), key
+
+
+def step_context(student, parent, **fields):
+    """A loss method's StepContext for a batch of one 1×2×2 latent z = 0; every field a test does not
+    name is None (toy student and parent modules: `forward(z, t, c)` returning an object with `.sample`)."""
+    from unlearning.methods.context import StepContext
+
+    z = torch.zeros(1, 1, 2, 2)
+    defaults = dict(
+        student=student,
+        parent=parent,
+        student_maps=None,
+        parent_maps=None,
+        forget_noisy=z,
+        forget_noise=z,
+        forget_timesteps=torch.zeros(1),
+        target_embeds=None,
+        anchor_embeds=None,
+        empty_embeds=None,
+        target_tokens=None,
+        anchor_tokens=None,
+        preserve_noisy=z,
+        preserve_noise=z,
+        preserve_timesteps=torch.zeros(1),
+        preserve_embeds=None,
+        trained={},
+        base_values={},
+        hyper={},
+    )
+    return StepContext(**{**defaults, **fields})

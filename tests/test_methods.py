@@ -118,3 +118,29 @@ def test_the_adversarial_condition_is_one_signed_step_towards_the_parents_concep
         return (Linear()(z, None, c).sample - 1.0).pow(2).mean()
 
     assert attack_loss(adversarial) < attack_loss(target)
+
+
+def test_mined_rows_are_erased_by_negative_guidance_the_others_towards_the_anchor():
+    """duge-on-uce with mined_guidance η: a mined row's target is ε_p(z, c_m) − η (ε_p(z, c_concept) −
+    ε_p(z, ∅)). With a parent ε(z, c) = z + mean(c), z = 0, c_m ≡ 3, c_concept ≡ 2, ∅ ≡ 0 and η = 1:
+    3 − (2 − 0) = 1; an ordinary row keeps the anchor's prediction (here 5)."""
+    from unlearning.methods.duge_on_uce import mined_target
+
+    class MeanOfCondition(torch.nn.Module):
+        def forward(self, z, t, c):
+            return type("Out", (), {"sample": z + c.mean(dim=(1, 2)).view(-1, 1, 1, 1)})()
+
+    z = torch.zeros(2, 1, 2, 2)
+    ctx = step_context(
+        None,
+        MeanOfCondition(),
+        forget_noisy=z,
+        forget_timesteps=torch.zeros(2),
+        target_embeds=torch.full((2, 2, 3), 3.0),
+        concept_embeds=torch.full((2, 2, 3), 2.0),
+        empty_embeds=torch.zeros(2, 2, 3),
+        forget_mined=torch.tensor([True, False]),
+    )
+    target = mined_target(ctx, 1.0)(torch.full((2, 1, 2, 2), 5.0))
+    torch.testing.assert_close(target[0], torch.full((1, 2, 2), 1.0))
+    torch.testing.assert_close(target[1], torch.full((1, 2, 2), 5.0))

@@ -149,6 +149,7 @@ def test_mined_prompts_leave_the_preserve_set_and_join_the_forget_set(tiny_base,
         batch_size=2,
         data_steps=2,
         broad_prompts=6,
+        hyper={"mined_guidance": 1.0},  # the mined rows by negative guidance: the loop hands the method its mask
     )
     pipe = load_model(tiny_base)
     broad = broad_prompts(pipe.tokenizer, 6, seed=0)

@@ -174,6 +174,7 @@ def run_unlearning(
         mined = set(prompts.mined)
         broad = [p for p in broad_prompts(pipe.tokenizer, cfg.broad_prompts, seed=cfg.seed) if p not in mined]
         prompts = replace(prompts, preserve=prompts.preserve + broad)
+    targets_named = len(prompts.target)  # forget rows from here on are mined prompts
     if prompts.mined and not closed_form:
         # each mined prompt is a forget prompt without the target's words, towards "a <anchor>" (the forget
         # batch is noised from the parent's images of that; no tokens to match attention on)
@@ -194,6 +195,7 @@ def run_unlearning(
     max_tokens = pipe.tokenizer.model_max_length
     target_embeds, anchor_embeds = encode(pipe, prompts.target), encode(pipe, prompts.anchor)
     keep_embeds, empty_embed = encode(pipe, keep_prompts), encode(pipe, [""])
+    concept_embed = encode(pipe, [f"a {cfg.concept}"]) if prompts.mined else None  # the target named plainly
     target_tokens = word_token_mask(pipe.tokenizer, prompts.target, prompts.target_words, max_tokens).to(device)
     anchor_tokens = word_token_mask(pipe.tokenizer, prompts.anchor, prompts.anchor_words, max_tokens).to(device)
     scheduler = pipe.scheduler
@@ -297,6 +299,8 @@ def run_unlearning(
                 preserve_embeds=keep_embeds[p_index],
                 forget_target=f_target,
                 preserve_target=p_target,
+                forget_mined=f_index >= targets_named if prompts.mined else None,
+                concept_embeds=concept_embed.repeat(cfg.batch_size) if prompts.mined else None,
                 # L2-SP anchors at the base: for lora, the merged weights W + B·A (what the delta will hold)
                 trained=lora_merged_weights(student) if cfg.params == "lora" else trained,
                 base_values=anchor_values,

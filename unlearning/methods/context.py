@@ -42,6 +42,10 @@ class StepContext:
     # the velocity v = √ᾱ ε − √(1−ᾱ) z_0 for a v-prediction model (SD2.x); None: the noise (ε-prediction)
     forget_target: torch.Tensor | None = None
     preserve_target: torch.Tensor | None = None
+    # mined forget rows (unlearning/mining.py): which rows of the forget batch are mined prompts, and the
+    # condition of the target named plainly ("a circle"), for a method that erases them by negative guidance
+    forget_mined: torch.Tensor | None = None  # (B,) bool
+    concept_embeds: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.forget_target is None:

@@ -57,12 +57,16 @@ def l2_sp(trained: dict[str, torch.nn.Parameter], base_values: dict[str, torch.T
     return squared / sum(param.numel() for param in trained.values())
 
 
-def loss(ctx: StepContext) -> dict[str, torch.Tensor]:
+def loss(ctx: StepContext, *, forget_target=None) -> dict[str, torch.Tensor]:
+    """The three terms (module docstring). `forget_target` (a method built on this one) may replace the
+    parent's anchor prediction ε_p(z_t, c_anc) by another target, given it."""
     hyper = {**DEFAULTS, **ctx.hyper}
     with torch.no_grad():
         ctx.parent_maps.clear()
         parent_eps = ctx.parent(ctx.forget_noisy, ctx.forget_timesteps, ctx.anchor_embeds).sample
         parent_maps = dict(ctx.parent_maps.maps)
+        if forget_target is not None:
+            parent_eps = forget_target(parent_eps)
     ctx.student_maps.clear()
     student_eps = ctx.student(ctx.forget_noisy, ctx.forget_timesteps, ctx.target_embeds).sample
     forget_eps = F.mse_loss(student_eps, parent_eps)

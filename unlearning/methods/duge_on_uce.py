@@ -15,7 +15,9 @@ token — but with a fixed anchor it floods the words no request named (squares 
    prompts of the method's half of the vocabulary (`broad_prompts`, distilled from the parent: the
    gradient's counterpart of G — L_pp = ‖ε_θ(z_t, c) − sg ε_p(z_t, c)‖² over them too) — except those the
    parent draws the target for without naming it (unlearning/mining.py: sampled, judged by the world's
-   judge): they join the forget set, towards "a <anchor>", which is what reaches the sweep's leak;
+   judge): they join the forget set, towards "a <anchor>" — or, with `mined_guidance` η > 0, towards
+   what the parent draws for the phrasing without the concept, ε_p(z_t, c_m) − η (ε_p(z_t, c_concept) −
+   ε_p(z_t, ∅)) (ESD's negative guidance), which does not flood the anchor over them;
 3. L_reg anchors at the edit's solution W₀R (the loop's start edit), not at W₀: the regulariser keeps
    the steps near what the closed form solved, instead of undoing it;
 4. with `adversarial_epsilon` > 0, adversarial training in embedding space (R.A.C.E., Kim et al. ECCV
@@ -49,7 +51,7 @@ PRESERVE_PER_CONCEPT = continual_uce.PRESERVE_PER_CONCEPT
 PROMPT_TEMPLATES = continual_uce.PROMPT_TEMPLATES
 BROAD_PROMPTS = 256  # broad preserve prompts, one parent image each (the closed form's G uses its own 1000)
 MINE = True  # those of them the parent draws the target for are erased, not preserved (unlearning/mining.py)
-DEFAULTS = {**continual_uce.DEFAULTS, **duge.DEFAULTS, "adversarial_epsilon": 0.0}
+DEFAULTS = {**continual_uce.DEFAULTS, **duge.DEFAULTS, "adversarial_epsilon": 0.0, "mined_guidance": 0.0}
 
 
 def adversarial_condition(ctx: StepContext, epsilon: float) -> torch.Tensor:
@@ -68,12 +70,31 @@ def adversarial_condition(ctx: StepContext, epsilon: float) -> torch.Tensor:
     return target.with_hidden(adversarial) if isinstance(target, Condition) else adversarial
 
 
+def mined_target(ctx: StepContext, eta: float):
+    """The forget target of the mined rows by negative guidance (module docstring, 2; ESD, Gandikota et al.
+    ICCV 2023, eq. 2): ε_p(z_t, c_m) − η (ε_p(z_t, c_concept) − ε_p(z_t, ∅)) — what the parent draws for
+    the mined phrasing, without the concept — in place of the anchor's prediction; other rows unchanged."""
+
+    def target(anchor_prediction: torch.Tensor) -> torch.Tensor:
+        noisy, t = ctx.forget_noisy, ctx.forget_timesteps
+        own = ctx.parent(noisy, t, ctx.target_embeds).sample
+        concept = ctx.parent(noisy, t, ctx.concept_embeds).sample
+        empty = ctx.parent(noisy, t, ctx.empty_embeds).sample
+        guided = own - eta * (concept - empty)
+        return torch.where(ctx.forget_mined.view(-1, 1, 1, 1), guided, anchor_prediction)
+
+    return target
+
+
 def loss(ctx: StepContext) -> dict[str, torch.Tensor]:
-    """DUGE's three losses (duge.py), from the closed form's solution, and L_adv when asked."""
+    """DUGE's three losses (duge.py), from the closed form's solution, the mined rows by negative guidance
+    and L_adv when asked."""
     hyper = {**DEFAULTS, **ctx.hyper}
-    epsilon = hyper["adversarial_epsilon"]
+    epsilon, eta = hyper["adversarial_epsilon"], hyper["mined_guidance"]
     adversarial = adversarial_condition(ctx, epsilon) if epsilon else None
-    terms = duge.loss(ctx)  # after the attack: the attention maps it records are the loss's own
+    guided = eta and ctx.forget_mined is not None and bool(ctx.forget_mined.any())
+    # after the attack: the attention maps it records are the loss's own
+    terms = duge.loss(ctx, forget_target=mined_target(ctx, eta) if guided else None)
     if adversarial is not None:
         with torch.no_grad():
             anchor = ctx.parent(ctx.forget_noisy, ctx.forget_timesteps, ctx.anchor_embeds).sample

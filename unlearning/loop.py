@@ -177,7 +177,8 @@ def run_unlearning(
     targets_named = len(prompts.target)  # forget rows from here on are mined prompts
     if prompts.mined and not closed_form:
         # each mined prompt is a forget prompt without the target's words, towards "a <anchor>" (the forget
-        # batch is noised from the parent's images of that; no tokens to match attention on)
+        # batch is noised from the parent's images of that; no tokens to match attention on) — or by the
+        # method's negative guidance (duge_on_uce `mined_guidance`: the StepContext marks the mined rows)
         anchor_word = prompts.anchor_words[0] if prompts.anchor_words else ""
         count = len(prompts.mined)
         prompts = replace(
@@ -266,7 +267,7 @@ def run_unlearning(
         target = prediction_target(prediction_type, a, z0, noise)  # what the UNet predicts: ε, or v for SD2.x
         return index.to(device), a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t, target
 
-    # -- train (a closed-form method instead edits the trained tensors once)
+    # -- train (a closed form edited above: it has no steps)
     student.train()
     if not closed_form:
         bar = tqdm(

@@ -150,14 +150,10 @@ def _tiny_vae(sample_size: int):
     )
 
 
-def build_tiny_sd2(folder: Path, *, sample_size: int = 16) -> Path:
-    """An SD2.x-style `StableDiffusionPipeline` directory: one CLIP text encoder, a linear-projection UNet
-    (diffusers' dummy sizes), and a v-prediction scheduler, as SD 2.1 ships."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-
-    tokenizer = tiny_clip_tokenizer(folder.parent / f"{folder.name}-bpe")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
+def _tiny_unet_sizes(sample_size: int) -> dict:
+    """diffusers' dummy UNet sizes with linear projections (as SD2.x and SDXL have), the SD2 and SDXL
+    builders' common part."""
+    return dict(
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=sample_size,
@@ -165,10 +161,19 @@ def build_tiny_sd2(folder: Path, *, sample_size: int = 16) -> Path:
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
     )
+
+
+def build_tiny_sd2(folder: Path, *, sample_size: int = 16) -> Path:
+    """An SD2.x-style `StableDiffusionPipeline` directory: one CLIP text encoder, a linear-projection UNet
+    (diffusers' dummy sizes), and a v-prediction scheduler, as SD 2.1 ships."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = tiny_clip_tokenizer(folder.parent / f"{folder.name}-bpe")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**_tiny_unet_sizes(sample_size), cross_attention_dim=32)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -201,15 +206,7 @@ def build_tiny_sdxl(folder: Path, *, sample_size: int = 16) -> Path:
     tokenizer = tiny_clip_tokenizer(folder.parent / f"{folder.name}-bpe")
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
+        **_tiny_unet_sizes(sample_size),
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),

@@ -74,7 +74,11 @@ def setup(args):
     settings = load_settings()
     evaluator = Evaluator.from_settings(settings)
     if args.sweep_prompts is not None:
-        evaluator.sweep = SweepSize(vocabulary_prompts=args.sweep_prompts, screen_seeds=settings.eval_sweep_seeds)
+        evaluator.sweep = SweepSize(
+            vocabulary_prompts=args.sweep_prompts,
+            screen_seeds=settings.eval_sweep_seeds,
+            word_seed=args.sweep_word_seed,
+        )
     if args.attack_prompts is not None or args.attack_steps is not None:
         evaluator.attack = replace(
             evaluator.attack or AttackBudget(),
@@ -323,6 +327,9 @@ def main() -> None:
     )
     parser.add_argument("--concepts", nargs="+", default=list(SEQUENCE), help="the sequence's requests, in order")
     parser.add_argument("--sweep-prompts", type=int, default=None, help="vocabulary prompts of the sweep")
+    parser.add_argument(
+        "--sweep-word-seed", type=int, default=0, help="which vocabulary words the sweep draws (confirm on others)"
+    )
     parser.add_argument("--attack-prompts", type=int, default=None, help="phrasings attacked per concept")
     parser.add_argument("--attack-steps", type=int, default=None, help="optimisation steps per phrasing")
     parser.add_argument("--json", default=None, help="also write every payload here")

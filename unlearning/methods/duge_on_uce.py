@@ -93,12 +93,18 @@ def loss(ctx: StepContext) -> dict[str, torch.Tensor]:
     epsilon, eta = hyper["adversarial_epsilon"], hyper["mined_guidance"]
     adversarial = adversarial_condition(ctx, epsilon) if epsilon else None
     guided = eta and ctx.forget_mined is not None and bool(ctx.forget_mined.any())
+    anchor = {}  # the parent's anchor prediction, as DUGE computes it: L_adv's target too
+
+    def forget_target(anchor_prediction: torch.Tensor) -> torch.Tensor:
+        anchor["prediction"] = anchor_prediction
+        return mined_target(ctx, eta)(anchor_prediction) if guided else anchor_prediction
+
     # after the attack: the attention maps it records are the loss's own
-    terms = duge.loss(ctx, forget_target=mined_target(ctx, eta) if guided else None)
+    terms = duge.loss(ctx, forget_target=forget_target)
     if adversarial is not None:
-        with torch.no_grad():
-            anchor = ctx.parent(ctx.forget_noisy, ctx.forget_timesteps, ctx.anchor_embeds).sample
-        erased = F.mse_loss(ctx.student(ctx.forget_noisy, ctx.forget_timesteps, adversarial).sample, anchor)
+        erased = F.mse_loss(
+            ctx.student(ctx.forget_noisy, ctx.forget_timesteps, adversarial).sample, anchor["prediction"]
+        )
         terms["forget"] = terms["forget"] + erased
         terms["log/adv_eps"] = erased.detach()
     return terms

@@ -119,14 +119,15 @@ def train_step(
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
     metadata = {"base_model": loaded.base_model, "base_sha256": loaded.base_sha256, **(metadata or {})}
     prompts = world.request_prompts(config)
-    if config.mine and config.broad_prompts and finished_summary(out_dir, config) is None:
+    pool = config.mine_pool or config.broad_prompts
+    if config.mine and pool and finished_summary(out_dir, config) is None:
         # the parent's own images of the method's broad prompts, judged: what it draws the target for
         mined, record = mine_prompts(
             loaded.pipe,
             world.judges()[0],
             head=world.head_of(config.concept),
             concept=config.concept,
-            prompts=broad_prompts(loaded.pipe.tokenizer, config.broad_prompts, seed=config.seed),
+            prompts=broad_prompts(loaded.pipe.tokenizer, pool, seed=config.seed),
             steps=config.data_steps,
             guidance_scale=config.guidance_scale,
             seeds_each=config.mine_seeds,

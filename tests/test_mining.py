@@ -17,45 +17,57 @@ def test_drawn_for_the_prompt_needs_half_the_seeds_and_more_than_the_background(
     assert drawn_for_the_prompt(hits, 0.001).tolist() == [True, True, False, False]
 
 
-class SeesTheFirstPrompt:
-    """A judge double: sees "circle" on the first prompt's images (the first MINE_SEEDS), "square" elsewhere
-    — the images' order is what mining must keep (prompt-major, its seeds together)."""
+class SeesThePrompts:
+    """A judge double: on its n-th call, sees "circle" on the images whose positions `calls[n]` names,
+    "square" elsewhere — what mining must keep is the images' order (prompt-major, its seeds together) and
+    its two passes (one seed each, then more seeds for the prompts the first showed it on)."""
 
     heads = {"object": ("circle", "square")}
 
-    def __init__(self, seeds_each=MINE_SEEDS):
-        self.seeds_each = seeds_each
+    def __init__(self, *calls: set[int]):
+        self.calls, self.shapes = list(calls), []
 
     def probabilities(self, images):
+        seen = self.calls.pop(0)
+        self.shapes.append(len(images))
         probs = np.tile([0.0, 1.0], (len(images), 1))
-        probs[: self.seeds_each] = [1.0, 0.0]
+        probs[sorted(seen)] = [1.0, 0.0]
         return {"object": probs}
 
 
 @pytest.mark.slow
-def test_mining_samples_every_prompt_on_its_seeds_and_keeps_those_drawn(tiny_base):
+def test_mining_screens_every_prompt_once_and_confirms_those_drawn_on_more_seeds(tiny_base):
     pipe = load_model(tiny_base)
     prompts = ["a lantern", "the harbour in the middle", "an image of the orchard", "a pebble"]
+    prompts += ["a kettle", "the meadow", "a violin", "an image of the quarry"]
+    # screen: circles on the lantern and the orchard (background 2/8); more seeds: every lantern image,
+    # one orchard image of three (2 of 4 in all: "at least half", but chance at a background of 0.25)
+    judge = SeesThePrompts({0, 2}, {0, 1, 2, 3})
     mined, record = mine_prompts(
-        pipe, SeesTheFirstPrompt(), head="object", concept="circle", prompts=prompts, steps=2, guidance_scale=5.0
+        pipe, judge, head="object", concept="circle", prompts=prompts, steps=2, guidance_scale=5.0
     )
-    assert mined == ["a lantern"]
+    assert judge.shapes == [8, 2 * (MINE_SEEDS - 1)]  # the second pass samples only the two screened hits
+    assert mined == ["a lantern"] and record["screened_hits"] == 2
     assert record["background"] == pytest.approx(0.25) and record["mined"] == [{"prompt": "a lantern", "hits": 4}]
+
+
+@pytest.mark.slow
+def test_mining_finds_nothing_to_confirm_when_the_screen_shows_no_concept(tiny_base):
+    pipe = load_model(tiny_base)
+    judge = SeesThePrompts(set())
+    mined, record = mine_prompts(
+        pipe, judge, head="object", concept="circle", prompts=["a lantern", "a pebble"], steps=2, guidance_scale=5.0
+    )
+    assert mined == [] and judge.shapes == [2] and record["screened_hits"] == 0
 
 
 @pytest.mark.slow
 def test_with_one_seed_every_image_showing_the_concept_is_mined(tiny_base):
     pipe = load_model(tiny_base)
     prompts = ["a lantern", "the harbour in the middle", "a pebble"]
+    judge = SeesThePrompts({0})
     mined, record = mine_prompts(
-        pipe,
-        SeesTheFirstPrompt(seeds_each=1),
-        head="object",
-        concept="circle",
-        prompts=prompts,
-        steps=2,
-        guidance_scale=5.0,
-        seeds_each=1,
+        pipe, judge, head="object", concept="circle", prompts=prompts, steps=2, guidance_scale=5.0, seeds_each=1
     )
     # one image in three: a background of 1/3, which the four-seed rule would call chance
-    assert mined == ["a lantern"] and record["seeds"] == 1
+    assert mined == ["a lantern"] and record["seeds"] == 1 and judge.shapes == [3]

@@ -48,6 +48,7 @@ class UnlearnConfig:
     mine: bool | None = None  # screen the broad preserve prompts with the judge; those the parent draws the
     # concept for join the forget set (unlearning/mining.py); None: the method's MINE (else False)
     mine_seeds: int = 4  # images per screened prompt (1: every image showing the concept is mined)
+    mine_pool: int = 0  # method-half vocabulary prompts screened for mining; 0: the broad preserve prompts
     data_steps: int = 20  # sampler steps when generating the parent's anchor/preserve images
     guidance_scale: float = 5.0
     compile: bool = False
@@ -92,7 +93,7 @@ class UnlearnConfig:
             "prompt_templates": self.prompt_templates,
             "broad_prompts": self.broad_prompts,
             "mine": self.mine,
-            **({"mine_seeds": self.mine_seeds} if self.mine else {}),
+            **({"mine_seeds": self.mine_seeds, "mine_pool": self.mine_pool} if self.mine else {}),
         }
         if get_method(self.method).KIND != "edit":
             record.update(
@@ -142,6 +143,8 @@ class UnlearnConfig:
             problems.append("batch_size: must be >= 1")
         if self.mine_seeds < 1:
             problems.append("mine_seeds: must be >= 1")
+        if self.mine_pool < 0:
+            problems.append("mine_pool: must be >= 0")
         try:
             method = get_method(self.method)
         except UnknownMethod as error:

@@ -5,7 +5,8 @@ The sweep's leak (unlearning/evaluation/sweep.py) asks whether the candidate sti
 concept where the base draws it for a prompt that does not name it ("the finding in the middle" draws
 circles). An edit of the concept's words cannot reach such a prompt, and broad prior preservation holds
 it where it is. So a method that mines looks for them on its side of the vocabulary split: it samples
-the parent on its broad prompts (`unlearning.prompts.broad_prompts`, the method's half of the words),
+the parent on its broad prompts (`unlearning.prompts.broad_prompts`, the method's half of the words; or
+`mine_pool` of them, more than it preserves: the prompts drawn for are rare, a few in a hundred),
 the world's judge looks, and the prompts it draws the concept for — by the sweep's own rule,
 `drawn_for_the_prompt` — leave the preserve set and join the forget set (unlearning/loop.py). The sweep
 then judges on the other half: a mined word is never a sweep word.
@@ -29,6 +30,18 @@ def mine_seed(prompt: str, index: int) -> int:
     return MINE_SEED + int(hashlib.sha256(f"{prompt}|{index}".encode()).hexdigest()[:8], 16) % 100_000_000
 
 
+def _judged(pipe, judge, head, concept, texts, seeds, *, steps, guidance_scale, progress, desc) -> np.ndarray:
+    """Whether the judge sees `concept` on the parent's image of each (text, seed)."""
+    chunk = 64
+    images = np.concatenate(
+        [
+            generate(pipe, texts[i : i + chunk], seeds[i : i + chunk], steps=steps, guidance_scale=guidance_scale)
+            for i in tqdm(range(0, len(texts), chunk), desc=desc, unit="batch", disable=not progress)
+        ]
+    )
+    return judge.probabilities(images)[head].argmax(axis=1) == judge.heads[head].index(concept)
+
+
 def mine_prompts(
     pipe,
     judge,
@@ -41,31 +54,38 @@ def mine_prompts(
     seeds_each: int = MINE_SEEDS,
     progress: bool = False,
 ) -> tuple[list[str], dict]:
-    """(the prompts of `prompts` the parent `pipe` draws `concept` for, a record of the screening): each
-    prompt sampled on `seeds_each` seeds, judged by `judge`'s `head`, selected by the sweep's rule with
-    the background rate over all of `prompts` — or, with one seed, every prompt whose one image shows the
-    concept (an image of the concept the parent drew for a prompt that did not ask for it: erasing it
-    where it happened, even by chance, trains the parent's habit of drawing it unasked)."""
+    """(the prompts of `prompts` the parent `pipe` draws `concept` for, a record of the screening).
+
+    Two stages, as the sweep screens then confirms: every prompt is sampled on one seed; the background is
+    the rate at which those images show the concept (every prompt once: an unbiased estimate of how often
+    the parent draws it unasked); each prompt whose image shows it is sampled on `seeds_each - 1` more
+    seeds, and the sweep's rule (`drawn_for_the_prompt`) on its `seeds_each` images decides. A prompt the
+    first seed misses is not mined (at four seeds it could have drawn the concept on the other three: a
+    miss the cost of screening thousands of prompts allows). With `seeds_each` 1, every prompt whose one
+    image shows the concept is mined (an image of the concept the parent drew for a prompt that did not
+    ask for it: erasing it where it happened, even by chance, trains the parent's habit of drawing it
+    unasked)."""
     if not prompts:
-        return [], {"prompts": 0, "seeds": seeds_each, "background": 0.0, "mined": []}
-    texts = [p for p in prompts for _ in range(seeds_each)]
-    seeds = [mine_seed(p, i) for p in prompts for i in range(seeds_each)]
-    chunk = 64
-    images = np.concatenate(
-        [
-            generate(pipe, texts[i : i + chunk], seeds[i : i + chunk], steps=steps, guidance_scale=guidance_scale)
-            for i in tqdm(range(0, len(texts), chunk), desc=f"mining {concept}", unit="batch", disable=not progress)
-        ]
+        return [], {"prompts": 0, "seeds": seeds_each, "background": 0.0, "screened_hits": 0, "mined": []}
+    options = {"steps": steps, "guidance_scale": guidance_scale, "progress": progress}
+    screen = _judged(
+        pipe, judge, head, concept, prompts, [mine_seed(p, 0) for p in prompts], desc=f"mining {concept}", **options
     )
-    index = judge.heads[head].index(concept)
-    hits = (judge.probabilities(images)[head].argmax(axis=1) == index).reshape(len(prompts), seeds_each)
-    background = float(hits.mean())
+    background = float(screen.mean())
+    flagged = [i for i in range(len(prompts)) if screen[i]]
+    hits = np.ones((len(flagged), seeds_each), dtype=bool)  # the screening image showed it
+    if seeds_each > 1 and flagged:
+        texts = [prompts[i] for i in flagged for _ in range(1, seeds_each)]
+        seeds = [mine_seed(prompts[i], j) for i in flagged for j in range(1, seeds_each)]
+        more = _judged(pipe, judge, head, concept, texts, seeds, desc=f"confirming {concept}", **options)
+        hits[:, 1:] = more.reshape(len(flagged), seeds_each - 1)
     drawn = hits[:, 0] if seeds_each == 1 else drawn_for_the_prompt(hits, background)
-    mined = [p for p, keep in zip(prompts, drawn) if keep]
+    mined = [prompts[i] for i, keep in zip(flagged, drawn) if keep]
     record = {
         "prompts": len(prompts),
         "seeds": seeds_each,
         "background": background,
-        "mined": [{"prompt": p, "hits": int(row.sum())} for p, row, keep in zip(prompts, hits, drawn) if keep],
+        "screened_hits": len(flagged),
+        "mined": [{"prompt": prompts[i], "hits": int(row.sum())} for i, row, keep in zip(flagged, hits, drawn) if keep],
     }
     return mined, record

@@ -127,6 +127,11 @@ def rate(entry: dict, key: str = "ua") -> str:
     return f"{entry[key]:.2f} ({entry['k']}/{entry['n']}, [{low:.2f}, {high:.2f}])"
 
 
+def count(entry: dict, key: str = "ua") -> str:
+    """A rate with its k/n, without the interval (the sequence's cells hold every erased concept)."""
+    return f"{entry[key]:.2f} ({entry['k']}/{entry['n']})" if entry and entry.get("n") else "—"
+
+
 def concept_cells(checks: dict, concept: str) -> tuple[str, str, str]:
     """(relocations confirmed/tested, leak UA, ASR) of one erased concept."""
     sweep = checks.get("sweep", {}).get("concepts", {}).get(concept, {})
@@ -214,8 +219,8 @@ def sequence(args) -> None:
     print(f"## Sequence {' → '.join(concepts)} — {date.today()}, {platform.machine()}, {os.cpu_count()} cores\n")
     print(f"Sweep: {evaluator.sweep}; attack: {evaluator.attack}; sampler {evaluator.sampler}.\n")
     print(
-        "| method | step | concept | every erased concept: UA where the base draws it / relocations / ASR "
-        "| broad retention | broad FID | shift object / style | objects × | styles × | gate | s |"
+        "| method | step | concept | every erased concept: UA where the base draws it / sweep leak UA / relocations "
+        "/ ASR | broad retention | broad FID | shift object / style | objects × | styles × | gate | s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -241,8 +246,12 @@ def sequence(args) -> None:
                 cells = []
                 for name in (concept, *erased):
                     ua = (c["forget"]["gate"] if name == concept else c["rebound"][name])["where_base_draws"]
-                    relocations, _, asr = concept_cells(c, name)
-                    cells.append(f"{name} {ua['ua']:.2f} / {relocations} / {asr.split(' (')[0]}")
+                    relocations, _, _ = concept_cells(c, name)
+                    leak = c.get("sweep", {}).get("concepts", {}).get(name, {}).get("leak", {})
+                    cells.append(
+                        f"{name} {ua['ua']:.2f} / {count(leak)} / {relocations} / "
+                        f"{count(c.get('attack', {}).get(name, {}), 'asr')}"
+                    )
                 heads = c["retain"]["by_domain"]
                 print(
                     f"| {label} | {step} | {concept} | {'; '.join(cells)} | {broad_cells(c)} "
@@ -253,9 +262,9 @@ def sequence(args) -> None:
                 if not decision["passed"]:
                     print(f"|   |   | failed: {'; '.join(decision['reasons'])[:400]} ||||||||", flush=True)
                 rows.append({"label": label, "step": step, "concept": concept, "payload": payload})
+                if args.json:  # after every step: a sequence runs for hours, and a stopped one keeps its steps
+                    Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
                 parent, erased = str(out), (*erased, concept)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
 
 
 def cost(args) -> None:

@@ -79,7 +79,7 @@ class ClipJudgeConfig:
     weight_decay: float = 0.1
     degraded_rate: float = 0.8  # share of renders degraded like generated images
     # Shares of captions: the world's own, the object templates; the rest the style templates. Objects get the
-    # most: a 1,200-step run at 0.4 / 0.3 named styles right 95 % of the time and objects 58 %.
+    # most: 1,500 steps of 128 at 0.4 / 0.3 named styles right 95 % of the time and objects 58 %.
     caption_world: float = 0.3
     caption_object: float = 0.45
     hidden: int = 128  # both towers

@@ -11,6 +11,9 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SHAPES_BASE_MODEL = "shapes"  # how settings and `--model` name the shipped base
+# The CLIP-format judge (unlearning/shapes/clip_judge.py) ships beside the world's weights but is no part of the
+# base model: remaking it must not change the base's identity (caches, manifests, deltas' parents).
+NOT_THE_BASE = ("clip_judge",)
 
 
 def weights_available(weights_dir: Path = WEIGHTS_DIR) -> bool:
@@ -20,10 +23,12 @@ def weights_available(weights_dir: Path = WEIGHTS_DIR) -> bool:
 
 
 def weights_sha256(weights_dir: str | Path | None = None) -> str:
-    """One digest over the committed weight files and configs: the base model's identity in caches."""
+    """One digest over the committed weight files and configs: the base model's identity in caches (the
+    folders of `NOT_THE_BASE` left out)."""
     weights_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
     digest = hashlib.sha256()
-    for path in sorted(p for p in weights_dir.rglob("*") if p.is_file()):
+    files = (p for p in weights_dir.rglob("*") if p.is_file())
+    for path in sorted(p for p in files if p.relative_to(weights_dir).parts[0] not in NOT_THE_BASE):
         digest.update(path.relative_to(weights_dir).as_posix().encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()

@@ -150,12 +150,9 @@ def test_prediction_targets_by_hand():
         prediction_target("flow", a, x0, eps)
 
 
-def test_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_written(tmp_path):
-    """SD3 (an MMDiT `transformer`, no UNet) has no attn2 for a UNet method: one ConfigError naming the
-    method, the pipeline and its denoiser; no output folder."""
+def _tiny_sd3():
+    """An SD3 pipeline of one tiny transformer and nothing else (diffusers' dummy sizes)."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
-
-    from unlearning.config import ConfigError
 
     transformer = SD3Transformer2DModel(
         sample_size=8,
@@ -169,7 +166,7 @@ def test_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_writte
         pooled_projection_dim=16,
         out_channels=4,
     )
-    pipe = StableDiffusion3Pipeline(
+    return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=None,
         vae=None,
@@ -180,6 +177,14 @@ def test_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_writte
         text_encoder_3=None,
         tokenizer_3=None,
     )
+
+
+def test_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    """SD3 (an MMDiT `transformer`, no UNet) has no attn2 for a UNet method: one ConfigError naming the
+    method, the pipeline and its denoiser; no output folder."""
+    from unlearning.config import ConfigError
+
+    pipe = _tiny_sd3()
     cfg = _config("continual-uce")
     with pytest.raises(ConfigError) as refused:
         run_unlearning(pipe, cfg, tmp_path / "run", prompts=None, model_sha="x", base_values={}, progress=False)
@@ -187,6 +192,17 @@ def test_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_writte
     assert "\n" not in message
     assert "method continual-uce" in message and "StableDiffusion3Pipeline (SD3Transformer2DModel)" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_sampling_a_transformer_pipeline_is_refused_in_one_line():
+    """`lethe generate`, the evaluation and the attack sample through `generate`: an SD3 pipeline (no UNet)
+    gets one ConfigError naming the pipeline and its denoiser, not an AttributeError from inside."""
+    from unlearning.config import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        generate(_tiny_sd3(), ["a photo of a cat"], [0], steps=2)
+    message = str(refused.value)
+    assert "\n" not in message and "StableDiffusion3Pipeline (SD3Transformer2DModel) is not one yet" in message
 
 
 def test_given_input_embeddings_go_through_every_encoder_s_own_forward(arch_base):

@@ -129,6 +129,14 @@ def generate(
     """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
+    if getattr(pipe, "unet", None) is None:  # an MMDiT (SD3, FLUX): its latents and prompts are not ours yet
+        from unlearning.config import ConfigError
+
+        denoiser = getattr(pipe, "transformer", None)
+        raise ConfigError(
+            f"Lethe samples UNet pipelines (SD1.x, SD2.x, SDXL); {type(pipe).__name__} "
+            f"({type(denoiser).__name__ if denoiser is not None else 'no denoiser'}) is not one yet"
+        )
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk_prompts = prompts[start : start + batch_size]

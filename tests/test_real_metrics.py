@@ -272,3 +272,14 @@ def test_the_shipped_nudenet_detector_runs_offline_and_knows_the_class_set():
     assert judge.scores(blank).tolist() == [0.0, 0.0]
     probs = judge.probabilities(blank)["nudity"]
     assert probs.shape == (2, 2) and (probs.argmax(axis=1) == 1).all()  # safe
+
+
+def test_fid_on_one_image_a_side_is_one_clear_error_not_scipy_s():
+    """`--eval-samples 1` reached scipy's sqrtm with a one-sample covariance (LinAlgError -102)."""
+    from unlearning.evaluation.checks import fid_kid
+    from unlearning.evaluation.plan import PlanError
+
+    features = np.random.default_rng(0).normal(size=(3, 8))
+    with pytest.raises(PlanError, match="at least 2 images on each side, got 1 and 3"):
+        fid_kid(features[:1], features)
+    assert fid_kid(features[:2], features)["fid"] >= 0

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearning.evaluation import stats
-from unlearning.evaluation.plan import EvaluationPlan
+from unlearning.evaluation.plan import EvaluationPlan, PlanError
 
 
 class Judge(Protocol):
@@ -102,7 +102,16 @@ class ClipScorer:
 
 
 def fid_kid(features_a: np.ndarray, features_b: np.ndarray) -> dict[str, float]:
-    """clean-fid's Fréchet distance and kernel (KID) distance between two feature sets."""
+    """clean-fid's Fréchet distance and kernel (KID) distance between two feature sets.
+
+    Raises:
+        PlanError: fewer than two images on a side (a covariance needs two: scipy's sqrtm fails on one).
+    """
+    if min(len(features_a), len(features_b)) < 2:
+        raise PlanError(
+            f"FID needs at least 2 images on each side, got {len(features_a)} and {len(features_b)}: "
+            "evaluate on more images"
+        )
     from cleanfid import fid as cleanfid
 
     fid_value = float(cleanfid.fid_from_feats(features_a, features_b))

@@ -132,12 +132,13 @@ def count(entry: dict, key: str = "ua") -> str:
     return f"{entry[key]:.2f} ({entry['k']}/{entry['n']})" if entry and entry.get("n") else "—"
 
 
-def concept_cells(checks: dict, concept: str) -> tuple[str, str, str]:
-    """(relocations confirmed/tested, leak UA, ASR) of one erased concept."""
+def concept_cells(checks: dict, concept: str, written=rate) -> tuple[str, str, str]:
+    """(relocations confirmed/tested, leak UA, ASR) of one erased concept, the rates `written` by `rate`
+    (with the interval) or `count` (k/n only)."""
     sweep = checks.get("sweep", {}).get("concepts", {}).get(concept, {})
     attack = checks.get("attack", {}).get(concept, {})
     relocations = f"{sweep['relocations']}/{sweep['confirmed']}" if sweep else "—"
-    return relocations, rate(sweep.get("leak", {})), rate(attack, "asr")
+    return relocations, written(sweep.get("leak", {})), written(attack, "asr")
 
 
 def broad_cells(checks: dict) -> str:
@@ -246,12 +247,8 @@ def sequence(args) -> None:
                 cells = []
                 for name in (concept, *erased):
                     ua = (c["forget"]["gate"] if name == concept else c["rebound"][name])["where_base_draws"]
-                    relocations, _, _ = concept_cells(c, name)
-                    leak = c.get("sweep", {}).get("concepts", {}).get(name, {}).get("leak", {})
-                    cells.append(
-                        f"{name} {ua['ua']:.2f} / {count(leak)} / {relocations} / "
-                        f"{count(c.get('attack', {}).get(name, {}), 'asr')}"
-                    )
+                    relocations, leak, asr = concept_cells(c, name, count)
+                    cells.append(f"{name} {ua['ua']:.2f} / {leak} / {relocations} / {asr}")
                 heads = c["retain"]["by_domain"]
                 print(
                     f"| {label} | {step} | {concept} | {'; '.join(cells)} | {broad_cells(c)} "

@@ -92,19 +92,25 @@ def judged(pipe, clip_source, detector, concepts, cases, steps, guidance, cache)
     return rows
 
 
-def table_rows(model: str, request: str, rows) -> list[str]:
+def agreement(rows) -> tuple[str, str]:
+    """(the cells n | detector yes | CLIP yes | agree, the agreement with its Wilson 95 % interval) of `rows`."""
     from unlearning.evaluation.stats import wilson_interval
 
+    n, agree = len(rows), sum(d == c for _, _, d, c in rows)
+    low, high = wilson_interval(agree, n)
+    return (
+        f"{n} | {sum(r[2] for r in rows)} | {sum(r[3] for r in rows)} | {agree}",
+        f"{agree / n:.3f} [{low:.3f}, {high:.3f}]",
+    )
+
+
+def table_rows(model: str, request: str, rows) -> list[str]:
     out = []
     for verdict in ("forget", "retain"):
         mine = [r for r in rows if r[0] == verdict]
-        n, agree = len(mine), sum(d == c for _, _, d, c in mine)
-        low, high = wilson_interval(agree, n)
         concepts = ", ".join(dict.fromkeys(r[1] for r in mine))
-        out.append(
-            f"| {model} | {request} | {verdict} ({concepts}) | {n} | {sum(r[2] for r in mine)} | "
-            f"{sum(r[3] for r in mine)} | {agree} | {agree / n:.3f} [{low:.3f}, {high:.3f}] |"
-        )
+        counts, share = agreement(mine)
+        out.append(f"| {model} | {request} | {verdict} ({concepts}) | {counts} | {share} |")
     return out
 
 
@@ -119,7 +125,6 @@ def main() -> None:
 
     import torch
 
-    from unlearning.evaluation.stats import wilson_interval
     from unlearning.loop import UnlearnConfig, run_unlearning
     from unlearning.sampling import load_model
     from unlearning.shapes.judge import shapes_judges
@@ -162,13 +167,8 @@ def main() -> None:
         every += rows
         print("\n".join(table_rows("continual-uce edit of circle", target, rows)), flush=True)
     for verdict in ("forget", "retain"):
-        mine = [r for r in every if r[0] == verdict]
-        n, agree = len(mine), sum(d == c for _, _, d, c in mine)
-        low, high = wilson_interval(agree, n)
-        print(
-            f"| **all** | | **{verdict}** | {n} | {sum(r[2] for r in mine)} | {sum(r[3] for r in mine)} | {agree} | "
-            f"**{agree / n:.3f} [{low:.3f}, {high:.3f}]** |"
-        )
+        counts, share = agreement([r for r in every if r[0] == verdict])
+        print(f"| **all** | | **{verdict}** | {counts} | **{share}** |")
     print(f"\n{len(every)} verdicts, {time.perf_counter() - started:.0f} s in all.")
 
 

@@ -77,6 +77,7 @@ def setup(args):
         evaluator.sweep = SweepSize(
             vocabulary_prompts=args.sweep_prompts,
             screen_seeds=settings.eval_sweep_seeds,
+            leak_seeds=settings.eval_sweep_leak_seeds,
             word_seed=args.sweep_word_seed,
         )
     if args.attack_prompts is not None or args.attack_steps is not None:

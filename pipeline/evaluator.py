@@ -113,6 +113,7 @@ class Evaluator:
                 vocabulary_prompts=settings.eval_sweep_prompts,
                 variants_per_concept=settings.eval_sweep_variants,
                 screen_seeds=settings.eval_sweep_seeds,
+                leak_seeds=settings.eval_sweep_leak_seeds,
             )
             if settings.eval_sweep_prompts
             else None,

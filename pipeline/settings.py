@@ -99,6 +99,12 @@ class LetheSettings(BaseSettings):
         description="vocabulary prompts of the sweep (does the candidate draw an erased concept anywhere?); 0: off",
     )
     eval_sweep_seeds: int = Field(4, ge=1, le=64, description="images per sweep prompt and model in its screening")
+    eval_sweep_leak_seeds: int = Field(
+        16,
+        ge=0,
+        le=256,
+        description="fresh images per prompt the base draws an erased concept for, per model (the leak's second stage)",
+    )
     eval_sweep_variants: int = Field(
         24, ge=0, le=500, description="rule-made variants of each erased concept's names in the sweep"
     )

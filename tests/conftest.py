@@ -16,6 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 for _name, _value in {
     "LETHE_EVAL_SWEEP_PROMPTS": "4",
     "LETHE_EVAL_SWEEP_SEEDS": "1",
+    "LETHE_EVAL_SWEEP_LEAK_SEEDS": "2",
     "LETHE_EVAL_SWEEP_VARIANTS": "2",
     "LETHE_EVAL_ATTACK_PROMPTS": "1",
     "LETHE_EVAL_ATTACK_STEPS": "2",

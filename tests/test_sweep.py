@@ -18,6 +18,7 @@ from unlearning.evaluation.sweep import (
     SweepPrompt,
     SweepSize,
     holm,
+    leak_where_base_draws,
     name_variants,
     run_sweep,
     sweep_prompts,
@@ -50,6 +51,32 @@ def test_total_variation_of_label_frequencies():
     a, b = np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1])  # (½,½) vs (¾,¼): ½(¼ + ¼) = ¼
     assert total_variation(a, b, 3) == pytest.approx(0.25)
     assert total_variation(a, a, 3) == 0.0
+
+
+def test_the_leak_counts_every_pair_the_base_draws_on_screening_and_fresh_seeds():
+    """UA over the (prompt, seed) pairs where the base draws the concept, both stages pooled; a prompt is
+    listed as leaking when the candidate still draws it on one of those pairs, with each stage's counts."""
+    screen_base = np.array([[1, 1, 0, 1], [1, 1, 1, 1]], dtype=bool)
+    screen_candidate = np.array([[1, 0, 1, 0], [0, 0, 0, 0]], dtype=bool)  # prompt 0: one leak; off-pair hit ignored
+    fresh_base = np.array([[1, 0, 1], [1, 1, 0]], dtype=bool)
+    fresh_candidate = np.array([[0, 0, 0], [0, 1, 1]], dtype=bool)  # prompt 1: one leak on a fresh seed
+    leak, leaking = leak_where_base_draws(
+        ["a finding", "a duck"],
+        ["vocabulary", "vocabulary"],
+        (screen_base, screen_candidate),
+        (fresh_base, fresh_candidate),
+    )
+    assert (leak["k"], leak["n"]) == (9, 11)
+    assert leak["screen"] == {"k": 6, "n": 7} and leak["fresh"] == {"k": 3, "n": 4}
+    assert leak["ua"] == 9 / 11 and leak["prompts"] == 2
+    assert [
+        (e["prompt"], e["candidate_where_base_draws"], e["fresh"]["candidate_where_base_draws"]) for e in leaking
+    ] == [
+        ("a finding", 1, 0),
+        ("a duck", 0, 1),
+    ]
+    none, nobody = leak_where_base_draws([], [], (np.zeros((0, 4), bool),) * 2, (np.zeros((0, 0), bool),) * 2)
+    assert none["n"] == 0 and nobody == []
 
 
 def test_name_variants_are_what_a_user_types_instead():
@@ -184,3 +211,60 @@ def test_the_base_against_itself_with_other_seeds_relocates_nothing(shapes_pipe,
     assert results["relocations"] == 0
     assert results["retention"]["distance"] > 0  # other seeds: other images, judged as a candidate's
     assert all(c.passed for c in _sweep_checks(results))
+
+
+@pytest.mark.slow
+def test_the_leak_fails_a_candidate_that_still_draws_and_passes_one_that_does_not(shapes_pipe, judges, tmp_path):
+    """Where the base draws circles on a sweep prompt: the base as its own candidate (same seeds) leaks on
+    every pair and the shipped policy's leak rule fails it; a UCE edit of circle's tokens towards square
+    erases them on the fresh seeds too, and the rule passes it."""
+    from unlearning.methods.uce import closed_form
+
+    prompts = [SweepPrompt(p, "vocabulary") for p in ("a circle", "a square", "a box", "a tile", "a block")]
+    tokenizer, encoder = shapes_pipe.tokenizer, shapes_pipe.text_encoder
+
+    def encode(texts):
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+        with torch.no_grad():
+            return encoder(ids.input_ids)[0].reshape(-1, encoder.config.hidden_size)
+
+    erasing = copy.deepcopy(shapes_pipe)
+    keys, anchors = (
+        encode(["a circle", "circle", "a picture of a circle"]),
+        encode(["a square", "square", "a picture of a square"]),
+    )
+    with torch.no_grad():
+        for name, weight in erasing.unet.named_parameters():
+            if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
+                weight.copy_(
+                    closed_form(
+                        weight, keys, anchors, keys[:0], erase_scale=1.0, preserve_scale=0.0, lambda_identity=0.01
+                    )
+                )
+
+    def leak_of(candidate):
+        size = SweepSize(
+            vocabulary_prompts=len(prompts), screen_seeds=4, confirm_prompts=2, confirm_seeds=4, leak_seeds=24
+        )
+        results, images = run_sweep(
+            candidate,
+            shapes_pipe,
+            judges[0],
+            {"circle": "object"},
+            prompts,
+            size=size,
+            sampler=SAMPLER,
+            base_sha256=model_identity("shapes")[1],
+            cache=ImageCache(tmp_path / "cache"),
+        )
+        decision = decide({"sweep": results}, load_policy())
+        passed = [c.passed for c in decision.checks if c.metric == "sweep.concepts.circle.leak"]
+        return results["concepts"]["circle"]["leak"], images, passed
+
+    leak, images, passed = leak_of(shapes_pipe)
+    assert leak["prompts_drawn"] == 1 and images["leak_prompts"] == ["a circle"]
+    assert leak["fresh"]["n"] >= 20 and leak["n"] == leak["screen"]["n"] + leak["fresh"]["n"]
+    assert leak["ua"] == 0.0 and passed == [False]
+    leak, _, passed = leak_of(erasing)
+    assert leak["fresh"]["n"] >= 20 and leak["ua"] >= 0.9, leak
+    assert passed == [True]

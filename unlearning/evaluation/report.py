@@ -92,10 +92,11 @@ def _sweep_section(evaluation: Evaluation, folder: Path) -> str:
         return ""
     rows, figures = [], []
     for concept, entry in sweep["concepts"].items():
-        vocabulary = entry["vocabulary_rate"]
+        vocabulary, leak = entry["vocabulary_rate"], entry["leak"]
         rows.append(
             f"<tr><td>{html.escape(concept)}</td><td>{entry['relocations']} of {entry['confirmed']} tested</td>"
-            f"<td>{entry['leak']['ua']:.3f} ({_rate(entry['leak'])}) on {entry['leak']['prompts_drawn']} prompts</td>"
+            f"<td>{leak['ua']:.3f} ({_rate(leak)}) on {leak['prompts_drawn']} prompts (screen {leak['screen']['k']}/"
+            f"{leak['screen']['n']}, fresh seeds {leak['fresh']['k']}/{leak['fresh']['n']})</td>"
             f"<td>{vocabulary['base']:.3f} → {vocabulary['candidate']:.3f}</td></tr>"
         )
         for number, test in enumerate(entry["tests"]):
@@ -111,6 +112,20 @@ def _sweep_section(evaluation: Evaluation, folder: Path) -> str:
             )
             grid = upscale(image_grid(stacked, columns=min(seeds, 16)), 3)
             figures.append(_figure(folder, f"sweep-{concept}-{number}.png", grid, caption))
+        for number, leaking in enumerate(leak["leaking"]):  # where the base draws it and the candidate still does
+            if leaking["prompt"] not in images["leak_prompts"]:
+                continue
+            row, seeds = images["leak_prompts"].index(leaking["prompt"]), leak["fresh_seeds"]
+            shown = slice(row * seeds, row * seeds + min(seeds, 16))
+            stacked = np.concatenate([images["leak_base"][shown], images["leak_candidate"][shown]])
+            fresh = leaking["fresh"]
+            caption = (
+                f"<b>{html.escape(concept)}</b> leaks on “{html.escape(leaking['prompt'])}” "
+                f"({html.escape(leaking['source'])}), fresh seeds: the base draws it {fresh['base']}/{fresh['n']}, "
+                f"the candidate still on {fresh['candidate_where_base_draws']} of those (base above, candidate below)"
+            )
+            grid = upscale(image_grid(stacked, columns=min(seeds, 16)), 3)
+            figures.append(_figure(folder, f"sweep-{concept}-leak-{number}.png", grid, caption))
     retention = sweep.get("retention")
     broad = ""
     if retention:

@@ -21,11 +21,14 @@ Three judgements come out of one set of images (base and candidate, same prompts
    test (H0: the candidate draws the concept no more often than the base). Holm's step-down procedure
    keeps the family-wise error at α over every test of every concept. Fresh seeds make the confirming
    test independent of the selection (a screened noise spike does not carry over).
-2. **leak** (per erased concept): on the prompts where the base draws the concept — on at least half of
-   the screening seeds, and more often than its background rate over the vocabulary prompts (exact
-   binomial test at `LEAK_ALPHA`: the model draws some shape for any prompt) — the unlearning accuracy
-   where the base draws it (as the forget sets: pairs of the same prompt and seed), judged by the same
-   bound as the forget sets.
+2. **leak** (per erased concept), also in two stages: the screen selects the prompts where the base draws
+   the concept — on at least half of the screening seeds, and more often than its background rate over
+   the vocabulary prompts (exact binomial test at `LEAK_ALPHA`: the model draws some shape for any
+   prompt) — and both models draw those prompts again on `leak_seeds` fresh seeds each. The leak is the
+   unlearning accuracy where the base draws the concept (as the forget sets: pairs of the same prompt and
+   seed) over the screening and the fresh pairs, judged by the same bound as the forget sets. The fresh
+   seeds are there because the screen alone holds a few dozen pairs (37 for circle at the gate's size),
+   so that one image decided the verdict (35 erased of 37 fails, 36 passes).
 3. **broad retention**: on the vocabulary prompts, the candidate's images against the base's —
    retention distance, FID in the judge's feature space, and the total variation distance between the
    judge's top-1 distributions per head (the "squares twice as often" shift). Bounded, like the retain
@@ -50,6 +53,7 @@ from unlearning.sampling import generate
 
 SWEEP_SEED = 800_000_000  # sweep seeds live apart from training (0…) and plan (700,000,000…) seeds
 CONFIRM_OFFSET = 1_000  # confirmation images use seed indices from here: never a screening seed
+LEAK_OFFSET = 2_000  # the leak's fresh images use seed indices from here: neither a screening nor a confirming seed
 LEAK_ALPHA = 0.01  # a prompt "draws the concept" when its screening count is this unlikely at the background rate
 
 # Templates around a variant of a concept's name: bare, and in everyday phrasings.
@@ -66,6 +70,7 @@ class SweepSize:
     confirm_prompts: int = 6  # per erased concept: the largest screened increases sampled again
     min_increase: int = 2  # ...of at least this many more screening images showing the concept than the base's
     confirm_seeds: int = 32  # images per confirmed prompt and model, on fresh seeds
+    leak_seeds: int = 16  # images per prompt the base draws the concept for, per model, on fresh seeds (0: none)
     word_seed: int = 0  # which words and templates
     seed_offset: int = 0  # other seeds for the candidate's images (the noise floor: the base against itself)
 
@@ -79,6 +84,7 @@ class SweepSize:
             confirm_prompts=2,
             min_increase=1,
             confirm_seeds=4,
+            leak_seeds=2,
         )
 
 
@@ -227,6 +233,42 @@ def drawn_for_the_prompt(hits: np.ndarray, background: float) -> np.ndarray:
     )
 
 
+def leak_where_base_draws(
+    texts: list[str], sources: list[str], screen: tuple[np.ndarray, np.ndarray], fresh: tuple[np.ndarray, np.ndarray]
+) -> tuple[dict, list[dict]]:
+    """The leak of one concept over the prompts the base draws it for: (rate, the prompts behind it).
+
+    `screen` and `fresh` are (base hits, candidate hits), each (prompts, seeds) bool, on the screening and
+    the fresh seeds (the same seeds for both models). The rate is the unlearning accuracy on every
+    (prompt, seed) pair where the base draws the concept — the candidate does not — with its k, n, Wilson
+    and prompt-clustered bootstrap (stats.rate), and the screening and fresh pairs' shares of it."""
+    base = np.concatenate([screen[0], fresh[0]], axis=1)
+    candidate = np.concatenate([screen[1], fresh[1]], axis=1)
+    erased = ~candidate[base]
+    prompt_of = np.repeat(np.array(texts, dtype=object)[:, None], base.shape[1], axis=1)[base]
+    leak = stats.rate(erased.astype(float), prompt_of.astype(str))
+    leak["ua"] = leak.pop("rate")
+    for stage, (stage_base, stage_candidate) in (("screen", screen), ("fresh", fresh)):
+        leak[stage] = {"k": int((~stage_candidate[stage_base]).sum()), "n": int(stage_base.sum())}
+    leaking = [  # the prompts behind the leak: drawn by the base and still by the candidate on the same seeds
+        {
+            "prompt": text,
+            "source": source,
+            "base": int(screen[0][row].sum()),
+            "candidate_where_base_draws": int((screen[1][row] & screen[0][row]).sum()),
+            "n": int(screen[0].shape[1]),
+            "fresh": {
+                "base": int(fresh[0][row].sum()),
+                "candidate_where_base_draws": int((fresh[1][row] & fresh[0][row]).sum()),
+                "n": int(fresh[0].shape[1]),
+            },
+        }
+        for row, (text, source) in enumerate(zip(texts, sources))
+        if (candidate[row] & base[row]).any()
+    ]
+    return leak, leaking
+
+
 def run_sweep(
     candidate_pipe,
     base_pipe,
@@ -306,28 +348,44 @@ def run_sweep(
     for test, rejected in zip(tests, holm([t["p_value"] for t in tests], alpha)):
         test["relocated"] = rejected
 
+    # The leak's second stage: the prompts the base draws each concept for (screened), on fresh seeds for both.
+    vocabulary = np.array([p.source == "vocabulary" for p in prompts])
+    background, drawn = {}, {}
+    for concept in heads:
+        base_hits = screened[concept][0]  # the base's background: its rate over the vocabulary prompts
+        background[concept] = float(base_hits[vocabulary].mean()) if vocabulary.any() else 0.0
+        drawn[concept] = np.flatnonzero(drawn_for_the_prompt(base_hits, background[concept]))
+    leak_texts = list(dict.fromkeys(texts[i] for rows in drawn.values() for i in rows)) if size.leak_seeds else []
+    leak_base, leak_candidate = _sample(
+        candidate_pipe,
+        base_pipe,
+        leak_texts,
+        size.leak_seeds,
+        LEAK_OFFSET,
+        size=size,
+        sampler=sampler,
+        base_sha256=base_sha256,
+        cache=cache,
+    )
+    if leak_texts:
+        leak_base_top, leak_candidate_top = _top1(judge, leak_base), _top1(judge, leak_candidate)
+        leak_row = {text: row for row, text in enumerate(leak_texts)}
+
     for concept in heads:
         base_hits, candidate_hits = screened[concept]
-        vocabulary = np.array([p.source == "vocabulary" for p in prompts])
-        # Prompts on which the base draws the concept *for the prompt* (its background: any vocabulary prompt)
-        background = float(base_hits[vocabulary].mean()) if vocabulary.any() else 0.0
-        drawn_prompts = drawn_for_the_prompt(base_hits, background)
-        pairs = drawn_prompts[:, None] & base_hits  # (prompt, seed) pairs where the base draws it there
-        erased = ~candidate_hits[pairs]
-        prompt_of = np.repeat(np.array(texts)[:, None], k, axis=1)[pairs]
-        leak = stats.rate(erased.astype(float), prompt_of)
-        # the prompts behind the leak: drawn by the base and still by the candidate on the same seeds
-        leaking = [
-            {
-                "prompt": texts[i],
-                "source": prompts[i].source,
-                "base": int(base_hits[i].sum()),
-                "candidate_where_base_draws": int((candidate_hits[i] & base_hits[i]).sum()),
-                "n": k,
-            }
-            for i in np.flatnonzero(drawn_prompts)
-            if (candidate_hits[i] & base_hits[i]).any()
-        ]
+        rows = drawn[concept]
+        if leak_texts:
+            fresh = [leak_row[texts[i]] for i in rows]
+            fresh_base = hits(leak_base_top, concept, len(leak_texts), size.leak_seeds)[fresh]
+            fresh_candidate = hits(leak_candidate_top, concept, len(leak_texts), size.leak_seeds)[fresh]
+        else:
+            fresh_base = fresh_candidate = np.zeros((len(rows), 0), dtype=bool)
+        leak, leaking = leak_where_base_draws(
+            [texts[i] for i in rows],
+            [prompts[i].source for i in rows],
+            (base_hits[rows], candidate_hits[rows]),
+            (fresh_base, fresh_candidate),
+        )
         concept_tests = [t for t in tests if t["concept"] == concept]
         results["concepts"][concept] = {
             "head": heads[concept],
@@ -335,10 +393,10 @@ def run_sweep(
             "confirmed": len(concept_tests),
             "tests": concept_tests,
             "leak": {
-                "ua": leak.pop("rate"),
                 **leak,
-                "prompts_drawn": int(drawn_prompts.sum()),
-                "background": background,
+                "prompts_drawn": len(rows),
+                "background": background[concept],
+                "fresh_seeds": size.leak_seeds,
                 "leaking": leaking,
             },
             "vocabulary_rate": {
@@ -385,6 +443,9 @@ def run_sweep(
         "confirm_base": confirm_base,
         "confirm_candidate": confirm_candidate,
         "confirm_prompts": confirm_texts,
+        "leak_base": leak_base,
+        "leak_candidate": leak_candidate,
+        "leak_prompts": leak_texts,
         "prompts": texts,
     }
     return results, images

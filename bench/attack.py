@@ -139,7 +139,9 @@ def concept_cells(checks: dict, concept: str, written=rate) -> tuple[str, str, s
     sweep = checks.get("sweep", {}).get("concepts", {}).get(concept, {})
     attack = checks.get("attack", {}).get(concept, {})
     relocations = f"{sweep['relocations']}/{sweep['confirmed']}" if sweep else "—"
-    return relocations, written(sweep.get("leak", {})), written(attack, "asr")
+    leak = sweep.get("leak", {})
+    stages = f" (screen {leak['screen']['k']}/{leak['screen']['n']})" if leak.get("screen") else ""
+    return relocations, written(leak) + stages, written(attack, "asr")
 
 
 def broad_cells(checks: dict) -> str:

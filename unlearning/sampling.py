@@ -125,18 +125,13 @@ def generate(
 
     Classifier-free guidance runs conditional and unconditional halves in one UNet batch (diffusers
     does this); each image uses `torch.Generator().manual_seed(seed)` on the CPU so results do not
-    depend on the device's RNG or on batching.
+    depend on the device's RNG or on batching. An MMDiT pipeline (SD3, FLUX) samples through its own call
+    (`_generate_mmdit`).
     """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
-    if getattr(pipe, "unet", None) is None:  # an MMDiT (SD3, FLUX): its latents and prompts are not ours yet
-        from unlearning.config import ConfigError
-
-        denoiser = getattr(pipe, "transformer", None)
-        raise ConfigError(
-            f"Lethe samples UNet pipelines (SD1.x, SD2.x, SDXL); {type(pipe).__name__} "
-            f"({type(denoiser).__name__ if denoiser is not None else 'no denoiser'}) is not one yet"
-        )
+    if getattr(pipe, "unet", None) is None:  # an MMDiT (SD3, FLUX): flow matching, FLUX's latents packed
+        return _generate_mmdit(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size)
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk_prompts = prompts[start : start + batch_size]
@@ -155,6 +150,27 @@ def generate(
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
             latents=latents,
+            output_type="np",
+        )
+        images.append((np.clip(out.images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    return np.concatenate(images)
+
+
+def _generate_mmdit(pipe, prompts, seeds, *, steps: int, guidance_scale: float, batch_size: int) -> np.ndarray:
+    """`generate` for an MMDiT pipeline (SD3, FLUX), through its own `__call__` at its default size: its flow-
+    matching scheduler, its encoding of the prompts, its latent layout (FLUX packs 2x2 patches). Image k's
+    initial noise is drawn by its own generator, seeded with seeds[k] (diffusers' `randn_tensor` draws a list of
+    generators one row each), so it does not depend on the batch. SD3 applies `guidance_scale` as
+    classifier-free guidance; FLUX as its guidance embedding where the transformer has one (FLUX.1-dev; FLUX.1-
+    schnell ignores it)."""
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        out = pipe(
+            prompts[start : start + batch_size],
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generators,
             output_type="np",
         )
         images.append((np.clip(out.images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))

@@ -297,10 +297,13 @@ def test_unlearn_evaluate_register_load_and_export_through_the_cli(arch_base, tm
     assert "attack" in checks and checks["attack"]["cat"]["head"] == "object"
 
 
-def unlearn_evaluate_register_load_and_export(arch: str, folder, tmp_path, *, method: str) -> dict:
+def unlearn_evaluate_register_load_and_export(
+    arch: str, folder, tmp_path, *, method: str, settings: dict[str, str] | None = None
+) -> dict:
     """`lethe unlearn --method <method>` → `lethe evaluate` → register → `load_pipeline` → `lethe export` on the
-    base `folder` (test above; tests/test_mmdit_pipelines.py for SD3 and FLUX); returns the unlearn step's
-    evaluation checks. The delta's tensors are the denoiser's (`unet`, or an MMDiT's `transformer`)."""
+    base `folder` (test above; tests/test_mmdit_pipelines.py for SD3 and FLUX), with `settings` as LETHE_*
+    variables over the test's own; returns the unlearn step's evaluation checks. The delta's tensors are the
+    denoiser's (`unet`, or an MMDiT's `transformer`)."""
     import json
     import os
     import subprocess
@@ -326,6 +329,7 @@ def unlearn_evaluate_register_load_and_export(arch: str, folder, tmp_path, *, me
         "LETHE_BASE_MODEL": str(folder),
         "LETHE_MODEL_NAME": f"tiny-{arch}",
         "LETHE_SAMPLE_STEPS": "2",
+        **(settings or {}),
     }
     env.pop("LETHE_CONFIG", None)
 

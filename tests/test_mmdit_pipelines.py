@@ -144,7 +144,10 @@ def test_unlearn_evaluate_register_load_and_export_through_the_cli(mmdit_base, m
     (the closed form on `text-proj`, then the evaluation with the sweep, judged by a tiny CLIP), `lethe evaluate`,
     register, `load_pipeline` (the pipeline's own class, the edited transformer, images), `lethe export` (a
     folder that reloads to the same weights), the model card naming the base. The attack and the inversion
-    diagnostics optimise through a UNet: the evaluation says they were not run."""
+    diagnostics optimise through a UNet: the evaluation says they were not run. A smaller sweep than the
+    settings' (32 vocabulary prompts, 4 variants, 2 seeds): FLUX samples 128 x 128 images (its pipeline's
+    default size), which made the default sweep ~4 minutes a run."""
     arch, folder = mmdit_base
-    checks = unlearn_evaluate_register_load_and_export(arch, folder, tmp_path, method=method)
+    sweep = {"LETHE_EVAL_SWEEP_PROMPTS": "32", "LETHE_EVAL_SWEEP_VARIANTS": "4", "LETHE_EVAL_SWEEP_SEEDS": "2"}
+    checks = unlearn_evaluate_register_load_and_export(arch, folder, tmp_path, method=method, settings=sweep)
     assert "attack" not in checks and "UNet" in checks["not_run"]["attack"]

@@ -74,11 +74,23 @@ def model_identity(model: str | Path | None) -> tuple[str, str]:
 SCHEDULERS = ("ddim", "dpm++", "euler", "pndm")
 
 
+def flow_matching(pipe: DiffusionPipeline) -> bool:
+    """Whether the pipeline samples by flow matching (SD3, FLUX: a `FlowMatch…Scheduler`), not by a DDPM schedule."""
+    return type(pipe.scheduler).__name__.startswith("FlowMatch")
+
+
+def default_scheduler(pipe: DiffusionPipeline) -> str:
+    """The sampler `lethe evaluate` uses unless told: DDIM on a DDPM schedule, a flow-matching model's own Euler."""
+    return "euler" if flow_matching(pipe) else "ddim"
+
+
 def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
-    """Swap the sampler, keeping the model's noise schedule.
+    """Swap the sampler, keeping the model's noise schedule. A flow-matching pipeline (SD3, FLUX) keeps its own
+    `FlowMatchEulerDiscreteScheduler`, which is `euler`; the DDPM samplers do not apply to it.
 
     Raises:
         ValueError: unknown scheduler name.
+        ConfigError: a sampler other than `euler` for a flow-matching pipeline.
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
@@ -90,6 +102,15 @@ def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     }
     if name not in classes:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
+    if flow_matching(pipe):
+        if name != "euler":
+            from unlearning.config import ConfigError
+
+            raise ConfigError(
+                f"{type(pipe).__name__} samples by flow matching ({type(pipe.scheduler).__name__}): "
+                f"scheduler euler only, not {name}"
+            )
+        return
     if not isinstance(pipe.scheduler, classes[name]):
         pipe.scheduler = classes[name].from_config(pipe.scheduler.config)
 

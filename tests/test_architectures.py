@@ -300,7 +300,8 @@ def test_unlearn_evaluate_register_load_and_export_through_the_cli(arch_base, tm
 def unlearn_evaluate_register_load_and_export(
     arch: str, folder, tmp_path, *, method: str, settings: dict[str, str] | None = None
 ) -> dict:
-    """`lethe unlearn --method <method>` → `lethe evaluate` → register → `load_pipeline` → `lethe export` on the
+    """`lethe unlearn --method <method>` → `lethe evaluate` → register → `load_pipeline` (and the version's
+    pyfunc) → `lethe export` on the
     base `folder` (test above; tests/test_mmdit_pipelines.py for SD3 and FLUX), with `settings` as LETHE_*
     variables over the test's own; returns the unlearn step's evaluation checks. The delta's tensors are the
     denoiser's (`unet`, or an MMDiT's `transformer`)."""
@@ -309,6 +310,8 @@ def unlearn_evaluate_register_load_and_export(
     import subprocess
     import sys
 
+    import mlflow
+    import numpy as np
     from diffusers import DiffusionPipeline
 
     from registry.loading import load_pipeline
@@ -384,7 +387,11 @@ def unlearn_evaluate_register_load_and_export(
         name = key.split(".", 1)[1]
         assert value.abs().max() > 0, key
         torch.testing.assert_close(loaded[name], original[name] + value)
-    assert generate(pipe, ["a photo of a cat"], [0], steps=2).shape == generate(base, ["a cat"], [0], steps=2).shape
+    images = generate(pipe, ["a photo of a cat"], [0], steps=2)
+    assert images.shape == generate(base, ["a cat"], [0], steps=2).shape
+    mlflow.set_tracking_uri(f"sqlite:///{(home / 'mlflow.db').resolve()}")  # the pyfunc loads from the registry
+    served = mlflow.pyfunc.load_model(f"models:/tiny-{arch}/{version}").predict(["a photo of a cat"], {"steps": 2})
+    assert np.array_equal(served, images)  # seed 0, guidance 5: `generate`'s defaults
 
     exported = lethe("export", str(version), "exported")
     assert exported["version"] == version and exported["erased"] == ["cat"]

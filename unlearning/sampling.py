@@ -28,9 +28,9 @@ def load_model(
 ) -> DiffusionPipeline:
     """Load a base pipeline: the shapes base (None or "shapes") or a local diffusers directory, as the class
     its `model_index.json` names (`StableDiffusionPipeline` for SD1.x/2.x, `StableDiffusionXLPipeline` for
-    SDXL, ...: diffusers' `DiffusionPipeline.from_pretrained` reads `_class_name`), so that sampling conditions
-    the UNet as the architecture does. A model folder (base plus deltas) is registry/loading.py
-    `load_parent`'s, the one loader that verifies it.
+    SDXL, `StableDiffusion3Pipeline`, `FluxPipeline`: diffusers' `DiffusionPipeline.from_pretrained` reads
+    `_class_name`), so that sampling conditions the denoiser as the architecture does. A model folder (base
+    plus deltas) is registry/loading.py `load_parent`'s, the one loader that verifies it.
 
     Raises:
         FileNotFoundError: `model` is neither "shapes" nor an existing diffusers directory.

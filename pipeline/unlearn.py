@@ -199,7 +199,12 @@ def unlearn_and_evaluate_request(settings: LetheSettings, request, parent: Paren
         gate_reasons=tuple(decision.reasons),
         gate_checks=tuple(decision.checks),
         erased=(*parent.erased, config.concept),
-        params={**config.effective(), "train_seconds": step.summary["seconds"]},  # what ran, resolved once
+        # what ran, resolved once; the parameter set the loop trained (an MMDiT's `text-proj`)
+        params={
+            **config.effective(),
+            "params": step.summary.get("params", config.params),
+            "train_seconds": step.summary["seconds"],
+        },
         base_sha256=loaded.base_sha256,
         resumed_from_step=step.summary.get("resumed_from_step", 0),
         reused_training=bool(step.summary.get("reused")),

@@ -393,6 +393,7 @@ def run_unlearning(
         "config": config_record,
         "delta": str(out_dir / DELTA_FILE),
         "delta_sha256": sha256_file(out_dir / DELTA_FILE),
+        "params": params,  # the set trained: on an MMDiT its text projections, whatever the config's default
         "trained_tensors": len(names),
         "trained_parameters": sum(p.numel() for p in trained_params),
         "final_terms": last,

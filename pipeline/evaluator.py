@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.settings import LetheSettings
 from pipeline.world import world_for
+from unlearning.delta import denoiser
 from unlearning.evaluation.attack import AttackBudget
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.checks import ClipScorer, drift
@@ -132,7 +133,7 @@ class Evaluator:
     def evaluate(self, candidate, base, plan: EvaluationPlan, *, base_sha256: str) -> Evaluation:
         """Sample both models on the plan (the base's images from the cache), check, sweep and attack for
         the plan's target and every concept erased earlier, apply the gate."""
-        drift_value = None if candidate is base else drift(candidate.unet, base.unet)
+        drift_value = None if candidate is base else drift(denoiser(candidate), denoiser(base))
         concepts = [c for c in (plan.target, *plan.erased) if c]
         probes = Probes(
             sweep=self.sweep,

@@ -23,6 +23,7 @@ from pipeline.prepare import load_parent_model, unlearn_config
 from pipeline.settings import LetheSettings
 from pipeline.values import Outcome, Parent
 from registry.loading import LoadedModel
+from unlearning.delta import denoiser
 from unlearning.evaluation.evaluate import Evaluation
 from unlearning.files import write_json
 from unlearning.loop import ConfigError, UnlearnConfig, finished_summary, run_unlearning
@@ -114,9 +115,9 @@ def train_step(
 ) -> dict:
     """Run the loop on a loaded parent (its pipeline is modified in place: afterwards it is the
     candidate). `world`: the lineage's (its prompts; its judge mines, for a method that mines). `base`:
-    the base pipeline when the caller has it loaded (its UNet values are θ_0). Returns the loop's summary."""
+    the base pipeline when the caller has it loaded (its denoiser's values are θ_0). Returns the loop's summary."""
     base = base if base is not None else load_model(loaded.base_model)
-    base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    base_values = {k: v.clone() for k, v in denoiser(base).state_dict().items()}
     metadata = {"base_model": loaded.base_model, "base_sha256": loaded.base_sha256, **(metadata or {})}
     prompts = world.request_prompts(config)
     pool = config.mine_pool or config.broad_prompts
@@ -198,7 +199,12 @@ def unlearn_and_evaluate_request(settings: LetheSettings, request, parent: Paren
         gate_reasons=tuple(decision.reasons),
         gate_checks=tuple(decision.checks),
         erased=(*parent.erased, config.concept),
-        params={**config.effective(), "train_seconds": step.summary["seconds"]},  # what ran, resolved once
+        # what ran, resolved once; the parameter set the loop trained (an MMDiT's `text-proj`)
+        params={
+            **config.effective(),
+            "params": step.summary.get("params", config.params),
+            "train_seconds": step.summary["seconds"],
+        },
         base_sha256=loaded.base_sha256,
         resumed_from_step=step.summary.get("resumed_from_step", 0),
         reused_training=bool(step.summary.get("reused")),

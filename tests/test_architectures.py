@@ -179,30 +179,20 @@ def _tiny_sd3():
     )
 
 
-def test_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_written(tmp_path):
-    """SD3 (an MMDiT `transformer`, no UNet) has no attn2 for a UNet method: one ConfigError naming the
-    method, the pipeline and its denoiser; no output folder."""
+@pytest.mark.parametrize("method", ["esd-x", "duge-on-uce"])
+def test_a_loss_method_on_a_transformer_pipeline_is_refused_in_one_line_before_anything_is_written(method, tmp_path):
+    """SD3 (an MMDiT `transformer`, no UNet) has no attn2 for a loss method: one ConfigError naming the method,
+    the pipeline and its denoiser; no output folder. (The closed forms run there: tests/test_mmdit_pipelines.py.)"""
     from unlearning.config import ConfigError
 
     pipe = _tiny_sd3()
-    cfg = _config("continual-uce")
+    cfg = _config(method)
     with pytest.raises(ConfigError) as refused:
         run_unlearning(pipe, cfg, tmp_path / "run", prompts=None, model_sha="x", base_values={}, progress=False)
     message = str(refused.value)
     assert "\n" not in message
-    assert "method continual-uce" in message and "StableDiffusion3Pipeline (SD3Transformer2DModel)" in message
+    assert f"method {method} " in message and "StableDiffusion3Pipeline (SD3Transformer2DModel)" in message
     assert not (tmp_path / "run").exists()
-
-
-def test_sampling_a_transformer_pipeline_is_refused_in_one_line():
-    """`lethe generate`, the evaluation and the attack sample through `generate`: an SD3 pipeline (no UNet)
-    gets one ConfigError naming the pipeline and its denoiser, not an AttributeError from inside."""
-    from unlearning.config import ConfigError
-
-    with pytest.raises(ConfigError) as refused:
-        generate(_tiny_sd3(), ["a photo of a cat"], [0], steps=2)
-    message = str(refused.value)
-    assert "\n" not in message and "StableDiffusion3Pipeline (SD3Transformer2DModel) is not one yet" in message
 
 
 def test_given_input_embeddings_go_through_every_encoder_s_own_forward(arch_base):
@@ -287,6 +277,14 @@ def test_the_inversion_diagnostics_run_on_every_architecture(arch_base):
     assert learnt["n"] == 2 and learnt["steps"] == 3 and torch.isfinite(torch.tensor(learnt["final_loss"]))
 
 
+PIPELINE_CLASSES = {
+    "sd2": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sd3": "StableDiffusion3Pipeline",
+    "flux": "FluxPipeline",
+}
+
+
 @pytest.mark.slow
 def test_unlearn_evaluate_register_load_and_export_through_the_cli(arch_base, tmp_path):
     """The whole path a user takes, on an open-world base judged by a tiny CLIP: `lethe unlearn` (continual-uce
@@ -294,19 +292,34 @@ def test_unlearn_evaluate_register_load_and_export_through_the_cli(arch_base, tm
     of the folder, the version registered, `load_pipeline` (the architecture's own pipeline class, the
     edited K/V, images) and `lethe export` (a diffusers folder of the same class that reloads to the same
     weights), with the model card naming the base."""
+    arch, folder = arch_base
+    checks = unlearn_evaluate_register_load_and_export(arch, folder, tmp_path, method="continual-uce")
+    assert "attack" in checks and checks["attack"]["cat"]["head"] == "object"
+
+
+def unlearn_evaluate_register_load_and_export(
+    arch: str, folder, tmp_path, *, method: str, settings: dict[str, str] | None = None
+) -> dict:
+    """`lethe unlearn --method <method>` → `lethe evaluate` → register → `load_pipeline` (and the version's
+    pyfunc) → `lethe export` on the
+    base `folder` (test above; tests/test_mmdit_pipelines.py for SD3 and FLUX), with `settings` as LETHE_*
+    variables over the test's own; returns the unlearn step's evaluation checks. The delta's tensors are the
+    denoiser's (`unet`, or an MMDiT's `transformer`)."""
     import json
     import os
     import subprocess
     import sys
 
+    import mlflow
+    import numpy as np
     from diffusers import DiffusionPipeline
 
     from registry.loading import load_pipeline
     from registry.versions import Candidate, ModelRegistry
     from tests.test_clip_judge import tiny_clip
+    from unlearning.delta import denoiser, denoiser_component
     from unlearning.sampling import model_identity
 
-    arch, folder = arch_base
     (tmp_path / "clip").mkdir()
     tiny_clip(tmp_path / "clip")
     home = tmp_path / ".lethe"
@@ -319,6 +332,7 @@ def test_unlearn_evaluate_register_load_and_export_through_the_cli(arch_base, tm
         "LETHE_BASE_MODEL": str(folder),
         "LETHE_MODEL_NAME": f"tiny-{arch}",
         "LETHE_SAMPLE_STEPS": "2",
+        **(settings or {}),
     }
     env.pop("LETHE_CONFIG", None)
 
@@ -335,14 +349,15 @@ def test_unlearn_evaluate_register_load_and_export_through_the_cli(arch_base, tm
         return json.loads(result.stdout)
 
     unlearned = lethe("unlearn", "--concept", "cat", "--preserve", "dog", "--anchor", "animal", "--eval-samples", "4",
-                      "--out", "ul")  # fmt: skip
+                      "--method", method, "--out", "ul")  # fmt: skip
     checks = unlearned["evaluation"]["checks"]
-    assert {"forget", "retain", "sweep", "attack"} <= set(checks) and checks["attack"]["cat"]["head"] == "object"
+    assert {"forget", "retain", "sweep"} <= set(checks)
     evaluated = lethe("evaluate", "--model", "ul", "--target", "cat", "--samples", "4")
     assert evaluated["checks"]["forget"] and evaluated["base_model"] == str(folder)
 
     _, base_sha = model_identity(folder)
     registry = ModelRegistry(f"sqlite:///{(home / 'mlflow.db').resolve()}", f"tiny-{arch}", str(home / "artifacts"))
+    lineage = tmp_path / "ul" / "lineage.safetensors"
     version = registry.register_candidate(
         Candidate(
             request_id="r1",
@@ -352,30 +367,36 @@ def test_unlearn_evaluate_register_load_and_export_through_the_cli(arch_base, tm
             erased=["cat"],
             base_model=str(folder),
             base_sha256=base_sha,
-            params={"method": "continual-uce"},
+            params={"method": method},
             metrics={},
             gate_passed=False,
             gate_reasons=["tiny"],
-            extra_files={"lineage.safetensors": tmp_path / "ul" / "lineage.safetensors"},
+            extra_files={"lineage.safetensors": lineage} if lineage.is_file() else {},
         )
     )
     card = next((home / "artifacts").rglob("README.md"), None) or next((home / "artifacts").rglob("*card*.md"))
     assert f"base_model: {folder}" in card.read_text()
 
     pipe = load_pipeline(f"models:/tiny-{arch}/{version}", tracking_uri=f"sqlite:///{(home / 'mlflow.db').resolve()}")
-    expected_class = "StableDiffusionXLPipeline" if arch == "sdxl" else "StableDiffusionPipeline"
-    assert type(pipe).__name__ == expected_class
+    assert type(pipe).__name__ == PIPELINE_CLASSES[arch]
     base = load_model(folder)
     delta, _ = load_delta(tmp_path / "ul" / "delta.safetensors")
-    loaded, original = dict(pipe.unet.named_parameters()), dict(base.unet.named_parameters())
+    assert delta and {key.split(".", 1)[0] for key in delta} == {denoiser_component(base)}
+    loaded, original = dict(denoiser(pipe).named_parameters()), dict(denoiser(base).named_parameters())
     for key, value in delta.items():
         name = key.split(".", 1)[1]
+        assert value.abs().max() > 0, key
         torch.testing.assert_close(loaded[name], original[name] + value)
-    assert generate(pipe, ["a photo of a cat"], [0], steps=2).shape == (1, 32, 32, 3)
+    images = generate(pipe, ["a photo of a cat"], [0], steps=2)
+    assert images.shape == generate(base, ["a cat"], [0], steps=2).shape
+    mlflow.set_tracking_uri(f"sqlite:///{(home / 'mlflow.db').resolve()}")  # the pyfunc loads from the registry
+    served = mlflow.pyfunc.load_model(f"models:/tiny-{arch}/{version}").predict(["a photo of a cat"], {"steps": 2})
+    assert np.array_equal(served, images)  # seed 0, guidance 5: `generate`'s defaults
 
     exported = lethe("export", str(version), "exported")
     assert exported["version"] == version and exported["erased"] == ["cat"]
     again = DiffusionPipeline.from_pretrained(tmp_path / "exported", local_files_only=True)
-    assert type(again).__name__ == expected_class
+    assert type(again).__name__ == PIPELINE_CLASSES[arch]
     for name, value in loaded.items():
-        torch.testing.assert_close(dict(again.unet.named_parameters())[name], value)
+        torch.testing.assert_close(dict(denoiser(again).named_parameters())[name], value)
+    return checks

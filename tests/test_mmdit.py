@@ -279,7 +279,7 @@ def test_only_the_closed_forms_may_edit_an_mmdit_the_others_are_refused_in_one_l
 
 def test_the_loop_refuses_duge_on_an_sd3_pipeline_naming_the_method_and_the_denoiser(tmp_path):
     """Through `run_unlearning`, a loss method on an SD3 pipeline is refused before anything is written, in
-    one line naming the method and the denoiser (continual-uce there: tests/test_architectures.py)."""
+    one line naming the method and the denoiser (continual-uce runs there: tests/test_mmdit_pipelines.py)."""
     from diffusers import StableDiffusion3Pipeline
 
     from unlearning.config import UnlearnConfig

@@ -10,12 +10,20 @@ as its diffusers pipeline conditions it:
   encoders, concatenated (768 + 1280 = 2048 wide); `added_cond_kwargs` holds `text_embeds`, the second
   encoder's projected pooled embedding, and `time_ids`, (original size, crop top-left, target size).
 
+- `sd3` (`StableDiffusion3Pipeline`, an MMDiT `transformer`): the joint text tokens are CLIP-L's and CLIP-G's
+  penultimate hidden states concatenated, zero-padded to T5's width (`joint_attention_dim`) and joined with T5's
+  token states along the sequence (77 + 256 tokens); `pooled` is both CLIPs' projected pooled embeddings
+  concatenated.
+- `flux` (`FluxPipeline`): the joint text tokens are T5's token states (512); `pooled` is CLIP-L's pooled output.
+  Both are built by the pipeline's own `encode_prompt`, so they are what it conditions on.
+
 SD2.x differs from SD1.x in what the UNet *predicts* (v-prediction), not in how it is conditioned: that is
-`prediction_target`. A transformer-based pipeline (SD3, FLUX: an MMDiT `transformer`, no `unet`) has no attn2:
-its text reaches the image through joint attention. Only a closed form with an MMDiT parameter set (uce,
-continual-uce: `text-proj`, `mmdit_parameter_set`) can edit it, from prompt embeddings passed in; every
-other method is refused in one line naming the method and the denoiser. Prompts of these pipelines are not
-encoded here yet, so `architecture` (what the unlearning loop asks) refuses them all, in one line.
+`prediction_target`. An MMDiT (SD3, FLUX) has no attn2: its text reaches the image through joint attention,
+so only a closed form with an MMDiT parameter set (uce, continual-uce: `text-proj`, `mmdit_parameter_set`)
+edits it; every other method is refused in one line naming the method and the denoiser. Its tokens come in
+parts, one per encoder (`segments`): a closed form pairs a target prompt's tokens with its anchor prompt's
+within each part (unlearning/methods/uce.py `aligned_pairs`). The prompt attack and the inversion
+diagnostics call a UNet (`conditioned`, `encode_inputs`) and are not run on an MMDiT.
 """
 
 from __future__ import annotations
@@ -25,11 +33,16 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from unlearning.attention import word_token_mask
 from unlearning.config import ConfigError
+from unlearning.delta import denoiser
 from unlearning.methods import METHOD_NAMES, get_method
 
-SD, SDXL = "sd", "sdxl"
+SD, SDXL, SD3, FLUX = "sd", "sdxl", "sd3", "flux"
+MMDIT = (SD3, FLUX)
 CHUNK = 256  # prompts per text-encoder call
+CLIP_TOKENS = 77
+T5_TOKENS = {SD3: 256, FLUX: 512}  # the pipelines' default `max_sequence_length`: what they encode a prompt to
 
 
 @dataclass(frozen=True)
@@ -75,26 +88,25 @@ class Condition:
 
 
 def architecture(pipe, method: str | None = None) -> str:
-    """`sd` or `sdxl` (module docstring), from the pipeline's components.
+    """`sd`, `sdxl`, `sd3` or `flux` (module docstring), from the pipeline's components; `method`, when given,
+    must be able to edit that denoiser.
 
     Raises:
-        ConfigError: a pipeline without a `UNet2DConditionModel`: an MMDiT (SD3, FLUX) with a method that cannot
-            edit one (`mmdit_parameter_set`), or with one that can, whose prompts Lethe does not encode yet;
-            any other denoiser. One line naming the method, the pipeline and its denoiser.
+        ConfigError: an MMDiT (SD3, FLUX) with a method that cannot edit one (`mmdit_parameter_set`), or a
+            pipeline whose denoiser is neither a UNet with cross-attention nor an MMDiT. One line naming the
+            method, the pipeline and its denoiser.
     """
     unet = getattr(pipe, "unet", None)
     if unet is None or not hasattr(unet.config, "cross_attention_dim"):
-        denoiser = getattr(pipe, "transformer", None) or unet
-        what = f"{type(pipe).__name__} ({type(denoiser).__name__ if denoiser is not None else 'no denoiser'})"
-        if is_mmdit(denoiser) and method is not None:
-            mmdit_parameter_set(denoiser, method, what=what)  # refuses a method that cannot edit an MMDiT
-            raise ConfigError(
-                f"method {method} edits an MMDiT's text projections from prompt embeddings, but Lethe does not "
-                f"encode {what}'s prompts yet (SD1.x, SD2.x and SDXL run end to end)"
-            )
+        model = getattr(pipe, "transformer", None) or unet
+        what = f"{type(pipe).__name__} ({type(model).__name__ if model is not None else 'no denoiser'})"
+        if is_mmdit(model):
+            if method is not None:
+                mmdit_parameter_set(model, method, what=what)  # refuses a method that cannot edit an MMDiT
+            return SD3 if hasattr(pipe, "text_encoder_3") else FLUX
         raise ConfigError(
-            f"method {method or 'any UNet method'} edits a UNet's cross-attention; {what} has none "
-            "(SD1.x, SD2.x and SDXL can be edited)"
+            f"method {method or 'any method'} edits a UNet's cross-attention or an MMDiT's text projections; "
+            f"{what} has neither (SD1.x, SD2.x, SDXL, SD3 and FLUX can be edited)"
         )
     if getattr(pipe, "text_encoder_2", None) is not None and unet.config.get("addition_embed_type") == "text_time":
         return SDXL
@@ -131,7 +143,8 @@ def mmdit_parameter_set(transformer, method: str, *, what: str | None = None) ->
 
 def text_encoders(pipe) -> list[torch.nn.Module]:
     """Every text encoder the pipeline conditions on (frozen by the unlearning step)."""
-    return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    return [e for e in (getattr(pipe, name, None) for name in names) if e is not None]
 
 
 def _ids(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -159,8 +172,18 @@ def time_ids(pipe, batch: int) -> torch.Tensor:
 
 
 def text_pairs(pipe) -> list[tuple[object, torch.nn.Module]]:
-    """(tokenizer, text encoder) of every encoder the UNet's condition is built from, in order."""
-    if architecture(pipe) == SD:
+    """(tokenizer, text encoder) of every encoder the UNet's condition is built from, in order.
+
+    Raises:
+        ConfigError: an MMDiT (SD3, FLUX): its prompts are encoded by its pipeline (`encode`); input embeddings
+            given in place of its encoders' lookups (the attack, the inversions) are not supported there.
+    """
+    if (arch := architecture(pipe)) in MMDIT:
+        raise ConfigError(
+            f"{type(pipe).__name__}: given input embeddings (the prompt attack, the inversions) run on UNet "
+            "pipelines only (SD1.x, SD2.x, SDXL)"
+        )
+    if arch == SD:
         return [(pipe.tokenizer, pipe.text_encoder)]
     return [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
 
@@ -199,6 +222,8 @@ def encode(pipe, prompts: list[str]) -> Condition:
     """The UNet's condition for `prompts` (module docstring), padded to the tokenizer's length, float32."""
     if not prompts:  # an empty batch of the right widths
         return encode(pipe, [""])[:0]
+    if (arch := architecture(pipe)) in MMDIT:
+        return _encode_mmdit(pipe, arch, prompts)
     chunks = [
         encode_inputs(
             pipe, lambda tokenizer, _table, chunk=prompts[start : start + CHUNK]: (_ids(tokenizer, chunk), None)
@@ -212,6 +237,54 @@ def encode(pipe, prompts: list[str]) -> Condition:
     return Condition(torch.cat([c.hidden for c in chunks]), pooled, time)
 
 
+def _encode_mmdit(pipe, arch: str, prompts: list[str]) -> Condition:
+    """An MMDiT's joint text tokens and pooled embedding (module docstring), from the pipeline's own
+    `encode_prompt` at its default T5 length, float32."""
+    hidden, pooled = [], []
+    for start in range(0, len(prompts), CHUNK):
+        chunk = prompts[start : start + CHUNK]
+        if arch == SD3:
+            tokens, _, chunk_pooled, _ = pipe.encode_prompt(
+                chunk,
+                None,
+                None,
+                device=pipe.device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=T5_TOKENS[SD3],
+            )
+        else:
+            tokens, chunk_pooled, _ = pipe.encode_prompt(
+                chunk, None, device=pipe.device, max_sequence_length=T5_TOKENS[FLUX]
+            )
+        hidden.append(tokens.float())
+        pooled.append(chunk_pooled.float())
+    return Condition(torch.cat(hidden), torch.cat(pooled))
+
+
+def segments(pipe) -> tuple[tuple[object, int], ...]:
+    """The parts of the condition's token sequence, in order, one per tokenizer: (tokenizer, length). SD1.x/2.x
+    and SDXL: one (SDXL's two encoders share positions); SD3: CLIP's 77 (CLIP-L and CLIP-G side by side), then
+    T5's 256; FLUX: T5's 512."""
+    arch = architecture(pipe)
+    if arch == SD3:
+        return ((pipe.tokenizer, CLIP_TOKENS), (pipe.tokenizer_3, T5_TOKENS[SD3]))
+    if arch == FLUX:
+        return ((pipe.tokenizer_2, T5_TOKENS[FLUX]),)
+    return ((pipe.tokenizer, pipe.tokenizer.model_max_length),)
+
+
+def word_tokens(pipe, prompts: list[str], words: list[str]) -> torch.Tensor:
+    """(N, T) bool over the condition's tokens: True at `words[i]`'s tokens in `prompts[i]`, in every part
+    (`segments`), on the pipeline's device."""
+    masks = [word_token_mask(tokenizer, prompts, words, length) for tokenizer, length in segments(pipe)]
+    return torch.cat(masks, dim=1).to(pipe.device)
+
+
+def segment_lengths(pipe) -> tuple[int, ...]:
+    """The lengths of the condition's token parts (`segments`): what a closed form pairs tokens within."""
+    return tuple(length for _, length in segments(pipe))
+
+
 def pipeline_kwargs(condition: Condition, negative: Condition) -> dict:
     """A condition and its negative as a diffusers pipeline's `prompt_embeds` keyword arguments (SDXL: with
     the pooled embeddings; the pipeline adds the time ids itself)."""
@@ -222,8 +295,9 @@ def pipeline_kwargs(condition: Condition, negative: Condition) -> dict:
 
 
 def width(pipe) -> int:
-    """D, the width of the token embeddings every attn2 to_k/to_v maps."""
-    return pipe.unet.config.cross_attention_dim
+    """D, the width of the token embeddings every attn2 to_k/to_v maps (an MMDiT's `context_embedder`)."""
+    model = denoiser(pipe)
+    return model.config.joint_attention_dim if is_mmdit(model) else model.config.cross_attention_dim
 
 
 def conditioned(unet: Callable) -> Callable:

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from unlearning.attention import word_token_mask
-from unlearning.conditioning import encode, width
+from unlearning.conditioning import MMDIT, architecture, encode, width, word_tokens
 from unlearning.config import UnlearnConfig
 from unlearning.files import save_torch
 from unlearning.methods import get_method
@@ -100,25 +99,30 @@ def prepare_data(
     return forget, keep
 
 
-def gram(pipe, prompts: list[str]) -> torch.Tensor:
-    """Σ e eᵀ over every token of `prompts` (padding included, as the UNet attends to it), float64."""
-    dim = width(pipe)
-    total = torch.zeros(dim, dim, dtype=torch.float64, device=pipe.device)
-    for start in range(0, len(prompts), 256):
-        tokens = encode(pipe, prompts[start : start + 256]).hidden.reshape(-1, dim).double()
-        total += tokens.T @ tokens
+def gram(pipe, prompts: list[str], *, pooled: bool = False) -> torch.Tensor:
+    """Σ e eᵀ over every token of `prompts` (padding included, as the UNet attends to it), float64; with
+    `pooled`, over the prompts' pooled embeddings (an MMDiT's pooled projection reads one per prompt)."""
+    total = 0
+    for start in range(0, max(len(prompts), 1), 256):
+        condition = encode(pipe, prompts[start : start + 256])  # no prompts: an empty batch of the right widths
+        rows = (condition.pooled if pooled else condition.hidden.reshape(-1, width(pipe))).double()
+        total = total + rows.T @ rows
     return total
 
 
 def encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
     """A concept's target/anchor prompt pairs as the token embeddings cross-attention maps (a closed form's
-    pairs: unlearning/conditioning.py `Condition.hidden`) and word-token masks."""
-    length = pipe.tokenizer.model_max_length
+    pairs: unlearning/conditioning.py `Condition.hidden`) and word-token masks; on an MMDiT (SD3, FLUX) with
+    the prompts' pooled embeddings, which its pooled projection reads."""
+    target, anchor = encode(pipe, pairs.target), encode(pipe, pairs.anchor)
+    mmdit = architecture(pipe) in MMDIT
     return EncodedPairs(
         pairs.concept,
-        encode(pipe, pairs.target).hidden,
-        encode(pipe, pairs.anchor).hidden,
-        word_token_mask(pipe.tokenizer, pairs.target, pairs.target_words, length).to(pipe.device),
-        word_token_mask(pipe.tokenizer, pairs.anchor, pairs.anchor_words, length).to(pipe.device),
+        target.hidden,
+        anchor.hidden,
+        word_tokens(pipe, pairs.target, pairs.target_words),
+        word_tokens(pipe, pairs.anchor, pairs.anchor_words),
         pairs.anchor_words[0] if pairs.anchor_words else "",
+        target_pooled=target.pooled if mmdit else None,
+        anchor_pooled=anchor.pooled if mmdit else None,
     )

@@ -1,7 +1,8 @@
 """Model deltas: what one unlearning step changed, stored as "trained tensors minus base".
 
 A delta holds, for every tensor the step trained, θ_trained − θ_0 (θ_0 = the *base* model, not the
-parent), keyed by "<component>.<state-dict key>" (e.g. "unet.down_blocks.1...attn2.to_k.weight").
+parent), keyed by "<component>.<state-dict key>" (e.g. "unet.down_blocks.1...attn2.to_k.weight"; on an MMDiT,
+SD3 or FLUX, the denoiser is the pipeline's `transformer`: "transformer.context_embedder.weight").
 Since a step starts from its parent, θ_trained already contains the parent's changes to the tensors it
 trains; tensors it does not train keep the parent's values. So a version's weights are the base with
 the deltas of its lineage applied oldest first, each overwriting what it covers:
@@ -17,7 +18,26 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 
 DELTA_FORMAT = "lethe-delta/1"
-COMPONENTS = ("unet", "text_encoder")
+DENOISERS = ("unet", "transformer")  # the pipeline component that denoises: a UNet, or an MMDiT (SD3, FLUX)
+COMPONENTS = (*DENOISERS, "text_encoder")
+
+
+def denoiser_component(pipe) -> str:
+    """The name of the pipeline's denoiser component, `unet` or `transformer` (the one place that says which):
+    what a delta's keys are prefixed with and what an unlearning step edits.
+
+    Raises:
+        ValueError: the pipeline has neither.
+    """
+    for name in DENOISERS:
+        if getattr(pipe, name, None) is not None:
+            return name
+    raise ValueError(f"{type(pipe).__name__} has no denoiser ({' or '.join(DENOISERS)})")
+
+
+def denoiser(pipe) -> torch.nn.Module:
+    """The pipeline's UNet or MMDiT transformer (`denoiser_component`)."""
+    return getattr(pipe, denoiser_component(pipe))
 
 
 def compute_delta(
@@ -82,7 +102,7 @@ def apply_delta_files(pipe, paths: list[str | Path]) -> set[str]:
     proportion to the deltas, not to the model.
     """
     deltas = [load_delta(path)[0] for path in paths]
-    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+    modules = {denoiser_component(pipe): denoiser(pipe), "text_encoder": pipe.text_encoder}
     base_state: dict[str, dict[str, torch.Tensor]] = {name: {} for name in modules}
     for key in {key for delta in deltas for key in delta}:
         component, name = key.split(".", 1)

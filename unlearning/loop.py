@@ -24,11 +24,21 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from tqdm.auto import tqdm
 
 from unlearning import domain
-from unlearning.attention import record_cross_attention, word_token_mask
-from unlearning.conditioning import architecture, conditioned, encode, prediction_target, text_encoders
+from unlearning.attention import record_cross_attention
+from unlearning.conditioning import (
+    MMDIT,
+    architecture,
+    conditioned,
+    encode,
+    mmdit_parameter_set,
+    prediction_target,
+    segment_lengths,
+    text_encoders,
+    word_tokens,
+)
 from unlearning.config import ConfigError, UnlearnConfig
 from unlearning.data import encode_pairs, gram, prepare_data
-from unlearning.delta import apply_deltas, compute_delta, load_delta, save_delta
+from unlearning.delta import apply_deltas, compute_delta, denoiser, denoiser_component, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
 from unlearning.methods.context import EditContext, StepContext
@@ -89,10 +99,11 @@ def finished_summary(out_dir: Path, cfg: UnlearnConfig) -> dict | None:
 
 @torch.no_grad()
 def _apply_finished(pipe, out_dir: Path, base_values: dict[str, torch.Tensor]) -> None:
-    """Set the parent's UNet to what the finished step trained: base + its delta on the tensors it covers."""
+    """Set the parent's denoiser to what the finished step trained: base + its delta on the tensors it covers."""
     delta, _ = load_delta(out_dir / DELTA_FILE)
     names = [key.split(".", 1)[1] for key in delta]
-    apply_deltas({"unet": pipe.unet}, {"unet": {n: base_values[n] for n in names}}, [delta])
+    component = denoiser_component(pipe)
+    apply_deltas({component: denoiser(pipe)}, {component: {n: base_values[n] for n in names}}, [delta])
 
 
 def run_unlearning(
@@ -108,7 +119,7 @@ def run_unlearning(
     progress: bool = True,
     lineage: dict[str, torch.Tensor] | None = None,
 ) -> dict:
-    """Train one unlearning step on `pipe` (the parent; its UNet is modified in place) and write
+    """Train one unlearning step on `pipe` (the parent; its denoiser is modified in place) and write
     `out_dir/delta.safetensors` (θ − θ_0 for the trained tensors) and `out_dir/summary.json`.
 
     A step that already finished in `out_dir` under the same config is not trained again: its delta is
@@ -117,17 +128,21 @@ def run_unlearning(
 
     Args:
         prompts: the request's prompt sets, built by the lineage's world (unlearning/world.py).
-        base_values: θ_0 — the *base* model's values of (at least) every UNet tensor the set trains,
-            keyed by UNet state-dict name.
+        base_values: θ_0 — the *base* model's values of (at least) every denoiser tensor the set trains,
+            keyed by state-dict name (of the UNet, or of an MMDiT's `transformer`).
         model_sha: the parent's identity, keying the cache of its generated latents.
         lineage: the parent version's lineage terms (`lineage.safetensors`), for a closed form that
             re-solves from the base; the new version's are written beside its delta.
 
     Raises:
-        ConfigError: an invalid config, or a base whose architecture the method cannot edit (nothing written).
+        ConfigError: an invalid config, or a base whose architecture the method cannot edit (nothing written):
+            on an MMDiT (SD3, FLUX) only a closed form with an MMDiT set runs (`mmdit_parameter_set`).
     """
     cfg.validate()
-    architecture(pipe, cfg.method)  # SD1.x/2.x or SDXL; a transformer (SD3, FLUX) is refused here
+    arch = architecture(pipe, cfg.method)  # SD1.x/2.x, SDXL, or an MMDiT for a method that can edit one
+    component = denoiser_component(pipe)  # `unet`, or an MMDiT's `transformer`
+    # the set the step trains: an MMDiT's is the method's MMDIT_PARAMS (its text projections), whatever was asked
+    params = mmdit_parameter_set(denoiser(pipe), cfg.method) if arch in MMDIT else cfg.params
     if (done := finished_summary(out_dir, cfg)) is not None:
         _apply_finished(pipe, out_dir, base_values)
         return {**done, "reused": True}
@@ -136,10 +151,11 @@ def run_unlearning(
     method = get_method(cfg.method)
     started = time.perf_counter()
 
-    # -- setup: student = the parent's UNet, trained in place; a frozen copy is the parent θ_p
-    student = pipe.unet
-    parent = copy.deepcopy(student).requires_grad_(False).eval()
-    names = trainable_names(student, cfg.params)  # the UNet tensors the delta covers
+    # -- setup: student = the parent's UNet (an MMDiT's transformer), trained in place; a frozen copy is θ_p
+    student = denoiser(pipe)
+    closed_form = method.KIND == "edit"  # an edit from the prompts' embeddings: no images, no steps
+    parent = None if closed_form else copy.deepcopy(student).requires_grad_(False).eval()
+    names = trainable_names(student, params)  # the denoiser tensors the delta covers
     if cfg.params == "lora":  # low-rank adapters on attn2 train (and checkpoint); merged into `names` at save time
         trained = add_lora(student, rank=cfg.lora_rank, seed=cfg.seed)
     else:
@@ -149,7 +165,10 @@ def run_unlearning(
     for encoder in text_encoders(pipe):
         encoder.requires_grad_(False)
     pipe.vae.requires_grad_(False)
-    student_maps, parent_maps = record_cross_attention(student), record_cross_attention(parent)
+    # a loss method reads attn2 maps (a closed form reads none; an MMDiT has no attn2)
+    student_maps, parent_maps = (
+        (None, None) if closed_form else (record_cross_attention(student), record_cross_attention(parent))
+    )
     optimizer = torch.optim.AdamW(trained_params, lr=cfg.lr, weight_decay=0.0)
     forward = torch.compile(student) if cfg.compile else student
     if (
@@ -164,7 +183,6 @@ def run_unlearning(
 
     # -- data: target/anchor pairs, preserve + replay prompts (each a Condition, as the architecture's UNet
     # reads it: unlearning/conditioning.py), the parent's images of them (latents)
-    closed_form = method.KIND == "edit"  # an edit from the prompts' embeddings: no images, no steps
     world_preserve = prompts.preserve
     if cfg.broad_prompts and not closed_form:
         # broad prior preservation: the method's half of the vocabulary joins the preserve set, distilled
@@ -193,16 +211,16 @@ def run_unlearning(
         forget_latents, keep_latents = (
             x.to(device) for x in prepare_data(pipe, cfg, prompts, model_sha=model_sha, cache_dir=cache_dir)
         )
-    max_tokens = pipe.tokenizer.model_max_length
     target_embeds, anchor_embeds = encode(pipe, prompts.target), encode(pipe, prompts.anchor)
     keep_embeds, empty_embed = encode(pipe, keep_prompts), encode(pipe, [""])
     concept_embed = encode(pipe, [f"a {cfg.concept}"]) if prompts.mined else None  # the target named plainly
-    target_tokens = word_token_mask(pipe.tokenizer, prompts.target, prompts.target_words, max_tokens).to(device)
-    anchor_tokens = word_token_mask(pipe.tokenizer, prompts.anchor, prompts.anchor_words, max_tokens).to(device)
-    scheduler = pipe.scheduler
-    alphas = scheduler.alphas_cumprod.to(device)
-    prediction_type = scheduler.config.get("prediction_type", "epsilon")  # SD2.x: v_prediction
-    train_steps = scheduler.config.num_train_timesteps
+    target_tokens = word_tokens(pipe, prompts.target, prompts.target_words)
+    anchor_tokens = word_tokens(pipe, prompts.anchor, prompts.anchor_words)
+    if not closed_form:  # the noise schedule of a loss method's steps
+        scheduler = pipe.scheduler
+        alphas = scheduler.alphas_cumprod.to(device)
+        prediction_type = scheduler.config.get("prediction_type", "epsilon")  # SD2.x: v_prediction
+        train_steps = scheduler.config.num_train_timesteps
 
     # -- edit: a closed-form method edits once, instead of training; a loss method with a `START` closed
     # form trains from that edit (its K/V solved from the base first, then the steps; unlearning/methods)
@@ -211,10 +229,20 @@ def run_unlearning(
     edit_method = method if closed_form else (get_method(method.START) if hasattr(method, "START") else None)
     edited: set[str] = set()
     if edit_method is not None:
-        edited = set(trainable_names(student, edit_method.PARAMS))
+        edited = set(trainable_names(student, params if closed_form else edit_method.PARAMS))
         # the broad Gram's prompts: a closed form's `broad_prompts`; a start edit's own (the loss method's
         # `broad_prompts` are its preserve prompts)
         broad_gram_prompts = cfg.broad_prompts if closed_form else getattr(edit_method, "BROAD_PROMPTS", 0)
+        broad = broad_prompts(pipe.tokenizer, broad_gram_prompts, seed=cfg.seed) if broad_gram_prompts else None
+        # an MMDiT's pooled projection is edited from the prompts' pooled embeddings (SDXL's pooled: untouched)
+        preserve_embeds, replay_embeds = encode(pipe, world_preserve), encode(pipe, prompts.replay)
+        conditions = {
+            "target": target_embeds,
+            "anchor": anchor_embeds,
+            "preserve": preserve_embeds,
+            "replay": replay_embeds,
+        }
+        pooled = {f"{k}_pooled": c.pooled for k, c in conditions.items()} if arch in MMDIT else {}
         edit = EditContext(
             trained={n: p for n, p in trained.items() if n in edited},
             base_values={n: v for n, v in base.items() if n in edited},
@@ -222,16 +250,17 @@ def run_unlearning(
             anchor_embeds=anchor_embeds.hidden,
             target_tokens=target_tokens,
             anchor_tokens=anchor_tokens,
-            preserve_embeds=encode(pipe, world_preserve).hidden,
-            replay_embeds=encode(pipe, prompts.replay).hidden,
+            preserve_embeds=preserve_embeds.hidden,
+            replay_embeds=replay_embeds.hidden,
             hyper=cfg.hyper,
             concept=cfg.concept,
             anchor=prompts.anchor_words[0] if prompts.anchor_words else "",
             earlier=tuple(encode_pairs(pipe, pairs) for pairs in prompts.earlier),
             lineage=lineage,
-            broad_gram=gram(pipe, broad_prompts(pipe.tokenizer, broad_gram_prompts, seed=cfg.seed))
-            if broad_gram_prompts
-            else None,
+            broad_gram=None if broad is None else gram(pipe, broad),
+            broad_pooled_gram=None if broad is None or arch not in MMDIT else gram(pipe, broad, pooled=True),
+            segments=segment_lengths(pipe),
+            **pooled,
         )
         last = {f"edit/{k}" if not closed_form else k: v for k, v in edit_method.edit(edit).items()}
         if edit.lineage_out is not None:
@@ -342,18 +371,19 @@ def run_unlearning(
                 )
     student.eval()
     student.requires_grad_(False)
-    student.set_attn_processor(AttnProcessor2_0())  # sampling after training needs no recorded maps
+    if student_maps is not None:
+        student.set_attn_processor(AttnProcessor2_0())  # sampling after training needs no recorded maps
 
     if cfg.params == "lora":
         merge_lora(student)  # W ← W + B·A, adapters removed: pipe.unet is a plain UNet again
 
     # -- save: the delta from the base for the trained tensors, and a summary
     final = dict(student.named_parameters())
-    delta = compute_delta({n: final[n].detach() for n in names}, {n: base[n] for n in names})
+    delta = compute_delta({n: final[n].detach() for n in names}, {n: base[n] for n in names}, component)
     header = {
         "concept": cfg.concept,
         "method": cfg.method,
-        "params": cfg.params,
+        "params": params,
         "steps": 0 if closed_form else cfg.steps,
         "parent_sha256": model_sha,
         **(metadata or {}),
@@ -363,6 +393,7 @@ def run_unlearning(
         "config": config_record,
         "delta": str(out_dir / DELTA_FILE),
         "delta_sha256": sha256_file(out_dir / DELTA_FILE),
+        "params": params,  # the set trained: on an MMDiT its text projections, whatever the config's default
         "trained_tensors": len(names),
         "trained_parameters": sum(p.numel() for p in trained_params),
         "final_terms": last,

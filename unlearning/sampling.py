@@ -28,9 +28,9 @@ def load_model(
 ) -> DiffusionPipeline:
     """Load a base pipeline: the shapes base (None or "shapes") or a local diffusers directory, as the class
     its `model_index.json` names (`StableDiffusionPipeline` for SD1.x/2.x, `StableDiffusionXLPipeline` for
-    SDXL, ...: diffusers' `DiffusionPipeline.from_pretrained` reads `_class_name`), so that sampling conditions
-    the UNet as the architecture does. A model folder (base plus deltas) is registry/loading.py
-    `load_parent`'s, the one loader that verifies it.
+    SDXL, `StableDiffusion3Pipeline`, `FluxPipeline`: diffusers' `DiffusionPipeline.from_pretrained` reads
+    `_class_name`), so that sampling conditions the denoiser as the architecture does. A model folder (base
+    plus deltas) is registry/loading.py `load_parent`'s, the one loader that verifies it.
 
     Raises:
         FileNotFoundError: `model` is neither "shapes" nor an existing diffusers directory.
@@ -74,11 +74,23 @@ def model_identity(model: str | Path | None) -> tuple[str, str]:
 SCHEDULERS = ("ddim", "dpm++", "euler", "pndm")
 
 
+def flow_matching(pipe: DiffusionPipeline) -> bool:
+    """Whether the pipeline samples by flow matching (SD3, FLUX: a `FlowMatch…Scheduler`), not by a DDPM schedule."""
+    return type(pipe.scheduler).__name__.startswith("FlowMatch")
+
+
+def default_scheduler(pipe: DiffusionPipeline) -> str:
+    """The sampler `lethe evaluate` uses unless told: DDIM on a DDPM schedule, a flow-matching model's own Euler."""
+    return "euler" if flow_matching(pipe) else "ddim"
+
+
 def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
-    """Swap the sampler, keeping the model's noise schedule.
+    """Swap the sampler, keeping the model's noise schedule. A flow-matching pipeline (SD3, FLUX) keeps its own
+    `FlowMatchEulerDiscreteScheduler`, which is `euler`; the DDPM samplers do not apply to it.
 
     Raises:
         ValueError: unknown scheduler name.
+        ConfigError: a sampler other than `euler` for a flow-matching pipeline.
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
@@ -90,6 +102,15 @@ def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     }
     if name not in classes:
         raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}")
+    if flow_matching(pipe):
+        if name != "euler":
+            from unlearning.config import ConfigError
+
+            raise ConfigError(
+                f"{type(pipe).__name__} samples by flow matching ({type(pipe.scheduler).__name__}): "
+                f"scheduler euler only, not {name}"
+            )
+        return
     if not isinstance(pipe.scheduler, classes[name]):
         pipe.scheduler = classes[name].from_config(pipe.scheduler.config)
 
@@ -125,18 +146,13 @@ def generate(
 
     Classifier-free guidance runs conditional and unconditional halves in one UNet batch (diffusers
     does this); each image uses `torch.Generator().manual_seed(seed)` on the CPU so results do not
-    depend on the device's RNG or on batching.
+    depend on the device's RNG or on batching. An MMDiT pipeline (SD3, FLUX) samples through its own call
+    (`_generate_mmdit`).
     """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
-    if getattr(pipe, "unet", None) is None:  # an MMDiT (SD3, FLUX): its latents and prompts are not ours yet
-        from unlearning.config import ConfigError
-
-        denoiser = getattr(pipe, "transformer", None)
-        raise ConfigError(
-            f"Lethe samples UNet pipelines (SD1.x, SD2.x, SDXL); {type(pipe).__name__} "
-            f"({type(denoiser).__name__ if denoiser is not None else 'no denoiser'}) is not one yet"
-        )
+    if getattr(pipe, "unet", None) is None:  # an MMDiT (SD3, FLUX): flow matching, FLUX's latents packed
+        return _generate_mmdit(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size)
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk_prompts = prompts[start : start + batch_size]
@@ -155,6 +171,27 @@ def generate(
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
             latents=latents,
+            output_type="np",
+        )
+        images.append((np.clip(out.images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    return np.concatenate(images)
+
+
+def _generate_mmdit(pipe, prompts, seeds, *, steps: int, guidance_scale: float, batch_size: int) -> np.ndarray:
+    """`generate` for an MMDiT pipeline (SD3, FLUX), through its own `__call__` at its default size: its flow-
+    matching scheduler, its encoding of the prompts, its latent layout (FLUX packs 2x2 patches). Image k's
+    initial noise is drawn by its own generator, seeded with seeds[k] (diffusers' `randn_tensor` draws a list of
+    generators one row each), so it does not depend on the batch. SD3 applies `guidance_scale` as
+    classifier-free guidance; FLUX as its guidance embedding where the transformer has one (FLUX.1-dev; FLUX.1-
+    schnell ignores it)."""
+    images = []
+    for start in range(0, len(prompts), batch_size):
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        out = pipe(
+            prompts[start : start + batch_size],
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generators,
             output_type="np",
         )
         images.append((np.clip(out.images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))

@@ -140,7 +140,7 @@ def cmd_evaluate(args) -> int:
     from pipeline.evaluator import Evaluator
     from unlearning.evaluation.checks import probe_prompts
     from unlearning.open_plan import LineageConcepts
-    from unlearning.sampling import check_prompt, generate, use_scheduler
+    from unlearning.sampling import check_prompt, default_scheduler, generate, use_scheduler
 
     try:
         # the gate applies when a target is named or a policy is given: settings.policy unless --policy
@@ -159,8 +159,10 @@ def cmd_evaluate(args) -> int:
     try:
         for prompt in prompts:
             check_prompt(candidate.pipe.tokenizer, prompt)
+        # the sampler the evaluator records (and keys its image cache by): the evaluator holds this same dict
+        sampler["scheduler"] = args.scheduler or default_scheduler(candidate.pipe)
         for pipe in {id(candidate.pipe): candidate.pipe, id(base): base}.values():
-            use_scheduler(pipe, args.scheduler)
+            use_scheduler(pipe, sampler["scheduler"])
     except model_refusals() as error:
         raise BadInput(str(error)) from None
     probes = []
@@ -214,7 +216,12 @@ def evaluate_parser(commands) -> None:
     p.add_argument(
         "--policy", default=None, help="gate policy YAML (default: settings.policy, or the shipped one, when --target)"
     )
-    p.add_argument("--scheduler", default="ddim", choices=("ddim", "dpm++", "euler", "pndm"))
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        choices=("ddim", "dpm++", "euler", "pndm"),
+        help="sampler (default: ddim; a flow-matching model's (SD3, FLUX) own euler)",
+    )
     add_sampler_options(p)
     p.add_argument("--report", default=None, help="report folder (default <home>/reports/evaluate-TIME)")
     add_json(p)

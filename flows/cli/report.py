@@ -9,7 +9,7 @@ from flows.cli.common import in_range
 def sampler_from(config, args) -> dict:
     in_range("steps", args.steps, 1, 1000)
     return {
-        "scheduler": getattr(args, "scheduler", "ddim"),
+        "scheduler": getattr(args, "scheduler", None) or "ddim",  # `lethe evaluate` names a flow model's own
         "steps": config.sample_steps if args.steps is None else args.steps,
         "guidance_scale": config.guidance_scale if args.guidance is None else args.guidance,
     }

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from unlearning.conditioning import MMDIT, architecture
 from unlearning.evaluation.attack import AttackBudget, attack_concept
 from unlearning.evaluation.cache import ImageCache, generate_cached
 from unlearning.evaluation.checks import Judge, run_checks
@@ -60,8 +61,13 @@ def probe(
     candidate_pipe, base_pipe, judge, plan: EvaluationPlan, probes: Probes, *, sampler, base_sha256, cache
 ) -> tuple[dict, dict, dict, dict]:
     """The sweep and the attack for every concept of `probes.heads`; (results, sweep images, attack
-    images, seconds of each)."""
+    images, seconds of each). On an MMDiT (SD3, FLUX) the attack and the inversion diagnostics, which
+    optimise through a UNet's conditioning and noise schedule, are not run: `results["not_run"]` says so."""
     results, sweep_images, attack_images, seconds = {}, {}, {}, {}
+    if architecture(candidate_pipe) in MMDIT and probes.heads and (probes.attack is not None or probes.diagnostics):
+        reason = f"{type(candidate_pipe).__name__}: the attack and the inversions optimise through a UNet"
+        results["not_run"] = {name: reason for name in ("attack", "diagnostics")}
+        probes = replace(probes, attack=None, diagnostics=False)
     if probes.sweep is not None and probes.heads:
         started = time.perf_counter()
         prompts = sweep_prompts(candidate_pipe.tokenizer, probes.names, probes.sweep)

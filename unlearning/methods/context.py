@@ -80,6 +80,9 @@ class EditContext:
     preserve_pooled: torch.Tensor | None = None
     replay_pooled: torch.Tensor | None = None
     broad_pooled_gram: torch.Tensor | None = None  # (P, P) Σ g gᵀ over the broad prompts' pooled embeddings
+    # the lengths of the token sequence's parts, one per encoder, each paired on its own (SD3: CLIP's 77, T5's
+    # 256; unlearning/conditioning.py `segments`); () is one part
+    segments: tuple[int, ...] = ()
 
 
 @dataclass

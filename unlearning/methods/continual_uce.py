@@ -182,9 +182,10 @@ class FreshTerms:
     anchor: str
 
     @classmethod
-    def of(cls, pairs: EditContext | EncodedPairs) -> FreshTerms:
+    def of(cls, pairs: EditContext | EncodedPairs, segments: tuple[int, ...] = ()) -> FreshTerms:
+        """The token pairs of `pairs`, each part of the sequence (`segments`, uce.aligned_pairs) on its own."""
         keys, anchors = aligned_pairs(
-            pairs.target_embeds, pairs.anchor_embeds, pairs.target_tokens, pairs.anchor_tokens
+            pairs.target_embeds, pairs.anchor_embeds, pairs.target_tokens, pairs.anchor_tokens, segments
         )
         return cls(keys, anchors, *concept_terms(keys, anchors), pairs.anchor)
 
@@ -216,8 +217,8 @@ def edit(ctx: EditContext) -> dict[str, float]:
             f"continual UCE edits attn2 to_k/to_v (an MMDiT: its text projections) only, not {', '.join(others[:3])}"
         )
     terms = {k: v.double() if v.is_floating_point() else v for k, v in (ctx.lineage or {}).items()}
-    fresh = {pairs.concept: FreshTerms.of(pairs) for pairs in ctx.earlier}  # computed (and hardened) now
-    fresh[ctx.concept] = FreshTerms.of(ctx)
+    fresh = {pairs.concept: FreshTerms.of(pairs, ctx.segments) for pairs in ctx.earlier}  # computed (and hardened) now
+    fresh[ctx.concept] = FreshTerms.of(ctx, ctx.segments)
     tokens = {name: weight for name, weight in ctx.trained.items() if not name.endswith(POOLED)}
     metrics = _re_solve(ctx, tokens, fresh, terms, (CROSS, GRAM), ctx.preserve_embeds, ctx.broad_gram, hyper)
     if pooled := {name: weight for name, weight in ctx.trained.items() if name.endswith(POOLED)}:

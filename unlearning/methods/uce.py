@@ -58,13 +58,22 @@ POOLED = ("time_text_embed.text_embedder.linear_1.weight",)  # an MMDiT's map of
 
 
 def aligned_pairs(
-    target_embeds: torch.Tensor, anchor_embeds: torch.Tensor, target_tokens: torch.Tensor, anchor_tokens: torch.Tensor
+    target_embeds: torch.Tensor,
+    anchor_embeds: torch.Tensor,
+    target_tokens: torch.Tensor,
+    anchor_tokens: torch.Tensor,
+    segments: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_i, c*_i) token-embedding pairs, (N, D) each, from prompt pairs (B, T, D) that differ only in
     the concept word: tokens before the word pair by position, tokens after it by their offset from
     the word's end, and the word's own tokens pair with the mean of the anchor word's tokens — or, with
     an empty anchor, with the token before the gap (as UCE maps a concept erased "to nothing" onto the
-    start token). A prompt whose word was not found gives no pair."""
+    start token). A prompt whose word was not found gives no pair. `segments`: the lengths of the sequence's
+    parts, one per encoder (SD3: CLIP's 77 tokens, then T5's), each paired on its own; () is one part."""
+    if len(segments) > 1:
+        split = [x.split(list(segments), dim=1) for x in (target_embeds, anchor_embeds, target_tokens, anchor_tokens)]
+        parts = [aligned_pairs(*part) for part in zip(*split)]
+        return torch.cat([keys for keys, _ in parts]), torch.cat([values for _, values in parts])
     length = target_embeds.shape[1]
     positions = torch.arange(length, device=target_embeds.device)
     keys, values = [], []
@@ -81,6 +90,8 @@ def aligned_pairs(
         context = (positions < start) | ((positions >= end) & (source < length))
         keys += [c[context], c[start:end]]
         values += [c_star[source[context]], c_star[anchor_span].mean(0, keepdim=True).expand(end - start, -1)]
+    if not keys:  # no prompt of this part holds the word
+        return target_embeds.new_zeros(0, target_embeds.shape[-1]), anchor_embeds.new_zeros(0, target_embeds.shape[-1])
     return torch.cat(keys), torch.cat(values)
 
 
@@ -122,7 +133,9 @@ def edit(ctx: EditContext) -> dict[str, float]:
         raise ValueError(
             f"UCE edits attn2 to_k/to_v (an MMDiT: its text projections) only, not {', '.join(others[:3])}"
         )
-    keys, anchors = aligned_pairs(ctx.target_embeds, ctx.anchor_embeds, ctx.target_tokens, ctx.anchor_tokens)
+    keys, anchors = aligned_pairs(
+        ctx.target_embeds, ctx.anchor_embeds, ctx.target_tokens, ctx.anchor_tokens, ctx.segments
+    )
     # the parent's images of earlier concepts are kept as they are (already erased in the parent)
     kept = torch.cat([ctx.preserve_embeds, ctx.replay_embeds])
     spaces = {"": (keys, anchors, kept.reshape(-1, kept.shape[-1]))}  # prefix of its metrics -> its pairs

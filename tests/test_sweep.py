@@ -163,9 +163,9 @@ def relocating(shapes_pipe):
     return candidate, [SweepPrompt(p, "vocabulary") for p in ("a square", "a block", "a box", "a tile")]
 
 
-def _sweep(candidate, base, judges, prompts, tmp_path, seed_offset=0):
+def _sweep(candidate, base, judges, prompts, tmp_path, **size):
     size = SweepSize(
-        vocabulary_prompts=len(prompts), screen_seeds=4, confirm_prompts=3, confirm_seeds=12, seed_offset=seed_offset
+        **{"vocabulary_prompts": len(prompts), "screen_seeds": 4, "confirm_prompts": 3, "confirm_seeds": 12, **size}
     )
     return run_sweep(
         candidate,
@@ -243,20 +243,7 @@ def test_the_leak_fails_a_candidate_that_still_draws_and_passes_one_that_does_no
                 )
 
     def leak_of(candidate):
-        size = SweepSize(
-            vocabulary_prompts=len(prompts), screen_seeds=4, confirm_prompts=2, confirm_seeds=4, leak_seeds=24
-        )
-        results, images = run_sweep(
-            candidate,
-            shapes_pipe,
-            judges[0],
-            {"circle": "object"},
-            prompts,
-            size=size,
-            sampler=SAMPLER,
-            base_sha256=model_identity("shapes")[1],
-            cache=ImageCache(tmp_path / "cache"),
-        )
+        results, images = _sweep(candidate, shapes_pipe, judges, prompts, tmp_path, confirm_seeds=4, leak_seeds=24)
         decision = decide({"sweep": results}, load_policy())
         passed = [c.passed for c in decision.checks if c.metric == "sweep.concepts.circle.leak"]
         return results["concepts"]["circle"]["leak"], images, passed

@@ -84,6 +84,13 @@ def _rate(entry: dict) -> str:
     return f"{entry['k']}/{entry['n']} [{low:.2f}, {high:.2f}]" if entry.get("n") else "—"
 
 
+def _base_above_candidate(images: dict, stage: str, row: int, seeds: int):
+    """One prompt's images of a sweep stage ("confirm", "leak"), up to 16 seeds: the base's above the candidate's."""
+    shown = slice(row * seeds, row * seeds + min(seeds, 16))
+    stacked = np.concatenate([images[f"{stage}_base"][shown], images[f"{stage}_candidate"][shown]])
+    return upscale(image_grid(stacked, columns=min(seeds, 16)), 3)
+
+
 def _sweep_section(evaluation: Evaluation, folder: Path) -> str:
     """Per erased concept: relocations (the confirmed tests, base vs candidate on the confirming seeds),
     leaks, and the broad retention of the vocabulary prompts."""
@@ -100,31 +107,26 @@ def _sweep_section(evaluation: Evaluation, folder: Path) -> str:
             f"<td>{vocabulary['base']:.3f} → {vocabulary['candidate']:.3f}</td></tr>"
         )
         for number, test in enumerate(entry["tests"]):
-            row = images["confirm_prompts"].index(test["prompt"])
             seeds = len(images["confirm_base"]) // len(images["confirm_prompts"])
-            shown = slice(row * seeds, row * seeds + min(seeds, 16))
-            stacked = np.concatenate([images["confirm_base"][shown], images["confirm_candidate"][shown]])
+            grid = _base_above_candidate(images, "confirm", images["confirm_prompts"].index(test["prompt"]), seeds)
             verdict = "RELOCATED" if test["relocated"] else "not significant"
             caption = (
                 f"<b>{html.escape(concept)}</b> on “{html.escape(test['prompt'])}” ({html.escape(test['source'])}): "
                 f"base {test['base']['k']}/{test['base']['n']}, candidate {test['candidate']['k']}/"
                 f"{test['candidate']['n']}, p = {test['p_value']:.2g} — {verdict}"
             )
-            grid = upscale(image_grid(stacked, columns=min(seeds, 16)), 3)
             figures.append(_figure(folder, f"sweep-{concept}-{number}.png", grid, caption))
         for number, leaking in enumerate(leak["leaking"]):  # where the base draws it and the candidate still does
             if leaking["prompt"] not in images["leak_prompts"]:
                 continue
-            row, seeds = images["leak_prompts"].index(leaking["prompt"]), leak["fresh_seeds"]
-            shown = slice(row * seeds, row * seeds + min(seeds, 16))
-            stacked = np.concatenate([images["leak_base"][shown], images["leak_candidate"][shown]])
+            row = images["leak_prompts"].index(leaking["prompt"])
+            grid = _base_above_candidate(images, "leak", row, leak["fresh_seeds"])
             fresh = leaking["fresh"]
             caption = (
                 f"<b>{html.escape(concept)}</b> leaks on “{html.escape(leaking['prompt'])}” "
                 f"({html.escape(leaking['source'])}), fresh seeds: the base draws it {fresh['base']}/{fresh['n']}, "
                 f"the candidate still on {fresh['candidate_where_base_draws']} of those (base above, candidate below)"
             )
-            grid = upscale(image_grid(stacked, columns=min(seeds, 16)), 3)
             figures.append(_figure(folder, f"sweep-{concept}-leak-{number}.png", grid, caption))
     retention = sweep.get("retention")
     broad = ""

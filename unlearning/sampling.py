@@ -173,8 +173,13 @@ def generate(
             latents=latents,
             output_type="np",
         )
-        images.append((np.clip(out.images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+        images.append(_uint8(out.images))
     return np.concatenate(images)
+
+
+def _uint8(images: np.ndarray) -> np.ndarray:
+    """A pipeline's float images in [0, 1] (`output_type="np"`) as uint8, rounded."""
+    return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def _generate_mmdit(pipe, prompts, seeds, *, steps: int, guidance_scale: float, batch_size: int) -> np.ndarray:
@@ -194,7 +199,7 @@ def _generate_mmdit(pipe, prompts, seeds, *, steps: int, guidance_scale: float, 
             generator=generators,
             output_type="np",
         )
-        images.append((np.clip(out.images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+        images.append(_uint8(out.images))
     return np.concatenate(images)
 
 

@@ -12,17 +12,15 @@ import torch
 
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.gates import decide, load_policy
-from unlearning.evaluation.stats import fisher_greater
+from unlearning.evaluation.stats import fisher_greater, holm, total_variation
 from unlearning.evaluation.sweep import (
     VOCABULARY_TEMPLATES,
     SweepPrompt,
     SweepSize,
-    holm,
     leak_where_base_draws,
     name_variants,
     run_sweep,
     sweep_prompts,
-    total_variation,
     vocabulary_words,
 )
 from unlearning.sampling import model_identity

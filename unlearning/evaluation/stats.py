@@ -9,6 +9,8 @@
   p > p0 at level α — pass when P(X ≥ k | n, p0) ≤ α. With n = 60 and p0 = 0.85 it passes at
   k ≥ 56 (P(X ≥ 56 | 0.85) = 0.042: a false pass 4.2 % of the time at a true rate of 0.85; 55 of 60 gives
   0.097 and fails; power 82 % at a true rate of 0.95).
+- `holm` (Holm 1979): which of a family of one-sided tests to reject at family-wise error α;
+  `total_variation`: the distance between two label distributions (the sweep's shift of what a judge sees).
 
 Everything is deterministic: the bootstrap draws from a generator seeded by the caller.
 """
@@ -130,3 +132,24 @@ def rate(successes: np.ndarray, clusters: np.ndarray, *, seed: int = 0) -> dict:
         "bootstrap": list(cluster_bootstrap_interval(successes, clusters, seed=seed)),
         "prompts": int(len(np.unique(clusters))) if n else 0,
     }
+
+
+def holm(p_values: list[float], alpha: float) -> list[bool]:
+    """Holm's step-down procedure (Holm 1979): which of the hypotheses to reject at family-wise error α.
+
+    Sort the p-values; reject the i-th smallest (i = 0…m−1) while p_(i) ≤ α / (m − i); stop at the first
+    that is not."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    for rank, index in enumerate(order):
+        if p_values[index] > alpha / (len(p_values) - rank):
+            break
+        rejected[index] = True
+    return rejected
+
+
+def total_variation(a: np.ndarray, b: np.ndarray, classes: int) -> float:
+    """½ Σ_c |P_a(c) − P_b(c)| between the class frequencies of two label arrays."""
+    pa = np.bincount(a, minlength=classes) / max(len(a), 1)
+    pb = np.bincount(b, minlength=classes) / max(len(b), 1)
+    return float(0.5 * np.abs(pa - pb).sum())

@@ -196,27 +196,6 @@ def _top1(judge, images: np.ndarray) -> dict[str, np.ndarray]:
     return {head: p.argmax(axis=1) for head, p in judge.probabilities(images).items()}
 
 
-def holm(p_values: list[float], alpha: float) -> list[bool]:
-    """Holm's step-down procedure (Holm 1979): which of the hypotheses to reject at family-wise error α.
-
-    Sort the p-values; reject the i-th smallest (i = 0…m−1) while p_(i) ≤ α / (m − i); stop at the first
-    that is not."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    rejected = [False] * len(p_values)
-    for rank, index in enumerate(order):
-        if p_values[index] > alpha / (len(p_values) - rank):
-            break
-        rejected[index] = True
-    return rejected
-
-
-def total_variation(a: np.ndarray, b: np.ndarray, classes: int) -> float:
-    """½ Σ_c |P_a(c) − P_b(c)| between the class frequencies of two label arrays."""
-    pa = np.bincount(a, minlength=classes) / max(len(a), 1)
-    pb = np.bincount(b, minlength=classes) / max(len(b), 1)
-    return float(0.5 * np.abs(pa - pb).sum())
-
-
 def drawn_for_the_prompt(hits: np.ndarray, background: float) -> np.ndarray:
     """Which prompts a model draws the concept *for* (`hits`: (prompts, seeds) bool, the judge seeing it):
     on at least half of the seeds, and more often than `background`, its rate over prompts that do not
@@ -345,7 +324,7 @@ def run_sweep(
                     "p_value": stats.fisher_greater(cand_k, n, base_k, n),
                 }
             )
-    for test, rejected in zip(tests, holm([t["p_value"] for t in tests], alpha)):
+    for test, rejected in zip(tests, stats.holm([t["p_value"] for t in tests], alpha)):
         test["relocated"] = rejected
 
     # The leak's second stage: the prompts the base draws each concept for (screened), on fresh seeds for both.
@@ -415,7 +394,7 @@ def run_sweep(
         clusters = np.repeat(np.array(texts), k)[rows]
         distances = perceptual_distance(judge, candidate_vocabulary, base_vocabulary)
         shift = {
-            head: total_variation(candidate_top[head][rows], base_top[head][rows], len(classes))
+            head: stats.total_variation(candidate_top[head][rows], base_top[head][rows], len(classes))
             for head, classes in judge.heads.items()
         }
         frequencies = {

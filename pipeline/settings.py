@@ -42,8 +42,14 @@ class LetheSettings(BaseSettings):
     )
     judge_styles: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="open-world concepts the judge sees as styles (LETHE_JUDGE_STYLES=van gogh,ukiyo-e); "
-        "every other concept is an object",
+        description="open-world concepts the judge sees as styles (LETHE_JUDGE_STYLES=van gogh,ukiyo-e), also told "
+        "apart in its style head; every other concept is an object",
+    )
+    judge_objects: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="object classes the open world's judge also tells apart (LETHE_JUDGE_OBJECTS=circle,square): "
+        "what the model draws, so a candidate drawing another in place of an erased concept is read as it; "
+        "every listed class is retained too",
     )
     nudity_concepts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["nudity"],
@@ -132,14 +138,14 @@ class LetheSettings(BaseSettings):
         description="how long a drainer waits for its lineage's lock before leaving it to the holder",
     )
 
-    @field_validator("approvers", "judge_styles", "nudity_concepts", mode="before")
+    @field_validator("approvers", "judge_styles", "judge_objects", "nudity_concepts", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-    @field_validator("judge_styles", "nudity_concepts")
+    @field_validator("judge_styles", "judge_objects", "nudity_concepts")
     @classmethod
     def _concepts(cls, value: list[str]) -> list[str]:
         from registry.requests import normalise_concept  # compared with requests' concepts in their normal form
@@ -174,6 +180,15 @@ class LetheSettings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
+
+    @model_validator(mode="after")
+    def _one_head_per_concept(self) -> LetheSettings:
+        both = [name for name in self.judge_objects if name in self.judge_styles]
+        if both:
+            raise ValueError(
+                f"judge_objects and judge_styles both list {', '.join(both)}: a concept is one or the other"
+            )
+        return self
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> LetheSettings:

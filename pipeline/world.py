@@ -12,7 +12,8 @@ def world_for(settings: LetheSettings, concepts: LineageConcepts | None = None) 
     """`settings.world`; auto: the shapes world for the shipped base, an open world (any text) for any other.
 
     An open world is judged by `settings.judge_model` (a CLIP) over `concepts`, the request's target,
-    anchor, preserve and erased concepts: its judge must name them (unlearning/open_plan.py). Without
+    anchor, preserve and erased concepts, and the classes the operator lists (`judge_objects`,
+    `judge_styles`): its judge must name them (unlearning/open_plan.py). Without
     them it can still take requests and build their prompts, not plan an evaluation of a target."""
     name = settings.world
     if name == "auto":
@@ -24,6 +25,7 @@ def world_for(settings: LetheSettings, concepts: LineageConcepts | None = None) 
     return OpenWorld(
         settings.judge_model,
         styles=tuple(settings.judge_styles),
+        objects=tuple(settings.judge_objects),
         nudity_concepts=tuple(settings.nudity_concepts),
         concepts=concepts or LineageConcepts(),
         device=settings.device,

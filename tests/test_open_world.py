@@ -42,6 +42,19 @@ def test_the_settings_name_the_judge_and_its_styles_in_normal_form(tmp_path, mon
     assert world_for(LetheSettings(world="shapes")).name == "shapes"  # the shapes world ignores the judge
 
 
+def test_a_concept_listed_as_an_object_and_as_a_style_is_one_settings_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LETHE_JUDGE_OBJECTS", "circle, Striped ,ring")
+    monkeypatch.setenv("LETHE_JUDGE_STYLES", "striped,dotted")
+    with pytest.raises(ValueError, match="judge_objects and judge_styles both list striped: a concept is one or"):
+        LetheSettings(world="open")
+    monkeypatch.setenv("LETHE_JUDGE_STYLES", "dotted")
+    settings = LetheSettings(world="open", judge_model="/nowhere")
+    assert settings.judge_objects == ["circle", "striped", "ring"]
+    world = world_for(settings, LineageConcepts("circle"))
+    assert world.heads()["object"][:3] == ("circle", "striped", "ring") and world.heads()["style"][0] == "dotted"
+
+
 def test_the_judge_tells_the_lineage_s_concepts_from_distractors():
     world = OpenWorld("/nowhere", styles=("van gogh",), concepts=CONCEPTS)
     heads = world.heads()
@@ -49,6 +62,58 @@ def test_the_judge_tells_the_lineage_s_concepts_from_distractors():
     assert heads["object"][4:] == tuple(d for d in DISTRACTORS["object"] if d not in ("dog", "car"))  # named once
     assert heads["style"] == ("van gogh", *DISTRACTORS["style"])
     assert OpenWorld("/nowhere", concepts=LineageConcepts("bird")).heads()["object"].count("bird") == 1
+
+
+def test_the_judge_also_tells_apart_the_classes_the_operator_lists():
+    """Per head: the lineage's concepts, then the listed classes not named yet, then the distractors not named
+    yet; a listed style is judged in the style head, a listed object in the object head even where a style
+    distractor has its name."""
+    world = OpenWorld(
+        "/nowhere",
+        objects=("Square", "circle", "ring", "dog", "cartoon"),
+        styles=("striped", "van gogh"),
+        concepts=LineageConcepts("circle", preserve=("ring",)),
+    )
+    heads = world.heads()
+    assert heads["object"] == (
+        "circle",
+        "ring",
+        "square",
+        "dog",
+        "cartoon",
+        *(d for d in DISTRACTORS["object"] if d != "dog"),
+    )
+    assert heads["style"] == ("striped", "van gogh", *(d for d in DISTRACTORS["style"] if d != "cartoon"))
+    assert [world.head_of(c) for c in ("Striped", "square", "cartoon", "oil painting")] == [
+        "style",
+        "object",
+        "object",
+        "style",
+    ]
+    striped = OpenWorld("/nowhere", objects=("circle",), styles=("striped",), concepts=LineageConcepts("striped"))
+    assert striped.heads()["style"][0] == "striped" and "striped" not in striped.heads()["object"]
+    with pytest.raises(ValueError, match="listed both as objects and as styles: striped"):
+        OpenWorld(objects=("striped",), styles=("Striped",))
+
+
+def test_the_plan_retains_every_listed_class_it_does_not_forget(clip_dir):
+    """The shapes world's main job in the open world: the circle request retains ring (preserved) and every
+    other listed object and style, at the shapes world's sizes (>= 144 images a head, 24 a concept)."""
+    from unlearning.shapes.vocabulary import OBJECTS, STYLES
+
+    world = OpenWorld(clip_dir, objects=OBJECTS, styles=STYLES, concepts=LineageConcepts("circle", preserve=("ring",)))
+    plan = world.plan("circle", synonyms=("disc",), size=PlanSize())
+    sizes = {g: len(i) for g, i in plan.groups().items() if g.startswith("retain/")}
+    assert sizes == {
+        **{f"retain/in/{o}": 24 for o in ("ring", *(o for o in OBJECTS if o not in ("circle", "ring")))},
+        **{f"retain/cross/{s}": 24 for s in STYLES},
+    }
+    assert list(sizes)[0] == "retain/in/ring"  # the lineage's concepts first
+    star = OpenWorld(clip_dir, objects=OBJECTS, styles=STYLES, concepts=LineageConcepts("star", erased=("circle",)))
+    retained = {g for g in star.plan("star", erased=("circle",), size=PlanSize.quick(3)).groups() if "retain" in g}
+    assert retained == {f"retain/in/{o}" for o in OBJECTS if o not in ("star", "circle")} | {
+        f"retain/cross/{s}" for s in STYLES
+    }  # neither the target nor an erased concept, and no distractor once classes are listed
 
 
 def test_the_plan_has_the_shapes_world_s_groups_and_sizes(clip_dir):

@@ -1,15 +1,20 @@
 """The open world's evaluation plans and its judge's classes (any base model, any concept text).
 
 An open world has no vocabulary, so its judge (a zero-shot CLIP: unlearning/evaluation/clip_judge.py)
-must be told which classes to tell apart: the lineage's concepts — the request's target, its anchor, the
-concepts it preserves, the concepts erased before — and a fixed list of generic distractors per domain,
-so that "not the target" has somewhere to go. `LineageConcepts` carries them; the world is built with them
-(pipeline/world.py `world_for`), because the `World` protocol's `judges()` takes no request.
+must be told which classes to tell apart (`judge_heads`), per domain and in this order: the lineage's
+concepts — the request's target, its anchor, the concepts it preserves, the concepts erased before —, then
+the classes the operator lists (`judge_objects`, `judge_styles`: what the model draws), then a fixed list of
+generic distractors, each named once, so that "not the target" has somewhere to go. A zero-shot head must
+name what a candidate may draw in place of an erased concept: a candidate of the shapes world that draws
+stars where circles were, judged in a head of [circle, ring, person, dog, ...], is read as the nearest
+class named, circle or ring (docs/judges.md). `LineageConcepts` carries the lineage's concepts; the world
+is built with them (pipeline/world.py `world_for`), because the `World` protocol's `judges()` takes no
+request.
 
-A concept is a style when the operator lists it (`judge_styles`) or it is one of the style distractors,
-nudity when the operator names it so (`nudity_concepts`: judged by NudeNet, unlearning/evaluation/
-nudenet_judge.py, not by the CLIP), an object otherwise (`OpenWorld.head_of`). A nudity target's
-in-domain retained concepts are objects (people are what it is drawn on).
+A concept is nudity when the operator names it so (`nudity_concepts`: judged by NudeNet, unlearning/
+evaluation/nudenet_judge.py, not by the CLIP), an object when listed in `judge_objects`, a style when
+listed in `judge_styles` or one of the style distractors, an object otherwise (`OpenWorld.head_of`). A
+nudity target's in-domain retained concepts are objects (people are what it is drawn on).
 
 The plan mirrors the shapes world's (unlearning/shapes/plan.py), with generic templates in place of the
 world's captions; each phrasing is a template, one word naming the concept and a generic context, drawn
@@ -19,8 +24,13 @@ more seeds, so the set still holds the images its `PlanSize` asks for):
 - forget/heldout: the target's name in templates no step uses (`HELDOUT_TEMPLATES`);
 - forget/synonyms: the requested synonyms (the target's name if none), every template;
 - rebound/<c>: each concept erased earlier, every template;
-- retain/in|cross/<c>: the anchor and every preserve concept (in: the target's domain; cross: the other),
-  the request templates; a lineage that names none retains the generic distractors of the target's domain.
+- retain/in|cross/<c>: the anchor, every preserve concept, then every class the operator lists (in: the
+  target's domain; cross: the other), less the target and the erased concepts, the request templates —
+  the listed classes are what the model draws and must keep drawing, as the shapes world retains every
+  concept of its vocabulary it has not erased; when that leaves none, the generic distractors of the
+  target's domain. Each head's retained concepts share its images as the shapes world's do
+  (`PlanSize.per_retained_concept`: `retain_images` each, more when fewer than `retain_head_images` would
+  result), so a list of N classes costs at least N x `retain_images` (24) images an evaluation.
 """
 
 from __future__ import annotations
@@ -80,11 +90,15 @@ class LineageConcepts:
         return tuple(c for c in dict.fromkeys(names) if c not in avoid)
 
 
-def judge_heads(concepts: LineageConcepts, head_of: Callable[[str], str]) -> dict[str, tuple[str, ...]]:
-    """Per domain: the lineage's concepts of that domain, then the distractors not already named."""
-    heads = {domain: [c for c in concepts.judged() if head_of(c) == domain] for domain in DOMAINS}
+def judge_heads(
+    concepts: LineageConcepts, head_of: Callable[[str], str], listed: tuple[str, ...] = ()
+) -> dict[str, tuple[str, ...]]:
+    """Per domain: the lineage's concepts of that domain, then the operator's `listed` classes of that domain,
+    then the distractors, each named once in all heads (in normal form: a listed object "cartoon" is no style)."""
+    names = list(dict.fromkeys([*concepts.judged(), *(concept_key(c) for c in listed if c.strip())]))
+    heads = {domain: [c for c in names if head_of(c) == domain] for domain in DOMAINS}
     return {
-        domain: tuple(named + [d for d in DISTRACTORS[domain] if d not in named]) for domain, named in heads.items()
+        domain: tuple(named + [d for d in DISTRACTORS[domain] if d not in names]) for domain, named in heads.items()
     }
 
 

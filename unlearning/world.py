@@ -60,15 +60,18 @@ class OpenWorld:
 
     `judge_model`: a CLIP model folder or hub id (None: no judge, every plan raises `NoJudge`); `device`:
     where it runs ("auto": cuda when available).
-    `styles`: the concepts judged as styles (with the generic style distractors); any other is an object.
+    `styles`: the concepts judged as styles (with the generic style distractors); `objects`: concepts judged as
+    objects (as is any concept neither lists). Both are what the model draws, as the operator lists them
+    (`judge_objects`, `judge_styles`): the judge tells them apart besides the lineage's concepts, and a plan
+    retains them (unlearning/open_plan.py); a concept listed in both is refused (ValueError).
     `nudity_concepts`: the concepts NudeNet judges (unlearning/evaluation/nudenet_judge.py) in a "nudity" head,
     the CLIP judging every other head and giving the features; a lineage naming one where NudeNet is not
     installed is refused (`NudeNetMissing`, a NoJudge).
     `concepts`: the lineage's concepts for the request at hand (target, anchor, preserve, erased), the
-    classes the judge tells apart besides the distractors (unlearning/open_plan.py). The `World` protocol's
-    `judges()` takes no request, so the world is built per request with them (pipeline/world.py
-    `world_for`); a plan for a concept the world was not built with is refused, since a judge that cannot
-    name the concept would never find it (an erasure it did not measure).
+    classes the judge tells apart first, before the listed ones and the distractors (unlearning/open_plan.py).
+    The `World` protocol's `judges()` takes no request, so the world is built per request with them
+    (pipeline/world.py `world_for`); a plan for a concept the world was not built with is refused, since a
+    judge that cannot name the concept would never find it (an erasure it did not measure).
     """
 
     name = "open"
@@ -79,12 +82,17 @@ class OpenWorld:
         judge_model: str | None = None,
         *,
         styles: tuple[str, ...] = (),
+        objects: tuple[str, ...] = (),
         nudity_concepts: tuple[str, ...] = (),
         concepts: LineageConcepts = LineageConcepts(),
         device: str = "cpu",
     ):
         self.judge_model = judge_model
-        self.styles = frozenset(concept_key(s) for s in styles)
+        self.styles = tuple(dict.fromkeys(concept_key(s) for s in styles if s.strip()))
+        self.objects = tuple(dict.fromkeys(concept_key(o) for o in objects if o.strip()))
+        both = [c for c in self.objects if c in self.styles]
+        if both:
+            raise ValueError(f"listed both as objects and as styles: {', '.join(both)}")
         self.nudity_concepts = frozenset(concept_key(c) for c in nudity_concepts)
         self.concepts = concepts
         self.device = device
@@ -128,9 +136,13 @@ class OpenWorld:
         """The lineage's concept that NudeNet judges (the first in target, anchor, preserve, erased order)."""
         return next((c for c in self.concepts.judged() if c in self.nudity_concepts), None)
 
+    def listed(self) -> tuple[str, ...]:
+        """The classes the operator lists (objects, then styles): what the model draws."""
+        return (*self.objects, *self.styles)
+
     def heads(self) -> dict[str, tuple[str, ...]]:
-        """The judge's classes per domain: the lineage's concepts, then the generic distractors."""
-        return judge_heads(self.concepts, self.head_of)
+        """The judge's classes per domain: the lineage's concepts, the listed classes, the generic distractors."""
+        return judge_heads(self.concepts, self.head_of, self.listed())
 
     def plan(self, target, *, synonyms=(), erased=(), size=PlanSize()) -> EvaluationPlan:
         """Raises NoJudge (no judge, or not a CLIP model) or PlanError (a concept the judge was not built for,
@@ -143,9 +155,8 @@ class OpenWorld:
                 f"the open world's judge was built for {', '.join(self.concepts.judged()) or 'no concepts'}; "
                 f"it cannot judge {', '.join(missing)} (build the world with the request's concepts)"
             )
-        return open_plan(
-            target, synonyms=synonyms, erased=erased, retained=self.concepts.retained(), head_of=self.head_of, size=size
-        )
+        retained = (*self.concepts.retained(), *self.listed())  # less the target and the erased: open_plan
+        return open_plan(target, synonyms=synonyms, erased=erased, retained=retained, head_of=self.head_of, size=size)
 
     @cached_property
     def _judges(self):
@@ -174,6 +185,8 @@ class OpenWorld:
         key = concept_key(concept)
         if key in self.nudity_concepts:
             return "nudity"
+        if key in self.objects:
+            return "object"
         return "style" if key in self.styles or key in DISTRACTORS["style"] else "object"
 
     def names_of(self, concept: str) -> tuple[str, ...]:

@@ -57,7 +57,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict, dict]:
     for key, _, value in (item.partition("=") for item in filter(None, rest.split(","))):
         if key in config_fields and key != "hyper":
             kind = config_fields[key].split(" ")[0]
-            options[key] = {"int": int, "bool": lambda v: bool(int(v))}.get(kind, float)(value)
+            options[key] = {"int": int, "bool": lambda v: bool(int(v)), "str": str}.get(kind, float)(value)
         else:
             hyper[key] = float(value)
     return label or body, name, hyper, options
@@ -232,8 +232,10 @@ def sequence(args) -> None:
         label, method, hyper, options = parse_spec(spec)
         parent, erased = "shapes", ()
         with tempfile.TemporaryDirectory() as tmp:
+            # --keep: each step's model folder stays (to look at its images, or to go on from it)
+            folder = Path(args.keep) / label.replace("/", "_") if args.keep else Path(tmp)
             for step, concept in enumerate(concepts, start=1):
-                out = Path(tmp) / f"{step}-{concept}"
+                out = folder / f"{step}-{concept}"
                 payload, trained, evaluated = request(
                     settings,
                     evaluator,
@@ -342,6 +344,7 @@ def main() -> None:
     parser.add_argument("--attack-prompts", type=int, default=None, help="phrasings attacked per concept")
     parser.add_argument("--attack-steps", type=int, default=None, help="optimisation steps per phrasing")
     parser.add_argument("--json", default=None, help="also write every payload here")
+    parser.add_argument("--keep", default=None, help="sequence: keep each step's model folder under KEEP/<label>/")
     args = parser.parse_args()
     if args.mode == "single":
         args.methods = args.methods or [

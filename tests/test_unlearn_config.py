@@ -55,25 +55,3 @@ def test_the_model_card_lists_the_settings_that_ran():
     assert f"- **hyper.broad_scale**: {continual_uce.DEFAULTS['broad_scale']}" in settings
     assert "steps" not in settings
     assert 'registry.loading.load_pipeline("models:/shapes-t2i/<version>")' in card  # a function that exists
-
-
-@pytest.mark.parametrize("share", [0.0, 1.0, -0.2])
-def test_a_broad_share_outside_the_open_interval_is_refused(share):
-    with pytest.raises(ConfigError, match="broad_share: must be between 0 and 1"):
-        UnlearnConfig(concept="striped", method="duge-on-uce", broad_share=share).validate()
-
-
-def test_the_broad_share_is_the_broad_rows_share_of_a_preserve_batch():
-    import torch
-
-    from unlearning.data import preserve_weights
-
-    weights = preserve_weights(world=150, broad=512, replay=12, broad_share=0.5)
-    assert weights.shape == (674,)
-    assert weights[150:662].sum().item() == pytest.approx(0.5)  # the broad rows, between the world's and the replay
-    assert weights[:150].sum().item() + weights[662:].sum().item() == pytest.approx(0.5)
-    assert weights[0].item() == pytest.approx(weights[-1].item())  # a world row and a replay row: alike
-    drawn = torch.multinomial(weights, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))
-    assert abs(((drawn >= 150) & (drawn < 662)).float().mean().item() - 0.5) < 0.02
-    assert preserve_weights(world=150, broad=0, replay=12, broad_share=0.5) is None  # nothing to share with
-    assert UnlearnConfig(concept="striped", method="duge-on-uce", broad_share=0.5).effective()["broad_share"] == 0.5

@@ -45,8 +45,6 @@ class UnlearnConfig:
     prompt_templates: str | None = None  # the world's template set: None: the method's (PROMPT_TEMPLATES, else "train")
     broad_prompts: int | None = None  # method-half vocabulary prompts: a closed form's broad Gram G, a loss method's
     # broad preserve prompts (distilled from the parent); None: the method's BROAD_PROMPTS (else 0)
-    broad_share: float | None = None  # of each preserve batch, the share drawn from the broad prompts (the rest:
-    # the world's preserve and replay prompts); None: uniform over all of them (512 broad prompts: ~0.7)
     mine: bool | None = None  # screen the broad preserve prompts with the judge; those the parent draws the
     # concept for join the forget set (unlearning/mining.py); None: the method's MINE (else False)
     mine_seeds: int = 4  # images per screened prompt (1: every image showing the concept is mined)
@@ -94,7 +92,6 @@ class UnlearnConfig:
             "preserve_per_concept": self.preserve_per_concept,
             "prompt_templates": self.prompt_templates,
             "broad_prompts": self.broad_prompts,
-            **({"broad_share": self.broad_share} if self.broad_share is not None else {}),
             "mine": self.mine,
             **({"mine_seeds": self.mine_seeds, "mine_pool": self.mine_pool} if self.mine else {}),
         }
@@ -146,8 +143,6 @@ class UnlearnConfig:
             problems.append("batch_size: must be >= 1")
         if self.mine_seeds < 1:
             problems.append("mine_seeds: must be >= 1")
-        if self.broad_share is not None and not 0.0 < self.broad_share < 1.0:
-            problems.append("broad_share: must be between 0 and 1 (exclusive)")
         if self.mine_pool < 0:
             problems.append("mine_pool: must be >= 0")
         try:

@@ -126,18 +126,3 @@ def encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
         target_pooled=target.pooled if mmdit else None,
         anchor_pooled=anchor.pooled if mmdit else None,
     )
-
-
-def preserve_weights(world: int, broad: int, replay: int, broad_share: float) -> torch.Tensor | None:
-    """Sampling weights over the keep rows (the world's preserve prompts, then the broad ones, then the
-    replay): the broad rows together `broad_share` of each batch, the others the rest, uniformly within each;
-    None (uniform over all) when either side is empty. Why: the world's preserve and replay prompts are a
-    few hundred beside 512 broad ones, so drawn uniformly they are a minority of every batch, and what the
-    request must keep (a retained style, an erased concept's replay) is distilled less than words no request
-    named (bench/RESULTS.md, 2026-12-06 late: two retained styles lost 2 of 30 images each)."""
-    named = world + replay
-    if not broad or not named:
-        return None
-    weights = torch.full((world + broad + replay,), (1.0 - broad_share) / named)
-    weights[world : world + broad] = broad_share / broad
-    return weights

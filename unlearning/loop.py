@@ -37,7 +37,7 @@ from unlearning.conditioning import (
     word_tokens,
 )
 from unlearning.config import ConfigError, UnlearnConfig
-from unlearning.data import encode_pairs, gram, prepare_data, preserve_weights
+from unlearning.data import encode_pairs, gram, prepare_data
 from unlearning.delta import apply_deltas, compute_delta, denoiser, denoiser_component, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
@@ -207,10 +207,6 @@ def run_unlearning(
             anchor_words=prompts.anchor_words + [""] * count,
         )
     keep_prompts = prompts.preserve + prompts.replay
-    keep_weights = None  # uniform over keep_prompts, unless the broad prompts get a fixed share of each batch
-    if cfg.broad_share is not None and not closed_form:
-        broad_count = len(prompts.preserve) - len(world_preserve)
-        keep_weights = preserve_weights(len(world_preserve), broad_count, len(prompts.replay), cfg.broad_share)
     if not closed_form:
         forget_latents, keep_latents = (
             x.to(device) for x in prepare_data(pipe, cfg, prompts, model_sha=model_sha, cache_dir=cache_dir)
@@ -291,11 +287,8 @@ def run_unlearning(
         torch.set_rng_state(state["rng_cpu"])
         start = state["step"]
 
-    def noised(latents: torch.Tensor, generator: torch.Generator, weights: torch.Tensor | None = None):
-        if weights is None:
-            index = torch.randint(0, latents.shape[0], (cfg.batch_size,), generator=generator)
-        else:
-            index = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=generator)
+    def noised(latents: torch.Tensor, generator: torch.Generator):
+        index = torch.randint(0, latents.shape[0], (cfg.batch_size,), generator=generator)
         z0 = latents[index.to(device)]
         noise = torch.randn(z0.shape, generator=generator).to(device)
         t = torch.randint(0, train_steps, (cfg.batch_size,), generator=generator).to(device)
@@ -316,7 +309,7 @@ def run_unlearning(
         for step in bar:
             generator = _step_generator(cfg.seed, step)
             f_index, f_noisy, f_noise, f_t, f_target = noised(forget_latents, generator)
-            p_index, p_noisy, p_noise, p_t, p_target = noised(keep_latents, generator, keep_weights)
+            p_index, p_noisy, p_noise, p_t, p_target = noised(keep_latents, generator)
             ctx = StepContext(
                 student=conditioned(forward),  # called with a Condition: SDXL's added conditions go with it
                 parent=conditioned(parent),

@@ -1,7 +1,11 @@
 """Benchmark: the noise floor of the gate — the shapes base against itself with other seeds, at the
 gate's n — and the policy bounds it implies at stated multiples.
 
-    .venv/bin/python bench/calibrate.py [--repeats 4] [--target circle] [--sweep-only]
+    .venv/bin/python bench/calibrate.py [--repeats 4] [--target circle] [--sweep-only | --no-sweep]
+
+In the settings' world: the shapes world, or the open world with its CLIP judge (LETHE_WORLD=open,
+LETHE_JUDGE_MODEL, LETHE_JUDGE_OBJECTS, LETHE_JUDGE_STYLES), built as the pipeline builds it for a first
+request of the target; the open world has one judge, so its disagreement is not measured there.
 
 The first request's plan (target `circle`: 3 forget sets of 96 images, 13 retained concepts of 24) is
 sampled from the base with its own seeds and with `--repeats` other seed sets (same prompts). Each other
@@ -54,6 +58,7 @@ def main() -> None:
     parser.add_argument("--target", default="circle")
     parser.add_argument("--json", default=None, help="also write the measurements here")
     parser.add_argument("--sweep-only", action="store_true", help="only the sweep's noise floor (not the plan's)")
+    parser.add_argument("--no-sweep", action="store_true", help="only the plan's noise floor (not the sweep's)")
     args = parser.parse_args()
 
     from pipeline.evaluator import Evaluator
@@ -191,7 +196,9 @@ def main() -> None:
             f"{per_set('judges_forget_disagreement_base', '.3f')} | × 3 | "
             f"max {bounds['judges.candidate.forget_disagreement']} |"
         )
-    sweep_floor, sweep_bounds, sweep_rows = calibrate_sweep(evaluator, base, base_sha, args)
+    sweep_floor, sweep_bounds, sweep_rows = (
+        calibrate_sweep(evaluator, base, base_sha, args) if not args.no_sweep else (None, None, None)
+    )
     if args.json:
         Path(args.json).write_text(
             json.dumps(

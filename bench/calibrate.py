@@ -1,7 +1,11 @@
 """Benchmark: the noise floor of the gate — the shapes base against itself with other seeds, at the
 gate's n — and the policy bounds it implies at stated multiples.
 
-    .venv/bin/python bench/calibrate.py [--repeats 4] [--target circle] [--sweep-only]
+    .venv/bin/python bench/calibrate.py [--repeats 4] [--target circle] [--sweep-only | --no-sweep]
+
+In the settings' world: the shapes world, or the open world with its CLIP judge (LETHE_WORLD=open,
+LETHE_JUDGE_MODEL, LETHE_JUDGE_OBJECTS, LETHE_JUDGE_STYLES), built as the pipeline builds it for a first
+request of the target; the open world has one judge, so its disagreement is not measured there.
 
 The first request's plan (target `circle`: 3 forget sets of 96 images, 13 retained concepts of 24) is
 sampled from the base with its own seeds and with `--repeats` other seed sets (same prompts). Each other
@@ -54,18 +58,24 @@ def main() -> None:
     parser.add_argument("--target", default="circle")
     parser.add_argument("--json", default=None, help="also write the measurements here")
     parser.add_argument("--sweep-only", action="store_true", help="only the sweep's noise floor (not the plan's)")
+    parser.add_argument("--no-sweep", action="store_true", help="only the plan's noise floor (not the sweep's)")
     args = parser.parse_args()
 
     from pipeline.evaluator import Evaluator
     from pipeline.settings import load_settings
     from unlearning.evaluation.cache import generate_cached
     from unlearning.evaluation.checks import run_checks
+    from unlearning.open_plan import LineageConcepts
     from unlearning.sampling import load_model, model_identity
 
     os.environ.setdefault("LETHE_HOME", str(Path(tempfile.gettempdir()) / "lethe-bench-home"))
-    evaluator = Evaluator.from_settings(load_settings())
-    base, base_sha = load_model("shapes"), model_identity("shapes")[1]
+    settings = load_settings()
+    # The settings' world (shapes, or open with its judge, LETHE_WORLD), built as the pipeline builds it for a
+    # first request of this target (pipeline/unlearn.py): an open world's judge must name the target.
+    evaluator = Evaluator.from_settings(settings, gate=False, concepts=LineageConcepts(args.target))
+    base, base_sha = load_model(settings.base_model), model_identity(settings.base_model)[1]
     judges = evaluator.world.judges()
+    print(f"world {type(evaluator.world).__name__}, judges {[j.name for j in judges]}", flush=True)
 
     def images(size):
         plan = evaluator.world.plan(args.target, synonyms=(), erased=(), size=size)
@@ -102,7 +112,10 @@ def main() -> None:
                 "cra": checks["retain"]["cra"]["relative"],
                 **{f"{d}_head": v["relative"] for d, v in checks["retain"]["by_domain"].items()},
                 "per_concept": per_concept,
-                "judges_forget_disagreement_base": checks["judges"]["base"]["forget_disagreement"],
+                # None with one judge (an open world): there is no second judge to disagree with
+                "judges_forget_disagreement_base": checks["judges"]["base"]["forget_disagreement"]
+                if "judges" in checks
+                else None,
                 "base_detection": {k: 1 - v["base_ua"] for k, v in checks["forget"].items()},
             }
         )
@@ -123,7 +136,7 @@ def main() -> None:
         "ira_sd": sd([r["ira"] for r in rows]),
         "cra_sd": sd([r["cra"] for r in rows]),
         **{f"{d}_head_sd": sd([r[f"{d}_head"] for r in rows]) for d in ("object", "style")},
-        "judges_forget_disagreement_base": mean("judges_forget_disagreement_base"),
+        "judges_forget_disagreement_base": mean("judges_forget_disagreement_base") if len(judges) > 1 else None,
     }
     bounds = {
         "retention.distance": round(0.5 * floor["retention_independent_draws"], 3),
@@ -132,8 +145,9 @@ def main() -> None:
         "retain.ira.relative": round(1 - 3 * floor["ira_sd"], 3),
         "retain.cra.relative": round(1 - 3 * floor["cra_sd"], 3),
         **{f"retain.by_domain.{d}.relative": round(1 - 3 * floor[f"{d}_head_sd"], 3) for d in ("object", "style")},
-        "judges.candidate.forget_disagreement": round(3 * floor["judges_forget_disagreement_base"], 3),
     }
+    if floor["judges_forget_disagreement_base"] is not None:
+        bounds["judges.candidate.forget_disagreement"] = round(3 * floor["judges_forget_disagreement_base"], 3)
 
     def per_set(key: str, spec: str) -> str:
         return ", ".join(format(r[key], spec) for r in rows)
@@ -153,7 +167,7 @@ def main() -> None:
         f"{per_set('retention', '.4f')} | × 0.5 | max {bounds['retention.distance']} |"
     )
     print(
-        f"| FID (detector features), n = {len([c for c in plan.cases if c.group.startswith('retain/')])} | "
+        f"| FID (judge features), n = {len([c for c in plan.cases if c.group.startswith('retain/')])} | "
         f"{floor['fid']:.3f} | {per_set('fid', '.3f')} | × 2 | max {bounds['fid.fid']} |"
     )
     print(f"| KID | {floor['kid']:.4f} | {per_set('kid', '.4f')} | reported, not gated | — |")
@@ -174,12 +188,17 @@ def main() -> None:
             f"| {d} head relative (retained {d}s), σ | {floor[f'{d}_head_sd']:.4f} | {per_set(f'{d}_head', '.3f')} | "
             f"1 − 3σ | min {bounds[f'retain.by_domain.{d}.relative']} |"
         )
-    print(
-        f"| judges' disagreement on the base's forget images | {floor['judges_forget_disagreement_base']:.4f} | "
-        f"{per_set('judges_forget_disagreement_base', '.3f')} | × 3 | "
-        f"max {bounds['judges.candidate.forget_disagreement']} |"
+    if floor["judges_forget_disagreement_base"] is None:
+        print("| judges' disagreement on the base's forget images | not measured (one judge) | — | × 3 | — |")
+    else:
+        print(
+            f"| judges' disagreement on the base's forget images | {floor['judges_forget_disagreement_base']:.4f} | "
+            f"{per_set('judges_forget_disagreement_base', '.3f')} | × 3 | "
+            f"max {bounds['judges.candidate.forget_disagreement']} |"
+        )
+    sweep_floor, sweep_bounds, sweep_rows = (
+        calibrate_sweep(evaluator, base, base_sha, args) if not args.no_sweep else (None, None, None)
     )
-    sweep_floor, sweep_bounds, sweep_rows = calibrate_sweep(evaluator, base, base_sha, args)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
@@ -247,7 +266,7 @@ def calibrate_sweep(evaluator, base, base_sha: str, args) -> tuple[dict, dict, l
     print("|---|---|---|---|---|")
     for key, label, multiple in (
         ("distance", "broad retention distance, independent draws", "× 0.5"),
-        ("fid", "broad FID (detector features)", "× 2"),
+        ("fid", "broad FID (judge features)", "× 2"),
         ("max_shift", "shift of the judge's top-1 distribution (worst head, total variation)", "× 2"),
     ):
         per_set = ", ".join(f"{r[key]:.4f}" for r in rows)

@@ -1,10 +1,10 @@
 """The one evaluator: everything an evaluation needs, built once from the settings.
 
-The lineage's world (its plans and judges), the gate policy (`settings.policy`, or the shipped one),
-the base-image cache under `home`, the sampler, the number of images per concept, the sweep's and the
-attack's sizes, the retention and FID backbones (`retention_metric`, `fid_backbone`: the judge's features,
-or LPIPS-AlexNet and the FID Inception, refused in one line where they are not on disk) and CLIPScore
-where a CLIP model is configured.
+The lineage's world (its plans and judges), the gate policy (`settings.policy`, or the one shipped for the
+world: unlearning/evaluation/gates.py `default_policy`), the base-image cache under `home`, the sampler,
+the number of images per concept, the sweep's and the attack's sizes, the retention and FID backbones
+(`retention_metric`, `fid_backbone`: the judge's features, or LPIPS-AlexNet and the FID Inception, refused
+in one line where they are not on disk) and CLIPScore where a CLIP model is configured.
 `lethe evaluate`, `lethe unlearn`, the request flow's evaluation, the erosion audit and bench/ all build
 it here, so they judge alike.
 """
@@ -22,7 +22,7 @@ from unlearning.evaluation.attack import AttackBudget
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.checks import ClipScorer, drift
 from unlearning.evaluation.evaluate import Evaluation, Probes, evaluate
-from unlearning.evaluation.gates import Policy, load_policy
+from unlearning.evaluation.gates import Policy, default_policy, load_policy
 from unlearning.evaluation.plan import EvaluationPlan, PlanSize
 from unlearning.evaluation.report import evaluation_payload, write_report
 from unlearning.evaluation.sweep import SweepSize
@@ -91,13 +91,15 @@ class Evaluator:
         concepts: LineageConcepts | None = None,
     ) -> Evaluator:
         """`concepts`: the request's (target, anchor, preserve, erased), which an open world's judge must name
-        (pipeline/world.py `world_for`); the shapes world knows its own.
+        (pipeline/world.py `world_for`); the shapes world knows its own. The policy: `policy_path`, else
+        `settings.policy`, else the world's shipped one (shapes_policy.yaml, open_policy.yaml).
 
         Raises PolicyError for a malformed policy file, MetricUnavailable for a retention or FID backbone
         that is not on this machine (before anything is sampled)."""
+        world = world or world_for(settings, concepts)
         return cls(
-            world=world or world_for(settings, concepts),
-            policy=load_policy(policy_path or settings.policy) if gate else None,
+            world=world,
+            policy=load_policy(policy_path or settings.policy or default_policy(world.name)) if gate else None,
             sampler=sampler
             or {"scheduler": "ddim", "steps": settings.sample_steps, "guidance_scale": settings.guidance_scale},
             size=size

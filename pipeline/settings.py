@@ -81,7 +81,9 @@ class LetheSettings(BaseSettings):
     )
     guidance_scale: float = Field(5.0, ge=1.0, le=30.0, description="default classifier-free guidance")
     clip_model: str | None = Field(None, description="local CLIP model folder: adds CLIPScore to the alignment check")
-    policy: str | None = Field(None, description="gate policy YAML; default: the shipped shapes-world policy")
+    policy: str | None = Field(
+        None, description="gate policy YAML; default: the world's shipped policy (shapes or open)"
+    )
     unlearn_steps: int | None = Field(
         None, ge=0, le=100_000, description="training steps per request; default: the method's"
     )

@@ -3,7 +3,18 @@ by an exact test on their counts, and a set smaller than the policy's minimum is
 
 import pytest
 
-from unlearning.evaluation.gates import DEFAULT_POLICY, Policy, PolicyError, Threshold, decide, load_policy
+from pipeline.evaluator import Evaluator
+from pipeline.settings import LetheSettings
+from unlearning.evaluation.gates import (
+    DEFAULT_POLICY,
+    OPEN_POLICY,
+    Policy,
+    PolicyError,
+    Threshold,
+    decide,
+    default_policy,
+    load_policy,
+)
 
 
 def rate(k, n, name="ua"):
@@ -55,19 +66,27 @@ def results(policy: Policy | None = None, **overrides):
     return base
 
 
-def test_the_shipped_policy_loads_and_passes_good_results():
-    policy = load_policy(DEFAULT_POLICY)
+SHIPPED = (DEFAULT_POLICY, OPEN_POLICY)  # the shapes world's and the open world's
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_the_shipped_policy_loads_and_passes_good_results(path):
+    policy = load_policy(path)
     assert policy.alpha == 0.05
     assert policy.thresholds and all(t.min is not None or t.max is not None for t in policy.thresholds)
-    decision = decide(results(), policy)
+    decision = decide(results(policy), policy)
     assert decision.passed, decision.reasons
 
 
-@pytest.mark.parametrize("threshold", load_policy(DEFAULT_POLICY).thresholds, ids=lambda t: t.metric)
-def test_each_shipped_rule_fails_just_beyond_its_bound(threshold):
-    """Every rule of the shipped policy can fail: its metric just past the bound, all else good, gives
+@pytest.mark.parametrize(
+    "path, threshold",
+    [(path, t) for path in SHIPPED for t in load_policy(path).thresholds],
+    ids=lambda x: getattr(x, "metric", getattr(x, "stem", "")),
+)
+def test_each_shipped_rule_fails_just_beyond_its_bound(path, threshold):
+    """Every rule of each shipped policy can fail: its metric just past the bound, all else good, gives
     exactly one reason, and it names that metric."""
-    policy = load_policy(DEFAULT_POLICY)
+    policy = load_policy(path)
     path = threshold.metric.replace("*", MEMBERS.get(threshold.metric.split(".*")[0], MEMBERS_OTHERWISE)[0])
     n = max(threshold.min_n or 0, 100)
     if threshold.test == "binomial":
@@ -79,6 +98,52 @@ def test_each_shipped_rule_fails_just_beyond_its_bound(threshold):
     decision = decide(results(policy, **{path.replace(".", "__"): bad}), policy)
     assert not decision.passed and len(decision.reasons) == 1
     assert decision.reasons[0].startswith(path), decision.reasons
+
+
+DISAGREEMENT = "judges.candidate.forget_disagreement"  # needs two judges
+
+
+@pytest.mark.parametrize(
+    "world, expected",
+    [("shapes", DEFAULT_POLICY), ("open", OPEN_POLICY)],
+)
+def test_each_world_is_gated_by_its_own_policy_unless_one_is_set(tmp_path, monkeypatch, world, expected):
+    """With no `policy` set, the open world's evaluations use the open policy (calibrated on its CLIP judge)
+    and the shapes world's the shapes policy; a set policy wins in either world."""
+    monkeypatch.chdir(tmp_path)
+    settings = LetheSettings(world=world, home=tmp_path, judge_model="/nowhere")  # the judge loads only to judge
+    evaluator = Evaluator.from_settings(settings)
+    assert evaluator.world.name == world and default_policy(world) == expected
+    assert evaluator.policy == load_policy(expected)
+    set_policy = tmp_path / "mine.yaml"
+    set_policy.write_text("name: mine\nthresholds:\n  - {metric: fid.fid, max: 1.0}\n")
+    assert Evaluator.from_settings(settings.model_copy(update={"policy": str(set_policy)})).policy.name == "mine"
+
+
+def test_the_open_policy_is_the_shapes_policy_less_the_two_judge_rule():
+    """The open world has one judge: its policy has every rule of the shapes policy but the judges'
+    disagreement, with the same alpha, the same gate sizes (min_n), and the same uncalibrated bounds (the
+    issue's forget bound, no relocation, the attack's ASR, alignment); only the calibrated bounds differ."""
+    shapes, open_ = load_policy(DEFAULT_POLICY), load_policy(OPEN_POLICY)
+    assert open_.name != shapes.name and open_.alpha == shapes.alpha
+    assert DISAGREEMENT in [t.metric for t in shapes.thresholds]
+    assert [t.metric for t in open_.thresholds] == [t.metric for t in shapes.thresholds if t.metric != DISAGREEMENT]
+    by_metric = {t.metric: t for t in shapes.thresholds}
+    for rule in open_.thresholds:
+        theirs = by_metric[rule.metric]
+        assert (rule.min_n, rule.test, rule.optional) == (theirs.min_n, theirs.test, theirs.optional), rule.metric
+        assert (rule.min is None, rule.max is None) == (theirs.min is None, theirs.max is None), rule.metric
+        if rule.test == "binomial" or rule.metric in (
+            "sweep.concepts.*.relocations",
+            "attack.*.asr",
+            "alignment.relative",
+        ):
+            assert (rule.min, rule.max) == (theirs.min, theirs.max), rule.metric
+
+
+def test_a_world_without_a_shipped_policy_is_refused():
+    with pytest.raises(PolicyError, match="no gate policy is shipped for the 'moon' world"):
+        default_policy("moon")
 
 
 def test_each_failure_is_a_reason_not_an_exception():

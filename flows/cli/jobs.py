@@ -131,10 +131,11 @@ def run_parser(commands) -> None:
 
 def cmd_audit(args) -> int:
     config = settings()
-    from unlearning.evaluation.gates import load_policy
+    from pipeline.world import world_for
+    from unlearning.evaluation.gates import default_policy, load_policy
 
     try:
-        load_policy(config.policy)
+        load_policy(config.policy or default_policy(world_for(config).name))  # the policy the audit applies
     except refusals() as error:
         raise BadInput(str(error)) from None
     prefect_environment(config)

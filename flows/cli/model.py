@@ -214,7 +214,9 @@ def evaluate_parser(commands) -> None:
     p.add_argument("--prompts-file", default=None, help="probe prompts, one per line")
     add_size_options(p, "samples")
     p.add_argument(
-        "--policy", default=None, help="gate policy YAML (default: settings.policy, or the shipped one, when --target)"
+        "--policy",
+        default=None,
+        help="gate policy YAML (default: settings.policy, or the world's shipped one, when --target)",
     )
     p.add_argument(
         "--scheduler",

@@ -29,7 +29,9 @@ import yaml
 
 from unlearning.evaluation.stats import binomial_upper_tail, min_successes
 
-DEFAULT_POLICY = Path(__file__).with_name("shapes_policy.yaml")
+DEFAULT_POLICY = Path(__file__).with_name("shapes_policy.yaml")  # the shapes world's; load_policy() without a path
+OPEN_POLICY = Path(__file__).with_name("open_policy.yaml")  # the open world's: one CLIP judge, its own noise floor
+WORLD_POLICIES = {"shapes": DEFAULT_POLICY, "open": OPEN_POLICY}  # by the world's name (unlearning/world.py)
 THRESHOLD_KEYS = {"metric", "min", "max", "optional", "why", "test", "min_n", "calibration"}
 
 
@@ -99,6 +101,19 @@ def _threshold_problems(i: int, entry) -> list[str]:
     if entry.get("min_n") is not None and (not isinstance(entry["min_n"], int) or entry["min_n"] < 1):
         problems.append(f"threshold {i}: 'min_n' must be a positive whole number")
     return problems
+
+
+def default_policy(world: str) -> Path:
+    """The shipped policy calibrated for the world named `world` ("shapes", "open"): each is measured with
+    that world's judges (bench/calibrate.py), whose noise differs.
+
+    Raises:
+        PolicyError: no policy is shipped for that world (set one: `policy`, LETHE_POLICY).
+    """
+    try:
+        return WORLD_POLICIES[world]
+    except KeyError:
+        raise PolicyError(f"no gate policy is shipped for the {world!r} world: set one (policy)") from None
 
 
 def load_policy(path: str | Path | None = None) -> Policy:

@@ -149,7 +149,9 @@ def broad_cells(checks: dict) -> str:
     if not broad:
         return "— | — | —"
     shift = broad["shift"]
-    return f"{broad['distance']:.3f} | {broad['fid']:.2f} | {shift['object']:.3f} / {shift['style']:.3f}"
+    # the gate bounds the worst head (the colour head too, which the two columns before it do not show)
+    heads = f"{shift['object']:.3f} / {shift['style']:.3f} / {broad['max_shift']:.3f}"
+    return f"{broad['distance']:.3f} | {broad['fid']:.2f} | {heads}"
 
 
 def single(args) -> None:
@@ -165,7 +167,7 @@ def single(args) -> None:
     )
     print(
         "| method | UA gate | UA held-out | UA synonyms | relocations | sweep leak UA | attack ASR | broad retention "
-        "| broad FID | shift object / style | objects × | styles × | gate | train s | eval s |"
+        "| broad FID | shift object / style / worst head | objects × | styles × | gate | train s | eval s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -224,7 +226,7 @@ def sequence(args) -> None:
     print(f"Sweep: {evaluator.sweep}; attack: {evaluator.attack}; sampler {evaluator.sampler}.\n")
     print(
         "| method | step | concept | every erased concept: UA where the base draws it / sweep leak UA / relocations "
-        "/ ASR | broad retention | broad FID | shift object / style | objects × | styles × | gate | s |"
+        "/ ASR | broad retention | broad FID | shift object / style / worst head | objects × | styles × | gate | s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []

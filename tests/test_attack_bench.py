@@ -14,3 +14,4 @@ def test_a_spec_splits_config_fields_from_hyper_parameters():
     assert options == {"broad_prompts": 512, "mine": True, "lr": 0.002}
     assert type(options["broad_prompts"]) is int and type(options["mine"]) is bool
     assert parse_spec("uce") == ("uce", "uce", {}, {})
+    assert parse_spec("duge-on-uce:anchor=gradient")[3] == {"anchor": "gradient"}  # a string field stays a string

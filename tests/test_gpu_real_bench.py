@@ -76,7 +76,7 @@ def test_gpu_real_bench_runs_tiny_on_cpu(tmp_path, capsys):
         assert len(attack["seconds_all"]) == 2 and len(duge["ms_per_step_all"]) == 2
 
         # the edit wrote every attn2 to_k and to_v of the UNet (a closed form touches each of them)
-        unet = UNet2DConditionModel(**bench.TINY[model]["unet"]).to("meta")
+        unet = UNet2DConditionModel(**bench.gpu_models.TINY[model]["unet"]).to("meta")
         attn2 = [name for name, _ in unet.named_modules() if name.endswith("attn2")]
         assert attn2 and edit["trained_tensors"] == 2 * len(attn2), (model, edit)
 

@@ -57,7 +57,7 @@ def main() -> None:
             if not cases:
                 raise SystemExit(f"{concept!r} is not a retained concept of {args.target!r}'s plan")
             head = cases[0].domain
-            counts, misses = {}, []
+            seen = {}  # per model, what the judge sees on each image
             for name, pipe in models.items():
                 images = generate(
                     pipe,
@@ -66,14 +66,13 @@ def main() -> None:
                     steps=settings.sample_steps,
                     guidance_scale=settings.guidance_scale,
                 )
-                seen = [judge.heads[head][i] for i in judge.probabilities(images)[head].argmax(axis=1)]
-                counts[name] = sum(s == concept for s in seen)
-                misses = [s for s in seen if s != concept] if name == "candidate" else misses
+                seen[name] = [judge.heads[head][i] for i in judge.probabilities(images)[head].argmax(axis=1)]
                 total = pooled.setdefault((concept, name), [0, 0])
-                total[0], total[1] = total[0] + counts[name], total[1] + len(cases)
+                total[0], total[1] = total[0] + seen[name].count(concept), total[1] + len(cases)
+            misses = [s for s in seen["candidate"] if s != concept]
             print(
-                f"| {seed_set} | {concept} | {counts['base']}/{len(cases)} | {counts['candidate']}/{len(cases)} "
-                f"| {', '.join(misses) or '—'} |",
+                f"| {seed_set} | {concept} | {seen['base'].count(concept)}/{len(cases)} "
+                f"| {seen['candidate'].count(concept)}/{len(cases)} | {', '.join(misses) or '—'} |",
                 flush=True,
             )
     print("\n| concept | base | candidate | relative |\n|---|---|---|---|")

@@ -190,6 +190,14 @@ class LetheSettings(BaseSettings):
             raise ValueError(
                 f"judge_objects and judge_styles both list {', '.join(both)}: a concept is one or the other"
             )
+        # a nudity concept is judged by NudeNet, not by the CLIP's heads: listed there too, two judges would
+        # each give it a verdict
+        listed = set(self.judge_objects) | set(self.judge_styles)
+        if nudity := [name for name in self.nudity_concepts if name in listed]:
+            raise ValueError(
+                f"nudity_concepts and the judge's lists (judge_objects, judge_styles) both name {', '.join(nudity)}: "
+                "NudeNet judges a nudity concept, the CLIP judges the listed ones"
+            )
         return self
 
     @model_validator(mode="after")

@@ -53,6 +53,9 @@ def test_a_concept_listed_as_an_object_and_as_a_style_is_one_settings_error(tmp_
     assert settings.judge_objects == ["circle", "striped", "ring"]
     world = world_for(settings, LineageConcepts("circle"))
     assert world.heads()["object"][:3] == ("circle", "striped", "ring") and world.heads()["style"][0] == "dotted"
+    monkeypatch.setenv("LETHE_NUDITY_CONCEPTS", "nudity,Dotted")  # NudeNet judges it: not a CLIP class too
+    with pytest.raises(ValueError, match="nudity_concepts and the judge's lists .* both name dotted: NudeNet"):
+        LetheSettings(world="open")
 
 
 def test_the_judge_tells_the_lineage_s_concepts_from_distractors():

@@ -7,9 +7,11 @@ The judge (unlearning/shapes/clip_judge.py, loaded by unlearning/evaluation/clip
 the open world loads any CLIP) is told, per request of the main job (examples/requests.yaml: circle with
 preserve ring, then striped, then star, each with the concepts erased before), the classes the open world
 would give it: target, anchor (the shapes world's default, `default_anchor`), preserve, erased, then the
-open world's distractors (unlearning/open_plan.py `judge_heads`). The images are what the world's UNet
-draws for the shapes plan's prompts and seeds (unlearning/shapes/plan.py): its three forget sets
-(gate, held-out, synonyms) and the retain sets of the anchor and the preserve concepts. On each image:
+classes the operator lists (`LETHE_JUDGE_OBJECTS`, `LETHE_JUDGE_STYLES`, as the open world's main job is
+run with them: bench/RESULTS.md), then the open world's distractors (unlearning/open_plan.py `judge_heads`).
+The images are what the world's UNet draws for the shapes plan's prompts and seeds (unlearning/shapes/plan.py):
+its three forget sets (gate, held-out, synonyms) and the retain sets of the anchor and the preserve concepts.
+On each image:
 
 - forget verdict: is it the target? the CLIP's top-1 over its head against the detector's over the
   world's classes of that domain (unlearning/shapes/judge.py);
@@ -40,11 +42,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 REQUESTS = (("circle", ("disc",), ("ring",)), ("striped", ("stripy",), ()), ("star", ("pentagram",), ()))
 
 
-def head_of(concept: str) -> str:
+def head_of(concept: str, listed_styles: tuple[str, ...] = ()) -> str:
     from unlearning.open_plan import DISTRACTORS
     from unlearning.shapes.vocabulary import STYLES
 
-    return "style" if concept in STYLES or concept in DISTRACTORS["style"] else "object"
+    return "style" if concept in (*STYLES, *listed_styles, *DISTRACTORS["style"]) else "object"
 
 
 def cases_of(target, synonyms, preserve, erased, forget_images, retain_images):
@@ -68,8 +70,9 @@ def cases_of(target, synonyms, preserve, erased, forget_images, retain_images):
     return concepts, cases
 
 
-def judged(pipe, clip_source, detector, concepts, cases, steps, guidance, cache):
-    """Per case: (verdict, concept, detector says concept, CLIP says concept)."""
+def judged(pipe, clip_source, detector, concepts, cases, steps, guidance, cache, listed=((), ())):
+    """Per case: (verdict, concept, detector says concept, CLIP says concept); `listed`: the operator's
+    (objects, styles), told apart after the lineage's concepts as the open world does."""
     import numpy as np
 
     from unlearning.evaluation.clip_judge import ClipJudge
@@ -81,7 +84,8 @@ def judged(pipe, clip_source, detector, concepts, cases, steps, guidance, cache)
         images = generate(pipe, [p for p, _ in missing], [s for _, s in missing], steps=steps, guidance_scale=guidance)
         cache.update(zip(missing, images))
     images = np.stack([cache[(p, s)] for _, _, p, s in cases])
-    clip = ClipJudge.load(clip_source, judge_heads(concepts, head_of))
+    objects, styles = listed
+    clip = ClipJudge.load(clip_source, judge_heads(concepts, lambda c: head_of(c, styles), (*objects, *styles)))
     clip_probs, detector_probs = clip.probabilities(images), detector.probabilities(images)
     rows = []
     for k, (verdict, concept, _, _) in enumerate(cases):
@@ -125,12 +129,15 @@ def main() -> None:
 
     import torch
 
+    from pipeline.settings import load_settings
     from unlearning.loop import UnlearnConfig, run_unlearning
     from unlearning.sampling import load_model
     from unlearning.shapes.judge import shapes_judges
     from unlearning.shapes.world import ShapesWorld
 
     clip_source = os.environ.get("LETHE_JUDGE_MODEL", "unlearning/shapes/weights/clip_judge")
+    settings = load_settings()
+    listed = (tuple(settings.judge_objects), tuple(settings.judge_styles))
     started = time.perf_counter()
     pipe = load_model("shapes")
     detector, _ = shapes_judges()
@@ -138,13 +145,16 @@ def main() -> None:
         f"## CLIP judge against the shapes detector — {date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} thread(s)\n"
     )
-    print(f"Judge `{clip_source}`; sampler {args.steps} steps, guidance {args.guidance}.\n")
+    print(
+        f"Judge `{clip_source}`, listed objects {', '.join(listed[0]) or '—'}, listed styles "
+        f"{', '.join(listed[1]) or '—'}; sampler {args.steps} steps, guidance {args.guidance}.\n"
+    )
     print("| model | request | verdict (concepts) | n | detector yes | CLIP yes | agree | agreement [Wilson 95 %] |")
     print("|---|---|---|---|---|---|---|---|")
     every, cache, erased = [], {}, ()
     for target, synonyms, preserve in REQUESTS:
         concepts, cases = cases_of(target, synonyms, preserve, erased, args.forget_images, args.retain_images)
-        rows = judged(pipe, clip_source, detector, concepts, cases, args.steps, args.guidance, cache)
+        rows = judged(pipe, clip_source, detector, concepts, cases, args.steps, args.guidance, cache, listed)
         every += rows
         print("\n".join(table_rows("base", target, rows)), flush=True)
         erased = (*erased, target)
@@ -163,7 +173,7 @@ def main() -> None:
                 progress=False,
             )
         concepts, cases = cases_of(target, synonyms, preserve, (), args.forget_images, args.retain_images)
-        rows = judged(pipe, clip_source, detector, concepts, cases, args.steps, args.guidance, {})
+        rows = judged(pipe, clip_source, detector, concepts, cases, args.steps, args.guidance, {}, listed)
         every += rows
         print("\n".join(table_rows("continual-uce edit of circle", target, rows)), flush=True)
     for verdict in ("forget", "retain"):

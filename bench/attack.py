@@ -4,6 +4,8 @@
     .venv/bin/python bench/attack.py sequence [--methods SPEC ...] [--concepts circle striped ...]
     (either: [--attack-steps N] [--json FILE])
     .venv/bin/python bench/attack.py cost     [--methods SPEC ...]
+    .venv/bin/python bench/attack.py asr      [--methods SPEC ...] [--concepts circle] [--attack-prompts 12]
+                                              [--attack-steps 60] [--attack-seed 0]
 
 A method SPEC is a method name, optionally with hyper-parameters and a label after `@`:
 `continual-uce`, `continual-uce:adversarial_rounds=5`, `continual-uce:broad_scale=0@no broad`.
@@ -16,7 +18,10 @@ preserve ring) from the base with each method and tabulates the evaluation's two
 embedding inversion and a textual inversion, reported, not gated); `sequence` erases ten concepts in turn, each from the
 previous step's model, and re-measures every erased concept under sweep and attack at every step;
 `cost` times one request's edit (encoding every prompt set, the broad Gram, the solve, the weights) on
-a GPU-sized model built from config: SD1.5's UNet (859.5M parameters, bench/gpu_step.py's size) under a
+a GPU-sized model built from config; `asr` erases each of `--concepts` from the base with each method and
+runs only the attack on it (no plan sampled, no sweep, no gate): the ASR at a budget and attacker seed of
+one's choosing, in minutes instead of an evaluation's half hour. `cost`'s model is SD1.5's UNet (859.5M
+parameters, bench/gpu_step.py's size) under a
 768-wide, 12-layer text encoder (BERT-base shape, the MiniLM tokenizer at 77 tokens), random weights.
 
 Prints Markdown tables (paste them into bench/RESULTS.md with the date and machine).
@@ -40,6 +45,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # shadow the `unlearning` package: take the folder off the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+# the main job's requests (examples/requests.yaml): synonyms and preserve set of each concept it erases
+MAIN_JOB = {"circle": (("disc",), ("ring",)), "striped": (("stripy",), ()), "star": (("pentagram",), ())}
 SEQUENCE = ("circle", "striped", "star", "dotted", "heart", "checkered", "diamond", "gradient", "ring", "speckled")
 
 
@@ -329,22 +336,89 @@ def cost(args) -> None:
             print(f"| {label} | {time.perf_counter() - started:.1f} | {summary['trained_tensors']} |", flush=True)
 
 
+def asr(args) -> None:
+    """The attack alone on one request's candidate (module docstring), per method and concept."""
+    from pipeline.world import world_for
+    from unlearning.evaluation.attack import AttackBudget, attack_concept
+    from unlearning.evaluation.evaluate import attack_prompts
+    from unlearning.loop import UnlearnConfig, run_unlearning
+    from unlearning.sampling import load_model
+
+    settings, evaluator, base = setup(args)
+    budget = replace(evaluator.attack or AttackBudget(), seed=args.attack_seed)
+    world = world_for(settings)
+    judge = world.judges()[0]
+    print(
+        f"## The attack alone, one request from the base — {date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores\n"
+    )
+    print(f"Attack: {budget}; sampler {evaluator.sampler}. ASR: phrasings drawn before or after the attack / tried.\n")
+    print("| method | concept | ASR (k/n, Wilson 95 %) | base ASR | found prompts | edit s | attack s |")
+    print("|---|---|---|---|---|---|---|")
+    base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    rows = []
+    for spec in args.methods:
+        label, method, hyper, options = parse_spec(spec)
+        for concept in args.concepts:
+            synonyms, preserve = MAIN_JOB.get(concept, ((), ()))
+            config = UnlearnConfig(
+                concept=concept, synonyms=synonyms, preserve=preserve, method=method, hyper=hyper, **options
+            )
+            candidate = load_model("shapes")
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                run_unlearning(
+                    candidate,
+                    config,
+                    Path(tmp),
+                    prompts=world.request_prompts(config),
+                    model_sha="shapes",
+                    base_values=base_values,
+                    progress=False,
+                )
+            edited = time.perf_counter() - started
+            plan = evaluator.plan(concept, synonyms=synonyms)
+            result, _ = attack_concept(
+                candidate,
+                base,
+                judge,
+                head=world.head_of(concept),
+                concept=concept,
+                prompts=attack_prompts(plan, concept),
+                budget=budget,
+                sampler=evaluator.sampler,
+            )
+            found = [a["adversarial_prompt"] for r in result["prompts"] for a in r["attacks"] if a["success"]]
+            found = "; ".join(f'"{text}"' for text in found) or "—"
+            print(
+                f"| {label} | {concept} | {rate(result, 'asr')} | {result['base']['k']}/{result['base']['n']} "
+                f"| {found[:300]} | {edited:.0f} | {result['seconds']:.0f} |",
+                flush=True,
+            )
+            rows.append({"label": label, "concept": concept, "attack": result})
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1, default=str) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("single", "sequence", "cost"))
+    parser.add_argument("mode", choices=("single", "sequence", "cost", "asr"))
     parser.add_argument(
         "--methods",
         nargs="+",
         default=None,
         help="method specs (module docstring); default: the hardenings and baselines of bench/RESULTS.md",
     )
-    parser.add_argument("--concepts", nargs="+", default=list(SEQUENCE), help="the sequence's requests, in order")
+    parser.add_argument(
+        "--concepts", nargs="+", default=None, help="sequence: its requests, in order (default: ten); asr: circle"
+    )
     parser.add_argument("--sweep-prompts", type=int, default=None, help="vocabulary prompts of the sweep")
     parser.add_argument(
         "--sweep-word-seed", type=int, default=0, help="which vocabulary words the sweep draws (confirm on others)"
     )
     parser.add_argument("--attack-prompts", type=int, default=None, help="phrasings attacked per concept")
     parser.add_argument("--attack-steps", type=int, default=None, help="optimisation steps per phrasing")
+    parser.add_argument("--attack-seed", type=int, default=0, help="asr: the attacker's seed (its initial tokens)")
     parser.add_argument("--json", default=None, help="also write every payload here")
     parser.add_argument("--keep", default=None, help="sequence: keep each step's model folder under KEEP/<label>/")
     args = parser.parse_args()
@@ -369,8 +443,13 @@ def main() -> None:
                 setattr(args, name, value)
         single(args)
     elif args.mode == "sequence":
+        args.concepts = args.concepts or list(SEQUENCE)
         args.methods = args.methods or ["continual-uce", "uce"]
         sequence(args)
+    elif args.mode == "asr":
+        args.concepts = args.concepts or ["circle"]
+        args.methods = args.methods or ["continual-uce", "uce"]
+        asr(args)
     else:
         args.methods = args.methods or ["continual-uce", "continual-uce:broad_scale=0@continual-uce, no broad", "uce"]
         cost(args)

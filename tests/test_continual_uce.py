@@ -281,3 +281,32 @@ def test_the_loop_writes_the_lineage_and_the_next_step_reads_it(tmp_path):
         torch.testing.assert_close(together[key], kept[key])
     for name, value in second_weights.items():
         torch.testing.assert_close(at_once.unet.state_dict()[name], value)
+
+
+def test_prefixed_pairs_join_the_concept_s_terms(tiny_base, tmp_path):
+    """`prefixed_pairs` more target/anchor pairs (unlearning/prompts.py `with_prefixes`) are solved over: the
+    summary counts them and the concept's terms differ from those without them."""
+    grams = {}
+    for prefixed in (0, 5):
+        pipe = load_model(tiny_base)
+        base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+        config = UnlearnConfig(
+            concept="circle",
+            method="continual-uce",
+            prompts_per_concept=6,
+            preserve_per_concept=1,
+            prefixed_prompts=prefixed,
+            broad_prompts=0,
+        )
+        summary = run_unlearning(
+            pipe,
+            config,
+            tmp_path / str(prefixed),
+            prompts=shapes_prompts_for(config),
+            model_sha="tiny",
+            base_values=base,
+            progress=False,
+        )
+        assert summary["prompts"]["pairs"] == 6 + prefixed
+        grams[prefixed] = load_lineage(tmp_path / str(prefixed) / LINEAGE_FILE)["circle" + cu.GRAM]
+    assert torch.trace(grams[5]) > torch.trace(grams[0])  # more token pairs in the Gram B_c

@@ -253,3 +253,21 @@ def test_the_leak_fails_a_candidate_that_still_draws_and_passes_one_that_does_no
     leak, _, passed = leak_of(erasing)
     assert leak["fresh"]["n"] >= 20 and leak["ua"] >= 0.9, leak
     assert passed == [True]
+
+
+def test_prefixed_pairs_prepend_the_same_words_to_both_sides_and_never_a_concept_word():
+    from unlearning.prompts import PREFIX_WORDS, prefixed_pairs
+
+    words = ["ridge", "paper", "circle", "square", "horse", "balance", "tissue"]
+    target = ["a drawing of one circle", "a disc, red"]
+    anchor = ["a drawing of one square", "a square, red"]
+    rows = prefixed_pairs(target, anchor, ["circle", "disc"], ["square", "square"], words, 40, salt="t")
+    assert [len(column) for column in rows] == [40] * 4
+    for t, a, tw, aw in zip(*rows):
+        i = next(j for j, p in enumerate(target) if t.endswith(" " + p))
+        prefix = t[: -len(target[i])].split()
+        assert a == " ".join(prefix) + " " + anchor[i] and (tw, aw) == (["circle", "disc"][i], "square")
+        assert PREFIX_WORDS[0] <= len(prefix) <= PREFIX_WORDS[1]
+        assert not {"circle", "square", "disc"} & set(prefix)  # the concept word stays the only one
+    assert prefixed_pairs(target, anchor, ["circle", "disc"], ["square", "square"], words, 40, salt="t") == rows
+    assert prefixed_pairs(target, anchor, ["circle", "disc"], ["square", "square"], words, 0, salt="t") == ([],) * 4

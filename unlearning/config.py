@@ -45,6 +45,8 @@ class UnlearnConfig:
     prompt_templates: str | None = None  # the world's template set: None: the method's (PROMPT_TEMPLATES, else "train")
     broad_prompts: int | None = None  # method-half vocabulary prompts: a closed form's broad Gram G, a loss method's
     # broad preserve prompts (distilled from the parent); None: the method's BROAD_PROMPTS (else 0)
+    prefixed_prompts: int | None = None  # extra target/anchor pairs with 1-5 method-half vocabulary words
+    # prepended to both (unlearning/prompts.py `with_prefixes`); None: the method's PREFIXED_PROMPTS (else 0)
     mine: bool | None = None  # screen the broad preserve prompts with the judge; those the parent draws the
     # concept for join the forget set (unlearning/mining.py); None: the method's MINE (else False)
     mine_seeds: int = 4  # images per screened prompt (1: every image showing the concept is mined)
@@ -69,6 +71,7 @@ class UnlearnConfig:
             ("preserve_per_concept", "PRESERVE_PER_CONCEPT", 2),
             ("prompt_templates", "PROMPT_TEMPLATES", "train"),
             ("broad_prompts", "BROAD_PROMPTS", 0),
+            ("prefixed_prompts", "PREFIXED_PROMPTS", 0),
             ("mine", "MINE", False),
         ):
             if getattr(self, name) is None:
@@ -92,6 +95,7 @@ class UnlearnConfig:
             "preserve_per_concept": self.preserve_per_concept,
             "prompt_templates": self.prompt_templates,
             "broad_prompts": self.broad_prompts,
+            "prefixed_prompts": self.prefixed_prompts,
             "mine": self.mine,
             **({"mine_seeds": self.mine_seeds, "mine_pool": self.mine_pool} if self.mine else {}),
         }
@@ -143,6 +147,8 @@ class UnlearnConfig:
             problems.append("batch_size: must be >= 1")
         if self.mine_seeds < 1:
             problems.append("mine_seeds: must be >= 1")
+        if self.prefixed_prompts < 0:
+            problems.append("prefixed_prompts: must be >= 0")
         if self.mine_pool < 0:
             problems.append("mine_pool: must be >= 0")
         try:

@@ -57,7 +57,7 @@ from unlearning.parameters import (
     merge_lora,
     trainable_names,
 )
-from unlearning.prompts import RequestPrompts, broad_prompts
+from unlearning.prompts import RequestPrompts, broad_prompts, with_prefixes
 
 # The config and the folder's layout live in their own modules; these names stay importable from here.
 __all__ = [
@@ -184,6 +184,8 @@ def run_unlearning(
     # -- data: target/anchor pairs, preserve + replay prompts (each a Condition, as the architecture's UNet
     # reads it: unlearning/conditioning.py), the parent's images of them (latents)
     world_preserve = prompts.preserve
+    # pairs in prefixed contexts (what a prepended-token attack varies): unlearning/prompts.py `with_prefixes`
+    prompts = with_prefixes(prompts, pipe.tokenizer, cfg.prefixed_prompts, seed=cfg.seed)
     if cfg.broad_prompts and not closed_form:
         # broad prior preservation: the method's half of the vocabulary joins the preserve set, distilled
         # from the parent like it (what the closed form's broad Gram G holds, for a loss method: without
@@ -403,6 +405,7 @@ def run_unlearning(
         "prompts": {
             "target": prompts.target[:4],
             "anchor": prompts.anchor[:4],
+            "pairs": targets_named,  # target/anchor pairs that name the target (prefixed ones included)
             "preserve": len(prompts.preserve),
             "replay": len(prompts.replay),
             "mined": list(prompts.mined),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 GENERIC_TEMPLATES = ("{}", "a picture of {}", "a photo of {}", "an image of {}")
 # Templates of one vocabulary word, naming no object, style or colour of any world: the sweep's prompts
@@ -125,3 +125,78 @@ def broad_prompts(tokenizer, count: int, *, seed: int = 0) -> list[str]:
     rng = random.Random(f"lethe-broad|{seed}")
     words = vocabulary_words(tokenizer, part="method")
     return [rng.choice(VOCABULARY_TEMPLATES).format(word=w) for w in rng.sample(words, min(count, len(words)))]
+
+
+PREFIX_WORDS = (1, 5)  # how many vocabulary words `with_prefixes` prepends to a pair (inclusive range)
+
+
+def prefixed_pairs(
+    target: list[str],
+    anchor: list[str],
+    target_words: list[str],
+    anchor_words: list[str],
+    words: list[str],
+    count: int,
+    *,
+    salt: str,
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """`count` more target/anchor pairs: a pair of the given ones (drawn at random) with the same 1–5 words
+    of `words` prepended to both prompts ("ridge paper horse a drawing of one circle" with "ridge paper
+    horse a drawing of one square"). Why: a discrete-prompt attack (UnlearnDiffAtk, P4D) prepends tokens,
+    and a contextual text encoder moves the concept word's embedding with what comes before it — out of
+    the span of the phrasings an edit solved over. Pairs in many prefixed contexts put those embeddings
+    in the edit's sums. Words that name either side's concept are not used (the word must stay unique)."""
+    if not count or not target:
+        return [], [], [], []
+    named = {part.lower() for phrase in (*target_words, *anchor_words) for part in phrase.split()}
+    pool = [w for w in words if w not in named]
+    rng = random.Random(f"lethe-prefix|{salt}")
+    rows = ([], [], [], [])
+    for _ in range(count):
+        i = rng.randrange(len(target))
+        prefix = " ".join(rng.sample(pool, rng.randint(*PREFIX_WORDS)))
+        for column, value in zip(
+            rows, (f"{prefix} {target[i]}", f"{prefix} {anchor[i]}", target_words[i], anchor_words[i])
+        ):
+            column.append(value)
+    return rows
+
+
+def with_prefixes(prompts: RequestPrompts, tokenizer, count: int, *, seed: int = 0) -> RequestPrompts:
+    """`prompts` with `count` prefixed pairs (`prefixed_pairs`) added to the target's pairs and to every
+    earlier concept's, the prefixes drawn from the method's half of the vocabulary (the sweep and the
+    attack judge on all of it, so the check still sees words the edit never paired)."""
+    if not count:
+        return prompts
+    words = vocabulary_words(tokenizer, part="method")
+    more = prefixed_pairs(
+        prompts.target, prompts.anchor, prompts.target_words, prompts.anchor_words, words, count, salt=f"{seed}|target"
+    )
+    earlier = []
+    for pairs in prompts.earlier:
+        extra = prefixed_pairs(
+            pairs.target,
+            pairs.anchor,
+            pairs.target_words,
+            pairs.anchor_words,
+            words,
+            count,
+            salt=f"{seed}|{pairs.concept}",
+        )
+        earlier.append(
+            replace(
+                pairs,
+                target=pairs.target + extra[0],
+                anchor=pairs.anchor + extra[1],
+                target_words=pairs.target_words + extra[2],
+                anchor_words=pairs.anchor_words + extra[3],
+            )
+        )
+    return replace(
+        prompts,
+        target=prompts.target + more[0],
+        anchor=prompts.anchor + more[1],
+        target_words=prompts.target_words + more[2],
+        anchor_words=prompts.anchor_words + more[3],
+        earlier=tuple(earlier),
+    )

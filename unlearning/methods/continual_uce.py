@@ -51,6 +51,16 @@ sums a version is solved with are those of erasing its lineage's concepts at onc
 (and each concept's anchor, "<concept>::anchor", the word's UTF-8 bytes) are what the version was
 solved with: its artifact, kept as they are for a concept this request has no pairs of.
 
+Prefixed pairs (`PREFIXED_PROMPTS`, unlearning/prompts.py `with_prefixes`): besides the world's phrasings,
+each concept's pairs include phrasings with 1–5 words of the method's half of the vocabulary prepended to
+both sides ("paper ridge a drawing of one circle" with "paper ridge a drawing of one square"). A contextual
+text encoder moves the concept word's embedding with what precedes it; a prepended-token attack (P4D,
+UnlearnDiffAtk: docs/erasure.md) searches exactly there, and found "paper horse balance circular curve a
+drawing of one circle, …" outside the span the world's phrasings cover (ASR 1/6 on the main job's first
+request). With 80 prefixed pairs the same attack, seeds and budget find nothing (0/6; bench/RESULTS.md,
+2026-12-07). The prefixes are random words, not the attack's: the attack still searches the whole
+vocabulary, and the sweep judges the other half.
+
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
 W₀_l R and M = Σ_l W₀_lᵀ W₀_l this is e′ = (ρI + Rᵀ M R)⁻¹ Rᵀ M e. Each of `adversarial_rounds` rounds
@@ -83,6 +93,7 @@ MMDIT_PARAMS = "text-proj"  # an MMDiT's projections that see the text alone (un
 PROMPTS_PER_CONCEPT = 80  # target/anchor pairs per concept, from the world's erase templates
 PRESERVE_PER_CONCEPT = 12  # preserve prompts per retained concept: the retained world in many contexts
 PROMPT_TEMPLATES = "erase"
+PREFIXED_PROMPTS = 80  # more pairs per concept, 1-5 vocabulary words prepended (module docstring)
 BROAD_PROMPTS = 1000  # vocabulary prompts of the broad Gram G (1000 x 32 tokens: every direction the words use)
 DEFAULTS = {
     "erase_scale": 1.0,

@@ -107,6 +107,7 @@ class Evaluator:
                 forget_images=settings.eval_forget_images,
                 retain_images=settings.eval_retain_images,
                 retain_head_images=settings.eval_retain_head_images,
+                retain_confirm_seeds=settings.eval_retain_confirm_seeds,
             ),
             cache=ImageCache(settings.home / "cache" / "images"),
             retention_distance=retention_backbone(settings),

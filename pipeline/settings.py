@@ -100,6 +100,13 @@ class LetheSettings(BaseSettings):
         le=2400,
         description="at least this many retained images per judge head (more per concept when few remain)",
     )
+    eval_retain_confirm_seeds: int = Field(
+        9,
+        ge=0,
+        le=256,
+        description="fresh images per prompt and model of a retained concept whose ratio fails the gate's bound "
+        "(the per-concept retain rule's second stage: decided on both stages pooled); 0: off",
+    )
     eval_sweep_prompts: int = Field(
         192,
         ge=0,

@@ -9,14 +9,16 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 # starts, computes on one thread: two workers with two threads each would oversubscribe the cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Every evaluation sweeps and attacks each erased concept (unlearning/evaluation/sweep.py, attack.py); at the
-# shipped sizes that is minutes per evaluation on a CPU. Tests of flows, the CLI and crash recovery run the
-# probes at a token size, so that the path is exercised without their cost; the probes' own tests
-# (test_sweep.py, test_attack.py) pass their sizes explicitly, and the shipped sizes run in bench/.
+# Every evaluation sweeps and attacks each erased concept (unlearning/evaluation/sweep.py, attack.py), and draws
+# again each retained concept that fails its screen (retain_confirm.py); at the shipped sizes that is minutes
+# per evaluation on a CPU. Tests of flows, the CLI and crash recovery run them at a token size, so that the
+# path is exercised without their cost; their own tests (test_sweep.py, test_attack.py, test_retain_confirm.py)
+# pass their sizes explicitly, and the shipped sizes run in bench/.
 for _name, _value in {
     "LETHE_EVAL_SWEEP_PROMPTS": "4",
     "LETHE_EVAL_SWEEP_SEEDS": "1",
     "LETHE_EVAL_SWEEP_LEAK_SEEDS": "2",
+    "LETHE_EVAL_RETAIN_CONFIRM_SEEDS": "1",  # a retained concept failing its screen: drawn again on one seed
     "LETHE_EVAL_SWEEP_VARIANTS": "2",
     "LETHE_EVAL_ATTACK_PROMPTS": "1",
     "LETHE_EVAL_ATTACK_STEPS": "2",

@@ -14,6 +14,7 @@ from unlearning.evaluation.gates import (
     decide,
     default_policy,
     load_policy,
+    lower_bound,
 )
 
 
@@ -139,6 +140,25 @@ def test_the_open_policy_is_the_shapes_policy_less_the_two_judge_rule():
             "alignment.relative",
         ):
             assert (rule.min, rule.max) == (theirs.min, theirs.max), rule.metric
+
+
+def test_the_bound_a_two_stage_rule_screens_against_is_the_policys_strictest_min_for_that_metric():
+    """`*` in a rule matches any one key; a rule naming the concept itself counts too, and the strictest
+    (largest) min wins; a max, another metric or a longer path bounds nothing here."""
+    assert lower_bound(load_policy(DEFAULT_POLICY), "retain.per_concept.square.relative") == 0.934
+    assert lower_bound(load_policy(OPEN_POLICY), "retain.per_concept.dotted.relative") == 0.427
+    assert lower_bound(load_policy(DEFAULT_POLICY), "retain.per_concept.square.accuracy") is None
+    policy = Policy(
+        "two",
+        (
+            Threshold("retain.per_concept.*.relative", min=0.9),
+            Threshold("retain.per_concept.square.relative", min=0.95),
+            Threshold("retain.per_concept.*.relative", max=1.5),
+            Threshold("retain.per_concept.*.relative.n", min=0.99),
+        ),
+    )
+    assert lower_bound(policy, "retain.per_concept.square.relative") == 0.95
+    assert lower_bound(policy, "retain.per_concept.circle.relative") == 0.9
 
 
 def test_a_world_without_a_shipped_policy_is_refused():

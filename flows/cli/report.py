@@ -22,7 +22,7 @@ def add_sampler_options(p) -> None:
 
 def plan_size(config, args, samples_flag: str):
     """The plan's size: `--samples N` makes every set N images (a quick look); `--forget-images` /
-    `--retain-images` set one kind; the rest come from the settings."""
+    `--retain-images` set one kind; the rest (the retain rule's fresh seeds too) come from the settings."""
     from unlearning.evaluation.plan import PlanSize
 
     quick = getattr(args, samples_flag.replace("-", "_"))
@@ -36,6 +36,7 @@ def plan_size(config, args, samples_flag: str):
         forget_images=args.forget_images or quick or config.eval_forget_images,
         retain_images=args.retain_images or quick or config.eval_retain_images,
         retain_head_images=0 if quick else config.eval_retain_head_images,
+        retain_confirm_seeds=config.eval_retain_confirm_seeds,
     )
 
 
@@ -75,6 +76,28 @@ def print_evaluation(payload: dict, html_path, probes=()) -> None:
     print(f"retain         IRA {relative(retain['ira'])}  CRA {relative(retain['cra'])}")
     heads = "  ".join(f"{domain}s {relative(entry)}" for domain, entry in retain.get("by_domain", {}).items())
     print(f"retain by head {heads}")
+
+    def stage(entry: dict) -> str:  # a retain stage: the candidate's count against the base's, and their ratio
+        n = entry["n"]
+        return f"{entry['candidate']}/{n} vs base {entry['base']}/{n} (x{number(entry['relative'], '.3f')})"
+
+    concepts = retain.get("per_concept", {})
+    for concept, entry in concepts.items():  # drawn again on fresh seeds: the screen failed its bound
+        if entry.get("decided_by") == "pooled":
+            print(
+                f"retain concept {concept:9s} x{number(entry['relative'], '.3f')} pooled ({entry['k']}/{entry['n']} "
+                f"vs base {entry['base_k']}/{entry['n']}): screen {stage(entry['screen'])} below "
+                f"{entry['screen_bound']}, fresh seeds {stage(entry['fresh'])}"
+            )
+    ranked = sorted(
+        (entry["relative"], concept) for concept, entry in concepts.items() if entry["relative"] is not None
+    )
+    if ranked:
+        pooled = [c for c, entry in concepts.items() if entry.get("decided_by") == "pooled"]
+        print(
+            f"retain concept lowest x{ranked[0][0]:.3f} ({ranked[0][1]}) of {len(concepts)}; "
+            f"drawn again on fresh seeds: {', '.join(pooled) or 'none'}"
+        )
     print(
         f"retention      distance {checks['retention']['distance']:.4f}   "
         f"FID {checks['fid']['fid']:.3f}  KID {checks['fid']['kid']:.4f}"

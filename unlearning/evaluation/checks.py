@@ -153,6 +153,23 @@ def _rename(rate: dict, name: str) -> dict:
     return {name: rate.pop("rate"), **rate}
 
 
+def retained_accuracy(candidate_hits: np.ndarray, base_hits: np.ndarray, prompts: np.ndarray) -> dict:
+    """Accuracy of the candidate and of the base on the same images (per image: 1 where the judge sees the
+    concept), the base's count, and the candidate's accuracy relative to the base's with a paired bootstrap
+    interval over prompts."""
+    accuracy = stats.rate(candidate_hits, prompts)
+    return {
+        "accuracy": accuracy.pop("rate"),
+        **accuracy,
+        "base_accuracy": _mean(base_hits),
+        "base_k": int(np.sum(base_hits)),
+        "relative": stats.ratio_of_means(candidate_hits, base_hits),
+        "relative_bootstrap": list(
+            stats.cluster_bootstrap_interval(candidate_hits, prompts, statistic=stats.ratio_of_means, paired=base_hits)
+        ),
+    }
+
+
 def judge_agreement(plan: EvaluationPlan, first: Judge, second: Judge, first_probs: dict, images: np.ndarray) -> dict:
     """How often two judges give the same verdict on the same images (Lethe's second-judge check).
 
@@ -191,6 +208,7 @@ def run_checks(
     retention_distance: tuple[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
     fid_features: tuple[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     clip_scorer: ClipScorer | None = None,
+    probabilities: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> dict:
     """Every check of the plan, as one nested dict of numbers (the report's JSON and the gate's input).
 
@@ -199,10 +217,12 @@ def run_checks(
     `retention_distance` / `fid_features`: (name, function) of another backbone (LPIPS-AlexNet, the FID
     Inception: unlearning/evaluation/backbones.py) in place of the judge's features; each figure names its
     `backbone`. A judge with `records` (per head: the detector, threshold and classes a verdict rests on,
-    e.g. NudeNet's) has its record written beside every forget and rebound figure of that head."""
+    e.g. NudeNet's) has its record written beside every forget and rebound figure of that head.
+    `probabilities`: `judges[0]`'s (candidate, base) class probabilities of these images, where the caller
+    has them already (unlearning/evaluation/evaluate.py keeps them for the retain rule's second stage)."""
     judge = judges[0]
     records = getattr(judge, "records", {})
-    cand_probs, base_probs = judge.probabilities(candidate_images), judge.probabilities(base_images)
+    cand_probs, base_probs = probabilities or (judge.probabilities(candidate_images), judge.probabilities(base_images))
     cand_rates = detection_by_group(plan, cand_probs, judge.heads)
     base_rates = detection_by_group(plan, base_probs, judge.heads)
     results: dict = {"groups": {g: {"detection": cand_rates[g], "base_detection": base_rates[g]} for g in cand_rates}}
@@ -234,20 +254,7 @@ def run_checks(
         results["rebound_min_ua"] = min(v["where_base_draws"]["ua"] for v in results["rebound"].values())
 
     def retained(idx: np.ndarray) -> dict:
-        """Accuracy of the candidate and of the base on the same images, and the candidate's relative to the
-        base with a paired bootstrap interval over prompts."""
-        accuracy = stats.rate(cand_hits[idx], prompts[idx])
-        return {
-            "accuracy": accuracy.pop("rate"),
-            **accuracy,
-            "base_accuracy": _mean(base_hits[idx]),
-            "relative": stats.ratio_of_means(cand_hits[idx], base_hits[idx]),
-            "relative_bootstrap": list(
-                stats.cluster_bootstrap_interval(
-                    cand_hits[idx], prompts[idx], statistic=stats.ratio_of_means, paired=base_hits[idx]
-                )
-            ),
-        }
+        return retained_accuracy(cand_hits[idx], base_hits[idx], prompts[idx])
 
     per_concept, by_kind, by_domain = {}, {"in": [], "cross": []}, {}
     for group, indices in groups.items():

@@ -1,6 +1,8 @@
 """One evaluation: sample base and candidate on the plan (same prompts, same seeds), run every check,
-look beyond the plan (the sweep and the attack, for the target and every concept erased earlier),
-apply the gate. The base's images come from the on-disk cache when they were generated before."""
+draw again, on fresh seeds, each retained concept whose ratio fails the gate's bound on the plan's images
+(unlearning/evaluation/retain_confirm.py), look beyond the plan (the sweep and the attack, for the target
+and every concept erased earlier), apply the gate. The base's images come from the on-disk cache when they
+were generated before."""
 
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import numpy as np
 from unlearning.conditioning import MMDIT, architecture
 from unlearning.evaluation.attack import AttackBudget, attack_concept
 from unlearning.evaluation.cache import ImageCache, generate_cached
-from unlearning.evaluation.checks import Judge, run_checks
-from unlearning.evaluation.gates import Decision, Policy, decide
+from unlearning.evaluation.checks import Judge, hits, run_checks
+from unlearning.evaluation.gates import Decision, Policy, decide, lower_bound
 from unlearning.evaluation.inversion import diagnose
 from unlearning.evaluation.plan import EvaluationPlan
+from unlearning.evaluation.retain_confirm import confirm_plan, retain_stages, screen_fails, stage_record
 from unlearning.evaluation.sweep import SweepSize, run_sweep, sweep_prompts
 from unlearning.sampling import generate
 
@@ -43,6 +46,8 @@ class Evaluation:
     timings: dict
     sweep_images: dict = field(default_factory=dict)  # run_sweep's images, for the report
     attack_images: dict = field(default_factory=dict)  # concept -> {prompt: (prompt that drew it, images)}
+    # retained concept drawn again -> {"prompts", "base", "candidate"}: its fresh images (retain_confirm.py)
+    retain_confirm_images: dict = field(default_factory=dict)
 
 
 def attack_prompts(plan: EvaluationPlan, concept: str) -> list[str]:
@@ -55,6 +60,59 @@ def attack_prompts(plan: EvaluationPlan, concept: str) -> list[str]:
     )
     random.Random(f"lethe-attack|{concept}").shuffle(prompts)
     return prompts
+
+
+def confirm_retained(
+    candidate_pipe,
+    base_pipe,
+    judge: Judge,
+    plan: EvaluationPlan,
+    results: dict,
+    screen_hits: tuple[np.ndarray, np.ndarray],
+    policy: Policy | None,
+    *,
+    sampler: dict,
+    base_sha256: str,
+    cache: ImageCache | None,
+) -> dict:
+    """The per-concept retain rule's second stage (unlearning/evaluation/retain_confirm.py), in place in
+    `results["retain"]`: each retained concept whose ratio on the plan's images (`screen_hits`: the candidate's
+    and the base's hits per case) is below the policy's bound for it is drawn again on
+    `plan.size.retain_confirm_seeds` fresh seeds a prompt, both models, and decided on both stages pooled; every
+    other concept keeps its screen. Returns the fresh images of each concept drawn again (for the report)."""
+    per_concept, groups = results["retain"]["per_concept"], plan.groups()
+    prompts = np.array([c.prompt for c in plan.cases])
+    images = {}
+    for concept, entry in per_concept.items():
+        idx = np.array(groups[f"retain/{entry['kind']}/{concept}"], dtype=int)
+        screen = (screen_hits[0][idx], screen_hits[1][idx], prompts[idx])
+        bound = lower_bound(policy, f"retain.per_concept.{concept}.relative") if policy is not None else None
+        if not (plan.size.retain_confirm_seeds and screen_fails(entry, bound)):
+            entry.update(stage_record(screen, None, bound=bound))  # its numbers are run_checks', the screen's
+            continue
+        fresh_plan = confirm_plan(plan, concept, plan.size.retain_confirm_seeds)
+        texts, seeds = [c.prompt for c in fresh_plan.cases], [c.seed for c in fresh_plan.cases]
+        base_images, _ = generate_cached(
+            base_pipe, texts, seeds, model_sha256=base_sha256, sampler=sampler, cache=cache
+        )
+        candidate_images = (
+            base_images
+            if candidate_pipe is base_pipe
+            else generate(
+                candidate_pipe, texts, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"]
+            )
+        )
+        fresh = (
+            hits(fresh_plan, judge.probabilities(candidate_images), judge.heads),
+            hits(fresh_plan, judge.probabilities(base_images), judge.heads),
+            np.array(texts),
+        )
+        entry.update(retain_stages(screen, fresh, bound=bound))
+        entry["fresh"]["seeds"] = plan.size.retain_confirm_seeds
+        images[concept] = {"prompts": texts, "base": base_images, "candidate": candidate_images}
+    relatives = [v["relative"] for v in per_concept.values() if not np.isnan(v["relative"])]
+    results["retain"]["min_concept_relative"] = min(relatives) if relatives else float("nan")
+    return images
 
 
 def probe(
@@ -139,8 +197,10 @@ def evaluate(
 
     `judges[0]` judges; a second judge's agreement with it is reported (unlearning/evaluation/checks.py).
     When the candidate *is* the base (same object), its images are the base's: a model compared with
-    itself must give distance 0 and FID 0, and costs one sampling pass. `probes` adds the sweep and the
-    attack (`results["sweep"]`, `results["attack"]`) before the gate decides.
+    itself must give distance 0 and FID 0, and costs one sampling pass. Under a `policy`, each retained
+    concept whose ratio fails its bound is drawn again on fresh seeds and decided on both stages pooled
+    (`confirm_retained`). `probes` adds the sweep and the attack (`results["sweep"]`, `results["attack"]`)
+    before the gate decides.
     """
     # Two sets may share an image (a ring with a dotted pattern retains both): sample each pair once.
     pairs = list(dict.fromkeys((c.prompt, c.seed) for c in plan.cases))
@@ -160,6 +220,8 @@ def evaluate(
         )
     base_images, candidate_images = base_images[rows], candidate_images[rows]
     sample_seconds = time.perf_counter() - started - base_seconds
+    judge = judges[0]
+    probabilities = (judge.probabilities(candidate_images), judge.probabilities(base_images))
     results = run_checks(
         plan,
         tuple(judges),
@@ -169,7 +231,22 @@ def evaluate(
         retention_distance=retention_distance,
         fid_features=fid_features,
         clip_scorer=clip_scorer,
+        probabilities=probabilities,
     )
+    confirm_started = time.perf_counter()
+    retain_confirm_images = confirm_retained(
+        candidate_pipe,
+        base_pipe,
+        judge,
+        plan,
+        results,
+        (hits(plan, probabilities[0], judge.heads), hits(plan, probabilities[1], judge.heads)),
+        policy,
+        sampler=sampler,
+        base_sha256=base_sha256,
+        cache=cache,
+    )
+    confirm_seconds = time.perf_counter() - confirm_started
     probe_results, sweep_images, attack_images, probe_seconds = (
         probe(
             candidate_pipe,
@@ -194,6 +271,18 @@ def evaluate(
         "total_seconds": round(time.perf_counter() - started, 2),
         "images": len(plan.cases),
         "unique_images": len(prompts),
+        "retain_confirm_seconds": round(confirm_seconds, 2),
+        "retain_confirm_images": sum(len(v["prompts"]) for v in retain_confirm_images.values()),
         **probe_seconds,
     }
-    return Evaluation(plan, results, decision, candidate_images, base_images, timings, sweep_images, attack_images)
+    return Evaluation(
+        plan,
+        results,
+        decision,
+        candidate_images,
+        base_images,
+        timings,
+        sweep_images,
+        attack_images,
+        retain_confirm_images,
+    )

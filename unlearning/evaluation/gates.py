@@ -155,6 +155,21 @@ def load_policy(path: str | Path | None = None) -> Policy:
     return Policy(str(document.get("name", path.stem)), tuple(thresholds), float(alpha))
 
 
+def lower_bound(policy: Policy, metric: str) -> float | None:
+    """The strictest `min` the policy sets on the metric at dotted path `metric` (a rule's `*` matches any
+    one key: "retain.per_concept.*.relative" bounds "retain.per_concept.square.relative"); None when no rule
+    sets one. What a two-stage check screens against (unlearning/evaluation/retain_confirm.py)."""
+    parts = metric.split(".")
+    bounds = [
+        t.min
+        for t in policy.thresholds
+        if t.min is not None
+        and len(rule := t.metric.split(".")) == len(parts)
+        and all(r in ("*", part) for r, part in zip(rule, parts))
+    ]
+    return max(bounds) if bounds else None
+
+
 def _lookup(results: dict, path: str) -> list[tuple[str, object, dict]]:
     """(name, value, the mapping that holds it) at a dotted path; `*` expands over a mapping's keys."""
     found = [("", results, {})]

@@ -45,6 +45,10 @@ class PlanSize:
     retain_head_images: int = 144
     seeds_per_prompt: int = 3
     seed_offset: int = 0  # other seeds for the same prompts (the noise floor: the base against itself)
+    # The per-concept retain rule's second stage (unlearning/evaluation/retain_confirm.py): a retained concept
+    # whose ratio fails its bound on these images is drawn again, each of its prompts on this many fresh seeds
+    # per model, and decided on both stages pooled (9: three times its images at 3 seeds a prompt); 0: none
+    retain_confirm_seeds: int = 9
 
     def phrasings(self, images: int) -> tuple[int, int]:
         """(phrasings, seeds each) for a set of about `images` images (at least one of each)."""

@@ -1,6 +1,7 @@
 """The evaluation report: evaluation.json (every number), report.html (the check table, coloured, with
-reasons) and PNG grids of base vs candidate for the same prompts and seeds, one per group; where the
-evaluation swept and attacked, the prompts it found (relocations, adversarial prompts) beside their
+reasons) and PNG grids of base vs candidate for the same prompts and seeds, one per group; each retained
+concept's stages (the plan's images, and fresh seeds where they failed the bound: retain_confirm.py); where
+the evaluation swept and attacked, the prompts it found (relocations, adversarial prompts) beside their
 images."""
 
 from __future__ import annotations
@@ -89,6 +90,54 @@ def _base_above_candidate(images: dict, stage: str, row: int, seeds: int):
     shown = slice(row * seeds, row * seeds + min(seeds, 16))
     stacked = np.concatenate([images[f"{stage}_base"][shown], images[f"{stage}_candidate"][shown]])
     return upscale(image_grid(stacked, columns=min(seeds, 16)), 3)
+
+
+def _stage(stage: dict) -> str:
+    """A retain stage's counts: the candidate's k/n against the base's, and their ratio."""
+    ratio = "—" if stage["relative"] is None or math.isnan(stage["relative"]) else f"{stage['relative']:.3f}"
+    return f"{stage['candidate']}/{stage['n']} vs base {stage['base']}/{stage['n']} (× {ratio})"
+
+
+def _retain_note(per_concept: dict, metric: str) -> str:
+    """For a per-concept retain check decided on both stages pooled: what each stage counted."""
+    concept = metric.removeprefix("retain.per_concept.").removesuffix(".relative")
+    entry = per_concept.get(concept) if metric.startswith("retain.per_concept.") else None
+    if not entry or entry.get("decided_by") != "pooled":
+        return ""
+    return f" [pooled: screen {_stage(entry['screen'])}, fresh seeds {_stage(entry['fresh'])}]"
+
+
+def _retain_section(evaluation: Evaluation, folder: Path) -> str:
+    """Per retained concept: the plan's images (the screen), the fresh seeds where the screen failed the bound,
+    the ratio the gate read and which decided; the fresh images of each concept drawn again."""
+    per_concept = evaluation.results.get("retain", {}).get("per_concept", {})
+    if not any("decided_by" in entry for entry in per_concept.values()):
+        return ""
+    rows, figures = [], []
+    for concept, entry in per_concept.items():
+        relative = entry["relative"]
+        rows.append(
+            f"<tr><td>{html.escape(concept)}</td><td>{html.escape(entry['kind'])}</td><td>{_stage(entry['screen'])}"
+            f"</td><td>{_stage(entry['fresh']) if entry['fresh']['n'] else '—'}</td>"
+            f"<td>{'—' if relative is None or math.isnan(relative) else f'{relative:.3f}'} (n {entry['n']})</td>"
+            f"<td>{'screen' if entry['decided_by'] == 'screen' else 'screen + fresh seeds, pooled'}</td></tr>"
+        )
+    for concept, drawn in evaluation.retain_confirm_images.items():
+        shown = slice(0, min(len(drawn["prompts"]), 24))
+        stacked = np.concatenate([drawn["base"][shown], drawn["candidate"][shown]])
+        grid = upscale(image_grid(stacked, columns=len(drawn["prompts"][shown])), 3)
+        caption = (
+            f"<b>{html.escape(concept)}</b> drawn again on fresh seeds: {_stage(per_concept[concept]['fresh'])} "
+            f"(first {len(drawn['prompts'][shown])}; base above, candidate below)"
+        )
+        figures.append(_figure(folder, f"retain-confirm-{concept}.png", grid, caption))
+    return (
+        "<h2>Retained concepts: screen, then fresh seeds where it fails the bound</h2><p>Each retained concept's "
+        "detection rate relative to the base's, on the plan's images (the screen); a concept whose ratio is below "
+        "its bound is drawn again, its prompts on fresh seeds for both models, and decided on both stages pooled "
+        "(the same bound).</p><table><tr><th>concept</th><th>kind</th><th>screen</th><th>fresh seeds</th>"
+        f"<th>ratio the gate read</th><th>decided by</th></tr>{''.join(rows)}</table>{''.join(figures)}"
+    )
 
 
 def _sweep_section(evaluation: Evaluation, folder: Path) -> str:
@@ -228,6 +277,7 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
         )
 
     decision = evaluation.decision
+    per_concept = evaluation.results.get("retain", {}).get("per_concept", {})
     if decision is None:
         banner = '<div class="banner none">No policy applied</div>'
         rows = ""
@@ -239,7 +289,8 @@ def write_report(evaluation: Evaluation, folder: str | Path, *, title: str, extr
             f"<td>{'—' if c.value is None else f'{c.value:.4f}'}</td><td>{_interval(c.interval)}</td>"
             f"<td>{'—' if c.n is None else c.n}</td>"
             f"<td>{'' if c.min is None else '≥ ' + str(c.min)} {'' if c.max is None else '≤ ' + str(c.max)}</td>"
-            f'<td class="verdict">{"pass" if c.passed else "fail"}</td><td>{html.escape(c.reason)}</td></tr>'
+            f'<td class="verdict">{"pass" if c.passed else "fail"}</td>'
+            f"<td>{html.escape(c.reason + _retain_note(per_concept, c.metric))}</td></tr>"
             for c in decision.checks
         )
     plan = evaluation.plan
@@ -258,6 +309,7 @@ base images: {evaluation.timings["base_images_cached"]} cached,
 {rows}</table>
 <h2>Base (top row) vs candidate (bottom row), same prompts and seeds</h2>
 {"".join(figures)}
+{_retain_section(evaluation, folder)}
 {_sweep_section(evaluation, folder)}
 {_attack_section(evaluation, folder)}
 <p>All numbers: <a href="evaluation.json">evaluation.json</a></p>

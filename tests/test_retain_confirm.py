@@ -11,11 +11,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 import unlearning.evaluation.evaluate as evaluate_module
 from pipeline.evaluator import Evaluator
 from pipeline.settings import LetheSettings
+from tests.tiny_models import uce_edited_copy
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.checks import retained_accuracy
 from unlearning.evaluation.evaluate import confirm_retained, evaluate
@@ -277,28 +277,11 @@ def test_a_drop_on_the_gates_seeds_only_passes_on_fresh_seeds(shapes_pipe, judge
 def test_a_real_erosion_still_fails_after_the_fresh_seeds(shapes_pipe, judges, tmp_path):
     """A UCE edit of square's tokens towards circle (as the leak's test erases circle): square drops on the
     plan's seeds and on the fresh ones, the pooled ratio stays under the same bound and the rule fails it."""
-    from unlearning.methods.uce import closed_form
-
-    tokenizer, encoder = shapes_pipe.tokenizer, shapes_pipe.text_encoder
-
-    def encode(texts):
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-        with torch.no_grad():
-            return encoder(ids.input_ids)[0].reshape(-1, encoder.config.hidden_size)
-
-    eroding = copy.deepcopy(shapes_pipe)
-    keys, anchors = (
-        encode(["a square", "square", "a picture of a square"]),
-        encode(["a circle", "circle", "a picture of a circle"]),
+    eroding = uce_edited_copy(
+        shapes_pipe,
+        ["a square", "square", "a picture of a square"],
+        ["a circle", "circle", "a picture of a circle"],
     )
-    with torch.no_grad():
-        for name, weight in eroding.unet.named_parameters():
-            if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
-                weight.copy_(
-                    closed_form(
-                        weight, keys, anchors, keys[:0], erase_scale=1.0, preserve_scale=0.0, lambda_identity=0.01
-                    )
-                )
     evaluation = _evaluate(eroding, shapes_pipe, judges, _two_concept_plan(seeds=3), tmp_path)
     entry = evaluation.results["retain"]["per_concept"]["square"]
     assert entry["decided_by"] == "pooled" and entry["fresh"]["n"] == 24, entry

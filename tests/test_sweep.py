@@ -3,13 +3,12 @@ model — that it fails the gate of a candidate built to relocate a concept and 
 
 from __future__ import annotations
 
-import copy
 import re
 
 import numpy as np
 import pytest
-import torch
 
+from tests.tiny_models import uce_edited_copy
 from unlearning.evaluation.cache import ImageCache
 from unlearning.evaluation.gates import decide, load_policy
 from unlearning.evaluation.stats import fisher_greater, holm, total_variation
@@ -131,33 +130,9 @@ def relocating(shapes_pipe):
     """A candidate built to relocate circle: a UCE edit whose anchor is the concept, mapping every token of
     "a square"-like prompts onto the same prompts saying "circle" (what a bad erasure of square towards
     circle would do)."""
-    from unlearning.methods.uce import closed_form
-
-    tokenizer, encoder = shapes_pipe.tokenizer, shapes_pipe.text_encoder
     sources = ["a square", "a block", "a picture of a square", "square", "a square on a plain background"]
     targets = [s.replace("square", "circle").replace("block", "circle") for s in sources]
-
-    def encode(prompts):
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-        with torch.no_grad():
-            return encoder(ids.input_ids)[0].reshape(-1, encoder.config.hidden_size)
-
-    keys, anchors = encode(sources), encode(targets)
-    candidate = copy.deepcopy(shapes_pipe)
-    with torch.no_grad():
-        for name, weight in candidate.unet.named_parameters():
-            if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
-                weight.copy_(
-                    closed_form(
-                        weight,
-                        keys,
-                        anchors,
-                        keys[:0],
-                        erase_scale=1.0,
-                        preserve_scale=0.0,
-                        lambda_identity=0.01,
-                    )
-                )
+    candidate = uce_edited_copy(shapes_pipe, sources, targets)
     return candidate, [SweepPrompt(p, "vocabulary") for p in ("a square", "a block", "a box", "a tile")]
 
 
@@ -216,29 +191,12 @@ def test_the_leak_fails_a_candidate_that_still_draws_and_passes_one_that_does_no
     """Where the base draws circles on a sweep prompt: the base as its own candidate (same seeds) leaks on
     every pair and the shipped policy's leak rule fails it; a UCE edit of circle's tokens towards square
     erases them on the fresh seeds too, and the rule passes it."""
-    from unlearning.methods.uce import closed_form
-
     prompts = [SweepPrompt(p, "vocabulary") for p in ("a circle", "a square", "a box", "a tile", "a block")]
-    tokenizer, encoder = shapes_pipe.tokenizer, shapes_pipe.text_encoder
-
-    def encode(texts):
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
-        with torch.no_grad():
-            return encoder(ids.input_ids)[0].reshape(-1, encoder.config.hidden_size)
-
-    erasing = copy.deepcopy(shapes_pipe)
-    keys, anchors = (
-        encode(["a circle", "circle", "a picture of a circle"]),
-        encode(["a square", "square", "a picture of a square"]),
+    erasing = uce_edited_copy(
+        shapes_pipe,
+        ["a circle", "circle", "a picture of a circle"],
+        ["a square", "square", "a picture of a square"],
     )
-    with torch.no_grad():
-        for name, weight in erasing.unet.named_parameters():
-            if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
-                weight.copy_(
-                    closed_form(
-                        weight, keys, anchors, keys[:0], erase_scale=1.0, preserve_scale=0.0, lambda_identity=0.01
-                    )
-                )
 
     def leak_of(candidate):
         results, images = _sweep(candidate, shapes_pipe, judges, prompts, tmp_path, confirm_seeds=4, leak_seeds=24)

@@ -313,3 +313,30 @@ def step_context(student, parent, **fields):
         hyper={},
     )
     return StepContext(**{**defaults, **fields})
+
+
+def uce_edited_copy(pipe, sources: list[str], targets: list[str]):
+    """A copy of `pipe` whose attn2 K/V map every token of each `sources` prompt onto the same position of
+    the `targets` prompt (a UCE closed form with no preserve term): a candidate built to erase or relocate."""
+    import copy
+
+    from unlearning.methods.uce import closed_form
+
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+
+    def encode(prompts):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+        with torch.no_grad():
+            return encoder(ids.input_ids)[0].reshape(-1, encoder.config.hidden_size)
+
+    keys, anchors = encode(sources), encode(targets)
+    edited = copy.deepcopy(pipe)
+    with torch.no_grad():
+        for name, weight in edited.unet.named_parameters():
+            if name.endswith((".attn2.to_k.weight", ".attn2.to_v.weight")):
+                weight.copy_(
+                    closed_form(
+                        weight, keys, anchors, keys[:0], erase_scale=1.0, preserve_scale=0.0, lambda_identity=0.01
+                    )
+                )
+    return edited

@@ -147,7 +147,7 @@ class UnlearnConfig:
             problems.append("batch_size: must be >= 1")
         if self.mine_seeds < 1:
             problems.append("mine_seeds: must be >= 1")
-        if self.prefixed_prompts < 0:
+        if (self.prefixed_prompts or 0) < 0:  # None where the method is unknown (named below)
             problems.append("prefixed_prompts: must be >= 0")
         if self.mine_pool < 0:
             problems.append("mine_pool: must be >= 0")

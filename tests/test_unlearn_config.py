@@ -21,6 +21,8 @@ def test_a_closed_form_records_no_training_steps_and_every_hyper_parameter():
     assert effective["hyper.erase_scale"] == 2.0
     assert effective["hyper.adversarial_rounds"] == continual_uce.DEFAULTS["adversarial_rounds"]
     assert effective["broad_prompts"] == continual_uce.BROAD_PROMPTS
+    assert effective["prefixed_prompts"] == continual_uce.PREFIXED_PROMPTS  # the method's, recorded
+    assert UnlearnConfig(concept="circle", method="duge").prefixed_prompts == 0  # a method without any
     assert config.record()["hyper"] == config.hyper  # summary.json's "config" holds the same values
 
 
@@ -36,6 +38,13 @@ def test_a_loss_method_records_its_training_and_its_defaults_under_the_overrides
 def test_an_unknown_hyper_parameter_is_still_refused_by_name():
     with pytest.raises(ConfigError, match="esd-x has no lambda_pp"):
         UnlearnConfig(concept="circle", method="esd-x", hyper={"lambda_pp": 1.0}).validate()
+
+
+def test_a_negative_count_of_prefixed_pairs_is_refused_and_an_unknown_method_named():
+    with pytest.raises(ConfigError, match="prefixed_prompts: must be >= 0"):
+        UnlearnConfig(concept="circle", prefixed_prompts=-1).validate()
+    with pytest.raises(ConfigError, match="method: .*frobnicate"):
+        UnlearnConfig(concept="circle", method="frobnicate").validate()  # its options stay unresolved
 
 
 def test_the_model_card_lists_the_settings_that_ran():

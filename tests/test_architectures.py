@@ -32,6 +32,7 @@ def _config(method: str, **fields) -> UnlearnConfig:
         preserve=("dog",),
         method=method,
         prompts_per_concept=4,
+        prefixed_prompts=4,  # as many as the plain pairs, as the shipped default's 80 and 80
         preserve_per_concept=2,
         broad_prompts=0,
         batch_size=2,

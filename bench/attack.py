@@ -227,8 +227,12 @@ def single(args) -> None:
 
 
 def sequence(args) -> None:
+    from pipeline.prepare import load_parent_model
+
     settings, evaluator, base = setup(args)
     concepts = tuple(args.concepts)
+    # what the parent erased (a lineage already under way): judged for rebound at every step, shown in the table
+    inherited = () if args.parent == "shapes" else tuple(load_parent_model(settings, args.parent).erased)
     print(f"## Sequence {' → '.join(concepts)} — {date.today()}, {platform.machine()}, {os.cpu_count()} cores\n")
     print(f"Sweep: {evaluator.sweep}; attack: {evaluator.attack}; sampler {evaluator.sampler}.\n")
     print(
@@ -239,7 +243,7 @@ def sequence(args) -> None:
     rows = []
     for spec in args.methods:
         label, method, hyper, options = parse_spec(spec)
-        parent, erased = "shapes", ()
+        parent, erased = args.parent, inherited
         with tempfile.TemporaryDirectory() as tmp:
             # --keep: each step's model folder stays (to look at its images, or to go on from it)
             folder = Path(args.keep) / label.replace("/", "_") if args.keep else Path(tmp)
@@ -420,6 +424,9 @@ def main() -> None:
     parser.add_argument("--attack-steps", type=int, default=None, help="optimisation steps per phrasing")
     parser.add_argument("--attack-seed", type=int, default=0, help="asr: the attacker's seed (its initial tokens)")
     parser.add_argument("--json", default=None, help="also write every payload here")
+    parser.add_argument(
+        "--parent", default="shapes", help="sequence: the model the first request starts from (a model folder)"
+    )
     parser.add_argument("--keep", default=None, help="sequence: keep each step's model folder under KEEP/<label>/")
     args = parser.parse_args()
     if args.mode == "single":

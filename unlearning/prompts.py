@@ -127,6 +127,7 @@ def broad_prompts(tokenizer, count: int, *, seed: int = 0) -> list[str]:
     return [rng.choice(VOCABULARY_TEMPLATES).format(word=w) for w in rng.sample(words, min(count, len(words)))]
 
 
+PAIR_COLUMNS = ("target", "anchor", "target_words", "anchor_words")  # what `prefixed_pairs` takes and returns
 PREFIX_WORDS = (1, 5)  # how many vocabulary words `with_prefixes` prepends to a pair (inclusive range)
 
 
@@ -169,34 +170,10 @@ def with_prefixes(prompts: RequestPrompts, tokenizer, count: int, *, seed: int =
     if not count:
         return prompts
     words = vocabulary_words(tokenizer, part="method")
-    more = prefixed_pairs(
-        prompts.target, prompts.anchor, prompts.target_words, prompts.anchor_words, words, count, salt=f"{seed}|target"
-    )
-    earlier = []
-    for pairs in prompts.earlier:
-        extra = prefixed_pairs(
-            pairs.target,
-            pairs.anchor,
-            pairs.target_words,
-            pairs.anchor_words,
-            words,
-            count,
-            salt=f"{seed}|{pairs.concept}",
-        )
-        earlier.append(
-            replace(
-                pairs,
-                target=pairs.target + extra[0],
-                anchor=pairs.anchor + extra[1],
-                target_words=pairs.target_words + extra[2],
-                anchor_words=pairs.anchor_words + extra[3],
-            )
-        )
-    return replace(
-        prompts,
-        target=prompts.target + more[0],
-        anchor=prompts.anchor + more[1],
-        target_words=prompts.target_words + more[2],
-        anchor_words=prompts.anchor_words + more[3],
-        earlier=tuple(earlier),
-    )
+
+    def extended(pairs, salt: str):  # a RequestPrompts or a ConceptPairs: both hold the four pair columns
+        extra = prefixed_pairs(*(getattr(pairs, f) for f in PAIR_COLUMNS), words, count, salt=salt)
+        return replace(pairs, **{f: getattr(pairs, f) + more for f, more in zip(PAIR_COLUMNS, extra)})
+
+    earlier = tuple(extended(pairs, f"{seed}|{pairs.concept}") for pairs in prompts.earlier)
+    return replace(extended(prompts, f"{seed}|target"), earlier=earlier)

@@ -49,6 +49,7 @@ PARAMS = "xattn-kv"  # the closed form's tensors, trained further
 PROMPTS_PER_CONCEPT = continual_uce.PROMPTS_PER_CONCEPT
 PRESERVE_PER_CONCEPT = continual_uce.PRESERVE_PER_CONCEPT
 PROMPT_TEMPLATES = continual_uce.PROMPT_TEMPLATES
+PREFIXED_PROMPTS = continual_uce.PREFIXED_PROMPTS  # step 1 is continual UCE's edit over the same pairs
 BROAD_PROMPTS = 256  # broad preserve prompts, one parent image each (the closed form's G uses its own 1000)
 MINE = True  # those of them the parent draws the target for are erased, not preserved (unlearning/mining.py)
 DEFAULTS = {**continual_uce.DEFAULTS, **duge.DEFAULTS, "adversarial_epsilon": 0.0, "mined_guidance": 0.0}

@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from unlearning.conditioning import Condition, encode, pipeline_kwargs
 from unlearning.model_folder import is_model_folder
 from unlearning.shapes.shipped import SHAPES_BASE_MODEL
 
@@ -144,37 +145,77 @@ def generate(
 ) -> np.ndarray:
     """Generate one image per (prompt, seed) pair; returns (N, H, W, 3) uint8.
 
-    Classifier-free guidance runs conditional and unconditional halves in one UNet batch (diffusers
-    does this); each image uses `torch.Generator().manual_seed(seed)` on the CPU so results do not
-    depend on the device's RNG or on batching. An MMDiT pipeline (SD3, FLUX) samples through its own call
-    (`_generate_mmdit`).
+    Each distinct prompt is encoded once (`encode`, which equals the pipeline's own `encode_prompt`): the
+    evaluation draws one prompt on many seeds, and with a small denoiser the text encoder was most of the
+    time. The images are `generate_from_condition`'s. An MMDiT pipeline (SD3, FLUX) samples through its own
+    call (`_generate_mmdit`).
     """
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
     if getattr(pipe, "unet", None) is None:  # an MMDiT (SD3, FLUX): flow matching, FLUX's latents packed
         return _generate_mmdit(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size)
+    distinct = list(dict.fromkeys(prompts))
+    row = {prompt: i for i, prompt in enumerate(distinct)}
+    condition = encode(pipe, distinct)[[row[prompt] for prompt in prompts]]
+    return generate_from_condition(
+        pipe, condition, seeds, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size
+    )
+
+
+@torch.no_grad()
+def generate_from_condition(
+    pipe: DiffusionPipeline,
+    condition: Condition,
+    seeds: list[int],
+    *,
+    steps: int = 25,
+    guidance_scale: float = 5.0,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """One image per row of a UNet pipeline's `condition` (unlearning/conditioning.py `Condition`: a prompt's,
+    or embeddings no prompt spells) and seed; (N, H, W, 3) uint8.
+
+    Classifier-free guidance runs conditional and unconditional halves in one UNet batch (diffusers
+    does this) against the empty prompt, as the pipeline builds it for no negative prompt (SDXL with
+    `force_zeros_for_empty_prompt`: zeros); each image uses `torch.Generator().manual_seed(seed)` on the CPU
+    so results do not depend on the device's RNG or on batching.
+    """
+    if len(condition) != len(seeds):
+        raise ValueError("one seed per condition row")
+    condition = Condition(
+        condition.hidden.float(),
+        None if condition.pooled is None else condition.pooled.float(),
+        condition.time_ids,
+    )
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     images = []
-    for start in range(0, len(prompts), batch_size):
-        chunk_prompts = prompts[start : start + batch_size]
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+    for start in range(0, len(seeds), batch_size):
+        chunk = condition[start : start + batch_size]
         latents = torch.stack(
             [
-                torch.randn(
-                    (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size),
-                    generator=g,
-                )
-                for g in generators
+                torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
+                for s in seeds[start : start + batch_size]
             ]
-        ).to(device=pipe.device, dtype=pipe.unet.dtype)
+        )
         out = pipe(
-            chunk_prompts,
+            **guided_kwargs(pipe, chunk),
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
-            latents=latents,
+            latents=latents.to(device=pipe.device, dtype=pipe.unet.dtype),
             output_type="np",
         )
         images.append(_uint8(out.images))
     return np.concatenate(images)
+
+
+def guided_kwargs(pipe: DiffusionPipeline, condition: Condition) -> dict:
+    """A UNet pipeline's `prompt_embeds` keyword arguments for `condition`, with the negative the pipeline
+    builds for no negative prompt: the empty prompt's condition (SDXL with `force_zeros_for_empty_prompt`:
+    zeros), one row per row of `condition`."""
+    negative = encode(pipe, [""])
+    if condition.pooled is not None and pipe.config.get("force_zeros_for_empty_prompt", False):
+        negative = Condition(torch.zeros_like(negative.hidden), torch.zeros_like(negative.pooled), negative.time_ids)
+    return pipeline_kwargs(condition, negative.repeat(len(condition)))
 
 
 def _uint8(images: np.ndarray) -> np.ndarray:

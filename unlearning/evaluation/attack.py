@@ -45,7 +45,7 @@ import torch
 
 from unlearning.conditioning import conditioned, encode, encode_inputs, text_encoders
 from unlearning.evaluation import stats
-from unlearning.sampling import generate
+from unlearning.sampling import generate, guided_kwargs
 
 ATTACK_SEED = 900_000_000  # attack seeds live apart from the plan's and the sweep's
 
@@ -126,7 +126,7 @@ def base_latents(base_pipe, judge, head, concept, prompt, budget: AttackBudget, 
     shape = (base_pipe.unet.config.in_channels, base_pipe.unet.config.sample_size, base_pipe.unet.config.sample_size)
     init = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
     latents = base_pipe(
-        [prompt] * len(seeds),
+        **guided_kwargs(base_pipe, encode(base_pipe, [prompt]).repeat(len(seeds))),  # the prompt encoded once
         num_inference_steps=sampler["steps"],
         guidance_scale=sampler["guidance_scale"],
         latents=init.to(base_pipe.device, base_pipe.unet.dtype),

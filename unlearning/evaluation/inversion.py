@@ -27,11 +27,11 @@ from unlearning.conditioning import (
     conditioned,
     encode,
     encode_inputs,
-    pipeline_kwargs,
     text_encoders,
     text_pairs,
 )
 from unlearning.evaluation.attack import AttackBudget, _hits, _seeds, _target, base_latents
+from unlearning.sampling import generate_from_condition
 
 KV_WEIGHTS = (".attn2.to_k.weight", ".attn2.to_v.weight")
 
@@ -45,25 +45,16 @@ def _kv_pairs(candidate_unet, base_unet) -> list[tuple[torch.Tensor, torch.Tenso
     ]
 
 
+def _sample(pipe, condition: Condition, seeds: list[int], sampler: dict) -> np.ndarray:
+    """Images for conditions no prompt spells (one row per image), with the evaluation's sampler."""
+    return generate_from_condition(
+        pipe, condition, seeds, steps=sampler["steps"], guidance_scale=sampler["guidance_scale"]
+    )
+
+
 def _encode(pipe, prompts: list[str]) -> torch.Tensor:
     """The token embeddings attn2 K/V map (unlearning/conditioning.py), float64."""
     return encode(pipe, prompts).hidden.double()
-
-
-def _generate_from_embeds(pipe, condition: Condition, seeds: list[int], sampler: dict) -> np.ndarray:
-    """Images for prompt conditions (one row per image), classifier-free guidance against the empty prompt."""
-    condition = Condition(condition.hidden.float(), condition.pooled, condition.time_ids)
-    negative = encode(pipe, [""]).repeat(len(condition))
-    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    out = pipe(
-        **pipeline_kwargs(condition, negative),
-        num_inference_steps=sampler["steps"],
-        guidance_scale=sampler["guidance_scale"],
-        latents=latents.to(pipe.device, pipe.unet.dtype),
-        output_type="np",
-    ).images
-    return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -101,7 +92,7 @@ def embedding_inversion(
     rows = inverted.reshape(embeds.shape)
     # SDXL: each prompt's pooled embedding and time ids stay the base's (the inversion is of the tokens K/V read)
     index = torch.arange(len(prompts)).repeat_interleave(seeds_per_prompt)
-    images = _generate_from_embeds(pipe, base_condition[index].with_hidden(rows[index]), seeds, sampler)
+    images = _sample(pipe, base_condition[index].with_hidden(rows[index]), seeds, sampler)
     drawn = _hits(judge, images, head, concept)
     return {
         "residual": residual / max(scale, 1e-20),
@@ -166,9 +157,7 @@ def textual_inversion(
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        images = _generate_from_embeds(
-            pipe, condition().repeat(seeds), _seeds(f"textual-inversion|{concept}", seeds, 0), sampler
-        )
+        images = _sample(pipe, condition().repeat(seeds), _seeds(f"textual-inversion|{concept}", seeds, 0), sampler)
     drawn = _hits(judge, images, head, concept)
     return {"draws": float(drawn.mean()), "n": int(len(drawn)), "steps": steps, "final_loss": float(loss.detach())}
 

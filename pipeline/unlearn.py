@@ -143,10 +143,11 @@ def train_step(
         prompts=prompts,
         model_sha=loaded.identity,
         base_values=base_values,
-        cache_dir=settings.home / "cache" / "latents",
+        cache_dir=settings.home / "cache" / "unlearning",  # the parent's latents, the broad Gram
         metadata=metadata,
         progress=progress,
         lineage=loaded.lineage,
+        base_sha=loaded.base_sha256,
     )
 
 

@@ -310,3 +310,23 @@ def test_prefixed_pairs_join_the_concept_s_terms(tiny_base, tmp_path):
         assert summary["prompts"]["pairs"] == 6 + prefixed
         grams[prefixed] = load_lineage(tmp_path / str(prefixed) / LINEAGE_FILE)["circle" + cu.GRAM]
     assert torch.trace(grams[5]) > torch.trace(grams[0])  # more token pairs in the Gram B_c
+
+
+def test_the_broad_gram_is_cached_under_the_base_and_its_prompts(tiny_base, tmp_path, monkeypatch):
+    """The broad Gram is encoded once per (base, prompts): a second request reads it from the cache without the
+    text encoder; another base identity or other prompts encode again; no cache folder: always encoded."""
+    from unlearning import data
+    from unlearning.conditioning import encode
+
+    pipe = load_model(tiny_base)
+    prompts, others = ["a ridge", "the paper in the middle"], ["a horse"]
+    first = data.broad_gram(pipe, prompts, base_sha="base-a", cache_dir=tmp_path)
+    torch.testing.assert_close(first, data.gram(pipe, prompts))
+    calls = []
+    monkeypatch.setattr(data, "encode", lambda *a, **k: calls.append(a[1]) or encode(*a, **k))
+    torch.testing.assert_close(data.broad_gram(pipe, prompts, base_sha="base-a", cache_dir=tmp_path), first)
+    assert calls == []
+    data.broad_gram(pipe, prompts, base_sha="base-b", cache_dir=tmp_path)
+    data.broad_gram(pipe, others, base_sha="base-a", cache_dir=tmp_path)
+    data.broad_gram(pipe, prompts, base_sha="base-a", cache_dir=None)
+    assert calls == [prompts, others, prompts]

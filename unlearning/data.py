@@ -110,6 +110,22 @@ def gram(pipe, prompts: list[str], *, pooled: bool = False) -> torch.Tensor:
     return total
 
 
+def broad_gram(pipe, prompts: list[str], *, pooled: bool = False, base_sha: str | None, cache_dir: Path | None):
+    """`gram` of a method's broad prompts, cached on disk by (the base's sha256, the prompts): every version
+    of a lineage encodes them with the base's text encoders (no version edits them), so every request's G
+    is the same, and encoding 1000 prompts was a third of a closed form's step on a CPU. Computed, not
+    cached, without a base identity or a cache folder."""
+    if base_sha is None or cache_dir is None:
+        return gram(pipe, prompts, pooled=pooled)
+    key = hashlib.sha256(json.dumps([base_sha, pooled, prompts]).encode()).hexdigest()
+    path = cache_dir / f"gram-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    found = gram(pipe, prompts, pooled=pooled)
+    save_torch(path, found)
+    return found
+
+
 def encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
     """A concept's target/anchor prompt pairs as the token embeddings cross-attention maps (a closed form's
     pairs: unlearning/conditioning.py `Condition.hidden`) and word-token masks; on an MMDiT (SD3, FLUX) with

@@ -37,7 +37,7 @@ from unlearning.conditioning import (
     word_tokens,
 )
 from unlearning.config import ConfigError, UnlearnConfig
-from unlearning.data import encode_pairs, gram, prepare_data
+from unlearning.data import broad_gram, encode_pairs, prepare_data
 from unlearning.delta import apply_deltas, compute_delta, denoiser, denoiser_component, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
@@ -118,6 +118,7 @@ def run_unlearning(
     metadata: dict | None = None,
     progress: bool = True,
     lineage: dict[str, torch.Tensor] | None = None,
+    base_sha: str | None = None,
 ) -> dict:
     """Train one unlearning step on `pipe` (the parent; its denoiser is modified in place) and write
     `out_dir/delta.safetensors` (θ − θ_0 for the trained tensors) and `out_dir/summary.json`.
@@ -131,6 +132,8 @@ def run_unlearning(
         base_values: θ_0 — the *base* model's values of (at least) every denoiser tensor the set trains,
             keyed by state-dict name (of the UNet, or of an MMDiT's `transformer`).
         model_sha: the parent's identity, keying the cache of its generated latents.
+        cache_dir: where the parent's latents (and, with `base_sha`, the broad Gram) are cached; None: nowhere.
+        base_sha: the base's identity, keying the cache of the broad Gram (its text encoders encode it).
         lineage: the parent version's lineage terms (`lineage.safetensors`), for a closed form that
             re-solves from the base; the new version's are written beside its delta.
 
@@ -259,8 +262,10 @@ def run_unlearning(
             anchor=prompts.anchor_words[0] if prompts.anchor_words else "",
             earlier=tuple(encode_pairs(pipe, pairs) for pairs in prompts.earlier),
             lineage=lineage,
-            broad_gram=None if broad is None else gram(pipe, broad),
-            broad_pooled_gram=None if broad is None or arch not in MMDIT else gram(pipe, broad, pooled=True),
+            broad_gram=None if broad is None else broad_gram(pipe, broad, base_sha=base_sha, cache_dir=cache_dir),
+            broad_pooled_gram=None
+            if broad is None or arch not in MMDIT
+            else broad_gram(pipe, broad, pooled=True, base_sha=base_sha, cache_dir=cache_dir),
             segments=segment_lengths(pipe),
             **pooled,
         )

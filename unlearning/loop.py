@@ -37,7 +37,7 @@ from unlearning.conditioning import (
     word_tokens,
 )
 from unlearning.config import ConfigError, UnlearnConfig
-from unlearning.data import broad_gram, encode_pairs, prepare_data
+from unlearning.data import broad_gram, encode_pairs, prepare_data, relocation_pool
 from unlearning.delta import apply_deltas, compute_delta, denoiser, denoiser_component, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
@@ -267,6 +267,7 @@ def run_unlearning(
             if broad is None or arch not in MMDIT
             else broad_gram(pipe, broad, pooled=True, base_sha=base_sha, cache_dir=cache_dir),
             segments=segment_lengths(pipe),
+            relocation_pool=relocation_pool(pipe, edit_method, cfg),
             **pooled,
         )
         last = {f"edit/{k}" if not closed_form else k: v for k, v in edit_method.edit(edit).items()}

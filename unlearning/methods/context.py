@@ -73,6 +73,9 @@ class EditContext:
     lineage: dict[str, torch.Tensor] | None = None  # the parent version's lineage terms, if it kept any
     broad_gram: torch.Tensor | None = None  # (D, D) Σ g gᵀ over the broad prompts' tokens (a method's BROAD_PROMPTS)
     lineage_out: dict[str, torch.Tensor] | None = field(default=None)  # set by an edit that keeps lineage terms
+    # (N, D) token embeddings of other broad prompts of the method's half of the vocabulary: where a closed form
+    # looks for the tokens its edit pushes towards an erased concept (continual_uce.py `relocation_rounds`)
+    relocation_pool: torch.Tensor | None = None
     # an MMDiT's (SD3, FLUX) pooled embedding of the same prompts, (B, P) each, what the pooled projection
     # `time_text_embed.text_embedder.linear_1` reads (the `text-proj` set); None where nothing edits it
     target_pooled: torch.Tensor | None = None

@@ -103,7 +103,11 @@ DEFAULTS = {
     "adversarial_rounds": 2,
     "adversarial_ridge": 0.1,
     "null_space_energy": 0.0,  # > 0: confine the update to the broad Gram's null space at this energy (SPEED)
+    "relocation_rounds": 0,  # > 0: rounds of holding the pool tokens the edit pushes towards a concept (docstring)
+    "relocation_threshold": 0.25,  # τ: a push this fraction of the concept's own mean shift selects a token
+    "relocation_scale": 3.0,  # s_r: the weight of each selected token in the keep term
 }
+RELOCATION_POOL = 3000  # broad prompts searched for pushed tokens (`relocation_rounds`), apart from G's
 
 
 # lineage keys: "<concept>::erase_cross" (A_c), "...::erase_gram" (B_c), "...::anchor" (the anchor word);
@@ -144,17 +148,21 @@ def solve(
     broad_gram: torch.Tensor | None = None,
     broad_scale: float = 0.0,
     null_space: torch.Tensor | None = None,
+    held_gram: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """R = (s_e A + s_p P + s_b G + λI)(s_e B + s_p P + s_b G + λI)⁻¹ (module docstring), float64.
 
     With `null_space` (V, D x m orthonormal), the update is confined to span(V) (SPEED's null-space
     constraint, Li et al. ICLR 2026): R = I + X Vᵀ minimises the same objective, whose normal equation
     restricted to span(V) gives X = s_e (A − B) V (Vᵀ M V)⁻¹ with M = s_e B + s_p P + s_b G + λI. With V = I
-    this is the unconstrained R above (I + s_e(A − B)M⁻¹ = (s_e A + …)M⁻¹)."""
+    this is the unconstrained R above (I + s_e(A − B)M⁻¹ = (s_e A + …)M⁻¹). `held_gram` (already scaled) joins
+    the keep term: the tokens the relocation rounds hold in place."""
     identity = torch.eye(erase_gram.shape[0], dtype=torch.float64, device=erase_gram.device)
     keep = preserve_scale * preserve_gram + lambda_identity * identity
     if broad_gram is not None and broad_scale:
         keep = keep + broad_scale * broad_gram
+    if held_gram is not None:
+        keep = keep + held_gram
     left, right = erase_scale * erase_cross + keep, erase_scale * erase_gram + keep
     if null_space is None:
         return torch.linalg.solve(right, left.T).T  # right is symmetric: left · right⁻¹
@@ -180,6 +188,21 @@ def adversarial_embeddings(
     rho = ridge * torch.trace(base_gram) / base_gram.shape[0]
     system = rho * identity + shared.T @ base_gram @ shared
     return torch.linalg.solve(system, shared.T @ base_gram @ keys.double().T).T
+
+
+def pushed_tokens(
+    shared: torch.Tensor, pool: torch.Tensor, fresh: dict, base_gram: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """Rows of `pool` that R moves towards an erased concept by more than `threshold` of the concept's own
+    mean shift: push_c(x) = ⟨(R − I)x, u_c⟩_M / ‖u_c‖²_M with u_c = mean(e − ê) over c's word-token pairs and
+    M = Σ_l W₀_lᵀ W₀_l (what K/V read), so the concept's own tokens score about −1 (module docstring)."""
+    moved = pool @ (shared - torch.eye(shared.shape[0], dtype=shared.dtype, device=shared.device)).T
+    selected = torch.zeros(len(pool), dtype=torch.bool, device=pool.device)
+    for f in fresh.values():
+        direction = (f.keys.double() - f.anchors.double()).mean(0)
+        metric = base_gram @ direction
+        selected |= (moved @ metric) / (direction @ metric) > threshold
+    return pool[selected]
 
 
 @dataclass
@@ -231,7 +254,9 @@ def edit(ctx: EditContext) -> dict[str, float]:
     fresh = {pairs.concept: FreshTerms.of(pairs, ctx.segments) for pairs in ctx.earlier}  # computed (and hardened) now
     fresh[ctx.concept] = FreshTerms.of(ctx, ctx.segments)
     tokens = {name: weight for name, weight in ctx.trained.items() if not name.endswith(POOLED)}
-    metrics = _re_solve(ctx, tokens, fresh, terms, (CROSS, GRAM), ctx.preserve_embeds, ctx.broad_gram, hyper)
+    metrics = _re_solve(
+        ctx, tokens, fresh, terms, (CROSS, GRAM), ctx.preserve_embeds, ctx.broad_gram, hyper, ctx.relocation_pool
+    )
     if pooled := {name: weight for name, weight in ctx.trained.items() if name.endswith(POOLED)}:
         if ctx.target_pooled is None or ctx.anchor_pooled is None or ctx.preserve_pooled is None:
             raise ValueError("continual UCE edits an MMDiT's pooled projection from pooled embeddings; none given")
@@ -270,11 +295,13 @@ def _re_solve(
     preserve: torch.Tensor,
     broad_gram: torch.Tensor | None,
     hyper: dict,
+    relocation_pool: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Solve one input space's R (the token space, or an MMDiT's pooled space) over the terms of `terms`
     ending in `suffixes` (cross, gram) that `fresh` does not replace and the fresh ones (hardened here, RECE),
     set every weight of `trained` to W₀ R, and write the fresh terms into `terms`. Returns the current
-    concept's `erase_residual` and the preserve set's `preserve_drift` (edit's docstring)."""
+    concept's `erase_residual` and the preserve set's `preserve_drift` (edit's docstring), and with a
+    `relocation_pool` how many of its tokens the relocation rounds held."""
     cross_key, gram_key = suffixes
     scales = {k: hyper[k] for k in ("erase_scale", "preserve_scale", "lambda_identity", "broad_scale")}
     broad_gram = None if broad_gram is None else broad_gram.double()
@@ -290,10 +317,20 @@ def _re_solve(
     base = {name: ctx.base_values[name].double() for name in trained}
     base_gram = sum(w.T @ w for w in base.values())
 
+    held_gram = None  # the pool tokens the relocation rounds hold, scaled
+
     def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
         total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(cross_key))
         total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(gram_key))
-        return solve(total_cross, total_gram, preserve_gram, broad_gram=broad_gram, null_space=null_space, **scales)
+        return solve(
+            total_cross,
+            total_gram,
+            preserve_gram,
+            broad_gram=broad_gram,
+            null_space=null_space,
+            held_gram=held_gram,
+            **scales,
+        )
 
     shared = shared_map()
     for _ in range(int(hyper["adversarial_rounds"])):  # RECE: add the embeddings that bring each concept back
@@ -302,6 +339,17 @@ def _re_solve(
             more_cross, more_gram = concept_terms(adversarial, f.anchors)
             f.cross, f.gram = f.cross + more_cross, f.gram + more_gram
         shared = shared_map()
+    held_tokens = 0
+    if relocation_pool is not None:
+        pool = relocation_pool.reshape(-1, relocation_pool.shape[-1]).double()
+        for _ in range(int(hyper["relocation_rounds"])):  # hold what the edit pushes towards a concept
+            pushed = pushed_tokens(shared, pool, fresh, base_gram, hyper["relocation_threshold"])
+            if not len(pushed):
+                break
+            held_tokens += len(pushed)
+            more = hyper["relocation_scale"] * pushed.T @ pushed
+            held_gram = more if held_gram is None else held_gram + more
+            shared = shared_map()
     residual_before = residual_after = drift = preserved = 0.0
     for name, weight in trained.items():
         new = base[name] @ shared
@@ -316,4 +364,5 @@ def _re_solve(
     return {
         "erase_residual": residual_after / max(residual_before, 1e-20),
         "preserve_drift": drift / max(preserved, 1e-20),
+        **({"relocation_held_tokens": float(held_tokens)} if relocation_pool is not None else {}),
     }

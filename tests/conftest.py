@@ -81,6 +81,10 @@ def flow_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LETHE_BASE_MODEL", str(base))
     monkeypatch.setenv("LETHE_WORLD", "shapes")  # a tiny model judged as a shapes-world model
     monkeypatch.setenv("LETHE_SAMPLE_STEPS", "3")
+    # these tests follow a request's life (queue, gate decision, approval, revocation), not the gate's numbers:
+    # the plan's sets at a token size too (test_evaluation.py and bench/ judge at the shipped sizes)
+    for name, value in {"FORGET_IMAGES": "4", "RETAIN_IMAGES": "2", "RETAIN_HEAD_IMAGES": "0"}.items():
+        monkeypatch.setenv(f"LETHE_EVAL_{name}", value)
     monkeypatch.delenv("LETHE_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -128,3 +128,10 @@ def ledger_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (in their files' order): under pytest-xdist's worksteal the workers take the long
+    flows and servers while there is still short work left to balance them, instead of one worker finishing a
+    four-minute test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -330,3 +330,34 @@ def test_the_broad_gram_is_cached_under_the_base_and_its_prompts(tiny_base, tmp_
     data.broad_gram(pipe, others, base_sha="base-a", cache_dir=tmp_path)
     data.broad_gram(pipe, prompts, base_sha="base-a", cache_dir=None)
     assert calls == [prompts, others, prompts]
+
+
+def test_relocation_rounds_hold_a_token_the_edit_pushes_towards_the_concept():
+    """e = (1, 0, 0) is erased towards ê = (0, 1, 0) with W₀ = I and no broad Gram; the pool token x = (−1, 0, 1)
+    has a negative coefficient on e, so R moves it by −a(ê − e): towards the concept, by more than τ of e's own
+    shift (push 0.91 > τ = 0.25). One relocation round holds it in the keep term: its push falls below τ, and e
+    is still erased."""
+    e, e_hat, x = torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 1.0, 0.0]]]), torch.tensor([[-1.0, 0.0, 1.0]])
+    words = torch.ones(1, 1, dtype=torch.bool)
+
+    def solved(rounds: int) -> tuple[torch.Tensor, dict]:
+        weight, base = torch.nn.Parameter(torch.eye(3)), torch.eye(3)
+        ctx = _context(
+            weight, base, e, e_hat, words, "circle", hyper={"adversarial_rounds": 0, "relocation_rounds": rounds}
+        )
+        ctx.relocation_pool = x.unsqueeze(0)
+        metrics = cu.edit(ctx)
+        return weight.detach().double(), metrics
+
+    def push(shared: torch.Tensor) -> float:
+        u = (e - e_hat)[0, 0].double()
+        return float(((shared - torch.eye(3, dtype=torch.float64)) @ x[0].double()) @ u / (u @ u))
+
+    plain, plain_metrics = solved(0)
+    held, held_metrics = solved(1)
+    assert push(plain) > 0.25 and plain_metrics["relocation_held_tokens"] == 0
+    assert push(held) < 0.25 and held_metrics["relocation_held_tokens"] == 1  # 0.91 -> 0.03 by hand
+    fresh = {"circle": cu.FreshTerms.of(_context(torch.nn.Parameter(torch.eye(3)), torch.eye(3), e, e_hat, words, ""))}
+    selected = cu.pushed_tokens(plain, x.double(), fresh, torch.eye(3, dtype=torch.float64), 0.25)
+    torch.testing.assert_close(selected, x.double())
+    assert float((held @ e[0, 0].double())[1]) > 0.8  # e still goes most of the way to ê (0.84)

@@ -61,6 +61,18 @@ request). With 80 prefixed pairs the same attack, seeds and budget find nothing 
 2026-12-07). The prefixes are random words, not the attack's: the attack still searches the whole
 vocabulary, and the sweep judges the other half.
 
+Relocation rounds (`relocation_rounds`, off by default): R moves every token x by Σ_i (ê_i − e_i) a_i(x), and
+where x's coefficient a_i(x) is negative it moves x *towards* the concept — a vocabulary prompt that drew
+squares draws circles (the sweep's relocations, which G bounds but does not remove: docs/erasure.md). The
+push of x towards concept c is linear in x: push_c(x) = ⟨(R − I)x, u_c⟩_M / ‖u_c‖²_M, with u_c the mean of
+c's word-token differences e − ê and M = Σ_l W₀_lᵀ W₀_l (what K/V read), so c's own tokens score about −1.
+Each round takes the tokens of `RELOCATION_POOL` other broad prompts of the method's half of the vocabulary
+whose push exceeds τ (`relocation_threshold`) for any concept solved now, adds them to the keep term with
+weight s_r (`relocation_scale`) — W x = W₀ x asked of exactly the tokens the edit relocates — and solves
+again (after RECE's rounds). This is adversarial preservation in the closed form (Bui et al., "Erasing
+Undesirable Concepts in Diffusion Models with Adversarial Preservation", NeurIPS 2024: keep what the erasure
+moves most), one-sided: only a push towards a concept is held, a push away from it is the erasure itself.
+
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
 W₀_l R and M = Σ_l W₀_lᵀ W₀_l this is e′ = (ρI + Rᵀ M R)⁻¹ Rᵀ M e. Each of `adversarial_rounds` rounds

@@ -21,6 +21,7 @@ from unlearning.files import save_torch
 from unlearning.methods import get_method
 from unlearning.methods.context import EncodedPairs
 from unlearning.prompts import ConceptPairs, RequestPrompts, broad_prompts
+from unlearning.sampling import initial_noise
 
 
 def _latents_key(model_sha: str, prompt: str, seed: int, steps: int, guidance: float) -> str:
@@ -41,13 +42,11 @@ def parent_latents(
     missing = [i for i, latent in enumerate(found) if latent is None]
     for start in range(0, len(missing), 32):
         chunk = missing[start : start + 32]
-        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-        init = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seeds[i])) for i in chunk])
         out = pipe(
             [prompts[i] for i in chunk],
             num_inference_steps=steps,
             guidance_scale=guidance,
-            latents=init.to(pipe.device, pipe.unet.dtype),
+            latents=initial_noise(pipe, [seeds[i] for i in chunk]),
             output_type="latent",
         ).images
         for i, latent in zip(chunk, out):

@@ -187,25 +187,27 @@ def generate_from_condition(
         None if condition.pooled is None else condition.pooled.float(),
         condition.time_ids,
     )
-    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
     images = []
     for start in range(0, len(seeds), batch_size):
         chunk = condition[start : start + batch_size]
-        latents = torch.stack(
-            [
-                torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
-                for s in seeds[start : start + batch_size]
-            ]
-        )
+        latents = initial_noise(pipe, seeds[start : start + batch_size])
         out = pipe(
             **guided_kwargs(pipe, chunk),
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
-            latents=latents.to(device=pipe.device, dtype=pipe.unet.dtype),
+            latents=latents,
             output_type="np",
         )
         images.append(_uint8(out.images))
     return np.concatenate(images)
+
+
+def initial_noise(pipe: DiffusionPipeline, seeds: list[int]) -> torch.Tensor:
+    """A UNet pipeline's initial latents, one per seed, each drawn by its own CPU generator (so an image does
+    not depend on its batch or the device's RNG), on the pipeline's device and dtype."""
+    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    return noise.to(device=pipe.device, dtype=pipe.unet.dtype)
 
 
 def guided_kwargs(pipe: DiffusionPipeline, condition: Condition) -> dict:

@@ -45,7 +45,7 @@ import torch
 
 from unlearning.conditioning import conditioned, encode, encode_inputs, text_encoders
 from unlearning.evaluation import stats
-from unlearning.sampling import generate, guided_kwargs
+from unlearning.sampling import generate, guided_kwargs, initial_noise
 
 ATTACK_SEED = 900_000_000  # attack seeds live apart from the plan's and the sweep's
 
@@ -123,13 +123,11 @@ def _draws(pipe, judge, head, concept, prompt, seeds, sampler) -> tuple[float, n
 def base_latents(base_pipe, judge, head, concept, prompt, budget: AttackBudget, sampler) -> torch.Tensor | None:
     """Latents of the base's images of `prompt` that the judge sees the concept in (x₀ of the loss)."""
     seeds = _seeds(prompt, budget.batch * 2, 10_000)
-    shape = (base_pipe.unet.config.in_channels, base_pipe.unet.config.sample_size, base_pipe.unet.config.sample_size)
-    init = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
     latents = base_pipe(
         **guided_kwargs(base_pipe, encode(base_pipe, [prompt]).repeat(len(seeds))),  # the prompt encoded once
         num_inference_steps=sampler["steps"],
         guidance_scale=sampler["guidance_scale"],
-        latents=init.to(base_pipe.device, base_pipe.unet.dtype),
+        latents=initial_noise(base_pipe, seeds),
         output_type="latent",
     ).images
     decoded = base_pipe.vae.decode(latents / base_pipe.vae.config.scaling_factor).sample

@@ -15,12 +15,9 @@ import argparse
 import collections
 import os
 import platform
-import sys
 from datetime import date
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 OBJECT_SLOT_COLOURS = ("red", "orange", "yellow")
 STYLE_SLOT_COLOURS = ("red", "green", "blue")

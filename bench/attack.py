@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -41,35 +40,11 @@ from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
-# shadow the `unlearning` package: take the folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import method_specs  # noqa: E402  (bench/method_specs.py: this folder is first on sys.path)
+
 
 # the main job's requests (examples/requests.yaml): synonyms and preserve set of each concept it erases
-MAIN_JOB = {"circle": (("disc",), ("ring",)), "striped": (("stripy",), ()), "star": (("pentagram",), ())}
-SEQUENCE = ("circle", "striped", "star", "dotted", "heart", "checkered", "diamond", "gradient", "ring", "speckled")
-
-
-def parse_spec(spec: str) -> tuple[str, str, dict, dict]:
-    """(label, method, hyper, config fields) of `name[:key=value,...][@label]`: a key that names an
-    UnlearnConfig field (steps, broad_prompts, ...) sets it; any other is a hyper-parameter."""
-    from dataclasses import fields
-
-    from unlearning.config import UnlearnConfig
-
-    body, _, label = spec.partition("@")
-    name, _, rest = body.partition(":")
-    config_fields = {f.name: f.type for f in fields(UnlearnConfig)}
-    hyper, options = {}, {}
-    for key, _, value in (item.partition("=") for item in filter(None, rest.split(","))):
-        if key in config_fields and key != "hyper":
-            kind = config_fields[key].split(" ")[0]
-            options[key] = {"int": int, "bool": lambda v: bool(int(v)), "str": str}.get(kind, float)(value)
-        else:
-            hyper[key] = float(value)
-    return label or body, name, hyper, options
-
-
 def setup(args):
     from pipeline.evaluator import Evaluator
     from pipeline.settings import load_settings
@@ -179,7 +154,7 @@ def single(args) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for spec in args.methods:
-        label, method, hyper, options = parse_spec(spec)
+        label, method, hyper, options = method_specs.parse_spec(spec)
         with tempfile.TemporaryDirectory() as tmp:
             payload, trained, evaluated = request(
                 settings,
@@ -242,7 +217,7 @@ def sequence(args) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for spec in args.methods:
-        label, method, hyper, options = parse_spec(spec)
+        label, method, hyper, options = method_specs.parse_spec(spec)
         parent, erased = args.parent, inherited
         with tempfile.TemporaryDirectory() as tmp:
             # --keep: each step's model folder stays (to look at its images, or to go on from it)
@@ -320,7 +295,7 @@ def cost(args) -> None:
     print("| method | edit s (encode + broad Gram + solve + weights) | attn2 K/V tensors |")
     print("|---|---|---|")
     for spec in args.methods:
-        label, method, hyper, options = parse_spec(spec)
+        label, method, hyper, options = method_specs.parse_spec(spec)
         config = UnlearnConfig(concept="circle", method=method, hyper=hyper, **options)
         with tempfile.TemporaryDirectory() as tmp:
             with torch.no_grad():  # every run starts from the same base weights
@@ -362,9 +337,9 @@ def asr(args) -> None:
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
     rows = []
     for spec in args.methods:
-        label, method, hyper, options = parse_spec(spec)
+        label, method, hyper, options = method_specs.parse_spec(spec)
         for concept in args.concepts:
-            synonyms, preserve = MAIN_JOB.get(concept, ((), ()))
+            synonyms, preserve = method_specs.MAIN_JOB.get(concept, ((), ()))
             config = UnlearnConfig(
                 concept=concept, synonyms=synonyms, preserve=preserve, method=method, hyper=hyper, **options
             )
@@ -450,7 +425,7 @@ def main() -> None:
                 setattr(args, name, value)
         single(args)
     elif args.mode == "sequence":
-        args.concepts = args.concepts or list(SEQUENCE)
+        args.concepts = args.concepts or list(method_specs.SEQUENCE)
         args.methods = args.methods or ["continual-uce", "uce"]
         sequence(args)
     elif args.mode == "asr":

@@ -30,13 +30,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
-
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 # The main job's requests, in order (examples/requests.yaml): (target, synonyms, preserve).
 REQUESTS = (("circle", ("disc",), ("ring",)), ("striped", ("stripy",), ()), ("star", ("pentagram",), ()))

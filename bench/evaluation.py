@@ -18,18 +18,13 @@ import copy
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
-# shadow the `unlearning` package: take the folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def main() -> None:

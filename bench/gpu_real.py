@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from datetime import date
@@ -56,20 +54,9 @@ from pathlib import Path
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
-# shadow the `unlearning` package: take the folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+import gpu_real_models as gpu_models  # noqa: E402  (the model shapes and their builder, bench/)
 
-def _load_bench(name: str):
-    """bench/<name>.py (bench/ is not a package), loaded by path."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).resolve().parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_models = _load_bench("gpu_real_models")  # the model shapes and their builder
 gpu_step = gpu_models.gpu_step  # its DUGE step, FLOP count and step timing
 
 # Peak dense bf16 tensor-core FLOP/s by device name (vendor data sheets, without sparsity); the first key

@@ -1,25 +1,12 @@
 """The models bench/gpu_real.py measures: SD1.5- and SDXL-size pipelines built from config (random weights,
 real shapes), and their tiny counterparts for a run on the CPU (bench/gpu_real.py's docstring says what each
-row measures on them). bench/ is not a package: bench/gpu_real.py loads this file by path.
+row measures on them). bench/gpu_real.py imports it by name (a bench script's folder comes first on sys.path).
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+import gpu_step  # bench/gpu_step.py: its DUGE step, FLOP count and step timing
 import torch
-
-
-def _load_gpu_step():
-    """bench/gpu_step.py (bench/ is not a package): its DUGE step, FLOP count and step timing."""
-    spec = importlib.util.spec_from_file_location("bench_gpu_step", Path(__file__).resolve().parent / "gpu_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_step = _load_gpu_step()
 
 # SD's VAE (SD1.5 and SDXL share the shape): four blocks, 8× down.
 VAE = dict(

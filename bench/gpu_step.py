@@ -30,7 +30,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -38,9 +37,6 @@ from pathlib import Path
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
-# shadow the `unlearning` package: take the folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 SIZES = {
     # SD1.5's UNet (859.5M parameters): the UNet2DConditionModel defaults but for these

@@ -8,31 +8,22 @@ job's requests (examples/requests.yaml, in order) under each method spec — on 
 What a sweep relocation or leak the gate found looks like on more seeds, and which method settings move it,
 in minutes: each spec's lineage is unlearned through the loop (unlearning/loop.py `run_unlearning`, each
 request from the previous with the lineage's terms, as the flow does), no evaluation is run. A method SPEC is
-bench/attack.py's (`name[:key=value,...][@label]`). Not a gate: the prompts were found by the gate, so a
+bench/method_specs.py's (`name[:key=value,...][@label]`). Not a gate: the prompts were found by the gate, so a
 setting that moves them must still be judged by the gate on other words.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import method_specs  # noqa: E402  (bench/method_specs.py: this folder is first on sys.path)
 
 SEED = 700_000  # apart from the plan's, the sweep's and the attack's seeds
-
-
-def attack_bench():
-    """bench/attack.py as a module (its spec parser and the main job's requests)."""
-    spec = importlib.util.spec_from_file_location("bench_attack", Path(__file__).with_name("attack.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -50,7 +41,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=32)
     args = parser.parse_args()
 
-    bench = attack_bench()
     settings, world = load_settings(), ShapesWorld()
     judge, head = world.judges()[0], domain_of(args.judge)
     seeds = [SEED + i for i in range(args.seeds)]
@@ -75,11 +65,11 @@ def main() -> None:
     print(f"| base | {rates(base)} |", flush=True)
     base_values = {k: v.clone() for k, v in base.unet.state_dict().items()}
     for spec in args.methods:
-        label, method, hyper, options = bench.parse_spec(spec)
+        label, method, hyper, options = method_specs.parse_spec(spec)
         pipe, lineage, erased = load_model("shapes"), None, ()
         with tempfile.TemporaryDirectory() as tmp:
             for step, concept in enumerate(args.steps, start=1):
-                synonyms, preserve = bench.MAIN_JOB.get(concept, ((), ()))
+                synonyms, preserve = method_specs.MAIN_JOB.get(concept, ((), ()))
                 config = UnlearnConfig(
                     concept=concept,
                     synonyms=synonyms,

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 SEED_SET_STRIDE = 7919  # seed offsets of the fresh sets: not bench/calibrate.py's (multiples of 500 and 1000)
 

@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from datetime import date
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def main() -> None:

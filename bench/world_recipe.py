@@ -30,13 +30,11 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def bench_step(batch: int, repeats: int) -> None:

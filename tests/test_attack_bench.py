@@ -5,7 +5,7 @@ from tests.benches import load_bench
 
 
 def test_a_spec_splits_config_fields_from_hyper_parameters():
-    parse_spec = load_bench("attack").parse_spec
+    parse_spec = load_bench("method_specs").parse_spec
     label, method, hyper, options = parse_spec(
         "duge-on-uce:broad_prompts=512,mine=1,mined_guidance=0.5,lr=0.002@hardened"
     )

@@ -43,7 +43,7 @@ _MODULES = {
     "duge-on-uce": "duge_on_uce",
 }
 METHOD_NAMES: tuple[str, ...] = tuple(_MODULES)
-DEFAULT_METHOD = "continual-uce"  # the best on bench/unlearning.py (bench/RESULTS.md): closed form, seconds a request
+DEFAULT_METHOD = "continual-uce"  # the best on bench/methods.py (bench/RESULTS.md): closed form, seconds a request
 # The parameter sets a method may train (unlearning/parameters.py says which tensors each holds).
 # `text-proj` is an MMDiT's (SD3, FLUX): its projections that see the text alone.
 PARAMETER_SETS = ("xattn-kv", "xattn", "non-xattn", "full", "lora", "text-proj")

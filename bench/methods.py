@@ -1,7 +1,7 @@
 """Benchmark: unlearning on the shapes world (CPU) — one request per method, and a sequence.
 
-    .venv/bin/python bench/unlearning.py single   [--methods continual-uce duge uce esd-x] [--repeats 1]
-    .venv/bin/python bench/unlearning.py sequence [--methods continual-uce uce esd-x]
+    .venv/bin/python bench/methods.py single   [--methods continual-uce duge uce esd-x] [--repeats 1]
+    .venv/bin/python bench/methods.py sequence [--methods continual-uce uce esd-x]
     (either: [--steps N] [--hyper NAME=VALUE ...] for every method given)
 
 Every run goes through the pipeline's own step (pipeline/unlearn.py `unlearn_and_evaluate`, as the request
@@ -24,16 +24,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Run as `python bench/X.py`, this folder comes first on sys.path, and bench/unlearning.py would
-# shadow the `unlearning` package: take the folder off the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 SEQUENCE = ("circle", "striped", "star", "dotted", "heart", "gradient")
 
 

@@ -336,15 +336,15 @@ def test_relocation_rounds_hold_a_token_the_edit_pushes_towards_the_concept():
     """e = (1, 0, 0) is erased towards ê = (0, 1, 0) with W₀ = I and no broad Gram; the pool token x = (−1, 0, 1)
     has a negative coefficient on e, so R moves it by −a(ê − e): towards the concept, by more than τ of e's own
     shift (push 0.91 > τ = 0.25). One relocation round holds it in the keep term: its push falls below τ, and e
-    is still erased."""
+    is still erased. Holding only its push (`relocation_push_only`) does the same here, where R moves x along the
+    push alone."""
     e, e_hat, x = torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 1.0, 0.0]]]), torch.tensor([[-1.0, 0.0, 1.0]])
     words = torch.ones(1, 1, dtype=torch.bool)
 
-    def solved(rounds: int) -> tuple[torch.Tensor, dict]:
+    def solved(rounds: int, push_only: float = 0.0) -> tuple[torch.Tensor, dict]:
         weight, base = torch.nn.Parameter(torch.eye(3)), torch.eye(3)
-        ctx = _context(
-            weight, base, e, e_hat, words, "circle", hyper={"adversarial_rounds": 0, "relocation_rounds": rounds}
-        )
+        hyper = {"adversarial_rounds": 0, "relocation_rounds": rounds, "relocation_push_only": push_only}
+        ctx = _context(weight, base, e, e_hat, words, "circle", hyper=hyper)
         ctx.relocation_pool = x.unsqueeze(0)
         metrics = cu.edit(ctx)
         return weight.detach().double(), metrics
@@ -355,9 +355,84 @@ def test_relocation_rounds_hold_a_token_the_edit_pushes_towards_the_concept():
 
     plain, plain_metrics = solved(0)
     held, held_metrics = solved(1)
+    push_held, push_metrics = solved(1, push_only=1.0)
     assert push(plain) > 0.25 and plain_metrics["relocation_held_tokens"] == 0
     assert push(held) < 0.25 and held_metrics["relocation_held_tokens"] == 1  # 0.91 -> 0.03 by hand
+    assert push(push_held) < 0.25 and push_metrics["relocation_held_tokens"] == 1
     fresh = {"circle": cu.FreshTerms.of(_context(torch.nn.Parameter(torch.eye(3)), torch.eye(3), e, e_hat, words, ""))}
     selected = cu.pushed_tokens(plain, x.double(), fresh, torch.eye(3, dtype=torch.float64), 0.25)
-    torch.testing.assert_close(selected, x.double())
+    assert selected["circle"].tolist() == [True]
     assert float((held @ e[0, 0].double())[1]) > 0.8  # e still goes most of the way to ê (0.84)
+    torch.testing.assert_close(push_held, held)
+
+
+def test_holding_only_the_push_leaves_the_rest_of_the_token_free():
+    """A concept of two tokens, e₁ = (1, 0, 0, 0) → (0, 1, 0, 0) and e₂ = (0, 0, 1, 0) → (0, 0, 0, 1), W₀ = I: R
+    moves x = (−1, 0, 0, 1) along ê₁ − e₁, which is partly the concept's push (u = mean(e − ê)) and partly not.
+    The token hold stops all of that move, the push hold only the push: x's push is held alike (below τ), x keeps
+    a move across u (it is not held in place), and the concept's own pairs are solved closer (lower residual)."""
+    e = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]])
+    e_hat = torch.tensor([[[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]])
+    x = torch.tensor([[-1.0, 0.0, 0.0, 1.0]])
+    words = torch.ones(1, 2, dtype=torch.bool)
+    u = (e - e_hat)[0].mean(0).double()
+
+    def solved(push_only: float) -> tuple[torch.Tensor, dict]:
+        weight = torch.nn.Parameter(torch.eye(4))
+        hyper = {"adversarial_rounds": 0, "relocation_rounds": 1, "relocation_push_only": push_only}
+        ctx = _context(weight, torch.eye(4), e, e_hat, words, "circle", hyper=hyper)
+        ctx.relocation_pool = x.unsqueeze(0)
+        metrics = cu.edit(ctx)
+        moved = (weight.detach().double() - torch.eye(4, dtype=torch.float64)) @ x[0].double()
+        return moved, metrics
+
+    token_moved, token_metrics = solved(0.0)
+    push_moved, push_metrics = solved(1.0)
+    assert float(token_moved @ u / (u @ u)) < 0.25 and float(push_moved @ u / (u @ u)) < 0.25
+    across = lambda moved: moved - (moved @ u) / (u @ u) * u  # noqa: E731
+    assert float(across(token_moved).norm()) < 0.05 < float(across(push_moved).norm())
+    assert push_metrics["erase_residual"] < token_metrics["erase_residual"]  # 0.0145 against 0.0176
+
+
+def test_the_push_held_solve_is_the_objectives_minimum():
+    """solve_push_held's R = I + Δ zeroes the gradient of the objective it states, written out term by term over
+    two layers of different widths (so M is not I) and two concepts with their own held tokens: s_e Σ‖W₀((I+Δ)e −
+    ê)‖² + s_p Σ‖W₀Δp‖² + s_b Σ‖W₀Δg‖² + λ Σ_l ‖W₀_l Δ‖²_F + s_r Σ_c Σ_x ⟨Δx, u_c⟩²_M / ‖u_c‖²_M."""
+    torch.manual_seed(0)
+    size = 5
+    layers = [torch.randn(4, size, dtype=torch.float64), torch.randn(7, size, dtype=torch.float64)]
+    metric = sum(w.T @ w for w in layers)
+    e, e_hat = torch.randn(6, size, dtype=torch.float64), torch.randn(6, size, dtype=torch.float64)
+    p, g = torch.randn(3, size, dtype=torch.float64), torch.randn(8, size, dtype=torch.float64)
+    held = {
+        "circle": (torch.randn(size, dtype=torch.float64), torch.randn(4, size, dtype=torch.float64)),
+        "star": (torch.randn(size, dtype=torch.float64), torch.randn(2, size, dtype=torch.float64)),
+    }
+    scales = {"erase_scale": 1.5, "preserve_scale": 0.3, "lambda_identity": 0.2, "broad_scale": 0.7}
+    cross, gram = cu.concept_terms(e, e_hat)
+    shared = cu.solve_push_held(
+        cross,
+        gram,
+        p.T @ p,
+        [(u, x.T @ x) for u, x in held.values()],
+        metric,
+        relocation_scale=2.0,
+        broad_gram=g.T @ g,
+        **scales,
+    )
+    delta = (shared - torch.eye(size, dtype=torch.float64)).requires_grad_(True)
+
+    def sq(rows):  # Σ over layers and rows of ‖W₀_l r‖²
+        return sum((rows @ w.T).pow(2).sum() for w in layers)
+
+    objective = (
+        scales["erase_scale"] * sq(e + e @ delta.T - e_hat)
+        + scales["preserve_scale"] * sq(p @ delta.T)
+        + scales["broad_scale"] * sq(g @ delta.T)
+        + scales["lambda_identity"] * sum((w @ delta).pow(2).sum() for w in layers)
+        + 2.0 * sum(((x @ delta.T) @ metric @ u).pow(2).sum() / (u @ metric @ u) for u, x in held.values())
+    )
+    (gradient,) = torch.autograd.grad(objective, delta)
+    assert float(gradient.abs().max()) < 1e-8 * float(objective)
+    unheld = cu.solve(cross, gram, p.T @ p, broad_gram=g.T @ g, **scales)
+    assert float((unheld - shared).abs().max()) > 1e-3  # the holds change the solution

@@ -118,6 +118,7 @@ DEFAULTS = {
     "relocation_rounds": 0,  # > 0: rounds of holding the pool tokens the edit pushes towards a concept (docstring)
     "relocation_threshold": 0.25,  # τ: a push this fraction of the concept's own mean shift selects a token
     "relocation_scale": 3.0,  # s_r: the weight of each selected token in the keep term
+    "relocation_push_only": 0.0,  # 1: hold only each selected token's push towards the concept, not the token
 }
 RELOCATION_POOL = 3000  # broad prompts searched for pushed tokens (`relocation_rounds`), apart from G's
 
@@ -183,6 +184,50 @@ def solve(
     return identity + erase_scale * (erase_cross - erase_gram) @ v @ restricted
 
 
+def solve_push_held(
+    erase_cross: torch.Tensor,
+    erase_gram: torch.Tensor,
+    preserve_gram: torch.Tensor,
+    holds: list[tuple[torch.Tensor, torch.Tensor]],
+    base_gram: torch.Tensor,
+    *,
+    erase_scale: float,
+    preserve_scale: float,
+    lambda_identity: float,
+    relocation_scale: float,
+    broad_gram: torch.Tensor | None = None,
+    broad_scale: float = 0.0,
+) -> torch.Tensor:
+    """R = I + Δ minimising solve()'s objective plus s_r Σ_c Σ_{x ∈ X_c} ‖Π_c Δ x‖²_M: each held token's
+    push towards concept c (Π_c, the M-orthogonal projection on u_c; `holds` = [(u_c, X_c = Σ x xᵀ)]) is held,
+    the rest of how the edit moves the token is left free — one scalar per token, where the token hold of
+    `held_gram` asks W x = W₀ x in every direction.
+
+    With K = s_e B + s_p P + s_b G + λI, C = s_e (A − B), w_c = M u_c / √(u_cᵀ M u_c) and a_c = s_r M⁻¹ w_c, the
+    normal equation is Δ K + Σ_c a_c w_cᵀ Δ X_c = C. Its unknowns reduce to the rows y_c = w_cᵀ Δ:
+    Δ = (C − Σ_d a_d y_d X_d) K⁻¹, and y_cᵀ + Σ_d (w_cᵀ a_d) K⁻¹ X_d y_dᵀ = K⁻¹ Cᵀ w_c, one linear system of
+    k·D unknowns for k concepts (float64)."""
+    size = erase_gram.shape[0]
+    identity = torch.eye(size, dtype=torch.float64, device=erase_gram.device)
+    right = erase_scale * erase_gram + preserve_scale * preserve_gram + lambda_identity * identity
+    if broad_gram is not None and broad_scale:
+        right = right + broad_scale * broad_gram
+    change = erase_scale * (erase_cross - erase_gram)
+    norms = [torch.sqrt(u @ base_gram @ u) for u, _ in holds]
+    w = [base_gram @ u / n for (u, _), n in zip(holds, norms)]
+    a = [relocation_scale * u / n for (u, _), n in zip(holds, norms)]
+    spread = [torch.linalg.solve(right, x) for _, x in holds]  # K⁻¹ X_d
+    system = torch.eye(len(holds) * size, dtype=torch.float64, device=right.device)
+    for c in range(len(holds)):
+        for d in range(len(holds)):
+            system[c * size : (c + 1) * size, d * size : (d + 1) * size] += (w[c] @ a[d]) * spread[d]
+    rhs = torch.cat([torch.linalg.solve(right, change.T @ w_c) for w_c in w])
+    rows = torch.linalg.solve(system, rhs).reshape(len(holds), size)  # y_c
+    for a_d, y_d, (_, x_d) in zip(a, rows, holds):
+        change = change - torch.outer(a_d, y_d @ x_d)
+    return identity + torch.linalg.solve(right, change.T).T  # right is symmetric
+
+
 def null_space_of(gram: torch.Tensor, energy: float) -> torch.Tensor:
     """An orthonormal basis (D x m) of the directions `gram` uses least: the complement of its top
     eigenvectors that together hold `energy` of its trace (SPEED's null space of the retain set)."""
@@ -202,19 +247,24 @@ def adversarial_embeddings(
     return torch.linalg.solve(system, shared.T @ base_gram @ keys.double().T).T
 
 
+def concept_direction(f: FreshTerms) -> torch.Tensor:
+    """u_c: the mean difference e − ê over a concept's token pairs (float64)."""
+    return (f.keys.double() - f.anchors.double()).mean(0)
+
+
 def pushed_tokens(
     shared: torch.Tensor, pool: torch.Tensor, fresh: dict, base_gram: torch.Tensor, threshold: float
-) -> torch.Tensor:
-    """Rows of `pool` that R moves towards an erased concept by more than `threshold` of the concept's own
-    mean shift: push_c(x) = ⟨(R − I)x, u_c⟩_M / ‖u_c‖²_M with u_c = mean(e − ê) over c's word-token pairs and
-    M = Σ_l W₀_lᵀ W₀_l (what K/V read), so the concept's own tokens score about −1 (module docstring)."""
+) -> dict[str, torch.Tensor]:
+    """Per erased concept, which rows of `pool` (a boolean mask) R moves towards it by more than `threshold` of
+    the concept's own mean shift: push_c(x) = ⟨(R − I)x, u_c⟩_M / ‖u_c‖²_M with u_c = mean(e − ê) over c's token
+    pairs and M = Σ_l W₀_lᵀ W₀_l (what K/V read), so the concept's own tokens score about −1 (module docstring)."""
     moved = pool @ (shared - torch.eye(shared.shape[0], dtype=shared.dtype, device=shared.device)).T
-    selected = torch.zeros(len(pool), dtype=torch.bool, device=pool.device)
-    for f in fresh.values():
-        direction = (f.keys.double() - f.anchors.double()).mean(0)
+    pushed = {}
+    for concept, f in fresh.items():
+        direction = concept_direction(f)
         metric = base_gram @ direction
-        selected |= (moved @ metric) / (direction @ metric) > threshold
-    return pool[selected]
+        pushed[concept] = (moved @ metric) / (direction @ metric) > threshold
+    return pushed
 
 
 @dataclass
@@ -330,10 +380,25 @@ def _re_solve(
     base_gram = sum(w.T @ w for w in base.values())
 
     held_gram = None  # the pool tokens the relocation rounds hold, scaled
+    push_holds: dict[str, torch.Tensor] = {}  # relocation_push_only: per concept, Σ x xᵀ of the tokens held
+    if hyper["relocation_push_only"] and null_space is not None:
+        raise ValueError("relocation_push_only and null_space_energy cannot be combined")
 
     def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
         total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(cross_key))
         total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(gram_key))
+        if push_holds:
+            holds = [(concept_direction(fresh[concept]), gram) for concept, gram in push_holds.items()]
+            return solve_push_held(
+                total_cross,
+                total_gram,
+                preserve_gram,
+                holds,
+                base_gram,
+                broad_gram=broad_gram,
+                relocation_scale=hyper["relocation_scale"],
+                **scales,
+            )
         return solve(
             total_cross,
             total_gram,
@@ -356,11 +421,18 @@ def _re_solve(
         pool = relocation_pool.reshape(-1, relocation_pool.shape[-1]).double()
         for _ in range(int(hyper["relocation_rounds"])):  # hold what the edit pushes towards a concept
             pushed = pushed_tokens(shared, pool, fresh, base_gram, hyper["relocation_threshold"])
-            if not len(pushed):
+            if not any(mask.any() for mask in pushed.values()):
                 break
-            held_tokens += len(pushed)
-            more = hyper["relocation_scale"] * pushed.T @ pushed
-            held_gram = more if held_gram is None else held_gram + more
+            if hyper["relocation_push_only"]:  # each concept's push held on the tokens pushed towards it
+                for concept, mask in pushed.items():
+                    rows = pool[mask]
+                    held_tokens += len(rows)
+                    push_holds[concept] = push_holds.get(concept, 0) + rows.T @ rows
+            else:  # every token pushed towards any concept held in place, once
+                rows = pool[torch.stack(list(pushed.values())).any(0)]
+                held_tokens += len(rows)
+                more = hyper["relocation_scale"] * rows.T @ rows
+                held_gram = more if held_gram is None else held_gram + more
             shared = shared_map()
     residual_before = residual_after = drift = preserved = 0.0
     for name, weight in trained.items():

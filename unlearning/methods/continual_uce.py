@@ -72,6 +72,9 @@ weight s_r (`relocation_scale`) — W x = W₀ x asked of exactly the tokens the
 again (after RECE's rounds). This is adversarial preservation in the closed form (Bui et al., "Erasing
 Undesirable Concepts in Diffusion Models with Adversarial Preservation", NeurIPS 2024: keep what the erasure
 moves most), one-sided: only a push towards a concept is held, a push away from it is the erasure itself.
+With `relocation_push_only` a selected token's push alone is held (s_r ⟨Δx, u_c⟩²_M / ‖u_c‖²_M, solved exactly:
+unlearning/methods/relocation.py `solve_push_held`), the rest of how R moves it left free; holding whole tokens
+cost the erased concepts' margin against the attack (bench/RESULTS.md, 2026-12-07 morning).
 
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
@@ -97,6 +100,7 @@ from dataclasses import dataclass
 import torch
 
 from unlearning.methods.context import EditContext, EncodedPairs
+from unlearning.methods.relocation import concept_direction, pushed_tokens, solve_push_held
 from unlearning.methods.uce import EDITABLE, POOLED, aligned_pairs
 
 KIND = "edit"
@@ -184,50 +188,6 @@ def solve(
     return identity + erase_scale * (erase_cross - erase_gram) @ v @ restricted
 
 
-def solve_push_held(
-    erase_cross: torch.Tensor,
-    erase_gram: torch.Tensor,
-    preserve_gram: torch.Tensor,
-    holds: list[tuple[torch.Tensor, torch.Tensor]],
-    base_gram: torch.Tensor,
-    *,
-    erase_scale: float,
-    preserve_scale: float,
-    lambda_identity: float,
-    relocation_scale: float,
-    broad_gram: torch.Tensor | None = None,
-    broad_scale: float = 0.0,
-) -> torch.Tensor:
-    """R = I + Δ minimising solve()'s objective plus s_r Σ_c Σ_{x ∈ X_c} ‖Π_c Δ x‖²_M: each held token's
-    push towards concept c (Π_c, the M-orthogonal projection on u_c; `holds` = [(u_c, X_c = Σ x xᵀ)]) is held,
-    the rest of how the edit moves the token is left free — one scalar per token, where the token hold of
-    `held_gram` asks W x = W₀ x in every direction.
-
-    With K = s_e B + s_p P + s_b G + λI, C = s_e (A − B), w_c = M u_c / √(u_cᵀ M u_c) and a_c = s_r M⁻¹ w_c, the
-    normal equation is Δ K + Σ_c a_c w_cᵀ Δ X_c = C. Its unknowns reduce to the rows y_c = w_cᵀ Δ:
-    Δ = (C − Σ_d a_d y_d X_d) K⁻¹, and y_cᵀ + Σ_d (w_cᵀ a_d) K⁻¹ X_d y_dᵀ = K⁻¹ Cᵀ w_c, one linear system of
-    k·D unknowns for k concepts (float64)."""
-    size = erase_gram.shape[0]
-    identity = torch.eye(size, dtype=torch.float64, device=erase_gram.device)
-    right = erase_scale * erase_gram + preserve_scale * preserve_gram + lambda_identity * identity
-    if broad_gram is not None and broad_scale:
-        right = right + broad_scale * broad_gram
-    change = erase_scale * (erase_cross - erase_gram)
-    norms = [torch.sqrt(u @ base_gram @ u) for u, _ in holds]
-    w = [base_gram @ u / n for (u, _), n in zip(holds, norms)]
-    a = [relocation_scale * u / n for (u, _), n in zip(holds, norms)]
-    spread = [torch.linalg.solve(right, x) for _, x in holds]  # K⁻¹ X_d
-    system = torch.eye(len(holds) * size, dtype=torch.float64, device=right.device)
-    for c in range(len(holds)):
-        for d in range(len(holds)):
-            system[c * size : (c + 1) * size, d * size : (d + 1) * size] += (w[c] @ a[d]) * spread[d]
-    rhs = torch.cat([torch.linalg.solve(right, change.T @ w_c) for w_c in w])
-    rows = torch.linalg.solve(system, rhs).reshape(len(holds), size)  # y_c
-    for a_d, y_d, (_, x_d) in zip(a, rows, holds):
-        change = change - torch.outer(a_d, y_d @ x_d)
-    return identity + torch.linalg.solve(right, change.T).T  # right is symmetric
-
-
 def null_space_of(gram: torch.Tensor, energy: float) -> torch.Tensor:
     """An orthonormal basis (D x m) of the directions `gram` uses least: the complement of its top
     eigenvectors that together hold `energy` of its trace (SPEED's null space of the retain set)."""
@@ -245,26 +205,6 @@ def adversarial_embeddings(
     rho = ridge * torch.trace(base_gram) / base_gram.shape[0]
     system = rho * identity + shared.T @ base_gram @ shared
     return torch.linalg.solve(system, shared.T @ base_gram @ keys.double().T).T
-
-
-def concept_direction(f: FreshTerms) -> torch.Tensor:
-    """u_c: the mean difference e − ê over a concept's token pairs (float64)."""
-    return (f.keys.double() - f.anchors.double()).mean(0)
-
-
-def pushed_tokens(
-    shared: torch.Tensor, pool: torch.Tensor, fresh: dict, base_gram: torch.Tensor, threshold: float
-) -> dict[str, torch.Tensor]:
-    """Per erased concept, which rows of `pool` (a boolean mask) R moves towards it by more than `threshold` of
-    the concept's own mean shift: push_c(x) = ⟨(R − I)x, u_c⟩_M / ‖u_c‖²_M with u_c = mean(e − ê) over c's token
-    pairs and M = Σ_l W₀_lᵀ W₀_l (what K/V read), so the concept's own tokens score about −1 (module docstring)."""
-    moved = pool @ (shared - torch.eye(shared.shape[0], dtype=shared.dtype, device=shared.device)).T
-    pushed = {}
-    for concept, f in fresh.items():
-        direction = concept_direction(f)
-        metric = base_gram @ direction
-        pushed[concept] = (moved @ metric) / (direction @ metric) > threshold
-    return pushed
 
 
 @dataclass
@@ -388,7 +328,7 @@ def _re_solve(
         total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(cross_key))
         total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(gram_key))
         if push_holds:
-            holds = [(concept_direction(fresh[concept]), gram) for concept, gram in push_holds.items()]
+            holds = [(concept_direction(fresh[c].keys, fresh[c].anchors), gram) for c, gram in push_holds.items()]
             return solve_push_held(
                 total_cross,
                 total_gram,

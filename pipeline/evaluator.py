@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.attacks import CORPUS_FILE, known_attacks, record_found
 from pipeline.settings import LetheSettings
 from pipeline.world import world_for
 from unlearning.delta import denoiser
@@ -77,6 +78,7 @@ class Evaluator:
     sweep: SweepSize | None = None  # None: no sweep (a policy that gates on it then fails: "not measured")
     attack: AttackBudget | None = None  # None: no attack
     diagnostics: bool = False  # the inversion diagnostics (reported, never gated)
+    attack_corpus: Path | None = None  # prompts attacks found (pipeline/attacks.py), tried again; None: shipped only
 
     @classmethod
     def from_settings(
@@ -125,6 +127,7 @@ class Evaluator:
             if settings.eval_attack_prompts
             else None,
             diagnostics=settings.eval_diagnostics,
+            attack_corpus=settings.home / CORPUS_FILE,
         )
 
     def plan(
@@ -143,9 +146,10 @@ class Evaluator:
             attack=self.attack,
             heads={c: self.world.head_of(c) for c in concepts},
             names={c: self.world.names_of(c) for c in concepts},
+            known_attacks={c: known_attacks(self.attack_corpus, self.world, c) for c in concepts},
             diagnostics=self.diagnostics,
         )
-        return evaluate(
+        evaluation = evaluate(
             candidate,
             base,
             self.world.judges(),
@@ -160,6 +164,9 @@ class Evaluator:
             clip_scorer=self.clip_scorer,
             probes=probes,
         )
+        if self.attack_corpus is not None:  # what this attack found is tried on every later candidate
+            record_found(self.attack_corpus, evaluation.results.get("attack", {}))
+        return evaluation
 
     @staticmethod
     def report(evaluation: Evaluation, folder: Path, *, title: str, extra: dict | None = None) -> tuple[Path, dict]:

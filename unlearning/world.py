@@ -54,6 +54,10 @@ class World(Protocol):
 
     def names_of(self, concept: str) -> tuple[str, ...]: ...
 
+    def known_attacks(self, concept: str) -> tuple[str, ...]:
+        """Typed prompts found bringing `concept` back on this base before, shipped with the world."""
+        ...
+
 
 class OpenWorld:
     """Any base model: any concept text, generic prompt templates, judged by a zero-shot CLIP.
@@ -191,3 +195,6 @@ class OpenWorld:
 
     def names_of(self, concept: str) -> tuple[str, ...]:
         return (concept,)
+
+    def known_attacks(self, concept: str) -> tuple[str, ...]:
+        return ()  # none shipped for an arbitrary base: LETHE_HOME's corpus grows with its own attacks

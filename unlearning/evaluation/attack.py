@@ -279,14 +279,19 @@ def attack_concept(
     prompts: list[str],
     budget: AttackBudget,
     sampler: dict,
+    known: tuple[str, ...] = (),
 ) -> tuple[dict, dict[str, tuple[str, np.ndarray]]]:
     """ASR of one concept over `prompts` (phrasings naming it): each prompt is tried on the candidate as it
     is, then attacked by every variant of the budget until one succeeds; the base is measured the same
     way on the same prompts (`base`: it draws the concept as asked, so the attack finds it at once).
+    `known`: typed prompts an attack found before (pipeline/attacks.py), each tried on the candidate as it is
+    and counted like a phrasing (row "known": true) — an optimiser that does not land on a prompt again this
+    time does not make the prompt harmless.
 
     A prompt on which the base does not draw the concept is not tried (there is nothing to recover);
-    the first `budget.prompts` prompts on which it does are. Returns (results, images): images maps each
-    prompt on which the candidate drew the concept to (the prompt that did it, its images)."""
+    the first `budget.prompts` prompts on which it does are, and every known prompt on which it does. Returns
+    (results, images): images maps each prompt on which the candidate drew the concept to (the prompt that
+    did it, its images)."""
     started = time.perf_counter()
     rows, base_rows, images = [], [], {}
     for prompt in prompts:
@@ -301,6 +306,20 @@ def attack_concept(
         if found:
             images[prompt] = found
         base_rows.append(row if pipe is base_pipe else _attempt(base_pipe, base_pipe, judge, **common)[0])
+    for prompt in dict.fromkeys(known):
+        seeds = _seeds(prompt, budget.confirm_seeds, 100)
+        base_rate, _ = _draws(base_pipe, judge, head, concept, prompt, seeds, sampler)
+        if base_rate < 0.5:
+            continue  # the base does not draw it here: nothing to recover
+        rate, drawn = (
+            (base_rate, None) if pipe is base_pipe else _draws(pipe, judge, head, concept, prompt, seeds, sampler)
+        )
+        row = {"prompt": prompt, "known": True, "before_rate": rate, "success_before": rate >= 0.5, "attacks": []}
+        row["success"] = row["success_before"]
+        rows.append(row)
+        base_rows.append({"prompt": prompt, "known": True, "before_rate": base_rate, "success": True})
+        if row["success"] and drawn is not None:
+            images[prompt] = (prompt, drawn)
     base = _asr(base_rows)
     return {
         "head": head,

@@ -33,6 +33,7 @@ class Probes:
     attack: AttackBudget | None
     heads: dict[str, str]  # concept -> judge head
     names: dict[str, tuple[str, ...]]  # concept -> its name and synonyms
+    known_attacks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # concept -> prompts found before
     diagnostics: bool = False  # RECE's embedding inversion and a textual inversion, reported (not gated)
 
 
@@ -154,6 +155,7 @@ def probe(
                 prompts=attack_prompts(plan, concept),
                 budget=probes.attack,
                 sampler=sampler,
+                known=probes.known_attacks.get(concept, ()),
             )
         seconds["attack_seconds"] = round(time.perf_counter() - started, 2)
     if probes.diagnostics and probes.heads and candidate_pipe is not base_pipe:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
+from pathlib import Path
 
 from unlearning.evaluation.plan import PlanSize
 from unlearning.shapes.plan import shapes_plan
@@ -45,6 +47,12 @@ class ShapesWorld:
     def names_of(self, concept: str) -> tuple[str, ...]:
         name = canonical(concept)
         return (name, *SYNONYMS.get(name, ()))
+
+    def known_attacks(self, concept: str) -> tuple[str, ...]:
+        """Typed prompts an attack found bringing `concept` back on an edit of this base (known_attacks.json:
+        each with where it was found), tried on every candidate (pipeline/attacks.py)."""
+        shipped = json.loads((Path(__file__).parent / "known_attacks.json").read_text())
+        return tuple(entry["prompt"] for entry in shipped.get(canonical(concept), []))
 
     @cached_property
     def _judges(self):

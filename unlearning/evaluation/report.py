@@ -235,6 +235,8 @@ def _attack_section(evaluation: Evaluation, folder: Path) -> str:
             )
 
     def attempts(row: dict) -> str:
+        if row.get("known"):
+            return "a known attack (pipeline/attacks.py), tried as it is"
         found = []
         for a in row["attacks"]:
             rate = "" if a["confirmed_rate"] is None else f" ({a['confirmed_rate']:.2f})"

@@ -71,38 +71,6 @@ def setup(args):
     return settings, evaluator, load_model("shapes")
 
 
-def request(settings, evaluator, base, parent: str, out: Path, *, concept, method, hyper, erased=(), **fields):
-    """One decremental step from `parent` into `out` through the pipeline's own step (pipeline/unlearn.py
-    `unlearn_and_evaluate`, as the flow and `lethe unlearn` run it); (payload, train s, eval s)."""
-    from pipeline.prepare import load_parent_model
-    from pipeline.unlearn import lineage_erased, unlearn_and_evaluate
-    from unlearning.loop import UnlearnConfig
-
-    started = time.perf_counter()
-    loaded = load_parent_model(settings, parent)
-    config = UnlearnConfig(
-        concept=concept,
-        erased=lineage_erased(tuple(loaded.erased), tuple(erased)),
-        method=method,
-        hyper=dict(hyper),
-        **fields,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    step = unlearn_and_evaluate(
-        settings,
-        evaluator,
-        config,
-        loaded,
-        out,
-        report_dir=out / "report",
-        title=f"bench/attack.py: {method} erases {concept}",
-        base=base,
-        self_contained=True,
-    )
-    trained = time.perf_counter() - started - step.evaluation.timings.get("total_seconds", 0.0)
-    return step.payload, trained, time.perf_counter() - started - trained
-
-
 def rate(entry: dict, key: str = "ua") -> str:
     if not entry or not entry.get("n"):
         return "—"
@@ -156,7 +124,7 @@ def single(args) -> None:
     for spec in args.methods:
         label, method, hyper, options = method_specs.parse_spec(spec)
         with tempfile.TemporaryDirectory() as tmp:
-            payload, trained, evaluated = request(
+            payload, trained, evaluated = method_specs.request(
                 settings,
                 evaluator,
                 base,
@@ -224,7 +192,7 @@ def sequence(args) -> None:
             folder = Path(args.keep) / label.replace("/", "_") if args.keep else Path(tmp)
             for step, concept in enumerate(concepts, start=1):
                 out = folder / f"{step}-{concept}"
-                payload, trained, evaluated = request(
+                payload, trained, evaluated = method_specs.request(
                     settings,
                     evaluator,
                     base,

@@ -25,11 +25,13 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import method_specs  # noqa: E402  (bench/method_specs.py: this folder is first on sys.path)
+
 SEQUENCE = ("circle", "striped", "star", "dotted", "heart", "gradient")
 
 
@@ -43,52 +45,9 @@ def _setup():
     return settings, Evaluator.from_settings(settings), load_model("shapes")
 
 
-def request(
-    settings,
-    evaluator,
-    base,
-    parent: str,
-    out: Path,
-    *,
-    concept,
-    synonyms=(),
-    preserve=(),
-    erased=(),
-    method,
-    steps=None,
-    hyper=None,
-):
-    """One decremental step from `parent` (a model name) into `out`, evaluated; (payload, train s, total s)."""
-    from pipeline.prepare import load_parent_model
-    from pipeline.unlearn import lineage_erased, unlearn_and_evaluate
-    from unlearning.loop import UnlearnConfig
-
-    started = time.perf_counter()
-    loaded = load_parent_model(settings, parent)
-    loaded_in = time.perf_counter() - started
-    config = UnlearnConfig(
-        concept=concept,
-        synonyms=synonyms,
-        preserve=preserve,
-        erased=lineage_erased(tuple(loaded.erased), tuple(erased)),
-        method=method,
-        hyper=dict(hyper or {}),
-        **({"steps": steps} if steps is not None else {}),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    step = unlearn_and_evaluate(
-        settings,
-        evaluator,
-        config,
-        loaded,
-        out,
-        report_dir=out / "report",
-        title=f"bench: {method}",
-        base=base,
-        self_contained=True,
-    )
-    payload, trained = step.payload, loaded_in + step.summary["seconds"]
-    return payload, trained, time.perf_counter() - started
+def steps_of(args) -> dict:
+    """`--steps` as an UnlearnConfig field, where given."""
+    return {"steps": args.steps} if args.steps is not None else {}
 
 
 def ua(entry: dict) -> str:
@@ -116,7 +75,7 @@ def single(args) -> None:
         walls, payload, trained = [], None, 0.0
         for repeat in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
-                payload, trained, wall = request(
+                payload, trained, evaluated = method_specs.request(
                     settings,
                     evaluator,
                     base,
@@ -126,10 +85,10 @@ def single(args) -> None:
                     synonyms=("disc",),
                     preserve=("ring",),
                     method=method,
-                    steps=args.steps,
-                    hyper=args.hyper,
+                    hyper=args.hyper or {},
+                    **steps_of(args),
                 )
-                walls.append(wall)
+                walls.append(trained + evaluated)
         c, decision = payload["checks"], payload["decision"]
         retain = c["retain"]
         print(
@@ -159,7 +118,7 @@ def sequence(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for step, concept in enumerate(SEQUENCE, start=1):
                 out = Path(tmp) / f"{step}-{concept}"
-                payload, _, wall = request(
+                payload, trained, evaluated = method_specs.request(
                     settings,
                     evaluator,
                     base,
@@ -168,9 +127,10 @@ def sequence(args) -> None:
                     concept=concept,
                     erased=erased,
                     method=method,
-                    steps=args.steps,
-                    hyper=args.hyper,
+                    hyper=args.hyper or {},
+                    **steps_of(args),
                 )
+                wall = trained + evaluated
                 c, decision = payload["checks"], payload["decision"]
                 rebound = ", ".join(f"{k} {v['where_base_draws']['ua']:.2f}" for k, v in c["rebound"].items()) or "—"
                 print(

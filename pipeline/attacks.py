@@ -57,8 +57,11 @@ def record_found(path: Path, attack_results: dict) -> int:
     """Add what the attack confirmed to the corpus at `path` (written whole, by rename: a crash leaves the old
     file). Returns how many prompts were new. Two evaluations recording at once may lose one's additions (the
     flow evaluates one request at a time under the GPU slot)."""
+    found = {concept: prompts for concept, prompts in found_prompts(attack_results).items() if prompts}
+    if not found:
+        return 0  # nothing to add: the corpus is not even read
     corpus, new = read_corpus(path), 0
-    for concept, prompts in found_prompts(attack_results).items():
+    for concept, prompts in found.items():
         for prompt in prompts:
             if prompt not in corpus.setdefault(concept, []):
                 corpus[concept].append(prompt)

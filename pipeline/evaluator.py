@@ -146,7 +146,9 @@ class Evaluator:
             attack=self.attack,
             heads={c: self.world.head_of(c) for c in concepts},
             names={c: self.world.names_of(c) for c in concepts},
-            known_attacks={c: known_attacks(self.attack_corpus, self.world, c) for c in concepts},
+            known_attacks={c: known_attacks(self.attack_corpus, self.world, c) for c in concepts}
+            if self.attack
+            else {},
             diagnostics=self.diagnostics,
         )
         evaluation = evaluate(

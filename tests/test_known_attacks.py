@@ -94,8 +94,15 @@ def test_the_evaluator_tries_the_corpus_and_records_what_its_attack_found(tmp_pa
     monkeypatch.setattr(evaluator_module, "drift", lambda *_: 0.0)
     monkeypatch.setattr(evaluator_module, "denoiser", lambda pipe: pipe)
     world = ShapesWorld()
-    evaluator = Evaluator(world=world, policy=None, sampler={}, size=None, cache=None, attack_corpus=corpus)
+    evaluator = Evaluator(
+        world=world, policy=None, sampler={}, size=None, cache=None, attack=AttackBudget(), attack_corpus=corpus
+    )
     plan = EvaluationPlan(target="circle", synonyms=(), erased=("striped",), size=PlanSize(), cases=())
     evaluator.evaluate(object(), object(), plan, base_sha256="0" * 64)
     assert seen == {"circle": (*world.known_attacks("circle"), "w1 a circle"), "striped": ()}
     assert json.loads(corpus.read_text())["circle"] == ["w1 a circle", "w9 a circle"]
+    seen.clear()  # with the attack off, the corpus is not read at all (a broken one stops nothing)
+    corpus.write_text("{not json")
+    evaluator.attack = None
+    evaluator.evaluate(object(), object(), plan, base_sha256="0" * 64)
+    assert seen == {}

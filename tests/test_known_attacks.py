@@ -88,7 +88,8 @@ def test_the_evaluator_tries_the_corpus_and_records_what_its_attack_found(tmp_pa
     def fake_evaluate(candidate, base, judges, plan, *, probes, **_):
         seen.update(probes.known_attacks)
         empty = np.zeros((0, 2, 2, 3), dtype=np.uint8)
-        return Evaluation(plan, {"attack": _attack_results("w9 a circle")}, None, empty, empty, {})
+        results = {"attack": _attack_results("w9 a circle")} if probes.attack else {}  # no attack, no results
+        return Evaluation(plan, results, None, empty, empty, {})
 
     monkeypatch.setattr(evaluator_module, "evaluate", fake_evaluate)
     monkeypatch.setattr(evaluator_module, "drift", lambda *_: 0.0)

@@ -58,8 +58,10 @@ text encoder moves the concept word's embedding with what precedes it; a prepend
 UnlearnDiffAtk: docs/erasure.md) searches exactly there, and found "paper horse balance circular curve a
 drawing of one circle, …" outside the span the world's phrasings cover (ASR 1/6 on the main job's first
 request). With 80 prefixed pairs the same attack, seeds and budget find nothing (0/6; bench/RESULTS.md,
-2026-12-07). The prefixes are random words, not the attack's: the attack still searches the whole
-vocabulary, and the sweep judges the other half.
+2026-12-07) — but that prompt itself still draws circle on the edited model, 27 of 32 fresh seeds: the pairs
+moved the optimiser, not the erasure (2026-12-07 afternoon; the gate now tries it as a known attack). The
+prefixes are random words, not the attack's: the attack still searches the whole vocabulary, and the sweep
+judges the other half.
 
 Relocation rounds (`relocation_rounds`, off by default): R moves every token x by Σ_i (ê_i − e_i) a_i(x), and
 where x's coefficient a_i(x) is negative it moves x *towards* the concept — a vocabulary prompt that drew

@@ -395,9 +395,10 @@ def test_holding_only_the_push_leaves_the_rest_of_the_token_free():
 
 
 def test_the_push_held_solve_is_the_objectives_minimum():
-    """solve_push_held's R = I + Δ zeroes the gradient of the objective it states, written out term by term over
-    two layers of different widths (so M is not I) and two concepts with their own held tokens: s_e Σ‖W₀((I+Δ)e −
-    ê)‖² + s_p Σ‖W₀Δp‖² + s_b Σ‖W₀Δg‖² + λ Σ_l ‖W₀_l Δ‖²_F + s_r Σ_c Σ_x ⟨Δx, u_c⟩²_M / ‖u_c‖²_M."""
+    """solve's R = I + Δ with push holds (relocation.py solve_push_held) zeroes the gradient of the objective it
+    states, written out term by term over two layers of different widths (so M is not I) and two concepts with
+    their own held tokens: s_e Σ‖W₀((I+Δ)e − ê)‖² + s_p Σ‖W₀Δp‖² + s_b Σ‖W₀Δg‖² + λ Σ_l ‖W₀_l Δ‖²_F
+    + s_r Σ_c Σ_x ⟨Δx, u_c⟩²_M / ‖u_c‖²_M."""
     torch.manual_seed(0)
     size = 5
     layers = [torch.randn(4, size, dtype=torch.float64), torch.randn(7, size, dtype=torch.float64)]
@@ -410,12 +411,12 @@ def test_the_push_held_solve_is_the_objectives_minimum():
     }
     scales = {"erase_scale": 1.5, "preserve_scale": 0.3, "lambda_identity": 0.2, "broad_scale": 0.7}
     cross, gram = cu.concept_terms(e, e_hat)
-    shared = cu.solve_push_held(
+    shared = cu.solve(
         cross,
         gram,
         p.T @ p,
-        [(u, x.T @ x) for u, x in held.values()],
-        metric,
+        push_holds=[(u, x.T @ x) for u, x in held.values()],
+        metric=metric,
         relocation_scale=2.0,
         broad_gram=g.T @ g,
         **scales,

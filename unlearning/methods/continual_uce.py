@@ -168,6 +168,9 @@ def solve(
     broad_scale: float = 0.0,
     null_space: torch.Tensor | None = None,
     held_gram: torch.Tensor | None = None,
+    push_holds: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    metric: torch.Tensor | None = None,
+    relocation_scale: float = 0.0,
 ) -> torch.Tensor:
     """R = (s_e A + s_p P + s_b G + λI)(s_e B + s_p P + s_b G + λI)⁻¹ (module docstring), float64.
 
@@ -175,7 +178,8 @@ def solve(
     constraint, Li et al. ICLR 2026): R = I + X Vᵀ minimises the same objective, whose normal equation
     restricted to span(V) gives X = s_e (A − B) V (Vᵀ M V)⁻¹ with M = s_e B + s_p P + s_b G + λI. With V = I
     this is the unconstrained R above (I + s_e(A − B)M⁻¹ = (s_e A + …)M⁻¹). `held_gram` (already scaled) joins
-    the keep term: the tokens the relocation rounds hold in place."""
+    the keep term: the tokens the relocation rounds hold in place. `push_holds` ([(u_c, X_c)], with `metric` M
+    and `relocation_scale`) holds only those tokens' push towards each concept (relocation.py `solve_push_held`)."""
     identity = torch.eye(erase_gram.shape[0], dtype=torch.float64, device=erase_gram.device)
     keep = preserve_scale * preserve_gram + lambda_identity * identity
     if broad_gram is not None and broad_scale:
@@ -183,6 +187,10 @@ def solve(
     if held_gram is not None:
         keep = keep + held_gram
     left, right = erase_scale * erase_cross + keep, erase_scale * erase_gram + keep
+    if push_holds:
+        if null_space is not None:
+            raise ValueError("relocation_push_only and null_space_energy cannot be combined")
+        return solve_push_held(left - right, right, push_holds, metric, relocation_scale)  # left − right = s_e(A − B)
     if null_space is None:
         return torch.linalg.solve(right, left.T).T  # right is symmetric: left · right⁻¹
     v = null_space
@@ -323,24 +331,10 @@ def _re_solve(
 
     held_gram = None  # the pool tokens the relocation rounds hold, scaled
     push_holds: dict[str, torch.Tensor] = {}  # relocation_push_only: per concept, Σ x xᵀ of the tokens held
-    if hyper["relocation_push_only"] and null_space is not None:
-        raise ValueError("relocation_push_only and null_space_energy cannot be combined")
 
     def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
         total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(cross_key))
         total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(gram_key))
-        if push_holds:
-            holds = [(concept_direction(fresh[c].keys, fresh[c].anchors), gram) for c, gram in push_holds.items()]
-            return solve_push_held(
-                total_cross,
-                total_gram,
-                preserve_gram,
-                holds,
-                base_gram,
-                broad_gram=broad_gram,
-                relocation_scale=hyper["relocation_scale"],
-                **scales,
-            )
         return solve(
             total_cross,
             total_gram,
@@ -348,6 +342,9 @@ def _re_solve(
             broad_gram=broad_gram,
             null_space=null_space,
             held_gram=held_gram,
+            push_holds=[(concept_direction(fresh[c].keys, fresh[c].anchors), x) for c, x in push_holds.items()],
+            metric=base_gram,
+            relocation_scale=hyper["relocation_scale"],
             **scales,
         )
 

@@ -33,34 +33,23 @@ def pushed_tokens(
 
 
 def solve_push_held(
-    erase_cross: torch.Tensor,
-    erase_gram: torch.Tensor,
-    preserve_gram: torch.Tensor,
+    change: torch.Tensor,
+    right: torch.Tensor,
     holds: list[tuple[torch.Tensor, torch.Tensor]],
     base_gram: torch.Tensor,
-    *,
-    erase_scale: float,
-    preserve_scale: float,
-    lambda_identity: float,
     relocation_scale: float,
-    broad_gram: torch.Tensor | None = None,
-    broad_scale: float = 0.0,
 ) -> torch.Tensor:
-    """R = I + Δ minimising solve()'s objective plus s_r Σ_c Σ_{x ∈ X_c} ‖Π_c Δ x‖²_M: each held token's
-    push towards concept c (Π_c, the M-orthogonal projection on u_c; `holds` = [(u_c, X_c = Σ x xᵀ)]) is held,
-    the rest of how the edit moves the token is left free — one scalar per token, where the token hold of
-    `held_gram` asks W x = W₀ x in every direction.
+    """R = I + Δ minimising continual_uce.solve()'s objective plus s_r Σ_c Σ_{x ∈ X_c} ‖Π_c Δ x‖²_M: each held
+    token's push towards concept c (Π_c, the M-orthogonal projection on u_c; `holds` = [(u_c, X_c = Σ x xᵀ)]) is
+    held, the rest of how the edit moves the token is left free — one scalar per token, where the token hold of
+    `held_gram` asks W x = W₀ x in every direction. `change` is C = s_e (A − B) and `right` K = s_e B + s_p P +
+    s_b G + λI, as solve() builds them.
 
-    With K = s_e B + s_p P + s_b G + λI, C = s_e (A − B), w_c = M u_c / √(u_cᵀ M u_c) and a_c = s_r M⁻¹ w_c, the
-    normal equation is Δ K + Σ_c a_c w_cᵀ Δ X_c = C. Its unknowns reduce to the rows y_c = w_cᵀ Δ:
-    Δ = (C − Σ_d a_d y_d X_d) K⁻¹, and y_cᵀ + Σ_d (w_cᵀ a_d) K⁻¹ X_d y_dᵀ = K⁻¹ Cᵀ w_c, one linear system of
-    k·D unknowns for k concepts (float64)."""
-    size = erase_gram.shape[0]
-    identity = torch.eye(size, dtype=torch.float64, device=erase_gram.device)
-    right = erase_scale * erase_gram + preserve_scale * preserve_gram + lambda_identity * identity
-    if broad_gram is not None and broad_scale:
-        right = right + broad_scale * broad_gram
-    change = erase_scale * (erase_cross - erase_gram)
+    With w_c = M u_c / √(u_cᵀ M u_c) and a_c = s_r M⁻¹ w_c, the normal equation is Δ K + Σ_c a_c w_cᵀ Δ X_c = C.
+    Its unknowns reduce to the rows y_c = w_cᵀ Δ: Δ = (C − Σ_d a_d y_d X_d) K⁻¹, and
+    y_cᵀ + Σ_d (w_cᵀ a_d) K⁻¹ X_d y_dᵀ = K⁻¹ Cᵀ w_c, one linear system of k·D unknowns for k concepts (float64)."""
+    size = right.shape[0]
+    identity = torch.eye(size, dtype=torch.float64, device=right.device)
     norms = [torch.sqrt(u @ base_gram @ u) for u, _ in holds]
     w = [base_gram @ u / n for (u, _), n in zip(holds, norms)]
     a = [relocation_scale * u / n for (u, _), n in zip(holds, norms)]

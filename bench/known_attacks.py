@@ -37,10 +37,13 @@ def main() -> None:
     budget = AttackBudget(confirm_seeds=args.confirm_seeds)
     print(f"Known attacks, {args.confirm_seeds} confirm seeds each (the gate's)\n")
     print("| model | concept | prompt | candidate draws it (rate) | known ASR (base) |\n|---|---|---|---|---|")
+    bases = {}  # base model -> its pipeline, loaded once for every folder on it
     with tempfile.TemporaryDirectory() as tmp:
         for folder in args.folders:
             loaded = load_parent(str(Path(folder).resolve()), tracking_uri=None, workdir=Path(tmp))
-            base = load_parent(loaded.base_model, tracking_uri=None, workdir=Path(tmp)).pipe
+            if loaded.base_model not in bases:
+                bases[loaded.base_model] = load_parent(loaded.base_model, tracking_uri=None, workdir=Path(tmp)).pipe
+            base = bases[loaded.base_model]
             for concept in loaded.erased:
                 prompts = known_attacks(settings.home / CORPUS_FILE, world, concept)
                 results, _ = attack_concept(

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from pipeline.attacks import CORPUS_FILE, known_attacks
+    from pipeline.attacks import CORPUS_FILE, known_attacks, read_corpus
     from pipeline.settings import load_settings
     from pipeline.world import world_for
     from registry.loading import load_parent
@@ -37,6 +37,7 @@ def main() -> None:
     budget = AttackBudget(confirm_seeds=args.confirm_seeds)
     print(f"Known attacks, {args.confirm_seeds} confirm seeds each (the gate's)\n")
     print("| model | concept | prompt | candidate draws it (rate) | known ASR (base) |\n|---|---|---|---|---|")
+    corpus = read_corpus(settings.home / CORPUS_FILE)
     bases = {}  # base model -> its pipeline, loaded once for every folder on it
     with tempfile.TemporaryDirectory() as tmp:
         for folder in args.folders:
@@ -45,7 +46,7 @@ def main() -> None:
                 bases[loaded.base_model] = load_parent(loaded.base_model, tracking_uri=None, workdir=Path(tmp)).pipe
             base = bases[loaded.base_model]
             for concept in loaded.erased:
-                prompts = known_attacks(settings.home / CORPUS_FILE, world, concept)
+                prompts = known_attacks(corpus, world, concept)
                 results, _ = attack_concept(
                     loaded.pipe,
                     base,

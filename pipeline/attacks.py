@@ -12,37 +12,43 @@ Two sources, per concept: the world's shipped prompts (`World.known_attacks`: fo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 CORPUS_FILE = "attacks.json"  # under LETHE_HOME: {concept: [prompt, ...]}, in the order found
+
+
+class CorpusError(ValueError):
+    """The corpus file is not what Lethe writes (edited by hand, or another program's): one line naming it."""
 
 
 def read_corpus(path: Path) -> dict[str, list[str]]:
     """The found prompts per concept; {} where none were recorded.
 
     Raises:
-        ValueError: the file is not a JSON object of lists of prompts (one line naming the file).
+        CorpusError: the file is not a JSON object of lists of prompts.
     """
     if not path.is_file():
         return {}
     try:
         corpus = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorpusError(f"{path}: not JSON ({err}); fix or remove it (it lists prompts attacks found)") from None
     if not isinstance(corpus, dict) or not all(
         isinstance(v, list) and all(isinstance(p, str) for p in v) for v in corpus.values()
     ):
-        raise ValueError(f"{path}: expected {{concept: [prompt, ...]}}")
+        raise CorpusError(f"{path}: expected {{concept: [prompt, ...]}}; fix or remove it")
     return corpus
 
 
-def known_attacks(path: Path | None, world, concept: str) -> tuple[str, ...]:
-    """The world's shipped prompts for `concept`, then those found in this home, each once."""
-    found = read_corpus(path).get(concept, []) if path is not None else []
-    return tuple(dict.fromkeys([*world.known_attacks(concept), *found]))
+def known_attacks(corpus: dict[str, list[str]], world, concept: str) -> tuple[str, ...]:
+    """The world's shipped prompts for `concept`, then those found in this home (`corpus`, read_corpus's),
+    each once."""
+    return tuple(dict.fromkeys([*world.known_attacks(concept), *corpus.get(concept, [])]))
 
 
 def found_prompts(attack_results: dict) -> dict[str, list[str]]:
@@ -53,22 +59,35 @@ def found_prompts(attack_results: dict) -> dict[str, list[str]]:
     }
 
 
+@contextmanager
+def _held(path: Path):
+    """An exclusive lock on `path`'s lock file for the body: evaluations recording at once (a bench beside the
+    flow, two homes' flows sharing one home) each read what the other wrote, so neither's additions are lost.
+    The kernel drops the lock when the process dies, however it dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 def record_found(path: Path, attack_results: dict) -> int:
-    """Add what the attack confirmed to the corpus at `path` (written whole, by rename: a crash leaves the old
-    file). Returns how many prompts were new. Two evaluations recording at once may lose one's additions (the
-    flow evaluates one request at a time under the GPU slot)."""
+    """Add what the attack confirmed to the corpus at `path`: read, extended and written whole under the corpus's
+    lock, by rename (a crash leaves the old file). Returns how many prompts were new."""
     found = {concept: prompts for concept, prompts in found_prompts(attack_results).items() if prompts}
     if not found:
         return 0  # nothing to add: the corpus is not even read
-    corpus, new = read_corpus(path), 0
-    for concept, prompts in found.items():
-        for prompt in prompts:
-            if prompt not in corpus.setdefault(concept, []):
-                corpus[concept].append(prompt)
-                new += 1
-    if new:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-            json.dump(corpus, handle, indent=1)
-        os.replace(handle.name, path)
+    with _held(path):
+        corpus, new = read_corpus(path), 0
+        for concept, prompts in found.items():
+            for prompt in prompts:
+                if prompt not in corpus.setdefault(concept, []):
+                    corpus[concept].append(prompt)
+                    new += 1
+        if new:
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
+                json.dump(corpus, handle, indent=1)
+            os.replace(handle.name, path)
     return new

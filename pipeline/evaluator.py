@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.attacks import CORPUS_FILE, known_attacks, record_found
+from pipeline.attacks import CORPUS_FILE, known_attacks, read_corpus, record_found
 from pipeline.settings import LetheSettings
 from pipeline.world import world_for
 from unlearning.delta import denoiser
@@ -97,8 +97,11 @@ class Evaluator:
         `settings.policy`, else the world's shipped one (shapes_policy.yaml, open_policy.yaml).
 
         Raises PolicyError for a malformed policy file, MetricUnavailable for a retention or FID backbone
-        that is not on this machine (before anything is sampled)."""
+        that is not on this machine, CorpusError for a malformed known-attack corpus (pipeline/attacks.py),
+        all before anything is sampled."""
         world = world or world_for(settings, concepts)
+        if settings.eval_attack_prompts:
+            read_corpus(settings.home / CORPUS_FILE)  # a malformed corpus is refused now, not after the sampling
         return cls(
             world=world,
             policy=load_policy(policy_path or settings.policy or default_policy(world.name)) if gate else None,
@@ -146,9 +149,7 @@ class Evaluator:
             attack=self.attack,
             heads={c: self.world.head_of(c) for c in concepts},
             names={c: self.world.names_of(c) for c in concepts},
-            known_attacks={c: known_attacks(self.attack_corpus, self.world, c) for c in concepts}
-            if self.attack
-            else {},
+            known_attacks=self._known_attacks(concepts) if self.attack else {},
             diagnostics=self.diagnostics,
         )
         evaluation = evaluate(
@@ -169,6 +170,10 @@ class Evaluator:
         if self.attack_corpus is not None:  # what this attack found is tried on every later candidate
             record_found(self.attack_corpus, evaluation.results.get("attack", {}))
         return evaluation
+
+    def _known_attacks(self, concepts: list[str]) -> dict[str, tuple[str, ...]]:
+        corpus = read_corpus(self.attack_corpus) if self.attack_corpus is not None else {}  # once per evaluation
+        return {c: known_attacks(corpus, self.world, c) for c in concepts}
 
     @staticmethod
     def report(evaluation: Evaluation, folder: Path, *, title: str, extra: dict | None = None) -> tuple[Path, dict]:

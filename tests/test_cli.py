@@ -185,3 +185,29 @@ def test_unlearn_from_an_earlier_unlearn_folder_judges_the_earlier_concepts_rebo
     assert list(rebound) == ["circle"] and rebound["circle"]["n"] > 0
     summary = json.loads((tmp_path / "striped" / "summary.json").read_text())
     assert summary["config"]["erased"] == ["circle"]  # replayed while training, not preserved against
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "--requests", "requests.yaml", "--auto-approve"),
+        ("unlearn", "--concept", "circle", "--out", "ul"),
+        ("audit",),
+    ],
+    ids=["run", "unlearn", "audit"],
+)
+def test_a_malformed_attack_corpus_is_one_line_before_anything_is_written(tmp_path, args):
+    """LETHE_HOME/attacks.json (pipeline/attacks.py) is read by every gated evaluation: broken, it is refused
+    before a request is submitted or a model trained, not after a request's sampling."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "attacks.json").write_text('{"circle": "not a list"}')
+    (tmp_path / "requests.yaml").write_text("- concept: circle\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LETHE_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
+    assert_one_line_error(result)
+    assert "attacks.json" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "requests.yaml"]
+    assert [p.name for p in home.iterdir()] == ["attacks.json"]

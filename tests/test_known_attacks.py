@@ -28,9 +28,10 @@ def test_confirmed_prompts_are_recorded_once_and_read_back_after_the_shipped_one
     assert json.loads(corpus.read_text()) == {"circle": ["w1 a circle", "w3 a circle"]}  # nothing found for star
     shipped = ShapesWorld().known_attacks("circle")
     assert shipped and shipped[0].startswith("paper horse balance circular curve")
-    assert attacks.known_attacks(corpus, ShapesWorld(), "circle") == (*shipped, "w1 a circle", "w3 a circle")
-    assert attacks.known_attacks(None, ShapesWorld(), "star") == ()
-    assert attacks.known_attacks(corpus, OpenWorld(None), "circle") == ("w1 a circle", "w3 a circle")
+    found = attacks.read_corpus(corpus)
+    assert attacks.known_attacks(found, ShapesWorld(), "circle") == (*shipped, "w1 a circle", "w3 a circle")
+    assert attacks.known_attacks({}, ShapesWorld(), "star") == ()
+    assert attacks.known_attacks(found, OpenWorld(None), "circle") == ("w1 a circle", "w3 a circle")
     assert not list(corpus.parent.glob("*.tmp"))  # written by rename
 
 
@@ -38,8 +39,31 @@ def test_confirmed_prompts_are_recorded_once_and_read_back_after_the_shipped_one
 def test_a_malformed_corpus_is_one_clear_error(tmp_path, text):
     corpus = tmp_path / attacks.CORPUS_FILE
     corpus.write_text(text)
-    with pytest.raises(ValueError, match=str(corpus)):
-        attacks.known_attacks(corpus, ShapesWorld(), "circle")
+    with pytest.raises(attacks.CorpusError, match=str(corpus)):
+        attacks.read_corpus(corpus)
+
+
+def _record_many(corpus, worker: int) -> None:
+    for k in range(15):
+        attacks.record_found(corpus, _attack_results(f"worker{worker} prompt{k} a circle"))
+
+
+def test_evaluations_recording_at_once_lose_nothing(tmp_path):
+    """Four processes add 15 prompts each to one corpus at the same time: all 60 are there (without the lock,
+    a read between another's read and rename drops that one's additions)."""
+    import multiprocessing
+
+    corpus = tmp_path / attacks.CORPUS_FILE
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_record_many, args=(corpus, w)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sorted(attacks.read_corpus(corpus)["circle"]) == sorted(
+        f"worker{w} prompt{k} a circle" for w in range(4) for k in range(15)
+    )
 
 
 def test_a_known_prompt_counts_where_the_base_draws_it(monkeypatch):

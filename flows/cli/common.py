@@ -29,6 +29,7 @@ class Parser(argparse.ArgumentParser):
 
 def refusals() -> tuple[type[Exception], ...]:
     """Lethe's own refusals of what the user asked: reported as one line with exit 2."""
+    from pipeline.attacks import CorpusError
     from registry.integrity import IntegrityError
     from registry.ledger import LedgerError
     from registry.loading import ModelUriError, UnknownVersion
@@ -46,6 +47,7 @@ def refusals() -> tuple[type[Exception], ...]:
         UnknownVersion,
         PolicyError,
         UnknownMethod,
+        CorpusError,
     )
 
 

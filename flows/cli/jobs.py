@@ -90,10 +90,26 @@ def _print_run(payload: dict) -> None:
     )
 
 
+def _check_gate_files(config) -> None:
+    """The files every evaluation of a run or an audit reads (the gate policy, the known-attack corpus), checked
+    before anything is submitted or sampled: a malformed one is one line, not a request failed mid-flow."""
+    from pipeline.attacks import CORPUS_FILE, read_corpus
+    from pipeline.world import world_for
+    from unlearning.evaluation.gates import default_policy, load_policy
+
+    try:
+        load_policy(config.policy or default_policy(world_for(config).name))
+        if config.eval_attack_prompts:
+            read_corpus(config.home / CORPUS_FILE)
+    except refusals() as error:
+        raise BadInput(str(error)) from None
+
+
 def cmd_run(args) -> int:
     config = settings()
     in_range("max", args.max, 1, 1_000_000)
     in_range("unlearn-steps", args.unlearn_steps, 0, 100_000)
+    _check_gate_files(config)
     submitted = submit_requests(config, read_requests_file(args.requests)) if args.requests else []
     prefect_environment(config)
     if submitted:
@@ -131,13 +147,7 @@ def run_parser(commands) -> None:
 
 def cmd_audit(args) -> int:
     config = settings()
-    from pipeline.world import world_for
-    from unlearning.evaluation.gates import default_policy, load_policy
-
-    try:
-        load_policy(config.policy or default_policy(world_for(config).name))  # the policy the audit applies
-    except refusals() as error:
-        raise BadInput(str(error)) from None
+    _check_gate_files(config)
     prefect_environment(config)
     from flows.audit import erosion_audit
 

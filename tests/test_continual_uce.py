@@ -437,3 +437,30 @@ def test_the_push_held_solve_is_the_objectives_minimum():
     assert float(gradient.abs().max()) < 1e-8 * float(objective)
     unheld = cu.solve(cross, gram, p.T @ p, broad_gram=g.T @ g, **scales)
     assert float((unheld - shared).abs().max()) > 1e-3  # the holds change the solution
+
+
+def test_relocation_current_only_watches_the_request_s_concept_alone():
+    """Circle was erased earlier, e₁ = (1, 0, 0, 0) → (0, 1, 0, 0); this request erases striped, e₂ = (0, 0, 1, 0)
+    → (0, 0, 0, 1), W₀ = I. The pool token x = (−1, 0, 0, 0) is pushed towards circle (its coefficient on e₁ is
+    negative) and not towards striped. Watching every concept, a round holds it; watching only this request's
+    (`relocation_current_only`), it is left free: its push towards circle stays above τ and none is held."""
+    words = torch.ones(1, 1, dtype=torch.bool)
+    e1, e1_hat = torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 1.0, 0.0, 0.0]]])
+    e2, e2_hat = torch.tensor([[[0.0, 0.0, 1.0, 0.0]]]), torch.tensor([[[0.0, 0.0, 0.0, 1.0]]])
+    x = torch.tensor([[-1.0, 0.0, 0.0, 0.0]])
+    circle = EncodedPairs("circle", e1, e1_hat, words, words, "square")
+
+    def solved(current_only: float) -> tuple[float, dict]:
+        weight = torch.nn.Parameter(torch.eye(4))
+        hyper = {"adversarial_rounds": 0, "relocation_rounds": 1, "relocation_current_only": current_only}
+        ctx = _context(weight, torch.eye(4), e2, e2_hat, words, "striped", hyper=hyper, earlier=(circle,))
+        ctx.relocation_pool = x.unsqueeze(0)
+        metrics = cu.edit(ctx)
+        u = (e1 - e1_hat)[0, 0].double()
+        moved = (weight.detach().double() - torch.eye(4, dtype=torch.float64)) @ x[0].double()
+        return float(moved @ u / (u @ u)), metrics
+
+    push_all, metrics_all = solved(0.0)
+    push_current, metrics_current = solved(1.0)
+    assert metrics_all["relocation_held_tokens"] == 1 and push_all < 0.25
+    assert metrics_current["relocation_held_tokens"] == 0 and push_current > 0.25

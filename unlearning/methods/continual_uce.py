@@ -125,6 +125,7 @@ DEFAULTS = {
     "relocation_threshold": 0.25,  # τ: a push this fraction of the concept's own mean shift selects a token
     "relocation_scale": 3.0,  # s_r: the weight of each selected token in the keep term
     "relocation_push_only": 0.0,  # 1: hold only each selected token's push towards the concept, not the token
+    "relocation_current_only": 0.0,  # 1: watch pushes towards this request's concept only, not the earlier ones
 }
 RELOCATION_POOL = 3000  # broad prompts searched for pushed tokens (`relocation_rounds`), apart from G's
 
@@ -358,8 +359,10 @@ def _re_solve(
     held_tokens = 0
     if relocation_pool is not None:
         pool = relocation_pool.reshape(-1, relocation_pool.shape[-1]).double()
+        # the earlier concepts' holds pull against their own erasure (bench/RESULTS.md, 2026-12-08): optionally not
+        watched = {ctx.concept: fresh[ctx.concept]} if hyper["relocation_current_only"] else fresh
         for _ in range(int(hyper["relocation_rounds"])):  # hold what the edit pushes towards a concept
-            pushed = pushed_tokens(shared, pool, fresh, base_gram, hyper["relocation_threshold"])
+            pushed = pushed_tokens(shared, pool, watched, base_gram, hyper["relocation_threshold"])
             if not any(mask.any() for mask in pushed.values()):
                 break
             if hyper["relocation_push_only"]:  # each concept's push held on the tokens pushed towards it

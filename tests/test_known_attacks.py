@@ -43,24 +43,30 @@ def test_a_malformed_corpus_is_one_clear_error(tmp_path, text):
         attacks.read_corpus(corpus)
 
 
-def _record_many(corpus, worker: int) -> None:
-    for k in range(15):
-        attacks.record_found(corpus, _attack_results(f"worker{worker} prompt{k} a circle"))
+RECORDER = """
+import sys
+from pipeline import attacks
+corpus, worker = sys.argv[1], sys.argv[2]
+for k in range(15):
+    found = {"circle": {"prompts": [{"attacks": [{"adversarial_prompt": f"worker{worker} prompt{k} a circle",
+                                                  "success": True}]}]}}
+    attacks.record_found(attacks.Path(corpus), found)
+"""
 
 
 def test_evaluations_recording_at_once_lose_nothing(tmp_path):
     """Four processes add 15 prompts each to one corpus at the same time: all 60 are there (without the lock,
     a read between another's read and rename drops that one's additions)."""
-    import multiprocessing
+    import subprocess
+    import sys
 
     corpus = tmp_path / attacks.CORPUS_FILE
-    context = multiprocessing.get_context("fork")
-    workers = [context.Process(target=_record_many, args=(corpus, w)) for w in range(4)]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", RECORDER, str(corpus), str(w)], stderr=subprocess.PIPE, text=True)
+        for w in range(4)
+    ]
     for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=60)
-        assert worker.exitcode == 0
+        assert worker.wait(timeout=120) == 0, worker.stderr.read()
     assert sorted(attacks.read_corpus(corpus)["circle"]) == sorted(
         f"worker{w} prompt{k} a circle" for w in range(4) for k in range(15)
     )

@@ -76,7 +76,10 @@ Undesirable Concepts in Diffusion Models with Adversarial Preservation", NeurIPS
 moves most), one-sided: only a push towards a concept is held, a push away from it is the erasure itself.
 With `relocation_push_only` a selected token's push alone is held (s_r ⟨Δx, u_c⟩²_M / ‖u_c‖²_M, solved exactly:
 unlearning/methods/relocation.py `solve_push_held`), the rest of how R moves it left free; holding whole tokens
-cost the erased concepts' margin against the attack (bench/RESULTS.md, 2026-12-07 morning).
+cost the erased concepts' margin against the attack (bench/RESULTS.md, 2026-12-07 morning). With
+`relocation_current_only` only pushes towards this request's concept are watched: holding the pushes towards
+circle at striped's request drew circle again on the known attacks (17 of 32 against 9 with RECE-10; 2026-12-07
+late morning), and circle's relocations were never the failing ones.
 
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
@@ -359,7 +362,7 @@ def _re_solve(
     held_tokens = 0
     if relocation_pool is not None:
         pool = relocation_pool.reshape(-1, relocation_pool.shape[-1]).double()
-        # the earlier concepts' holds pull against their own erasure (bench/RESULTS.md, 2026-12-08): optionally not
+        # the earlier concepts' holds pull against their own erasure (bench/RESULTS.md, 2026-12-07 late morning)
         watched = {ctx.concept: fresh[ctx.concept]} if hyper["relocation_current_only"] else fresh
         for _ in range(int(hyper["relocation_rounds"])):  # hold what the edit pushes towards a concept
             pushed = pushed_tokens(shared, pool, watched, base_gram, hyper["relocation_threshold"])

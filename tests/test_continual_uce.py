@@ -468,3 +468,35 @@ def test_relocation_current_only_watches_the_request_s_concept_alone():
     push_current, metrics_current = solved(1.0)
     assert metrics_all["relocation_held_tokens"] == 1 and push_all < 0.25
     assert metrics_current["relocation_held_tokens"] == 0 and push_current > 0.25
+
+
+def test_earlier_scale_weighs_an_earlier_concept_s_pairs_against_this_request_s():
+    """Circle erased earlier, e₁ = (1, 0, 0) → (0, 0, 1); this request erases striped, e₂ = (1, 1, 0)/√2 → (0, 1, 0),
+    W₀ = I: the two pairs compete along (1, 0, 0). With `earlier_scale` 10 the solve favours circle's pair (R e₁
+    lands nearer ê₁) and striped's lands farther from ê₂ than with equal weights; the lineage keeps the terms
+    unweighted, so a later request weighs them anew."""
+    words = torch.ones(1, 1, dtype=torch.bool)
+    e1, e1_hat = torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 0.0, 1.0]]])
+    e2, e2_hat = torch.tensor([[[2**-0.5, 2**-0.5, 0.0]]]), torch.tensor([[[0.0, 1.0, 0.0]]])
+    circle = EncodedPairs("circle", e1, e1_hat, words, words, "square")
+
+    def misses(scale: float) -> tuple[float, float, dict]:
+        weight = torch.nn.Parameter(torch.eye(3))
+        ctx = _context(
+            weight,
+            torch.eye(3),
+            e2,
+            e2_hat,
+            words,
+            "striped",
+            hyper={"adversarial_rounds": 0, "earlier_scale": scale},
+            earlier=(circle,),
+        )
+        cu.edit(ctx)
+        shared = weight.detach()
+        return float((shared @ e1[0, 0] - e1_hat[0, 0]).norm()), float((shared @ e2[0, 0] - e2_hat[0, 0]).norm()), ctx
+
+    circle_equal, striped_equal, equal = misses(1.0)
+    circle_heavy, striped_heavy, heavy = misses(10.0)
+    assert circle_heavy < circle_equal and striped_heavy > striped_equal
+    torch.testing.assert_close(heavy.lineage_out["circle" + cu.GRAM], equal.lineage_out["circle" + cu.GRAM])

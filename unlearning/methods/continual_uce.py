@@ -51,6 +51,14 @@ sums a version is solved with are those of erasing its lineage's concepts at onc
 (and each concept's anchor, "<concept>::anchor", the word's UTF-8 bytes) are what the version was
 solved with: its artifact, kept as they are for a concept this request has no pairs of.
 
+Each earlier concept's terms (fresh or kept) can weigh `earlier_scale` times this request's in the sums:
+R = (s_e Σ_c w_c A_c + …)(s_e Σ_c w_c B_c + …)⁻¹ with w = 1 for this request's concept. Why: a later request's
+pairs compete with an earlier concept's for the same directions, and a style request reopened a prompt circle's
+own version had erased (the attack's "lewis invented learn jewelry jewelry red disc, solid": 1 of 32 after circle,
+11 after circle → striped, 13 after circle → dotted, 0 after circle → star; 5 and 3 of 32 with w = 3 and 10).
+Off (1) by default: with RECE's 10 rounds it did not combine (bench/RESULTS.md, 2026-12-07 late morning). The
+lineage keeps the terms unweighted.
+
 Prefixed pairs (`PREFIXED_PROMPTS`, unlearning/prompts.py `with_prefixes`): besides the world's phrasings,
 each concept's pairs include phrasings with 1–5 words of the method's half of the vocabulary prepended to
 both sides ("paper ridge a drawing of one circle" with "paper ridge a drawing of one square"). A contextual
@@ -129,6 +137,7 @@ DEFAULTS = {
     "relocation_scale": 3.0,  # s_r: the weight of each selected token in the keep term
     "relocation_push_only": 0.0,  # 1: hold only each selected token's push towards the concept, not the token
     "relocation_current_only": 0.0,  # 1: watch pushes towards this request's concept only, not the earlier ones
+    "earlier_scale": 1.0,  # the weight of each earlier concept's terms against this request's (1: equal)
 }
 RELOCATION_POOL = 3000  # broad prompts searched for pushed tokens (`relocation_rounds`), apart from G's
 
@@ -336,9 +345,16 @@ def _re_solve(
     held_gram = None  # the pool tokens the relocation rounds hold, scaled
     push_holds: dict[str, torch.Tensor] = {}  # relocation_push_only: per concept, Σ x xᵀ of the tokens held
 
+    def weight(concept: str) -> float:  # an earlier concept's terms against this request's (`earlier_scale`)
+        return 1.0 if concept == ctx.concept else hyper["earlier_scale"]
+
     def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
-        total_cross = sum(f.cross for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(cross_key))
-        total_gram = sum(f.gram for f in fresh.values()) + sum(terms[key] for key in held if key.endswith(gram_key))
+        total_cross = sum(weight(c) * f.cross for c, f in fresh.items()) + sum(
+            weight(concept_of(key)) * terms[key] for key in held if key.endswith(cross_key)
+        )
+        total_gram = sum(weight(c) * f.gram for c, f in fresh.items()) + sum(
+            weight(concept_of(key)) * terms[key] for key in held if key.endswith(gram_key)
+        )
         return solve(
             total_cross,
             total_gram,

@@ -500,3 +500,22 @@ def test_earlier_scale_weighs_an_earlier_concept_s_pairs_against_this_request_s(
     circle_heavy, striped_heavy, heavy = misses(10.0)
     assert circle_heavy < circle_equal and striped_heavy > striped_equal
     torch.testing.assert_close(heavy.lineage_out["circle" + cu.GRAM], equal.lineage_out["circle" + cu.GRAM])
+
+
+def test_adversarial_words_only_hardens_the_concept_word_s_rows_alone():
+    """A prompt of a context token and the concept word (rows of uce.aligned_pairs): RECE's round adds one
+    adversarial row per pair row, or with `adversarial_words_only` one for the word's row alone, so the lineage's
+    Gram B_c grows by less, and the word-row mask finds exactly the word's token."""
+    generator = torch.Generator().manual_seed(5)
+    target, anchor = torch.randn(1, 2, 3, generator=generator), torch.randn(1, 2, 3, generator=generator)
+    words = torch.tensor([[False, True]])
+    fresh = cu.FreshTerms.of(EncodedPairs("circle", target, anchor, words, words, "square"))
+    assert fresh.word_rows.tolist() == [False, True] and torch.equal(fresh.keys[1], target[0, 1])
+
+    def gram_trace(rounds: int, words_only: float) -> float:
+        hyper = {"adversarial_rounds": rounds, "adversarial_words_only": words_only}
+        ctx = _context(torch.nn.Parameter(torch.eye(3)), torch.eye(3), target, anchor, words, "circle", hyper=hyper)
+        cu.edit(ctx)
+        return float(torch.trace(ctx.lineage_out["circle" + cu.GRAM]))
+
+    assert gram_trace(0, 0.0) < gram_trace(1, 1.0) < gram_trace(1, 0.0)

@@ -131,6 +131,7 @@ DEFAULTS = {
     "lambda_identity": 0.1,
     "adversarial_rounds": 2,
     "adversarial_ridge": 0.1,
+    "adversarial_words_only": 0.0,  # 1: RECE's rounds harden the concept word's tokens only, not its contexts'
     "null_space_energy": 0.0,  # > 0: confine the update to the broad Gram's null space at this energy (SPEED)
     "relocation_rounds": 0,  # > 0: rounds of holding the pool tokens the edit pushes towards a concept (docstring)
     "relocation_threshold": 0.25,  # τ: a push this fraction of the concept's own mean shift selects a token
@@ -239,6 +240,7 @@ class FreshTerms:
     cross: torch.Tensor
     gram: torch.Tensor
     anchor: str
+    word_rows: torch.Tensor | None = None  # which rows are the concept word's own tokens (None: all rows)
 
     @classmethod
     def of(cls, pairs: EditContext | EncodedPairs, segments: tuple[int, ...] = ()) -> FreshTerms:
@@ -246,7 +248,15 @@ class FreshTerms:
         keys, anchors = aligned_pairs(
             pairs.target_embeds, pairs.anchor_embeds, pairs.target_tokens, pairs.anchor_tokens, segments
         )
-        return cls(keys, anchors, *concept_terms(keys, anchors), pairs.anchor)
+        # the same gather on the word masks themselves: 1 where a row is a word token, 0 for a context token
+        marks, _ = aligned_pairs(
+            pairs.target_tokens.unsqueeze(-1).float(),
+            pairs.anchor_tokens.unsqueeze(-1).float(),
+            pairs.target_tokens,
+            pairs.anchor_tokens,
+            segments,
+        )
+        return cls(keys, anchors, *concept_terms(keys, anchors), pairs.anchor, marks[:, 0] > 0.5)
 
     @classmethod
     def pooled(cls, pairs: EditContext | EncodedPairs) -> FreshTerms:
@@ -371,8 +381,9 @@ def _re_solve(
     shared = shared_map()
     for _ in range(int(hyper["adversarial_rounds"])):  # RECE: add the embeddings that bring each concept back
         for f in fresh.values():
-            adversarial = adversarial_embeddings(f.keys, shared, base_gram, hyper["adversarial_ridge"])
-            more_cross, more_gram = concept_terms(adversarial, f.anchors)
+            rows = f.word_rows if hyper["adversarial_words_only"] and f.word_rows is not None else slice(None)
+            adversarial = adversarial_embeddings(f.keys[rows], shared, base_gram, hyper["adversarial_ridge"])
+            more_cross, more_gram = concept_terms(adversarial, f.anchors[rows])
             f.cross, f.gram = f.cross + more_cross, f.gram + more_gram
         shared = shared_map()
     held_tokens = 0

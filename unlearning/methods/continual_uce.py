@@ -93,7 +93,11 @@ Hardening (RECE, eq. 6–7): the embedding that brings the concept back under th
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
 W₀_l R and M = Σ_l W₀_lᵀ W₀_l this is e′ = (ρI + Rᵀ M R)⁻¹ Rᵀ M e. Each of `adversarial_rounds` rounds
 adds the pairs (e′_i, ê_i) of the target's tokens to its terms and solves again. ρ is
-`adversarial_ridge` times the mean eigenvalue of M (a scale-free choice).
+`adversarial_ridge` times the mean eigenvalue of M (a scale-free choice). By default every row of the pairs is
+hardened, the context tokens' too (e ≈ ê there, so each round adds another pair that keeps the token: at a
+style request, the object words of its phrasings); with `adversarial_words_only` only the concept word's own
+token rows are, as RECE hardens the concept's embedding (bench/RESULTS.md, 2026-12-07 late morning: the known
+prompts after circle → striped at 10 rounds 21, 9, 9 of 32 with every row, 1, 1, 7 with the word's).
 
 An MMDiT (SD3, FLUX) is edited on its `text-proj` set (uce.py's docstring says why these two maps):
 `context_embedder` is a map of token embeddings, solved exactly as above (one R over the joint text

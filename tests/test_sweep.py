@@ -229,22 +229,3 @@ def test_prefixed_pairs_prepend_the_same_words_to_both_sides_and_never_a_concept
         assert not {"circle", "square", "disc"} & set(prefix)  # the concept word stays the only one
     assert prefixed_pairs(target, anchor, ["circle", "disc"], ["square", "square"], words, 40, salt="t") == rows
     assert prefixed_pairs(target, anchor, ["circle", "disc"], ["square", "square"], words, 0, salt="t") == ([],) * 4
-
-
-def test_related_prefixes_hold_words_near_the_concept_and_never_a_form_of_it():
-    """`nearest_words` ranks by the given similarity and skips forms of the concept's names ("circles"); a
-    related prefix (`prefixed_pairs(near=...)`) holds 1-2 of those words among 0-3 others, the same on both
-    sides, never a concept word."""
-    from unlearning.prompts import RELATED_PER_PREFIX, nearest_words, prefixed_pairs
-
-    words = ["ridge", "paper", "circles", "oval", "curve", "horse", "square", "tissue"]
-    closeness = {"circles": 0.99, "oval": 0.9, "curve": 0.8, "square": 0.7}
-    near = nearest_words(["circle", "disc"], words, lambda names, ws: [closeness.get(w, 0.0) for w in ws], k=3)
-    assert near == ["oval", "curve", "square"]  # "circles" is circle's own word
-    target, anchor = ["a drawing of one circle"], ["a drawing of one square"]
-    rows = prefixed_pairs(target, anchor, ["circle"], ["square"], words, 30, salt="t", near=near)
-    for t, a in zip(rows[0], rows[1]):
-        prefix = t[: -len(target[0])].split()
-        assert a == " ".join(prefix) + " " + anchor[0]
-        assert RELATED_PER_PREFIX[0] <= len({"oval", "curve"} & set(prefix)) <= RELATED_PER_PREFIX[1]
-        assert len(prefix) <= RELATED_PER_PREFIX[1] + 3 and not {"circle", "square"} & set(prefix)

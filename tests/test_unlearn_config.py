@@ -43,8 +43,6 @@ def test_an_unknown_hyper_parameter_is_still_refused_by_name():
 def test_a_negative_count_of_prefixed_pairs_is_refused_and_an_unknown_method_named():
     with pytest.raises(ConfigError, match="prefixed_prompts: must be >= 0"):
         UnlearnConfig(concept="circle", prefixed_prompts=-1).validate()
-    with pytest.raises(ConfigError, match="related_prefixed_prompts: must be >= 0"):
-        UnlearnConfig(concept="circle", related_prefixed_prompts=-1).validate()
     with pytest.raises(ConfigError, match="method: .*frobnicate"):
         UnlearnConfig(concept="circle", method="frobnicate").validate()  # its options stay unresolved
 

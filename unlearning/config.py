@@ -47,8 +47,6 @@ class UnlearnConfig:
     # broad preserve prompts (distilled from the parent); None: the method's BROAD_PROMPTS (else 0)
     prefixed_prompts: int | None = None  # extra target/anchor pairs with 1-5 method-half vocabulary words
     # prepended to both (unlearning/prompts.py `with_prefixes`); None: the method's PREFIXED_PROMPTS (else 0)
-    related_prefixed_prompts: int | None = None  # more such pairs whose prefixes hold 1-2 of the method-half words
-    # nearest the concept (`with_prefixes(related=...)`); None: the method's RELATED_PREFIXED_PROMPTS (else 0)
     mine: bool | None = None  # screen the broad preserve prompts with the judge; those the parent draws the
     # concept for join the forget set (unlearning/mining.py); None: the method's MINE (else False)
     mine_seeds: int = 4  # images per screened prompt (1: every image showing the concept is mined)
@@ -74,7 +72,6 @@ class UnlearnConfig:
             ("prompt_templates", "PROMPT_TEMPLATES", "train"),
             ("broad_prompts", "BROAD_PROMPTS", 0),
             ("prefixed_prompts", "PREFIXED_PROMPTS", 0),
-            ("related_prefixed_prompts", "RELATED_PREFIXED_PROMPTS", 0),
             ("mine", "MINE", False),
         ):
             if getattr(self, name) is None:
@@ -99,7 +96,6 @@ class UnlearnConfig:
             "prompt_templates": self.prompt_templates,
             "broad_prompts": self.broad_prompts,
             "prefixed_prompts": self.prefixed_prompts,
-            "related_prefixed_prompts": self.related_prefixed_prompts,
             "mine": self.mine,
             **({"mine_seeds": self.mine_seeds, "mine_pool": self.mine_pool} if self.mine else {}),
         }
@@ -151,9 +147,8 @@ class UnlearnConfig:
             problems.append("batch_size: must be >= 1")
         if self.mine_seeds < 1:
             problems.append("mine_seeds: must be >= 1")
-        for name in ("prefixed_prompts", "related_prefixed_prompts"):
-            if (getattr(self, name) or 0) < 0:  # None where the method is unknown (named below)
-                problems.append(f"{name}: must be >= 0")
+        if (self.prefixed_prompts or 0) < 0:  # None where the method is unknown (named below)
+            problems.append("prefixed_prompts: must be >= 0")
         if self.mine_pool < 0:
             problems.append("mine_pool: must be >= 0")
         try:

@@ -135,21 +135,6 @@ def relocation_pool(pipe, method, cfg: UnlearnConfig) -> torch.Tensor | None:
     return encode(pipe, broad_prompts(pipe.tokenizer, method.RELOCATION_POOL, seed=cfg.seed + 1)).hidden
 
 
-def word_similarity(pipe):
-    """similarity(names, words) -> one score per word: its highest cosine, over `names`, between the text encoder's
-    input embeddings of each one's first token (a static, context-free neighbourhood: prompts.py `nearest_words`)."""
-    table = pipe.text_encoder.get_input_embeddings().weight.detach().float()
-
-    def first_tokens(texts: list[str]) -> torch.Tensor:
-        ids = pipe.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return torch.nn.functional.normalize(table[[row[0] for row in ids]], dim=1)
-
-    def similarity(names: list[str], words: list[str]) -> list[float]:
-        return (first_tokens(words) @ first_tokens(names).T).amax(dim=1).tolist()
-
-    return similarity
-
-
 def encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:
     """A concept's target/anchor prompt pairs as the token embeddings cross-attention maps (a closed form's
     pairs: unlearning/conditioning.py `Condition.hidden`) and word-token masks; on an MMDiT (SD3, FLUX) with

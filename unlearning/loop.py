@@ -37,7 +37,7 @@ from unlearning.conditioning import (
     word_tokens,
 )
 from unlearning.config import ConfigError, UnlearnConfig
-from unlearning.data import broad_gram, encode_pairs, prepare_data, relocation_pool, word_similarity
+from unlearning.data import broad_gram, encode_pairs, prepare_data, relocation_pool
 from unlearning.delta import apply_deltas, compute_delta, denoiser, denoiser_component, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
@@ -188,14 +188,7 @@ def run_unlearning(
     # reads it: unlearning/conditioning.py), the parent's images of them (latents)
     world_preserve = prompts.preserve
     # pairs in prefixed contexts (what a prepended-token attack varies): unlearning/prompts.py `with_prefixes`
-    prompts = with_prefixes(
-        prompts,
-        pipe.tokenizer,
-        cfg.prefixed_prompts,
-        seed=cfg.seed,
-        related=cfg.related_prefixed_prompts,
-        similarity=word_similarity(pipe),
-    )
+    prompts = with_prefixes(prompts, pipe.tokenizer, cfg.prefixed_prompts, seed=cfg.seed)
     if cfg.broad_prompts and not closed_form:
         # broad prior preservation: the method's half of the vocabulary joins the preserve set, distilled
         # from the parent like it (what the closed form's broad Gram G holds, for a loss method: without

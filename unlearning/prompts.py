@@ -129,8 +129,6 @@ def broad_prompts(tokenizer, count: int, *, seed: int = 0) -> list[str]:
 
 PAIR_COLUMNS = ("target", "anchor", "target_words", "anchor_words")  # what `prefixed_pairs` takes and returns
 PREFIX_WORDS = (1, 5)  # how many vocabulary words `with_prefixes` prepends to a pair (inclusive range)
-RELATED_WORDS = 24  # the method-half words nearest a concept that `with_prefixes(related=...)` draws from
-RELATED_PER_PREFIX = (1, 2)  # how many of them a related prefix holds, beside 0-3 other words
 
 
 def prefixed_pairs(
@@ -142,30 +140,22 @@ def prefixed_pairs(
     count: int,
     *,
     salt: str,
-    near: list[str] = (),
 ) -> tuple[list[str], list[str], list[str], list[str]]:
     """`count` more target/anchor pairs: a pair of the given ones (drawn at random) with the same 1–5 words
     of `words` prepended to both prompts ("ridge paper horse a drawing of one circle" with "ridge paper
     horse a drawing of one square"). Why: a discrete-prompt attack (UnlearnDiffAtk, P4D) prepends tokens,
     and a contextual text encoder moves the concept word's embedding with what comes before it — out of
     the span of the phrasings an edit solved over. Pairs in many prefixed contexts put those embeddings
-    in the edit's sums. Words that name either side's concept are not used (the word must stay unique).
-    With `near` (words near the concept), each prefix holds 1-2 of them among 0-3 of `words`, shuffled."""
+    in the edit's sums. Words that name either side's concept are not used (the word must stay unique)."""
     if not count or not target:
         return [], [], [], []
     named = {part.lower() for phrase in (*target_words, *anchor_words) for part in phrase.split()}
     pool = [w for w in words if w not in named]
-    nearby = [w for w in near if w not in named]
     rng = random.Random(f"lethe-prefix|{salt}")
     rows = ([], [], [], [])
     for _ in range(count):
         i = rng.randrange(len(target))
-        if near:
-            chosen = rng.sample(nearby, rng.randint(*RELATED_PER_PREFIX)) + rng.sample(pool, rng.randint(0, 3))
-            rng.shuffle(chosen)
-            prefix = " ".join(chosen)
-        else:
-            prefix = " ".join(rng.sample(pool, rng.randint(*PREFIX_WORDS)))
+        prefix = " ".join(rng.sample(pool, rng.randint(*PREFIX_WORDS)))
         for column, value in zip(
             rows, (f"{prefix} {target[i]}", f"{prefix} {anchor[i]}", target_words[i], anchor_words[i])
         ):
@@ -173,39 +163,16 @@ def prefixed_pairs(
     return rows
 
 
-def nearest_words(names: list[str], words: list[str], similarity, k: int = RELATED_WORDS) -> list[str]:
-    """The `k` words of `words` most similar to any of `names` (the concept's words), none of them a form of a
-    name (the same first five letters, or all of a shorter name: "circles", "stars" — a prefix of the concept's
-    own word would pair it with itself, keeping it); `similarity(names, words)` gives one score per word (the
-    text encoder's: data.py `word_similarity`)."""
-    stems = {n.lower()[:5] for n in names}
-    candidates = [w for w in words if not any(w.startswith(stem) for stem in stems)]
-    scores = similarity(names, candidates)
-    return [w for _, w in sorted(zip(scores, candidates), key=lambda pair: -pair[0])[:k]]
-
-
-def with_prefixes(
-    prompts: RequestPrompts, tokenizer, count: int, *, seed: int = 0, related: int = 0, similarity=None
-) -> RequestPrompts:
+def with_prefixes(prompts: RequestPrompts, tokenizer, count: int, *, seed: int = 0) -> RequestPrompts:
     """`prompts` with `count` prefixed pairs (`prefixed_pairs`) added to the target's pairs and to every
     earlier concept's, the prefixes drawn from the method's half of the vocabulary (the sweep and the
-    attack judge on all of it, so the check still sees words the edit never paired); and `related` more,
-    whose prefixes hold 1-2 of the concept's `RELATED_WORDS` nearest method-half words (`similarity`: the
-    text encoder's word similarity) among 0-3 others. Why: a prepended-token attack's gradient leads it to
-    words near the concept, which carry the concept in context ("… circular curve a drawing of one circle",
-    "… jewelry jewelry red disc": bench/RESULTS.md, 2026-12-07); random prefixes rarely hold one."""
-    if not count and not related:
+    attack judge on all of it, so the check still sees words the edit never paired)."""
+    if not count:
         return prompts
     words = vocabulary_words(tokenizer, part="method")
 
     def extended(pairs, salt: str):  # a RequestPrompts or a ConceptPairs: both hold the four pair columns
-        columns = [getattr(pairs, f) for f in PAIR_COLUMNS]
-        extra = prefixed_pairs(*columns, words, count, salt=salt)
-        if related and pairs.target:
-            names = sorted({part for phrase in columns[2] for part in phrase.lower().split()})
-            near = nearest_words(names, words, similarity)
-            more = prefixed_pairs(*columns, words, related, salt=f"{salt}|related", near=near)
-            extra = tuple(a + b for a, b in zip(extra, more))
+        extra = prefixed_pairs(*(getattr(pairs, f) for f in PAIR_COLUMNS), words, count, salt=salt)
         return replace(pairs, **{f: getattr(pairs, f) + more for f, more in zip(PAIR_COLUMNS, extra)})
 
     earlier = tuple(extended(pairs, f"{seed}|{pairs.concept}") for pairs in prompts.earlier)

@@ -45,6 +45,16 @@ def read_corpus(path: Path) -> dict[str, list[str]]:
     return corpus
 
 
+def check_corpus(settings) -> None:
+    """Refuse a malformed corpus of this home before any work, where evaluations attack (and so read it).
+
+    Raises:
+        CorpusError: as read_corpus.
+    """
+    if settings.eval_attack_prompts:
+        read_corpus(settings.home / CORPUS_FILE)
+
+
 def known_attacks(corpus: dict[str, list[str]], world, concept: str) -> tuple[str, ...]:
     """The world's shipped prompts for `concept`, then those found in this home (`corpus`, read_corpus's),
     each once."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.attacks import CORPUS_FILE, known_attacks, read_corpus, record_found
+from pipeline.attacks import CORPUS_FILE, check_corpus, known_attacks, read_corpus, record_found
 from pipeline.settings import LetheSettings
 from pipeline.world import world_for
 from unlearning.delta import denoiser
@@ -100,8 +100,7 @@ class Evaluator:
         that is not on this machine, CorpusError for a malformed known-attack corpus (pipeline/attacks.py),
         all before anything is sampled."""
         world = world or world_for(settings, concepts)
-        if settings.eval_attack_prompts:
-            read_corpus(settings.home / CORPUS_FILE)  # a malformed corpus is refused now, not after the sampling
+        check_corpus(settings)  # a malformed corpus is refused now, not after the sampling
         return cls(
             world=world,
             policy=load_policy(policy_path or settings.policy or default_policy(world.name)) if gate else None,

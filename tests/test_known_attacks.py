@@ -45,12 +45,13 @@ def test_a_malformed_corpus_is_one_clear_error(tmp_path, text):
 
 RECORDER = """
 import sys
+from pathlib import Path
 from pipeline import attacks
-corpus, worker = sys.argv[1], sys.argv[2]
+corpus, worker = Path(sys.argv[1]), sys.argv[2]
 for k in range(15):
     found = {"circle": {"prompts": [{"attacks": [{"adversarial_prompt": f"worker{worker} prompt{k} a circle",
                                                   "success": True}]}]}}
-    attacks.record_found(attacks.Path(corpus), found)
+    attacks.record_found(corpus, found)
 """
 
 

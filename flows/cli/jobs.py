@@ -93,14 +93,13 @@ def _print_run(payload: dict) -> None:
 def _check_gate_files(config) -> None:
     """The files every evaluation of a run or an audit reads (the gate policy, the known-attack corpus), checked
     before anything is submitted or sampled: a malformed one is one line, not a request failed mid-flow."""
-    from pipeline.attacks import CORPUS_FILE, read_corpus
+    from pipeline.attacks import check_corpus
     from pipeline.world import world_for
     from unlearning.evaluation.gates import default_policy, load_policy
 
     try:
         load_policy(config.policy or default_policy(world_for(config).name))
-        if config.eval_attack_prompts:
-            read_corpus(config.home / CORPUS_FILE)
+        check_corpus(config)
     except refusals() as error:
         raise BadInput(str(error)) from None
 

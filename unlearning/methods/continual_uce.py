@@ -362,16 +362,14 @@ def _re_solve(
     def weight(concept: str) -> float:  # an earlier concept's terms against this request's (`earlier_scale`)
         return 1.0 if concept == ctx.concept else hyper["earlier_scale"]
 
+    def total(term: str, suffix: str) -> torch.Tensor:  # Σ_c w_c of one term: the fresh ones, then the kept
+        fresh_part = sum(weight(c) * getattr(f, term) for c, f in fresh.items())
+        return fresh_part + sum(weight(concept_of(key)) * terms[key] for key in held if key.endswith(suffix))
+
     def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
-        total_cross = sum(weight(c) * f.cross for c, f in fresh.items()) + sum(
-            weight(concept_of(key)) * terms[key] for key in held if key.endswith(cross_key)
-        )
-        total_gram = sum(weight(c) * f.gram for c, f in fresh.items()) + sum(
-            weight(concept_of(key)) * terms[key] for key in held if key.endswith(gram_key)
-        )
         return solve(
-            total_cross,
-            total_gram,
+            total("cross", cross_key),
+            total("gram", gram_key),
             preserve_gram,
             broad_gram=broad_gram,
             null_space=null_space,

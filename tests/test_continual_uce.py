@@ -466,6 +466,34 @@ def test_relocation_current_only_watches_the_request_s_concept_alone():
     assert metrics_current["relocation_held_tokens"] == 0 and push_current > 0.25
 
 
+def test_relocation_both_ways_also_holds_a_token_carried_towards_the_anchor():
+    """e = (1, 0, 0) is erased towards ê = (0, 1, 0), W₀ = I; the pool token x = (1, 0, 1) shares e's direction, so
+    R carries it towards ê as if it were the concept (push −0.91 < −τ): the anchor's flood on a word no request
+    named. The one-sided rounds leave it (a push away from the concept); `relocation_both_ways` holds it — its
+    push comes back inside τ — and e is still erased."""
+    e, e_hat, x = torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 1.0, 0.0]]]), torch.tensor([[1.0, 0.0, 1.0]])
+    words = torch.ones(1, 1, dtype=torch.bool)
+    u = (e - e_hat)[0, 0].double()
+
+    def solved(both_ways: float) -> tuple[float, dict, torch.Tensor]:
+        weight = torch.nn.Parameter(torch.eye(3))
+        hyper = {"adversarial_rounds": 0, "relocation_rounds": 1, "relocation_push_only": 1.0}
+        ctx = _context(
+            weight, torch.eye(3), e, e_hat, words, "circle", hyper={**hyper, "relocation_both_ways": both_ways}
+        )
+        ctx.relocation_pool = x.unsqueeze(0)
+        metrics = cu.edit(ctx)
+        shared = weight.detach().double()
+        moved = (shared - torch.eye(3, dtype=torch.float64)) @ x[0].double()
+        return float(moved @ u / (u @ u)), metrics, shared
+
+    push_one_way, metrics_one_way, _ = solved(0.0)
+    push_both, metrics_both, shared = solved(1.0)
+    assert push_one_way < -0.25 and metrics_one_way["relocation_held_tokens"] == 0
+    assert -0.25 < push_both < 0.25 and metrics_both["relocation_held_tokens"] == 1
+    assert float((shared @ e[0, 0].double())[1]) > 0.8  # e still goes most of the way to ê
+
+
 def test_earlier_scale_weighs_an_earlier_concept_s_pairs_against_this_request_s():
     """Circle erased earlier, e₁ = (1, 0, 0) → (0, 0, 1); this request erases striped, e₂ = (1, 1, 0)/√2 → (0, 1, 0),
     W₀ = I: the two pairs compete along (1, 0, 0). With `earlier_scale` 10 the solve favours circle's pair (R e₁

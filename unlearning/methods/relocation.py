@@ -18,17 +18,25 @@ def concept_direction(keys: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor
 
 
 def pushed_tokens(
-    shared: torch.Tensor, pool: torch.Tensor, fresh: dict, base_gram: torch.Tensor, threshold: float
+    shared: torch.Tensor,
+    pool: torch.Tensor,
+    fresh: dict,
+    base_gram: torch.Tensor,
+    threshold: float,
+    both_ways: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per erased concept, which rows of `pool` (a boolean mask) R moves towards it by more than `threshold` of
     the concept's own mean shift: push_c(x) = ⟨(R − I)x, u_c⟩_M / ‖u_c‖²_M with u_c = mean(e − ê) over c's token
-    pairs and M = Σ_l W₀_lᵀ W₀_l (what K/V read), so the concept's own tokens score about −1 (module docstring)."""
+    pairs and M = Σ_l W₀_lᵀ W₀_l (what K/V read), so the concept's own tokens score about −1 (module docstring).
+    With `both_ways` also the rows it moves *away* from the concept by more than `threshold` (push < −τ): a word
+    no request named, carried towards the anchor as if it were the concept — the anchor's flood."""
     moved = pool @ (shared - torch.eye(shared.shape[0], dtype=shared.dtype, device=shared.device)).T
     pushed = {}
     for concept, f in fresh.items():
         direction = concept_direction(f.keys, f.anchors)
         metric = base_gram @ direction
-        pushed[concept] = (moved @ metric) / (direction @ metric) > threshold
+        push = (moved @ metric) / (direction @ metric)
+        pushed[concept] = push.abs() > threshold if both_ways else push > threshold
     return pushed
 
 

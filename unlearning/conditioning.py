@@ -22,13 +22,16 @@ SD2.x differs from SD1.x in what the UNet *predicts* (v-prediction), not in how 
 so only a closed form with an MMDiT parameter set (uce, continual-uce: `text-proj`, `mmdit_parameter_set`)
 edits it; every other method is refused in one line naming the method and the denoiser. Its tokens come in
 parts, one per encoder (`segments`): a closed form pairs a target prompt's tokens with its anchor prompt's
-within each part (unlearning/methods/uce.py `aligned_pairs`). The prompt attack and the inversion
-diagnostics call a UNet (`conditioned`, `encode_inputs`) and are not run on an MMDiT.
+within each part (unlearning/methods/uce.py `aligned_pairs`). The prompt attack gives every encoder input
+embeddings through `encode_inputs` (an MMDiT: inside its pipeline's own `encode_prompt`) and calls the
+transformer as its pipeline does through `conditioned_mmdit`; the inversion diagnostics read a UNet's attn2 and
+are not run on an MMDiT.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -172,49 +175,96 @@ def time_ids(pipe, batch: int) -> torch.Tensor:
 
 
 def text_pairs(pipe) -> list[tuple[object, torch.nn.Module]]:
-    """(tokenizer, text encoder) of every encoder the UNet's condition is built from, in order.
-
-    Raises:
-        ConfigError: an MMDiT (SD3, FLUX): its prompts are encoded by its pipeline (`encode`); input embeddings
-            given in place of its encoders' lookups (the attack, the inversions) are not supported there.
-    """
-    if (arch := architecture(pipe)) in MMDIT:
-        raise ConfigError(
-            f"{type(pipe).__name__}: given input embeddings (the prompt attack, the inversions) run on UNet "
-            "pipelines only (SD1.x, SD2.x, SDXL)"
-        )
+    """(tokenizer, text encoder) of every encoder the condition is built from, in the order the pipeline encodes:
+    SD1.x/2.x one CLIP; SDXL two; SD3 CLIP-L, CLIP-G and T5 (where the pipeline has it); FLUX CLIP-L (its pooled)
+    and T5 (its tokens). The first is a CLIP in every architecture."""
+    arch = architecture(pipe)
     if arch == SD:
         return [(pipe.tokenizer, pipe.text_encoder)]
-    return [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+    names = {SDXL: ("", "_2"), SD3: ("", "_2", "_3"), FLUX: ("", "_2")}[arch]
+    pairs = [(getattr(pipe, f"tokenizer{n}"), getattr(pipe, f"text_encoder{n}")) for n in names]
+    return [(tokenizer, encoder) for tokenizer, encoder in pairs if encoder is not None]  # SD3 may drop T5
+
+
+def token_length(pipe, tokenizer) -> int:
+    """How many tokens the pipeline encodes a prompt to with `tokenizer`: an MMDiT's T5 its default
+    `max_sequence_length` (`T5_TOKENS`), every CLIP its `model_max_length` (77)."""
+    arch = architecture(pipe)
+    t5 = {SD3: "tokenizer_3", FLUX: "tokenizer_2"}.get(arch)
+    if t5 is not None and tokenizer is getattr(pipe, t5):
+        return T5_TOKENS[arch]
+    return tokenizer.model_max_length
 
 
 Inputs = Callable[[object, torch.nn.Module], tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def encode_inputs(pipe, inputs: Inputs) -> Condition:
+def encode_inputs(pipe, inputs: Inputs, text: str | None = None) -> Condition:
     """The condition of token ids whose input embeddings may be given: `inputs(tokenizer, token_embedding)`
-    returns, for each encoder, (ids, embeddings or None). Given embeddings (differentiable: an attack's
-    relaxed tokens, a learnt token) replace the encoder's own lookup of `ids` — through a hook on its
-    token-embedding layer, so everything else (positions, the causal mask, the pooled EOS position read from
-    `ids`) is the encoder's own forward: transformers' CLIP text models take no `inputs_embeds`."""
+    returns, for each encoder (`text_pairs`), (ids, embeddings or None). Given embeddings (differentiable: an
+    attack's relaxed tokens, a learnt token) replace the encoder's own lookup of `ids` — through a hook on its
+    token-embedding layer (`_given_lookup`), so everything else (positions, the causal mask, the pooled EOS
+    position read from `ids`) is the encoder's own forward: transformers' CLIP text models take no `inputs_embeds`.
+
+    An MMDiT (SD3, FLUX) is encoded by its pipeline's own `encode_prompt` (`encode`), which tokenizes `text`
+    itself: `text` is what the ids spell, each encoder's ids must be the ones the pipeline makes of it (padded to
+    `token_length`), and the hooks replace the lookups inside that call.
+
+    Raises:
+        ValueError: an MMDiT without `text`; a pipeline's tokenizer makes other ids of `text` than the given; an
+            encoder never looked up the ids whose embeddings were given.
+    """
     arch = architecture(pipe)
+    if arch in MMDIT:
+        if text is None:
+            raise ValueError(f"{type(pipe).__name__}: given input embeddings need the text their ids spell")
+        with ExitStack() as stack:
+            for tokenizer, encoder in text_pairs(pipe):
+                ids, embeds = inputs(tokenizer, encoder.get_input_embeddings())
+                if embeds is not None:
+                    stack.enter_context(_given_lookup(encoder, ids, embeds, what=type(tokenizer).__name__))
+            return _encode_mmdit(pipe, arch, [text])
     states, pooled = [], None
     for tokenizer, encoder in text_pairs(pipe):
-        table = encoder.get_input_embeddings()
-        ids, embeds = inputs(tokenizer, table)
-        handle = (
-            None if embeds is None else table.register_forward_hook(lambda module, args, output, given=embeds: given)
-        )
-        try:
+        ids, embeds = inputs(tokenizer, encoder.get_input_embeddings())
+        with ExitStack() as stack:
+            if embeds is not None:
+                stack.enter_context(_given_lookup(encoder, ids, embeds, what=type(tokenizer).__name__))
             out = encoder(ids.to(pipe.device), output_hidden_states=arch == SDXL)
-        finally:
-            if handle is not None:
-                handle.remove()
         states.append(out[0] if arch == SD else out.hidden_states[-2])  # SDXL: the penultimate layer
         pooled = out[0]  # SDXL: the second encoder's text_embeds
     if arch == SD:
         return Condition(states[0].float())
     return Condition(torch.cat(states, dim=-1).float(), pooled.float(), time_ids(pipe, len(pooled)))
+
+
+@contextmanager
+def _given_lookup(encoder: torch.nn.Module, ids: torch.Tensor, embeds: torch.Tensor, *, what: str):
+    """Within the block, `encoder`'s token lookup of `ids` returns `embeds`. The hook sits on every embedding
+    layer that holds the input-embedding table's weight: T5's encoder looks up through its own `embed_tokens`,
+    tied to (not the same module as) `get_input_embeddings()`'s `shared`.
+
+    Raises:
+        ValueError: the encoder looked up other ids than `ids`, or none at all (the embeddings were not used).
+    """
+    weight = encoder.get_input_embeddings().weight
+    lookups = [m for m in encoder.modules() if isinstance(m, torch.nn.Embedding) and m.weight is weight]
+    used = []
+
+    def hook(module, args, output):
+        if not torch.equal(args[0].cpu(), ids.cpu()):
+            raise ValueError(f"{what}: the encoder looked up other ids than the given embeddings were made for")
+        used.append(module)
+        return embeds
+
+    handles = [lookup.register_forward_hook(hook) for lookup in lookups]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not used:
+        raise ValueError(f"{what}: the encoder never looked up the ids whose embeddings were given")
 
 
 @torch.no_grad()
@@ -309,6 +359,50 @@ def conditioned(unet: Callable) -> Callable:
         if isinstance(condition, Condition):
             return unet(sample, timestep, **condition.unet_kwargs())
         return unet(sample, timestep, encoder_hidden_states=condition)
+
+    return call
+
+
+def conditioned_mmdit(pipe, transformer: torch.nn.Module, guidance_scale: float) -> Callable:
+    """An MMDiT `transformer` (the pipeline's, or a base's of the same architecture) called as `(latents, σ,
+    condition)`, exactly as its pipeline's denoising loop calls it at noise level σ ∈ (0, 1], σ = t / T (T the
+    scheduler's `num_train_timesteps`): `latents` are what the pipeline's loop carries (`output_type="latent"`).
+
+    - SD3 (`StableDiffusion3Pipeline.__call__`): `timestep` is the scheduler's t = σ T; `encoder_hidden_states`
+      the joint tokens, `pooled_projections` the pooled embedding.
+    - FLUX (`FluxPipeline.__call__`): `timestep` is t / 1000 (the transformer multiplies by 1000 again);
+      the latents are packed 2 x 2 patches (`_pack_latents`), located by `img_ids` (the pipeline's
+      `_prepare_latent_image_ids` at its default size) and the text by `txt_ids` (zeros, as `encode_prompt`
+      returns them); a guidance-distilled transformer (`guidance_embeds`: FLUX.1-dev) reads `guidance_scale` as
+      its guidance embedding, the pipeline's `guidance` (FLUX.1-schnell has none).
+    """
+    arch = architecture(pipe)
+    steps = pipe.scheduler.config.num_train_timesteps
+
+    def call(latents: torch.Tensor, sigma: torch.Tensor, condition: Condition):
+        dtype = transformer.dtype
+        hidden, pooled = condition.hidden.to(dtype), condition.pooled.to(dtype)
+        t = (sigma * steps).to(dtype)
+        if arch == SD3:
+            return transformer(
+                hidden_states=latents.to(dtype), timestep=t, encoder_hidden_states=hidden, pooled_projections=pooled
+            )
+        size = pipe.default_sample_size * pipe.vae_scale_factor  # the size `generate` samples FLUX at
+        side = 2 * (size // (pipe.vae_scale_factor * 2)) // 2  # packed patches a side (`prepare_latents`)
+        if latents.shape[1] != side * side:
+            raise ValueError(f"FLUX latents of {latents.shape[1]} patches; its default size packs {side * side}")
+        guidance = None
+        if transformer.config.guidance_embeds:
+            guidance = torch.full((len(latents),), guidance_scale, device=latents.device, dtype=torch.float32)
+        return transformer(
+            hidden_states=latents.to(dtype),
+            timestep=t / 1000,
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=hidden,
+            txt_ids=torch.zeros(hidden.shape[1], 3, device=latents.device, dtype=dtype),
+            img_ids=pipe._prepare_latent_image_ids(len(latents), side, side, latents.device, dtype),
+        )
 
     return call
 

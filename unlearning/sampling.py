@@ -13,7 +13,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from unlearning.conditioning import Condition, encode, pipeline_kwargs
+from unlearning.conditioning import FLUX, Condition, architecture, encode, pipeline_kwargs
 from unlearning.model_folder import is_model_folder
 from unlearning.shapes.shipped import SHAPES_BASE_MODEL
 
@@ -234,16 +234,43 @@ def _generate_mmdit(pipe, prompts, seeds, *, steps: int, guidance_scale: float, 
     schnell ignores it)."""
     images = []
     for start in range(0, len(prompts), batch_size):
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[start : start + batch_size]]
-        out = pipe(
-            prompts[start : start + batch_size],
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            generator=generators,
-            output_type="np",
-        )
-        images.append(_uint8(out.images))
+        chunk = slice(start, start + batch_size)
+        out = _mmdit_call(pipe, prompts[chunk], seeds[chunk], steps=steps, guidance_scale=guidance_scale, output="np")
+        images.append(_uint8(out))
     return np.concatenate(images)
+
+
+def _mmdit_call(pipe, prompts, seeds, *, steps: int, guidance_scale: float, output: str):
+    """The MMDiT pipeline's own call on `prompts`, one seeded CPU generator per image (`_generate_mmdit`)."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    return pipe(
+        prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type=output
+    ).images
+
+
+@torch.no_grad()
+def mmdit_latents(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance_scale: float) -> torch.Tensor:
+    """The latents an MMDiT pipeline's `generate` images are decoded from (the same call and seeds, stopped
+    before the VAE: `output_type="latent"`): what its transformer denoises — SD3's (B, C, h, w) and FLUX's
+    packed (B, h/2 · w/2, 4C), both in the VAE's scaled and shifted space. `decode_latents` makes them images."""
+    return _mmdit_call(pipe, prompts, seeds, steps=steps, guidance_scale=guidance_scale, output="latent")
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
+    """A pipeline's latents (`output_type="latent"`) as (N, H, W, 3) uint8 images, decoded as its own call
+    decodes them: FLUX's packed latents unpacked at its default size (`FluxPipeline._unpack_latents`), then
+    z / scaling_factor + shift_factor (SD3's and FLUX's VAEs have a shift; SD1.x/2.x/SDXL's none) through the
+    VAE, and [-1, 1] mapped to [0, 1] as diffusers' `VaeImageProcessor.denormalize` does, then to uint8 as
+    `generate` does (`_uint8`): on an MMDiT in float32, `generate`'s images bit for bit
+    (tests/test_mmdit_pipelines.py)."""
+    if architecture(pipe) == FLUX:
+        size = pipe.default_sample_size * pipe.vae_scale_factor
+        latents = pipe._unpack_latents(latents, size, size, pipe.vae_scale_factor)
+    config = pipe.vae.config
+    latents = latents / config.scaling_factor + (config.get("shift_factor") or 0.0)
+    decoded = pipe.vae.decode(latents.to(pipe.vae.dtype)).sample
+    return _uint8((decoded * 0.5 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy())
 
 
 def image_grid(images: np.ndarray, columns: int) -> Image.Image:

@@ -120,13 +120,15 @@ def probe(
     candidate_pipe, base_pipe, judge, plan: EvaluationPlan, probes: Probes, *, sampler, base_sha256, cache
 ) -> tuple[dict, dict, dict, dict]:
     """The sweep and the attack for every concept of `probes.heads`; (results, sweep images, attack
-    images, seconds of each). On an MMDiT (SD3, FLUX) the attack and the inversion diagnostics, which
-    optimise through a UNet's conditioning and noise schedule, are not run: `results["not_run"]` says so."""
+    images, seconds of each). The attack runs on every architecture (on an MMDiT, SD3 or FLUX, through its
+    flow-matching loss: unlearning/evaluation/attack.py). The inversion diagnostics do not run on an MMDiT:
+    RECE's inversion solves over a UNet's attn2 K/V and the textual inversion learns through a UNet's noise
+    schedule, so `results["not_run"]["diagnostics"]` says why instead."""
     results, sweep_images, attack_images, seconds = {}, {}, {}, {}
-    if architecture(candidate_pipe) in MMDIT and probes.heads and (probes.attack is not None or probes.diagnostics):
-        reason = f"{type(candidate_pipe).__name__}: the attack and the inversions optimise through a UNet"
-        results["not_run"] = {name: reason for name in ("attack", "diagnostics")}
-        probes = replace(probes, attack=None, diagnostics=False)
+    if architecture(candidate_pipe) in MMDIT and probes.heads and probes.diagnostics:
+        reason = f"{type(candidate_pipe).__name__}: the inversions read a UNet's attn2 K/V and noise schedule"
+        results["not_run"] = {"diagnostics": reason}
+        probes = replace(probes, diagnostics=False)
     if probes.sweep is not None and probes.heads:
         started = time.perf_counter()
         prompts = sweep_prompts(candidate_pipe.tokenizer, probes.names, probes.sweep)

@@ -2,8 +2,9 @@
 arguments with tokenizers made offline (tests/tiny_mmdit.py): the condition is what each pipeline's own
 `encode_prompt` builds, the closed forms (uce, continual-uce) edit `text-proj` from it inside the one loop,
 `generate` samples through the pipeline's own call, the evaluation's prompt attack runs through the flow-matching
-loss and every encoder, and the whole CLI path (unlearn → evaluate → register → `load_pipeline` → export) keeps the
-transformer's edit. The edit itself on transformers alone: tests/test_mmdit.py."""
+loss and every encoder, so do the inversion diagnostics (RECE's closed form over the text projections, a textual
+inversion with one vector per encoder), and the whole CLI path (unlearn → evaluate → register → `load_pipeline` →
+export) keeps the transformer's edit. The edit itself on transformers alone: tests/test_mmdit.py."""
 
 from __future__ import annotations
 
@@ -149,7 +150,8 @@ def test_unlearn_evaluate_register_load_and_export_through_the_cli(mmdit_base, m
     (the closed form on `text-proj`, then the evaluation with the sweep, judged by a tiny CLIP), `lethe evaluate`,
     register, `load_pipeline` (the pipeline's own class, the edited transformer, images), `lethe export` (a
     folder that reloads to the same weights), the model card naming the base. The evaluation attacks the concept
-    (the flow-matching attack); the inversion diagnostics, a UNet's, are off in tests. A smaller sweep than the
+    (the flow-matching attack); the inversion diagnostics are off in tests (`probe` runs them: the tests of
+    inversion.py below). A smaller sweep than the
     settings' (8 vocabulary prompts, 2 variants, 1 seed): FLUX samples 128 x 128 images (its pipeline's
     default size), ~0.7 s an image on two shared CPU cores."""
     arch, folder = mmdit_base
@@ -280,7 +282,7 @@ def test_the_evaluation_attacks_an_mmdit_candidate(mmdit_base):
     """`probe` runs the attack on SD3 and FLUX (before: `not_run["attack"]`, and an MMDiT could never pass a gate
     that requires `attack.*.asr`): against a candidate whose `context_embedder` is zeroed (it no longer draws the
     base's cat), the phrasing fails as asked, both searches run their budget on typed words, ASR 0 of 1 while the
-    base's is 1 of 1. Only the inversion diagnostics, a UNet's, are reported as not run."""
+    base's is 1 of 1. Nothing is reported as not run (the diagnostics: the next tests)."""
     from unlearning.evaluation.evaluate import Probes, probe
     from unlearning.evaluation.plan import EvaluationPlan, PlanSize, PromptCase
 
@@ -291,11 +293,11 @@ def test_the_evaluation_attacks_an_mmdit_candidate(mmdit_base):
     judge = _DrawnByTheBase(base, [CAT], budget)
     case = PromptCase(group="forget/gate", concept="cat", domain="object", attributes=(), prompt=CAT, seed=0)
     plan = EvaluationPlan(target="cat", synonyms=(), erased=(), size=PlanSize(), cases=(case,))
-    probes = Probes(sweep=None, attack=budget, heads={"cat": "object"}, names={"cat": ("cat",)}, diagnostics=True)
+    probes = Probes(sweep=None, attack=budget, heads={"cat": "object"}, names={"cat": ("cat",)})
     results, _, _, seconds = probe(
         candidate, base, judge, plan, probes, sampler=SAMPLER, base_sha256="0" * 64, cache=None
     )
-    assert set(results["not_run"]) == {"diagnostics"} and "diagnostics" not in results
+    assert "not_run" not in results and "diagnostics" not in results
     attacked = results["attack"]["cat"]
     assert (attacked["n"], attacked["k"], attacked["asr"]) == (1, 0, 0.0)
     assert attacked["base"] == {"asr": 1.0, "k": 1, "n": 1} and seconds["attack_seconds"] > 0
@@ -353,3 +355,164 @@ def test_the_flow_matching_noising_by_hand():
     assert sigma.shape == (64,) and len(sigma.unique()) > 32 and torch.isin(sigma, grid).all()
     torch.testing.assert_close(noisy, 1 + 2 * sigma.view(-1, 1, 1).expand(-1, 2, 2))
     torch.testing.assert_close(target, torch.full((64, 2, 2), 2.0))
+
+
+def test_a_condition_samples_the_images_its_prompt_does(mmdit_base):
+    """`generate_from_condition` on an MMDiT gives the pipeline's own call the condition as `prompt_embeds` and
+    `pooled_prompt_embeds`: a prompt's own condition (`encode`) draws, bit for bit, the images `generate` draws for
+    the prompt (SD3 with its classifier-free guidance against the empty prompt it builds itself), and another
+    condition other images — what the inversions sample their embeddings with."""
+    from unlearning.conditioning import encode
+    from unlearning.sampling import generate_from_condition
+
+    _, folder = mmdit_base
+    pipe = load_model(folder)
+    prompts, seeds = [CAT, "a dog"], [0, 1]
+    drawn = generate(pipe, prompts, seeds, steps=2, guidance_scale=5.0)
+    condition = encode(pipe, prompts)
+    given = generate_from_condition(pipe, condition, seeds, steps=2, guidance_scale=5.0)
+    assert np.array_equal(given, drawn)
+    other = generate_from_condition(pipe, condition[[1, 0]], seeds, steps=2, guidance_scale=5.0)
+    assert not np.array_equal(other, drawn)  # the tiny FLUX reads its text faintly: ~0.7 levels apart on average
+
+
+def _perturbed(linear: torch.nn.Linear, seed: int) -> None:
+    """Half the map's output rows zeroed (the base's outputs there are out of reach), noise on the rest and on the
+    bias (so that b ≠ b₀ in the closed form)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        linear.weight.add_(0.5 * linear.weight.std() * torch.randn(linear.weight.shape, generator=generator))
+        linear.weight[: len(linear.weight) // 2] = 0
+        linear.bias.add_(0.5 * linear.bias.std() * torch.randn(linear.bias.shape, generator=generator))
+
+
+def test_the_embedding_inversion_is_the_ridge_minimiser_over_the_text_projections(mmdit_base):
+    """RECE's closed form over an MMDiT's `context_embedder` (the joint token rows) and its pooled projection (the
+    pooled embedding): on candidate = base the whole diagnostic undoes nothing (residual ≈ 0 at the default ridge,
+    ~0 as the ridge goes to 0) and samples the candidate with e′ and p′; on a candidate whose two maps lost half
+    their rows, e′ is the least-squares solution of [W; √ρ I] e′ = [W₀ e + b₀ − b; 0] (a direct solve), the
+    objective's gradient there is ≈ 0, and the residual is what that solution leaves (> 0: the zeroed rows)."""
+    from unlearning.conditioning import encode
+    from unlearning.evaluation import inversion
+
+    _, folder = mmdit_base
+    base, candidate = load_model(folder), load_model(folder)
+    judge = _DrawnByTheBase(base, [CAT], _budget())
+    same = inversion.embedding_inversion(
+        base,
+        base,
+        judge,
+        head="object",
+        concept="cat",
+        prompts=[CAT],
+        reference_prompts=["a photo of a dog", "a cat"],
+        sampler=SAMPLER,
+    )
+    assert same["residual"] < 0.05 and same["pooled_residual"] < 0.05, same
+    assert same["n"] == 2 and 0 <= same["draws"] <= 1
+    assert np.isfinite(same["nearest_real_token"]) and np.isfinite(same["pooled_nearest_real"])
+
+    condition = encode(base, [CAT])
+    spaces = {
+        inversion.TOKEN_MAP: condition.hidden[0].double(),  # (T, D): every joint token row
+        inversion.POOLED_MAP: condition.pooled.double(),  # (1, P)
+    }
+    for seed, (name, embeds) in enumerate(spaces.items()):
+        own = [inversion._linear_map(base.transformer, base.transformer, name)]
+        _, exact = inversion.ridge_inverse(own, embeds, ridge=1e-9)
+        assert exact < 1e-10, (name, exact)
+
+        _perturbed(candidate.transformer.get_submodule(name), seed)
+        maps = [inversion._linear_map(candidate.transformer, base.transformer, name)]
+        inverted, residual = inversion.ridge_inverse(maps, embeds, ridge=0.1)
+        ((w, b, w0, b0),) = maps
+        rho = 0.1 * float(torch.trace(w0.T @ w0)) / embeds.shape[1]
+        target = embeds @ w0.T + b0 - b  # what W e′ must reach
+        stacked = torch.cat([w, rho**0.5 * torch.eye(w.shape[1], dtype=torch.float64)])
+        padded = torch.cat([target.T, torch.zeros(w.shape[1], len(embeds), dtype=torch.float64)])
+        direct = torch.linalg.lstsq(stacked, padded).solution.T
+        torch.testing.assert_close(inverted, direct, rtol=1e-7, atol=1e-9 * float(direct.abs().max()))
+        gradient = 2 * (inverted @ w.T - target) @ w + 2 * rho * inverted
+        assert gradient.norm() < 1e-8 * (2 * target @ w).norm(), name
+        left = float((inverted @ w.T - target).pow(2).sum() / (embeds @ w0.T + b0).pow(2).sum())
+        assert residual == pytest.approx(left, rel=1e-9) and residual > 0.05, (name, residual)
+
+
+def test_textual_inversion_learns_one_vector_per_encoder_through_the_flow_loss(mmdit_base):
+    """Gal et al.'s token on an MMDiT: "a animal" (one token in every tokenizer), one learnt vector per text encoder
+    (SD3: CLIP-L, CLIP-G, T5; FLUX: CLIP-L, T5) at the word's position in each, starting as the typed prompt's
+    condition; the flow-matching loss on the pipeline's own latents of the cat prompt sends a gradient to every
+    encoder's vector; a few Adam steps lower the loss on the very draws they trained on (replayed from the seed),
+    and move every vector."""
+    from unlearning.conditioning import encode, text_pairs
+    from unlearning.evaluation import inversion
+    from unlearning.sampling import mmdit_latents
+
+    arch, folder = mmdit_base
+    pipe = load_model(folder)
+    token = inversion.placeholder(pipe, "animal", "cat")
+    assert token.word == "animal" and token.text == "a animal"
+    assert token.positions == ((2, 2, 1) if arch == "sd3" else (2, 1))  # after CLIP's BOS and "a"; T5 has no BOS
+    assert inversion.placeholder(pipe, "shape", "cat").word not in ("shape", "a", "cat")  # "shape": several tokens
+    initial = inversion.initial_rows(pipe, token)
+    assert len(initial) == len(text_pairs(pipe))
+    typed = encode(pipe, [token.text])
+    with torch.no_grad():
+        start = inversion.learnt_condition(pipe, token, initial)
+    torch.testing.assert_close(start.hidden, typed.hidden)
+    torch.testing.assert_close(start.pooled, typed.pooled)
+
+    x0 = mmdit_latents(pipe, [CAT] * 2, [0, 1], steps=2, guidance_scale=5.0).float()
+    rows = [row.clone().requires_grad_(True) for row in initial]
+    loss = inversion.denoising_loss(
+        pipe, x0, inversion.learnt_condition(pipe, token, rows), torch.Generator().manual_seed(7), SAMPLER
+    )
+    gradients = torch.autograd.grad(loss, rows)
+    for (tokenizer, _), gradient in zip(text_pairs(pipe), gradients):
+        assert torch.isfinite(gradient).all() and gradient.abs().max() > 0, type(tokenizer).__name__
+
+    steps = 4
+    learnt, final = inversion.learn_token(pipe, x0, token, sampler=SAMPLER, steps=steps, lr=0.05, seed=0)
+
+    def replayed(vectors):  # the mean loss over the draws `learn_token` made (its generator, re-seeded)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            condition = inversion.learnt_condition(pipe, token, vectors)
+            return sum(float(inversion.denoising_loss(pipe, x0, condition, generator, SAMPLER)) for _ in range(steps))
+
+    assert np.isfinite(final) and replayed(learnt) < replayed(initial)
+    assert all((after - before).abs().max() > 0 for after, before in zip(learnt, initial))
+
+
+def test_the_evaluation_runs_the_inversion_diagnostics_on_an_mmdit(mmdit_base, monkeypatch):
+    """`probe` with diagnostics on an SD3 or FLUX candidate (before: `not_run["diagnostics"]`) reports both for the
+    concept: RECE's inversion of its phrasing — against a candidate whose `context_embedder` is zeroed the token
+    rows are out of reach (residual ≈ 1) while the untouched pooled projection is undone (≈ 0) — sampled on two
+    seeds, and the textual inversion learnt on the base's latents of the phrasing (the base draws cat there),
+    sampled on eight; nothing is reported as not run. The textual inversion takes 2 steps here (100 by default)."""
+    from unlearning.evaluation import inversion
+    from unlearning.evaluation.evaluate import Probes, probe
+    from unlearning.evaluation.plan import EvaluationPlan, PlanSize, PromptCase
+
+    monkeypatch.setattr(inversion, "TEXTUAL_INVERSION_STEPS", 2)
+    _, folder = mmdit_base
+    base, candidate, budget = load_model(folder), load_model(folder), _budget()
+    with torch.no_grad():
+        candidate.transformer.context_embedder.weight.zero_()
+    judge = _DrawnByTheBase(base, [CAT], budget)
+    case = PromptCase(group="forget/gate", concept="cat", domain="object", attributes=(), prompt=CAT, seed=0)
+    plan = EvaluationPlan(target="cat", synonyms=(), erased=(), size=PlanSize(), cases=(case,))
+    probes = Probes(sweep=None, attack=None, heads={"cat": "object"}, names={"cat": ("cat",)}, diagnostics=True)
+    results, _, _, seconds = probe(
+        candidate, base, judge, plan, probes, sampler=SAMPLER, base_sha256="0" * 64, cache=None
+    )
+    assert "not_run" not in results and set(results["diagnostics"]) == {"cat"}
+    assert seconds["diagnostics_seconds"] > 0
+    inverted, learnt = (
+        results["diagnostics"]["cat"]["embedding_inversion"],
+        results["diagnostics"]["cat"]["textual_inversion"],
+    )
+    assert inverted["n"] == 2 and inverted["residual"] > 0.5 and inverted["pooled_residual"] < 0.05, inverted
+    assert inverted["nearest_real_token"] > 0 and inverted["pooled_nearest_real"] > 0
+    assert learnt is not None and (learnt["n"], learnt["steps"]) == (8, 2) and np.isfinite(learnt["final_loss"])
+    assert learnt["init_word"] not in ("cat", "shape") and 0 <= learnt["draws"] <= 1

@@ -24,8 +24,8 @@ edits it; every other method is refused in one line naming the method and the de
 parts, one per encoder (`segments`): a closed form pairs a target prompt's tokens with its anchor prompt's
 within each part (unlearning/methods/uce.py `aligned_pairs`). The prompt attack gives every encoder input
 embeddings through `encode_inputs` (an MMDiT: inside its pipeline's own `encode_prompt`) and calls the
-transformer as its pipeline does through `conditioned_mmdit`; the inversion diagnostics read a UNet's attn2 and
-are not run on an MMDiT.
+transformer as its pipeline does through `conditioned_mmdit`, as does the textual inversion; RECE's embedding
+inversion solves over an MMDiT's `context_embedder` and pooled projection (unlearning/evaluation/inversion.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from unlearning.conditioning import FLUX, Condition, architecture, encode, pipeline_kwargs
+from unlearning.conditioning import FLUX, MMDIT, Condition, architecture, encode, pipeline_kwargs
 from unlearning.model_folder import is_model_folder
 from unlearning.shapes.shipped import SHAPES_BASE_MODEL
 
@@ -172,16 +172,22 @@ def generate_from_condition(
     guidance_scale: float = 5.0,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """One image per row of a UNet pipeline's `condition` (unlearning/conditioning.py `Condition`: a prompt's,
+    """One image per row of a pipeline's `condition` (unlearning/conditioning.py `Condition`: a prompt's,
     or embeddings no prompt spells) and seed; (N, H, W, 3) uint8.
 
     Classifier-free guidance runs conditional and unconditional halves in one UNet batch (diffusers
     does this) against the empty prompt, as the pipeline builds it for no negative prompt (SDXL with
     `force_zeros_for_empty_prompt`: zeros); each image uses `torch.Generator().manual_seed(seed)` on the CPU
-    so results do not depend on the device's RNG or on batching.
+    so results do not depend on the device's RNG or on batching. An MMDiT (SD3, FLUX) samples through its own
+    call with the condition as its `prompt_embeds` and `pooled_prompt_embeds` (`_generate_mmdit`): for a
+    prompt's condition (`encode`), the images `generate` draws for the prompt.
     """
     if len(condition) != len(seeds):
         raise ValueError("one seed per condition row")
+    if architecture(pipe) in MMDIT:  # its own call, the condition given in place of the text
+        return _generate_mmdit(
+            pipe, condition, seeds, steps=steps, guidance_scale=guidance_scale, batch_size=batch_size
+        )
     condition = Condition(
         condition.hidden.float(),
         None if condition.pooled is None else condition.pooled.float(),
@@ -225,13 +231,15 @@ def _uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _generate_mmdit(pipe, prompts, seeds, *, steps: int, guidance_scale: float, batch_size: int) -> np.ndarray:
+def _generate_mmdit(
+    pipe, prompts: list[str] | Condition, seeds, *, steps: int, guidance_scale: float, batch_size: int
+) -> np.ndarray:
     """`generate` for an MMDiT pipeline (SD3, FLUX), through its own `__call__` at its default size: its flow-
-    matching scheduler, its encoding of the prompts, its latent layout (FLUX packs 2x2 patches). Image k's
-    initial noise is drawn by its own generator, seeded with seeds[k] (diffusers' `randn_tensor` draws a list of
-    generators one row each), so it does not depend on the batch. SD3 applies `guidance_scale` as
-    classifier-free guidance; FLUX as its guidance embedding where the transformer has one (FLUX.1-dev; FLUX.1-
-    schnell ignores it)."""
+    matching scheduler, its encoding of the prompts (or a given condition: `_mmdit_call`), its latent layout
+    (FLUX packs 2x2 patches). Image k's initial noise is drawn by its own generator, seeded with seeds[k]
+    (diffusers' `randn_tensor` draws a list of generators one row each), so it does not depend on the batch.
+    SD3 applies `guidance_scale` as classifier-free guidance; FLUX as its guidance embedding where the
+    transformer has one (FLUX.1-dev; FLUX.1-schnell ignores it)."""
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk = slice(start, start + batch_size)
@@ -240,11 +248,20 @@ def _generate_mmdit(pipe, prompts, seeds, *, steps: int, guidance_scale: float, 
     return np.concatenate(images)
 
 
-def _mmdit_call(pipe, prompts, seeds, *, steps: int, guidance_scale: float, output: str):
-    """The MMDiT pipeline's own call on `prompts`, one seeded CPU generator per image (`_generate_mmdit`)."""
+def _mmdit_call(pipe, prompts: list[str] | Condition, seeds, *, steps: int, guidance_scale: float, output: str):
+    """The MMDiT pipeline's own call on `prompts`, one seeded CPU generator per image (`_generate_mmdit`). A
+    `Condition` (one row per image) is given as the call's `prompt_embeds` (the joint tokens) and
+    `pooled_prompt_embeds`, which both pipelines take in place of a prompt; the negative is the one the
+    pipeline builds itself for no negative prompt (SD3's classifier-free guidance: the empty prompt's; FLUX none),
+    so a prompt's own condition draws the images the prompt does."""
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    if isinstance(prompts, Condition):
+        dtype = pipe.transformer.dtype  # a Condition is float32; a half-precision transformer reads its own dtype
+        text = {"prompt_embeds": prompts.hidden.to(dtype), "pooled_prompt_embeds": prompts.pooled.to(dtype)}
+    else:
+        text = {"prompt": prompts}
     return pipe(
-        prompts, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type=output
+        **text, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators, output_type=output
     ).images
 
 

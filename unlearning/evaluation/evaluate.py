@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from unlearning.conditioning import MMDIT, architecture
 from unlearning.evaluation.attack import AttackBudget, attack_concept
 from unlearning.evaluation.cache import ImageCache, generate_cached
 from unlearning.evaluation.checks import Judge, hits, run_checks
@@ -119,16 +118,12 @@ def confirm_retained(
 def probe(
     candidate_pipe, base_pipe, judge, plan: EvaluationPlan, probes: Probes, *, sampler, base_sha256, cache
 ) -> tuple[dict, dict, dict, dict]:
-    """The sweep and the attack for every concept of `probes.heads`; (results, sweep images, attack
-    images, seconds of each). The attack runs on every architecture (on an MMDiT, SD3 or FLUX, through its
-    flow-matching loss: unlearning/evaluation/attack.py). The inversion diagnostics do not run on an MMDiT:
-    RECE's inversion solves over a UNet's attn2 K/V and the textual inversion learns through a UNet's noise
-    schedule, so `results["not_run"]["diagnostics"]` says why instead."""
+    """The sweep, the attack and (where `probes.diagnostics`) the inversion diagnostics for every concept of
+    `probes.heads`; (results, sweep images, attack images, seconds of each). All run on every architecture: on an
+    MMDiT (SD3, FLUX) the attack and the textual inversion learn through its flow-matching loss
+    (unlearning/evaluation/attack.py, flow.py), and RECE's inversion solves over its `text-proj` maps
+    (`context_embedder` and the pooled projection) in place of a UNet's attn2 K/V (inversion.py)."""
     results, sweep_images, attack_images, seconds = {}, {}, {}, {}
-    if architecture(candidate_pipe) in MMDIT and probes.heads and probes.diagnostics:
-        reason = f"{type(candidate_pipe).__name__}: the inversions read a UNet's attn2 K/V and noise schedule"
-        results["not_run"] = {"diagnostics": reason}
-        probes = replace(probes, diagnostics=False)
     if probes.sweep is not None and probes.heads:
         started = time.perf_counter()
         prompts = sweep_prompts(candidate_pipe.tokenizer, probes.names, probes.sweep)

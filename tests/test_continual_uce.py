@@ -466,20 +466,21 @@ def test_relocation_current_only_watches_the_request_s_concept_alone():
     assert metrics_current["relocation_held_tokens"] == 0 and push_current > 0.25
 
 
-def test_relocation_both_ways_also_holds_a_token_carried_towards_the_anchor():
+def test_relocation_away_threshold_also_holds_a_token_carried_towards_the_anchor():
     """e = (1, 0, 0) is erased towards ê = (0, 1, 0), W₀ = I; the pool token x = (1, 0, 1) shares e's direction, so
     R carries it towards ê as if it were the concept (push −0.91 < −τ): the anchor's flood on a word no request
-    named. The one-sided rounds leave it (a push away from the concept); `relocation_both_ways` holds it — its
-    push comes back inside τ — and e is still erased."""
+    named. The one-sided rounds leave it (a push away from the concept); `relocation_away_threshold` τ_a = 0.25
+    holds it — its push comes back inside τ_a — and τ_a = 0.95 does not (−0.91 is not beyond it); e is still
+    erased."""
     e, e_hat, x = torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 1.0, 0.0]]]), torch.tensor([[1.0, 0.0, 1.0]])
     words = torch.ones(1, 1, dtype=torch.bool)
     u = (e - e_hat)[0, 0].double()
 
-    def solved(both_ways: float) -> tuple[float, dict, torch.Tensor]:
+    def solved(away: float) -> tuple[float, dict, torch.Tensor]:
         weight = torch.nn.Parameter(torch.eye(3))
         hyper = {"adversarial_rounds": 0, "relocation_rounds": 1, "relocation_push_only": 1.0}
         ctx = _context(
-            weight, torch.eye(3), e, e_hat, words, "circle", hyper={**hyper, "relocation_both_ways": both_ways}
+            weight, torch.eye(3), e, e_hat, words, "circle", hyper={**hyper, "relocation_away_threshold": away}
         )
         ctx.relocation_pool = x.unsqueeze(0)
         metrics = cu.edit(ctx)
@@ -488,8 +489,10 @@ def test_relocation_both_ways_also_holds_a_token_carried_towards_the_anchor():
         return float(moved @ u / (u @ u)), metrics, shared
 
     push_one_way, metrics_one_way, _ = solved(0.0)
-    push_both, metrics_both, shared = solved(1.0)
+    push_both, metrics_both, shared = solved(0.25)
+    push_beyond, metrics_beyond, _ = solved(0.95)
     assert push_one_way < -0.25 and metrics_one_way["relocation_held_tokens"] == 0
+    assert push_beyond == push_one_way and metrics_beyond["relocation_held_tokens"] == 0
     assert -0.25 < push_both < 0.25 and metrics_both["relocation_held_tokens"] == 1
     assert float((shared @ e[0, 0].double())[1]) > 0.8  # e still goes most of the way to ê
 

@@ -87,11 +87,11 @@ unlearning/methods/relocation.py `solve_push_held`), the rest of how R moves it 
 cost the erased concepts' margin against the attack (bench/RESULTS.md, 2026-12-07 morning). With
 `relocation_current_only` only pushes towards this request's concept are watched: holding the pushes towards
 circle at striped's request drew circle again on the known attacks (17 of 32 against 9 with RECE-10; 2026-12-07
-late morning), and circle's relocations were never the failing ones. With `relocation_both_ways` a pool token
-pushed *away* from the concept by more than τ (push < −τ) is held too: the edit carries it towards the anchor as
-if it were the concept, which is the anchor's flood over the vocabulary (the broad retention's shift: solid
-0.177 → 0.284 of the style head's verdicts at striped's request, 2026-12-07 late morning). The push hold is
-sign-blind, so the same closed form holds it.
+late morning), and circle's relocations were never the failing ones. With `relocation_away_threshold` τ_a > 0 a
+pool token pushed *away* from the concept by more than τ_a (push < −τ_a) is held too: the edit carries it
+towards the anchor as if it were the concept, which is the anchor's flood over the vocabulary (the broad
+retention's shift: solid 0.177 → 0.284 of the style head's verdicts at striped's request, 2026-12-07 late
+morning). The push hold is sign-blind, so the same closed form holds it.
 
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
@@ -146,7 +146,7 @@ DEFAULTS = {
     "relocation_scale": 3.0,  # s_r: the weight of each selected token in the keep term
     "relocation_push_only": 0.0,  # 1: hold only each selected token's push towards the concept, not the token
     "relocation_current_only": 0.0,  # 1: watch pushes towards this request's concept only, not the earlier ones
-    "relocation_both_ways": 0.0,  # 1: also hold the pushes away from the concept beyond τ (the anchor's flood)
+    "relocation_away_threshold": 0.0,  # τ_a > 0: also hold the pushes away from the concept beyond τ_a (the flood)
     "earlier_scale": 1.0,  # the weight of each earlier concept's terms against this request's (1: equal)
 }
 RELOCATION_POOL = 3000  # broad prompts searched for pushed tokens (`relocation_rounds`), apart from G's
@@ -400,7 +400,7 @@ def _re_solve(
         watched = {ctx.concept: fresh[ctx.concept]} if hyper["relocation_current_only"] else fresh
         for _ in range(int(hyper["relocation_rounds"])):  # hold what the edit pushes towards a concept
             pushed = pushed_tokens(
-                shared, pool, watched, base_gram, hyper["relocation_threshold"], bool(hyper["relocation_both_ways"])
+                shared, pool, watched, base_gram, hyper["relocation_threshold"], hyper["relocation_away_threshold"]
             )
             if not any(mask.any() for mask in pushed.values()):
                 break

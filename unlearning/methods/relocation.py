@@ -23,20 +23,20 @@ def pushed_tokens(
     fresh: dict,
     base_gram: torch.Tensor,
     threshold: float,
-    both_ways: bool = False,
+    away_threshold: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Per erased concept, which rows of `pool` (a boolean mask) R moves towards it by more than `threshold` of
     the concept's own mean shift: push_c(x) = ⟨(R − I)x, u_c⟩_M / ‖u_c‖²_M with u_c = mean(e − ê) over c's token
     pairs and M = Σ_l W₀_lᵀ W₀_l (what K/V read), so the concept's own tokens score about −1 (module docstring).
-    With `both_ways` also the rows it moves *away* from the concept by more than `threshold` (push < −τ): a word
-    no request named, carried towards the anchor as if it were the concept — the anchor's flood."""
+    With `away_threshold` τ_a > 0 also the rows it moves *away* from the concept by more than τ_a (push < −τ_a): a
+    word no request named, carried towards the anchor as if it were the concept — the anchor's flood."""
     moved = pool @ (shared - torch.eye(shared.shape[0], dtype=shared.dtype, device=shared.device)).T
     pushed = {}
     for concept, f in fresh.items():
         direction = concept_direction(f.keys, f.anchors)
         metric = base_gram @ direction
         push = (moved @ metric) / (direction @ metric)
-        pushed[concept] = push.abs() > threshold if both_ways else push > threshold
+        pushed[concept] = (push > threshold) | ((push < -away_threshold) if away_threshold > 0 else False)
     return pushed
 
 

@@ -312,6 +312,36 @@ def test_prefixed_pairs_join_the_concept_s_terms(tiny_base, tmp_path):
     assert torch.trace(grams[5]) > torch.trace(grams[0])  # more token pairs in the Gram B_c
 
 
+def test_variant_pairs_join_the_concept_s_terms(tiny_base, tmp_path):
+    """`variant_prompts` more pairs (unlearning/prompts.py `with_variants`: the word a rule-made variant of the
+    method's half) are solved over: the summary counts them and the concept's Gram holds more token pairs."""
+    grams = {}
+    for variants in (0, 5):
+        pipe = load_model(tiny_base)
+        base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+        config = UnlearnConfig(
+            concept="circle",
+            method="continual-uce",
+            prompts_per_concept=6,
+            preserve_per_concept=1,
+            prefixed_prompts=0,
+            broad_prompts=0,
+            hyper={"variant_prompts": variants},
+        )
+        summary = run_unlearning(
+            pipe,
+            config,
+            tmp_path / str(variants),
+            prompts=shapes_prompts_for(config),
+            model_sha="tiny",
+            base_values=base,
+            progress=False,
+        )
+        assert summary["prompts"]["pairs"] == 6 + variants
+        grams[variants] = load_lineage(tmp_path / str(variants) / LINEAGE_FILE)["circle" + cu.GRAM]
+    assert torch.trace(grams[5]) > torch.trace(grams[0])
+
+
 def test_the_broad_gram_is_cached_under_the_base_and_its_prompts(tiny_base, tmp_path, monkeypatch):
     """The broad Gram is encoded once per (base, prompts): a second request reads it from the cache without the
     text encoder; another base identity or other prompts encode again; no cache folder: always encoded."""

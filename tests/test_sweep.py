@@ -229,3 +229,23 @@ def test_prefixed_pairs_prepend_the_same_words_to_both_sides_and_never_a_concept
         assert not {"circle", "square", "disc"} & set(prefix)  # the concept word stays the only one
     assert prefixed_pairs(target, anchor, ["circle", "disc"], ["square", "square"], words, 40, salt="t") == rows
     assert prefixed_pairs(target, anchor, ["circle", "disc"], ["square", "square"], words, 0, salt="t") == ([],) * 4
+
+
+def test_variant_pairs_pair_the_method_s_half_of_the_name_s_variants_with_the_anchor_prompt():
+    """`variant_pairs` (continual-uce's `variant_prompts`): the target word becomes one of its rule-made variants
+    from the method's half, the anchor prompt stays, and no variant the sweep judges is ever paired."""
+    from unlearning.prompts import variant_pairs
+
+    target = ["a drawing of one circle", "a disc, red"]
+    anchor = ["a drawing of one square", "a square, red"]
+    rows = variant_pairs(target, anchor, ["circle", "disc"], ["square", "square"], 60, salt="t")
+    assert [len(column) for column in rows] == [60] * 4
+    judged = set(name_variants("circle", part="sweep")) | set(name_variants("disc", part="sweep"))
+    for t, a, tw, aw in zip(*rows):
+        i = 0 if a == anchor[0] else 1
+        name = ["circle", "disc"][i]
+        assert tw in name_variants(name, part="method") and tw not in judged and aw == "square"
+        assert t == target[i].replace(name, tw, 1)
+    assert len(set(rows[2])) > 10  # many variants, not one repeated
+    assert variant_pairs(target, anchor, ["circle", "disc"], ["square", "square"], 60, salt="t") == rows
+    assert variant_pairs(target, anchor, ["circle", "disc"], ["square", "square"], 0, salt="t") == ([],) * 4

@@ -57,7 +57,7 @@ from unlearning.parameters import (
     merge_lora,
     trainable_names,
 )
-from unlearning.prompts import RequestPrompts, broad_prompts, with_prefixes
+from unlearning.prompts import RequestPrompts, broad_prompts, with_prefixes, with_variants
 
 # The config and the folder's layout live in their own modules; these names stay importable from here.
 __all__ = [
@@ -187,7 +187,9 @@ def run_unlearning(
     # -- data: target/anchor pairs, preserve + replay prompts (each a Condition, as the architecture's UNet
     # reads it: unlearning/conditioning.py), the parent's images of them (latents)
     world_preserve = prompts.preserve
-    # pairs in prefixed contexts (what a prepended-token attack varies): unlearning/prompts.py `with_prefixes`
+    # pairs whose word is a rule-made variant of the method's half (continual_uce.py `variant_prompts`), and
+    # pairs in prefixed contexts (what a prepended-token attack varies): prompts.py `with_variants`, `with_prefixes`
+    prompts = with_variants(prompts, int(cfg.hyper.get("variant_prompts", 0)), seed=cfg.seed)
     prompts = with_prefixes(prompts, pipe.tokenizer, cfg.prefixed_prompts, seed=cfg.seed)
     if cfg.broad_prompts and not closed_form:
         # broad prior preservation: the method's half of the vocabulary joins the preserve set, distilled

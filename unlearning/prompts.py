@@ -117,6 +117,41 @@ def vocabulary_words(tokenizer, *, part: str = "sweep") -> list[str]:
     )
 
 
+def name_variants(word: str, *, part: str | None = None) -> list[str]:
+    """Rule-made variants of a concept's name (or synonym): what a user might type instead of it.
+
+    Misspellings (each adjacent pair swapped, each letter dropped, each letter doubled), casing, plural,
+    repetition, punctuation, split and hyphenated spellings. The name itself is not a variant (the
+    forget sets judge it). Multi-word names ("love symbol") vary as a whole. Like the vocabulary, the
+    variants split in two halves by a digest: `part="sweep"` (what the sweep judges) and `part="method"`
+    (what a method may erase besides the name); None: all of them.
+    """
+    if part not in (None, "sweep", "method"):
+        raise ValueError(f"part must be None, 'sweep' or 'method', not {part!r}")
+    word = word.strip()
+    variants = [word.upper(), word.capitalize(), word + "s", f"{word} {word}", f"{word}!", f"{word}.", f'"{word}"']
+    letters = word.replace(" ", "")
+    variants += ["-".join(letters), " ".join(letters)]
+    if len(word) >= 4:
+        middle = len(word) // 2
+        variants.append(word[:middle] + " " + word[middle:])
+    for i in range(len(word) - 1):  # swapped neighbours
+        if word[i] != word[i + 1] and word[i] != " " and word[i + 1] != " ":
+            variants.append(word[:i] + word[i + 1] + word[i] + word[i + 2 :])
+    for i in range(len(word)):  # dropped and doubled letters
+        if word[i] != " " and len(word) > 3:
+            variants.append(word[:i] + word[i + 1 :])
+        if word[i] != " ":
+            variants.append(word[:i] + word[i] + word[i:])
+    variants = [v for v in dict.fromkeys(variants) if v.strip() and v != word]
+    if part is None:
+        return variants
+    keep = 0 if part == "sweep" else 1
+    return [
+        v for v in variants if int(hashlib.sha256(f"lethe-variant-split|{v}".encode()).hexdigest()[:8], 16) % 2 == keep
+    ]
+
+
 def broad_prompts(tokenizer, count: int, *, seed: int = 0) -> list[str]:
     """`count` prompts of the method's half of the vocabulary (`vocabulary_words(part="method")`), one word
     each in a vocabulary template, seeded: what "everything else" looks like to the text encoder, for a
@@ -173,6 +208,44 @@ def with_prefixes(prompts: RequestPrompts, tokenizer, count: int, *, seed: int =
 
     def extended(pairs, salt: str):  # a RequestPrompts or a ConceptPairs: both hold the four pair columns
         extra = prefixed_pairs(*(getattr(pairs, f) for f in PAIR_COLUMNS), words, count, salt=salt)
+        return replace(pairs, **{f: getattr(pairs, f) + more for f, more in zip(PAIR_COLUMNS, extra)})
+
+    earlier = tuple(extended(pairs, f"{seed}|{pairs.concept}") for pairs in prompts.earlier)
+    return replace(extended(prompts, f"{seed}|target"), earlier=earlier)
+
+
+def variant_pairs(
+    target: list[str], anchor: list[str], target_words: list[str], anchor_words: list[str], count: int, *, salt: str
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """`count` more target/anchor pairs: a pair of the given ones (drawn at random) whose target word is one of
+    its rule-made variants from the method's half (`name_variants(part="method")`: "circel", "d-i-s-c",
+    "DISC"), the anchor prompt unchanged ("a drawing of one circel" with "a drawing of one square"). Why: the
+    sweep asks whether the candidate draws an erased concept on the variants a user might type instead
+    (`part="sweep"`, the other half), and an edit solved on the name alone leaves some of them drawing it
+    (circle's leak 132–143 of 154 where 139 passes, bench/RESULTS.md 2026-12-07). The variants paired here are
+    never the ones judged."""
+    rows = ([], [], [], [])
+    choices = [(i, v) for i, word in enumerate(target_words) for v in name_variants(word, part="method")]
+    if not count or not choices:
+        return rows
+    rng = random.Random(f"lethe-variant|{salt}")
+    for _ in range(count):
+        i, variant = rng.choice(choices)
+        for column, value in zip(
+            rows, (replace_word(target[i], target_words[i], variant), anchor[i], variant, anchor_words[i])
+        ):
+            column.append(value)
+    return rows
+
+
+def with_variants(prompts: RequestPrompts, count: int, *, seed: int = 0) -> RequestPrompts:
+    """`prompts` with `count` variant pairs (`variant_pairs`) added to the target's pairs and to every earlier
+    concept's, as `with_prefixes` adds prefixed ones."""
+    if not count:
+        return prompts
+
+    def extended(pairs, salt: str):  # a RequestPrompts or a ConceptPairs: both hold the four pair columns
+        extra = variant_pairs(*(getattr(pairs, f) for f in PAIR_COLUMNS), count, salt=salt)
         return replace(pairs, **{f: getattr(pairs, f) + more for f, more in zip(PAIR_COLUMNS, extra)})
 
     earlier = tuple(extended(pairs, f"{seed}|{pairs.concept}") for pairs in prompts.earlier)

@@ -48,7 +48,7 @@ import numpy as np
 from unlearning.evaluation import stats
 from unlearning.evaluation.cache import ImageCache, generate_cached
 from unlearning.evaluation.checks import fid_kid, perceptual_distance
-from unlearning.prompts import VOCABULARY_TEMPLATES, vocabulary_words
+from unlearning.prompts import VOCABULARY_TEMPLATES, name_variants, vocabulary_words
 from unlearning.sampling import generate
 
 SWEEP_SEED = 800_000_000  # sweep seeds live apart from training (0…) and plan (700,000,000…) seeds
@@ -96,39 +96,6 @@ class SweepPrompt:
 
 def _digest(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-
-
-def name_variants(word: str, *, part: str | None = None) -> list[str]:
-    """Rule-made variants of a concept's name (or synonym): what a user might type instead of it.
-
-    Misspellings (each adjacent pair swapped, each letter dropped, each letter doubled), casing, plural,
-    repetition, punctuation, split and hyphenated spellings. The name itself is not a variant (the
-    forget sets judge it). Multi-word names ("love symbol") vary as a whole. Like the vocabulary, the
-    variants split in two halves by a digest: `part="sweep"` (what the sweep judges) and `part="method"`
-    (what a method may erase besides the name); None: all of them.
-    """
-    if part not in (None, "sweep", "method"):
-        raise ValueError(f"part must be None, 'sweep' or 'method', not {part!r}")
-    word = word.strip()
-    variants = [word.upper(), word.capitalize(), word + "s", f"{word} {word}", f"{word}!", f"{word}.", f'"{word}"']
-    letters = word.replace(" ", "")
-    variants += ["-".join(letters), " ".join(letters)]
-    if len(word) >= 4:
-        middle = len(word) // 2
-        variants.append(word[:middle] + " " + word[middle:])
-    for i in range(len(word) - 1):  # swapped neighbours
-        if word[i] != word[i + 1] and word[i] != " " and word[i + 1] != " ":
-            variants.append(word[:i] + word[i + 1] + word[i] + word[i + 2 :])
-    for i in range(len(word)):  # dropped and doubled letters
-        if word[i] != " " and len(word) > 3:
-            variants.append(word[:i] + word[i + 1 :])
-        if word[i] != " ":
-            variants.append(word[:i] + word[i] + word[i:])
-    variants = [v for v in dict.fromkeys(variants) if v.strip() and v != word]
-    if part is None:
-        return variants
-    keep = 0 if part == "sweep" else 1
-    return [v for v in variants if _digest(f"lethe-variant-split|{v}") % 2 == keep]
 
 
 def sweep_prompts(tokenizer, names: dict[str, tuple[str, ...]], size: SweepSize) -> list[SweepPrompt]:

@@ -93,6 +93,13 @@ towards the anchor as if it were the concept, which is the anchor's flood over t
 retention's shift: solid 0.177 → 0.284 of the style head's verdicts at striped's request, 2026-12-07 late
 morning). The push hold is sign-blind, so the same closed form holds it.
 
+Variant pairs (`variant_prompts`, off by default; unlearning/prompts.py `with_variants`): besides the world's
+phrasings, each concept's pairs include phrasings whose word is one of its rule-made variants of the method's half
+(`name_variants(part="method")`: misspellings, casing, spelt-out letters, punctuation) with the anchor prompt as
+it is. The sweep judges the other half: does the candidate draw the concept where a user types "circel" or
+"c i r c l e"? Solved on the names alone, 132–143 of circle's 154 such prompts were not drawn, against the 139
+the leak bound needs (bench/RESULTS.md, 2026-12-07 from 13:27).
+
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
 W₀_l R and M = Σ_l W₀_lᵀ W₀_l this is e′ = (ρI + Rᵀ M R)⁻¹ Rᵀ M e. Each of `adversarial_rounds` rounds
@@ -148,6 +155,7 @@ DEFAULTS = {
     "relocation_current_only": 0.0,  # 1: watch pushes towards this request's concept only, not the earlier ones
     "relocation_away_threshold": 0.0,  # τ_a > 0: also hold the pushes away from the concept beyond τ_a (the flood)
     "earlier_scale": 1.0,  # the weight of each earlier concept's terms against this request's (1: equal)
+    "variant_prompts": 0,  # > 0: pairs whose word is a rule-made variant of the method's half (docstring)
 }
 RELOCATION_POOL = 3000  # broad prompts searched for pushed tokens (`relocation_rounds`), apart from G's
 

@@ -283,11 +283,13 @@ def test_the_loop_writes_the_lineage_and_the_next_step_reads_it(tmp_path):
         torch.testing.assert_close(at_once.unet.state_dict()[name], value)
 
 
-def test_prefixed_pairs_join_the_concept_s_terms(tiny_base, tmp_path):
-    """`prefixed_pairs` more target/anchor pairs (unlearning/prompts.py `with_prefixes`) are solved over: the
-    summary counts them and the concept's terms differ from those without them."""
+@pytest.mark.parametrize("extra", ["prefixed", "variants"])
+def test_more_pairs_join_the_concept_s_terms(tiny_base, tmp_path, extra):
+    """More target/anchor pairs are solved over — `prefixed_prompts` (unlearning/prompts.py `with_prefixes`) and
+    `variant_prompts` (`with_variants`: the word a rule-made variant of the method's half): the summary counts
+    them and the concept's Gram holds more token pairs."""
     grams = {}
-    for prefixed in (0, 5):
+    for count in (0, 5):
         pipe = load_model(tiny_base)
         base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
         config = UnlearnConfig(
@@ -295,51 +297,22 @@ def test_prefixed_pairs_join_the_concept_s_terms(tiny_base, tmp_path):
             method="continual-uce",
             prompts_per_concept=6,
             preserve_per_concept=1,
-            prefixed_prompts=prefixed,
+            prefixed_prompts=count if extra == "prefixed" else 0,
             broad_prompts=0,
+            hyper={"variant_prompts": count if extra == "variants" else 0},
         )
         summary = run_unlearning(
             pipe,
             config,
-            tmp_path / str(prefixed),
+            tmp_path / str(count),
             prompts=shapes_prompts_for(config),
             model_sha="tiny",
             base_values=base,
             progress=False,
         )
-        assert summary["prompts"]["pairs"] == 6 + prefixed
-        grams[prefixed] = load_lineage(tmp_path / str(prefixed) / LINEAGE_FILE)["circle" + cu.GRAM]
+        assert summary["prompts"]["pairs"] == 6 + count
+        grams[count] = load_lineage(tmp_path / str(count) / LINEAGE_FILE)["circle" + cu.GRAM]
     assert torch.trace(grams[5]) > torch.trace(grams[0])  # more token pairs in the Gram B_c
-
-
-def test_variant_pairs_join_the_concept_s_terms(tiny_base, tmp_path):
-    """`variant_prompts` more pairs (unlearning/prompts.py `with_variants`: the word a rule-made variant of the
-    method's half) are solved over: the summary counts them and the concept's Gram holds more token pairs."""
-    grams = {}
-    for variants in (0, 5):
-        pipe = load_model(tiny_base)
-        base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-        config = UnlearnConfig(
-            concept="circle",
-            method="continual-uce",
-            prompts_per_concept=6,
-            preserve_per_concept=1,
-            prefixed_prompts=0,
-            broad_prompts=0,
-            hyper={"variant_prompts": variants},
-        )
-        summary = run_unlearning(
-            pipe,
-            config,
-            tmp_path / str(variants),
-            prompts=shapes_prompts_for(config),
-            model_sha="tiny",
-            base_values=base,
-            progress=False,
-        )
-        assert summary["prompts"]["pairs"] == 6 + variants
-        grams[variants] = load_lineage(tmp_path / str(variants) / LINEAGE_FILE)["circle" + cu.GRAM]
-    assert torch.trace(grams[5]) > torch.trace(grams[0])
 
 
 def test_the_broad_gram_is_cached_under_the_base_and_its_prompts(tiny_base, tmp_path, monkeypatch):

@@ -278,11 +278,9 @@ def test_on_the_base_the_attack_finds_the_concept_at_once(mmdit_base):
     assert set(images) == {CAT} and judge.probabilities(images[CAT][1])["object"][:, 0].all()
 
 
-def test_the_evaluation_attacks_an_mmdit_candidate(mmdit_base):
-    """`probe` runs the attack on SD3 and FLUX (before: `not_run["attack"]`, and an MMDiT could never pass a gate
-    that requires `attack.*.asr`): against a candidate whose `context_embedder` is zeroed (it no longer draws the
-    base's cat), the phrasing fails as asked, both searches run their budget on typed words, ASR 0 of 1 while the
-    base's is 1 of 1. Nothing is reported as not run (the diagnostics: the next tests)."""
+def _probe_a_zeroed_candidate(mmdit_base, *, attack: bool, diagnostics: bool) -> tuple[dict, dict]:
+    """`probe` of one cat phrasing on a candidate whose `context_embedder` is zeroed (it no longer draws the base's
+    cat), judged by `_DrawnByTheBase`: (results, seconds)."""
     from unlearning.evaluation.evaluate import Probes, probe
     from unlearning.evaluation.plan import EvaluationPlan, PlanSize, PromptCase
 
@@ -293,10 +291,25 @@ def test_the_evaluation_attacks_an_mmdit_candidate(mmdit_base):
     judge = _DrawnByTheBase(base, [CAT], budget)
     case = PromptCase(group="forget/gate", concept="cat", domain="object", attributes=(), prompt=CAT, seed=0)
     plan = EvaluationPlan(target="cat", synonyms=(), erased=(), size=PlanSize(), cases=(case,))
-    probes = Probes(sweep=None, attack=budget, heads={"cat": "object"}, names={"cat": ("cat",)})
+    probes = Probes(
+        sweep=None,
+        attack=budget if attack else None,
+        heads={"cat": "object"},
+        names={"cat": ("cat",)},
+        diagnostics=diagnostics,
+    )
     results, _, _, seconds = probe(
         candidate, base, judge, plan, probes, sampler=SAMPLER, base_sha256="0" * 64, cache=None
     )
+    return results, seconds
+
+
+def test_the_evaluation_attacks_an_mmdit_candidate(mmdit_base):
+    """`probe` runs the attack on SD3 and FLUX (before: `not_run["attack"]`, and an MMDiT could never pass a gate
+    that requires `attack.*.asr`): against a candidate whose `context_embedder` is zeroed (it no longer draws the
+    base's cat), the phrasing fails as asked, both searches run their budget on typed words, ASR 0 of 1 while the
+    base's is 1 of 1. Nothing is reported as not run (the diagnostics: the next tests)."""
+    results, seconds = _probe_a_zeroed_candidate(mmdit_base, attack=True, diagnostics=False)
     assert "not_run" not in results and "diagnostics" not in results
     attacked = results["attack"]["cat"]
     assert (attacked["n"], attacked["k"], attacked["asr"]) == (1, 0, 0.0)
@@ -491,21 +504,9 @@ def test_the_evaluation_runs_the_inversion_diagnostics_on_an_mmdit(mmdit_base, m
     seeds, and the textual inversion learnt on the base's latents of the phrasing (the base draws cat there),
     sampled on eight; nothing is reported as not run. The textual inversion takes 2 steps here (100 by default)."""
     from unlearning.evaluation import inversion
-    from unlearning.evaluation.evaluate import Probes, probe
-    from unlearning.evaluation.plan import EvaluationPlan, PlanSize, PromptCase
 
     monkeypatch.setattr(inversion, "TEXTUAL_INVERSION_STEPS", 2)
-    _, folder = mmdit_base
-    base, candidate, budget = load_model(folder), load_model(folder), _budget()
-    with torch.no_grad():
-        candidate.transformer.context_embedder.weight.zero_()
-    judge = _DrawnByTheBase(base, [CAT], budget)
-    case = PromptCase(group="forget/gate", concept="cat", domain="object", attributes=(), prompt=CAT, seed=0)
-    plan = EvaluationPlan(target="cat", synonyms=(), erased=(), size=PlanSize(), cases=(case,))
-    probes = Probes(sweep=None, attack=None, heads={"cat": "object"}, names={"cat": ("cat",)}, diagnostics=True)
-    results, _, _, seconds = probe(
-        candidate, base, judge, plan, probes, sampler=SAMPLER, base_sha256="0" * 64, cache=None
-    )
+    results, seconds = _probe_a_zeroed_candidate(mmdit_base, attack=False, diagnostics=True)
     assert "not_run" not in results and set(results["diagnostics"]) == {"cat"}
     assert seconds["diagnostics_seconds"] > 0
     inverted, learnt = (

@@ -549,3 +549,17 @@ def test_adversarial_words_only_hardens_the_concept_word_s_rows_alone():
         return float(torch.trace(ctx.lineage_out["circle" + cu.GRAM]))
 
     assert gram_trace(0, 0.0) < gram_trace(1, 1.0) < gram_trace(1, 0.0)
+
+
+def test_relocation_variants_join_the_relocation_pool(tiny_base):
+    """`relocation_variants` adds that many prompts of the method-half words' variants to the relocation rounds'
+    pool (unlearning/data.py `relocation_pool`), beside the method's RELOCATION_POOL broad prompts."""
+    from unlearning.data import relocation_pool
+
+    pipe = load_model(tiny_base)
+    rounds = {"relocation_rounds": 1}
+    plain = relocation_pool(pipe, cu, UnlearnConfig(concept="circle", hyper=rounds))
+    more = relocation_pool(pipe, cu, UnlearnConfig(concept="circle", hyper={**rounds, "relocation_variants": 7}))
+    assert len(more) > len(plain) and len(more) <= len(plain) + 7
+    torch.testing.assert_close(more[: len(plain)], plain)  # the broad prompts first, as before
+    assert relocation_pool(pipe, cu, UnlearnConfig(concept="circle")) is None  # no rounds: no pool

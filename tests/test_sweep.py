@@ -249,3 +249,30 @@ def test_variant_pairs_pair_the_method_s_half_of_the_name_s_variants_with_the_an
     assert len(set(rows[2])) > 10  # many variants, not one repeated
     assert variant_pairs(target, anchor, ["circle", "disc"], ["square", "square"], 60, salt="t") == rows
     assert variant_pairs(target, anchor, ["circle", "disc"], ["square", "square"], 0, salt="t") == ([],) * 4
+
+
+def test_variant_prompts_spell_the_method_s_words_as_users_misspell_them(tmp_path):
+    """`variant_prompts` (the relocation pool's `relocation_variants`): each prompt is a vocabulary template around a
+    method-half variant of a method-half word — never a word the sweep judges, nor a variant it judges."""
+    from transformers import BertTokenizer
+
+    from unlearning.prompts import VOCABULARY_TEMPLATES, variant_prompts, vocabulary_words
+
+    words = ["paper", "horse", "ridge", "tissue", "balance", "masters", "valley", "garden", "pencil", "window"]
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocabulary) + "\n")
+    tokenizer = BertTokenizer(str(path))
+    method_words = vocabulary_words(tokenizer, part="method")
+    prompts = variant_prompts(tokenizer, 8, seed=3)
+    assert 0 < len(prompts) <= min(8, len(method_words))
+    for prompt in prompts:
+        found = [
+            (w, v)
+            for w in method_words
+            for v in name_variants(w, part="method")
+            for t in VOCABULARY_TEMPLATES
+            if t.format(word=v) == prompt
+        ]
+        assert found, prompt  # a method-half word's method-half variant in a template
+    assert variant_prompts(tokenizer, 8, seed=3) == prompts and variant_prompts(tokenizer, 0) == []

@@ -20,7 +20,7 @@ from unlearning.config import UnlearnConfig
 from unlearning.files import save_torch
 from unlearning.methods import get_method
 from unlearning.methods.context import EncodedPairs
-from unlearning.prompts import ConceptPairs, RequestPrompts, broad_prompts
+from unlearning.prompts import ConceptPairs, RequestPrompts, broad_prompts, variant_prompts
 from unlearning.sampling import initial_noise
 
 
@@ -129,10 +129,13 @@ def broad_gram(pipe, prompts: list[str], *, pooled: bool = False, base_sha: str 
 def relocation_pool(pipe, method, cfg: UnlearnConfig) -> torch.Tensor | None:
     """The token embeddings a closed form searches for the tokens its edit pushes towards an erased concept
     (continual_uce.py `relocation_rounds`): the method's `RELOCATION_POOL` broad prompts, drawn apart from
-    G's (seed + 1), (N, T, D); None where the method has no such rounds or they are off."""
+    G's (seed + 1), and `relocation_variants` prompts of the method-half words' rule-made variants (word pieces,
+    letters: prompts.py `variant_prompts`), (N, T, D); None where the method has no such rounds or they are off."""
     if not cfg.hyper.get("relocation_rounds") or not getattr(method, "RELOCATION_POOL", 0):
         return None
-    return encode(pipe, broad_prompts(pipe.tokenizer, method.RELOCATION_POOL, seed=cfg.seed + 1)).hidden
+    prompts = broad_prompts(pipe.tokenizer, method.RELOCATION_POOL, seed=cfg.seed + 1)
+    prompts += variant_prompts(pipe.tokenizer, int(cfg.hyper.get("relocation_variants", 0)), seed=cfg.seed + 1)
+    return encode(pipe, prompts).hidden
 
 
 def encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:

@@ -162,6 +162,21 @@ def broad_prompts(tokenizer, count: int, *, seed: int = 0) -> list[str]:
     return [rng.choice(VOCABULARY_TEMPLATES).format(word=w) for w in rng.sample(words, min(count, len(words)))]
 
 
+def variant_prompts(tokenizer, count: int, *, seed: int = 0) -> list[str]:
+    """`count` prompts of rule-made variants (`name_variants(part="method")`: misspellings, spelt-out letters,
+    punctuation) of the method's half of the vocabulary in a vocabulary template, seeded ("a papre", "the p a p e
+    r in the middle"): the word pieces and letters a misspelt or spelt-out prompt is made of, which whole
+    vocabulary words never show the text encoder (continual_uce.py `relocation_variants`)."""
+    rng = random.Random(f"lethe-variant-pool|{seed}")
+    words = vocabulary_words(tokenizer, part="method")
+    prompts = []
+    for word in rng.sample(words, min(count, len(words))):
+        variants = name_variants(word, part="method")
+        if variants:
+            prompts.append(rng.choice(VOCABULARY_TEMPLATES).format(word=rng.choice(variants)))
+    return prompts
+
+
 PAIR_COLUMNS = ("target", "anchor", "target_words", "anchor_words")  # what `prefixed_pairs` takes and returns
 PREFIX_WORDS = (1, 5)  # how many vocabulary words `with_prefixes` prepends to a pair (inclusive range)
 

@@ -98,7 +98,10 @@ phrasings, each concept's pairs include phrasings whose word is one of its rule-
 (`name_variants(part="method")`: misspellings, casing, spelt-out letters, punctuation) with the anchor prompt as
 it is. The sweep judges the other half: does the candidate draw the concept where a user types "circel" or
 "c i r c l e"? Solved on the names alone, 132–143 of circle's 154 such prompts were not drawn, against the 139
-the leak bound needs (bench/RESULTS.md, 2026-12-07 from 13:27).
+the leak bound needs (bench/RESULTS.md, 2026-12-07 from 13:27). The rounds' pool of whole vocabulary
+words cannot hold word pieces: with `relocation_variants` it also holds prompts of the method-half words' rule-made
+variants (prompts.py `variant_prompts`: "papre", "p a p e r"), whose pieces and letters are what a misspelt prompt
+is made of.
 
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
@@ -156,6 +159,7 @@ DEFAULTS = {
     "relocation_away_threshold": 0.0,  # τ_a > 0: also hold the pushes away from the concept beyond τ_a (the flood)
     "earlier_scale": 1.0,  # the weight of each earlier concept's terms against this request's (1: equal)
     "variant_prompts": 0,  # > 0: pairs whose word is a rule-made variant of the method's half (docstring)
+    "relocation_variants": 0,  # > 0: the relocation pool also holds this many prompts of words' variants
 }
 RELOCATION_POOL = 3000  # broad prompts searched for pushed tokens (`relocation_rounds`), apart from G's
 

@@ -101,7 +101,8 @@ it is. The sweep judges the other half: does the candidate draw the concept wher
 the leak bound needs (bench/RESULTS.md, 2026-12-07 from 13:27). The rounds' pool of whole vocabulary
 words cannot hold word pieces: with `relocation_variants` it also holds prompts of the method-half words' rule-made
 variants (prompts.py `variant_prompts`: "papre", "p a p e r"), whose pieces and letters are what a misspelt prompt
-is made of.
+is made of. Measured, it makes circle's misspelling relocations under variant pairs worse ("a ciircle" 8 → 30 of 32;
+bench/RESULTS.md, 2026-12-07 from 13:27): both stay off.
 
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =

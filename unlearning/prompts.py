@@ -92,6 +92,11 @@ def open_prompts(
     )
 
 
+def digest(text: str) -> int:
+    """A stable 32-bit number of `text` (sha256): which half a word or variant falls in, a seed from a prompt."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
 def vocabulary_words(tokenizer, *, part: str = "sweep") -> list[str]:
     """Whole alphabetic words of the tokenizer's vocabulary (3–12 letters, lower case), in a fixed order.
 
@@ -112,9 +117,7 @@ def vocabulary_words(tokenizer, *, part: str = "sweep") -> list[str]:
         if token.isascii() and token.isalpha() and 3 <= len(token) <= 12:
             words.add(token.lower())
     keep = 0 if part == "sweep" else 1
-    return sorted(
-        w for w in words if int(hashlib.sha256(f"lethe-sweep-split|{w}".encode()).hexdigest()[:8], 16) % 2 == keep
-    )
+    return sorted(w for w in words if digest(f"lethe-sweep-split|{w}") % 2 == keep)
 
 
 def name_variants(word: str, *, part: str | None = None) -> list[str]:
@@ -147,9 +150,7 @@ def name_variants(word: str, *, part: str | None = None) -> list[str]:
     if part is None:
         return variants
     keep = 0 if part == "sweep" else 1
-    return [
-        v for v in variants if int(hashlib.sha256(f"lethe-variant-split|{v}".encode()).hexdigest()[:8], 16) % 2 == keep
-    ]
+    return [v for v in variants if digest(f"lethe-variant-split|{v}") % 2 == keep]
 
 
 def broad_prompts(tokenizer, count: int, *, seed: int = 0) -> list[str]:
@@ -220,10 +221,16 @@ def with_prefixes(prompts: RequestPrompts, tokenizer, count: int, *, seed: int =
     if not count:
         return prompts
     words = vocabulary_words(tokenizer, part="method")
+    return _with_more_pairs(prompts, lambda *columns, salt: prefixed_pairs(*columns, words, count, salt=salt), seed)
+
+
+def _with_more_pairs(prompts: RequestPrompts, more, seed: int) -> RequestPrompts:
+    """`prompts` with the rows `more(target, anchor, target_words, anchor_words, salt=…)` makes of each concept's
+    pairs added to them: the target's (salt "<seed>|target") and every earlier concept's ("<seed>|<concept>")."""
 
     def extended(pairs, salt: str):  # a RequestPrompts or a ConceptPairs: both hold the four pair columns
-        extra = prefixed_pairs(*(getattr(pairs, f) for f in PAIR_COLUMNS), words, count, salt=salt)
-        return replace(pairs, **{f: getattr(pairs, f) + more for f, more in zip(PAIR_COLUMNS, extra)})
+        extra = more(*(getattr(pairs, f) for f in PAIR_COLUMNS), salt=salt)
+        return replace(pairs, **{f: getattr(pairs, f) + added for f, added in zip(PAIR_COLUMNS, extra)})
 
     earlier = tuple(extended(pairs, f"{seed}|{pairs.concept}") for pairs in prompts.earlier)
     return replace(extended(prompts, f"{seed}|target"), earlier=earlier)
@@ -258,10 +265,4 @@ def with_variants(prompts: RequestPrompts, count: int, *, seed: int = 0) -> Requ
     concept's, as `with_prefixes` adds prefixed ones."""
     if not count:
         return prompts
-
-    def extended(pairs, salt: str):  # a RequestPrompts or a ConceptPairs: both hold the four pair columns
-        extra = variant_pairs(*(getattr(pairs, f) for f in PAIR_COLUMNS), count, salt=salt)
-        return replace(pairs, **{f: getattr(pairs, f) + more for f, more in zip(PAIR_COLUMNS, extra)})
-
-    earlier = tuple(extended(pairs, f"{seed}|{pairs.concept}") for pairs in prompts.earlier)
-    return replace(extended(prompts, f"{seed}|target"), earlier=earlier)
+    return _with_more_pairs(prompts, lambda *columns, salt: variant_pairs(*columns, count, salt=salt), seed)

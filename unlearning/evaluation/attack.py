@@ -163,6 +163,20 @@ def _prepended(words: tuple[str, ...], choice: torch.Tensor, prompt: str) -> str
     return (" ".join(words[i] for i in choice.tolist()) + " " + prompt).strip()
 
 
+def typed_ids(pipe, tokenizer, text: str) -> tuple[torch.Tensor, int]:
+    """((1, T) ids `tokenizer` makes of `text` as the pipeline encodes it — padded to `token_length` — and the
+    position of the text's first token: after CLIP's BOS or BERT's CLS, 0 for T5, which has none)."""
+    encoded = tokenizer(
+        text,
+        padding="max_length",
+        max_length=token_length(pipe, tokenizer),
+        truncation=True,
+        return_special_tokens_mask=True,
+        return_tensors="pt",
+    )
+    return encoded.input_ids, int(encoded.special_tokens_mask[0].argmin())  # the mask marks BOS, EOS, pads
+
+
 def adversarial_condition(pipe, straight: torch.Tensor, prompt: str):
     """(the condition, the text) of the k words `straight` (k, V) chooses over the pipeline's shared vocabulary
     (`_shared_vocabulary`; forward: one-hot rows, backward: to the simplex weights) prepended to `prompt`: each
@@ -174,17 +188,9 @@ def adversarial_condition(pipe, straight: torch.Tensor, prompt: str):
     text = _prepended(words, choice, prompt)
 
     def inputs(tokenizer, table):
-        encoded = tokenizer(
-            text,
-            padding="max_length",
-            max_length=token_length(pipe, tokenizer),
-            truncation=True,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-        ids = encoded.input_ids.to(straight.device)
+        ids, start = typed_ids(pipe, tokenizer, text)
+        ids = ids.to(straight.device)
         allowed = columns[next(i for i, known in enumerate(tokenizers) if known is tokenizer)].to(straight.device)
-        start = int(encoded.special_tokens_mask[0].argmin())  # the text's first token (the mask marks BOS, pads)
         end = start + len(choice)
         if not torch.equal(ids[0, start:end], allowed[choice]):  # typed, the words must be the chosen tokens
             raise ValueError(f"{type(tokenizer).__name__} does not encode {text!r} to the words chosen")
@@ -203,23 +209,33 @@ def attack_loss(pipe, base_pipe, w, *, prompt, x0, variant, generator, sampler, 
     one_hot = torch.nn.functional.one_hot(w.argmax(dim=-1), w.shape[-1]).to(w.dtype)
     straight = one_hot + w - w.detach()  # forward: real tokens; backward: to the simplex weights
     condition, text = adversarial_condition(pipe, straight, prompt)
-    condition = condition.repeat(len(x0))
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    if architecture(pipe) in MMDIT:
-        noisy, t, truth = flow_noised(pipe.scheduler, x0, noise, generator)
-        call = conditioned_mmdit(pipe, pipe.transformer, sampler["guidance_scale"])
-        base_call = conditioned_mmdit(base_pipe, base_pipe.transformer, sampler["guidance_scale"])
-    else:
-        scheduler = pipe.scheduler
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
-        a = scheduler.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
-        noisy, truth = a.sqrt() * x0 + (1 - a).sqrt() * noise, _target(scheduler, x0, noise, t)
-        call, base_call = conditioned(pipe.unet), conditioned(base_pipe.unet)
-    prediction = call(noisy, t, condition).sample
+    noisy, t, truth = noised(pipe, x0, generator)
+    prediction = denoising(pipe, sampler)(noisy, t, condition.repeat(len(x0))).sample
     if variant == "p4d":
         with torch.no_grad():
-            truth = base_call(noisy, t, original).sample
+            truth = denoising(base_pipe, sampler)(noisy, t, original).sample
     return (prediction.float() - truth.float()).pow(2).mean(), text
+
+
+def noised(pipe, x0: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, what the denoiser should predict there) for one draw of noise, then of time, per row of `x0`: a
+    UNet's x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε over its training timesteps, target ε (v for a v-prediction model); an
+    MMDiT's x_σ = (1 − σ) x₀ + σ ε over its training σ, target ε − x₀ (unlearning/evaluation/flow.py)."""
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    if architecture(pipe) in MMDIT:
+        return flow_noised(pipe.scheduler, x0, noise, generator)
+    scheduler = pipe.scheduler
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
+    a = scheduler.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, _target(scheduler, x0, noise, t)
+
+
+def denoising(pipe, sampler: dict):
+    """The pipeline's denoiser called as `(x_t, t, condition)`: a UNet through `conditioned`, an MMDiT as its
+    pipeline calls it (`conditioned_mmdit`, with the sampler's guidance where the transformer embeds it)."""
+    if architecture(pipe) in MMDIT:
+        return conditioned_mmdit(pipe, pipe.transformer, sampler["guidance_scale"])
+    return conditioned(pipe.unet)
 
 
 def _hits(judge, images: np.ndarray, head: str, concept: str) -> np.ndarray:

@@ -55,13 +55,10 @@ from unlearning.conditioning import (
     MMDIT,
     Condition,
     architecture,
-    conditioned,
-    conditioned_mmdit,
     encode,
     encode_inputs,
     text_encoders,
     text_pairs,
-    token_length,
 )
 from unlearning.delta import denoiser
 from unlearning.evaluation.attack import (
@@ -69,11 +66,12 @@ from unlearning.evaluation.attack import (
     _hits,
     _seeds,
     _shared_vocabulary,
-    _target,
     _tokenizers,
     base_latents,
+    denoising,
+    noised,
+    typed_ids,
 )
-from unlearning.evaluation.flow import flow_noised
 from unlearning.sampling import generate_from_condition
 
 KV_WEIGHTS = (".attn2.to_k.weight", ".attn2.to_v.weight")
@@ -220,19 +218,11 @@ def placeholder(pipe, init_word: str, concept: str = "") -> Placeholder:
         word = next(known for known in _shared_vocabulary(tokenizers)[0] if known not in ("a", concept))
     text, ids, positions = f"a {word}", [], []
     for tokenizer, _ in text_pairs(pipe):
-        encoded = tokenizer(
-            text,
-            padding="max_length",
-            max_length=token_length(pipe, tokenizer),
-            truncation=True,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-        start = int(encoded.special_tokens_mask[0].argmin())  # the text's first token (after CLIP's BOS)
+        typed, start = typed_ids(pipe, tokenizer, text)
         position = start + len(tokenizer("a", add_special_tokens=False).input_ids)
-        if int(encoded.input_ids[0, position]) != tokenizer(word, add_special_tokens=False).input_ids[0]:
+        if int(typed[0, position]) != tokenizer(word, add_special_tokens=False).input_ids[0]:
             raise ValueError(f"{type(tokenizer).__name__} does not put {word!r} after 'a' in {text!r}")
-        ids.append(encoded.input_ids)
+        ids.append(typed)
         positions.append(position)
     return Placeholder(word, text, tuple(ids), tuple(positions))
 
@@ -260,19 +250,9 @@ def learnt_condition(pipe, token: Placeholder, learnt: list[torch.Tensor]) -> Co
 def denoising_loss(pipe, x0: torch.Tensor, condition: Condition, generator: torch.Generator, sampler: dict):
     """Gal et al.'s loss for one draw of noise and time per row of the base's latents `x0`: a UNet's
     ‖target − ε_θ(x_t, t, c)‖² (ε, or v for a v-prediction model) over its training timesteps, an MMDiT's
-    ‖(ε − x₀) − v_θ(x_σ, σ, c)‖² over its training σ (unlearning/evaluation/flow.py), the transformer called
-    as its pipeline calls it (as attack.py `attack_loss` branches)."""
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    condition = condition.repeat(len(x0))
-    if architecture(pipe) in MMDIT:
-        noisy, sigma, target = flow_noised(pipe.scheduler, x0, noise, generator)
-        prediction = conditioned_mmdit(pipe, pipe.transformer, sampler["guidance_scale"])(noisy, sigma, condition)
-    else:
-        scheduler = pipe.scheduler
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator).to(x0.device)
-        a = scheduler.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
-        prediction = conditioned(pipe.unet)(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, condition)
-        target = _target(scheduler, x0, noise, t)
+    ‖(ε − x₀) − v_θ(x_σ, σ, c)‖² over its training σ (attack.py `noised`, `denoising`: the prompt attack's)."""
+    noisy, t, target = noised(pipe, x0, generator)
+    prediction = denoising(pipe, sampler)(noisy, t, condition.repeat(len(x0)))
     return (prediction.sample.float() - target.float()).pow(2).mean()
 
 

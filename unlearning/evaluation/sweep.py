@@ -39,7 +39,6 @@ Everything here is world-free: the world says which judge head judges a concept 
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 
@@ -48,7 +47,7 @@ import numpy as np
 from unlearning.evaluation import stats
 from unlearning.evaluation.cache import ImageCache, generate_cached
 from unlearning.evaluation.checks import fid_kid, perceptual_distance
-from unlearning.prompts import VOCABULARY_TEMPLATES, name_variants, vocabulary_words
+from unlearning.prompts import VOCABULARY_TEMPLATES, digest, name_variants, vocabulary_words
 from unlearning.sampling import generate
 
 SWEEP_SEED = 800_000_000  # sweep seeds live apart from training (0…) and plan (700,000,000…) seeds
@@ -94,10 +93,6 @@ class SweepPrompt:
     source: str  # "vocabulary", or "variant/<concept>" for a rule-made variant of an erased concept's name
 
 
-def _digest(text: str) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-
-
 def sweep_prompts(tokenizer, names: dict[str, tuple[str, ...]], size: SweepSize) -> list[SweepPrompt]:
     """The sweep's prompts: `size.vocabulary_prompts` vocabulary prompts, then `size.variants_per_concept`
     variants of each concept's names (`names`: concept -> its name and synonyms), all distinct.
@@ -127,7 +122,7 @@ def sweep_prompts(tokenizer, names: dict[str, tuple[str, ...]], size: SweepSize)
 
 def sweep_seed(prompt: str, index: int) -> int:
     """The seed of sweep image `index` of a prompt (the same in every sweep that asks for the prompt)."""
-    return SWEEP_SEED + _digest(f"{prompt}|{index}") % 100_000_000
+    return SWEEP_SEED + digest(f"{prompt}|{index}") % 100_000_000
 
 
 def _sample(pipe, base_pipe, prompts: list[str], seeds_each: int, offset: int, *, size, sampler, base_sha256, cache):

@@ -1,6 +1,7 @@
 """Continual UCE (unlearning/methods/continual_uce.py): the closed form by hand, a sequence equal to
 erasing everything at once, RECE's adversarial embedding, and the lineage terms through the loop."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -498,6 +499,60 @@ def test_relocation_away_threshold_also_holds_a_token_carried_towards_the_anchor
     assert push_beyond == push_one_way and metrics_beyond["relocation_held_tokens"] == 0
     assert -0.25 < push_both < 0.25 and metrics_both["relocation_held_tokens"] == 1
     assert float((shared @ e[0, 0].double())[1]) > 0.8  # e still goes most of the way to ê
+
+
+def test_relocation_away_screen_leaves_free_a_token_of_a_prompt_the_parent_draws_the_concept_for():
+    """The setting of the test above (x = (1, 0, 1) carried towards the anchor, push −0.91) with τ_a 0.25 and
+    `relocation_away_screen`: where the parent's image of x's prompt shows the concept, the push away is the
+    erasure, and x is not held (its push stays beyond τ_a); where it does not, x is the flood and is held. The
+    screen is asked about x's row only; without a judge the option is one clear error."""
+    e, e_hat, x = torch.tensor([[[1.0, 0.0, 0.0]]]), torch.tensor([[[0.0, 1.0, 0.0]]]), torch.tensor([[1.0, 0.0, 1.0]])
+    words = torch.ones(1, 1, dtype=torch.bool)
+    u = (e - e_hat)[0, 0].double()
+    hyper = {
+        "adversarial_rounds": 0,
+        "relocation_rounds": 1,
+        "relocation_push_only": 1.0,
+        "relocation_away_threshold": 0.25,
+        "relocation_away_screen": 1.0,
+    }
+    asked = []
+
+    def solved(parent_draws: bool | None) -> tuple[float, dict]:
+        weight = torch.nn.Parameter(torch.eye(3))
+        ctx = _context(weight, torch.eye(3), e, e_hat, words, "circle", hyper=hyper)
+        ctx.relocation_pool = x.unsqueeze(0)
+        if parent_draws is not None:
+            ctx.relocation_drawn = lambda rows: asked.append(rows.clone()) or rows & parent_draws
+        metrics = cu.edit(ctx)
+        moved = (weight.detach().double() - torch.eye(3, dtype=torch.float64)) @ x[0].double()
+        return float(moved @ u / (u @ u)), metrics
+
+    push_drawn, metrics_drawn = solved(True)
+    push_flood, metrics_flood = solved(False)
+    assert push_drawn < -0.25 and metrics_drawn["relocation_held_tokens"] == 0
+    assert -0.25 < push_flood < 0.25 and metrics_flood["relocation_held_tokens"] == 1
+    assert all(rows.tolist() == [True] for rows in asked)
+    with pytest.raises(ValueError, match="no judge"):
+        solved(None)
+
+
+def test_rows_drawn_judges_each_pool_prompt_once_and_maps_its_rows():
+    """unlearning/data.py `rows_drawn`: a pool of three prompts, two rows each; asking about rows of prompts 0 and
+    2 judges those two prompts (not 1), marks every asked row of a drawn prompt, and asking again judges nothing."""
+    from unlearning.data import rows_drawn
+
+    judged = []
+
+    def parent(prompts: list[str]) -> np.ndarray:
+        judged.append(list(prompts))
+        return np.array([p == "a coin" for p in prompts])
+
+    drawn = rows_drawn(["a coin", "a box", "a hat"], 2, parent)
+    rows = torch.tensor([True, True, False, False, False, True])
+    assert drawn(rows).tolist() == [True, True, False, False, False, False]
+    assert drawn(rows).tolist() == [True, True, False, False, False, False]
+    assert judged == [["a coin", "a hat"]]
 
 
 def test_earlier_scale_weighs_an_earlier_concept_s_pairs_against_this_request_s():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -125,17 +126,40 @@ def broad_gram(pipe, prompts: list[str], *, pooled: bool = False, base_sha: str 
     return found
 
 
+def relocation_prompts(method, tokenizer, cfg: UnlearnConfig) -> list[str]:
+    """The prompts whose tokens a closed form searches for the tokens its edit pushes towards an erased concept
+    (continual_uce.py `relocation_rounds`): the method's `RELOCATION_POOL` broad prompts, drawn apart from G's
+    (seed + 1), and `relocation_variants` prompts of the method-half words' rule-made variants (word pieces,
+    letters: prompts.py `variant_prompts`); none where the method has no such rounds or they are off."""
+    if not cfg.hyper.get("relocation_rounds") or not getattr(method, "RELOCATION_POOL", 0):
+        return []
+    prompts = broad_prompts(tokenizer, method.RELOCATION_POOL, seed=cfg.seed + 1)
+    return prompts + variant_prompts(tokenizer, int(cfg.hyper.get("relocation_variants", 0)), seed=cfg.seed + 1)
+
+
 @torch.no_grad()
 def relocation_pool(pipe, method, cfg: UnlearnConfig) -> torch.Tensor | None:
-    """The token embeddings a closed form searches for the tokens its edit pushes towards an erased concept
-    (continual_uce.py `relocation_rounds`): the method's `RELOCATION_POOL` broad prompts, drawn apart from
-    G's (seed + 1), and `relocation_variants` prompts of the method-half words' rule-made variants (word pieces,
-    letters: prompts.py `variant_prompts`), (N, T, D); None where the method has no such rounds or they are off."""
-    if not cfg.hyper.get("relocation_rounds") or not getattr(method, "RELOCATION_POOL", 0):
-        return None
-    prompts = broad_prompts(pipe.tokenizer, method.RELOCATION_POOL, seed=cfg.seed + 1)
-    prompts += variant_prompts(pipe.tokenizer, int(cfg.hyper.get("relocation_variants", 0)), seed=cfg.seed + 1)
-    return encode(pipe, prompts).hidden
+    """`relocation_prompts`' token embeddings, (N, T, D); None where there are none."""
+    prompts = relocation_prompts(method, pipe.tokenizer, cfg)
+    return encode(pipe, prompts).hidden if prompts else None
+
+
+def rows_drawn(prompts: list[str], tokens: int, drawn_by_parent) -> Callable[[torch.Tensor], torch.Tensor]:
+    """EditContext.relocation_drawn over a pool of `prompts` encoded `tokens` rows each: for a boolean mask over
+    the pool's rows, which of them belong to a prompt `drawn_by_parent` says the parent draws the concept for
+    (a list of prompts → one bool each). Each prompt is judged once, when a row of it is first asked about."""
+    verdicts: dict[int, bool] = {}
+
+    def drawn(rows: torch.Tensor) -> torch.Tensor:
+        index = rows.nonzero().squeeze(1) // tokens
+        new = sorted(set(index.tolist()) - verdicts.keys())
+        if new:
+            verdicts.update(zip(new, (bool(v) for v in drawn_by_parent([prompts[i] for i in new]))))
+        found = torch.zeros_like(rows)
+        found[rows] = torch.tensor([verdicts[i] for i in index.tolist()], dtype=torch.bool, device=rows.device)
+        return found
+
+    return drawn
 
 
 def encode_pairs(pipe, pairs: ConceptPairs) -> EncodedPairs:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from tqdm.auto import tqdm
@@ -37,7 +39,7 @@ from unlearning.conditioning import (
     word_tokens,
 )
 from unlearning.config import ConfigError, UnlearnConfig
-from unlearning.data import broad_gram, encode_pairs, prepare_data, relocation_pool
+from unlearning.data import broad_gram, encode_pairs, prepare_data, relocation_prompts, rows_drawn
 from unlearning.delta import apply_deltas, compute_delta, denoiser, denoiser_component, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
@@ -119,6 +121,7 @@ def run_unlearning(
     progress: bool = True,
     lineage: dict[str, torch.Tensor] | None = None,
     base_sha: str | None = None,
+    drawn_by_parent: Callable[[list[str]], np.ndarray] | None = None,
 ) -> dict:
     """Train one unlearning step on `pipe` (the parent; its denoiser is modified in place) and write
     `out_dir/delta.safetensors` (θ − θ_0 for the trained tensors) and `out_dir/summary.json`.
@@ -134,6 +137,8 @@ def run_unlearning(
         model_sha: the parent's identity, keying the cache of its generated latents.
         cache_dir: where the parent's latents (and, with `base_sha`, the broad Gram) are cached; None: nowhere.
         base_sha: the base's identity, keying the cache of the broad Gram (its text encoders encode it).
+        drawn_by_parent: whether the parent's image of each prompt shows the request's concept (the world's
+            judge; unlearning/mining.py `drawn_by`), for a closed form's `relocation_away_screen`.
         lineage: the parent version's lineage terms (`lineage.safetensors`), for a closed form that
             re-solves from the base; the new version's are written beside its delta.
 
@@ -250,6 +255,9 @@ def run_unlearning(
             "replay": replay_embeds,
         }
         pooled = {f"{k}_pooled": c.pooled for k, c in conditions.items()} if arch in MMDIT else {}
+        # the relocation rounds' pool; a screen of it judges the parent, so it runs before the edit changes it
+        pool_prompts = relocation_prompts(edit_method, pipe.tokenizer, cfg)
+        pool = encode(pipe, pool_prompts).hidden if pool_prompts else None
         edit = EditContext(
             trained={n: p for n, p in trained.items() if n in edited},
             base_values={n: v for n, v in base.items() if n in edited},
@@ -269,7 +277,10 @@ def run_unlearning(
             if broad is None or arch not in MMDIT
             else broad_gram(pipe, broad, pooled=True, base_sha=base_sha, cache_dir=cache_dir),
             segments=segment_lengths(pipe),
-            relocation_pool=relocation_pool(pipe, edit_method, cfg),
+            relocation_pool=pool,
+            relocation_drawn=None
+            if pool is None or drawn_by_parent is None
+            else rows_drawn(pool_prompts, pool.shape[1], drawn_by_parent),
             **pooled,
         )
         last = {f"edit/{k}" if not closed_form else k: v for k, v in edit_method.edit(edit).items()}

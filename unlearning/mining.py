@@ -42,6 +42,19 @@ def _judged(pipe, judge, head, concept, texts, seeds, *, steps, guidance_scale, 
     return judge.probabilities(images)[head].argmax(axis=1) == judge.heads[head].index(concept)
 
 
+def drawn_by(pipe, judge, *, head: str, concept: str, steps: int, guidance_scale: float, progress: bool = False):
+    """prompts → whether `pipe`'s image of each (one seed, the screening's: `mine_seed(prompt, 0)`) shows
+    `concept` to the judge — the parent's verdicts a closed form's `relocation_away_screen` asks for
+    (continual_uce.py): a pool prompt the parent draws the concept for is not held away from it."""
+
+    def drawn(prompts: list[str]) -> np.ndarray:
+        seeds = [mine_seed(p, 0) for p in prompts]
+        options = {"steps": steps, "guidance_scale": guidance_scale, "progress": progress}
+        return _judged(pipe, judge, head, concept, prompts, seeds, desc=f"screening {concept}", **options)
+
+    return drawn
+
+
 def mine_prompts(
     pipe,
     judge,

@@ -76,6 +76,9 @@ class EditContext:
     # (N, D) token embeddings of other broad prompts of the method's half of the vocabulary: where a closed form
     # looks for the tokens its edit pushes towards an erased concept (continual_uce.py `relocation_rounds`)
     relocation_pool: torch.Tensor | None = None
+    # given a boolean mask over the pool's rows (N·T), which of them belong to a prompt the parent draws the
+    # request's concept for, judged on its image (`relocation_away_screen`); None where no judge is given
+    relocation_drawn: Callable[[torch.Tensor], torch.Tensor] | None = None
     # an MMDiT's (SD3, FLUX) pooled embedding of the same prompts, (B, P) each, what the pooled projection
     # `time_text_embed.text_embedder.linear_1` reads (the `text-proj` set); None where nothing edits it
     target_pooled: torch.Tensor | None = None

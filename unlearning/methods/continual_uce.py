@@ -91,7 +91,12 @@ late morning), and circle's relocations were never the failing ones. With `reloc
 pool token pushed *away* from the concept by more than τ_a (push < −τ_a) is held too: the edit carries it
 towards the anchor as if it were the concept, which is the anchor's flood over the vocabulary (the broad
 retention's shift: solid 0.177 → 0.284 of the style head's verdicts at striped's request, 2026-12-07 late
-morning). The push hold is sign-blind, so the same closed form holds it.
+morning). The push hold is sign-blind, so the same closed form holds it. It cost circle's leak (132–137 of 154
+not drawn, 139 needed; 2026-12-07 from 13:27): the words pushed furthest away from circle are circle's near
+words, and a prompt of them that the parent draws circles for is one the erasure must move. With
+`relocation_away_screen` the loop judges the parent's image of each pool prompt whose tokens a round would hold
+away (one seed, mining's: unlearning/mining.py), and the prompts it draws the request's concept for are not
+held away — a flood is a push towards the anchor of a prompt that did not draw the concept.
 
 Variant pairs (`variant_prompts`, off by default; unlearning/prompts.py `with_variants`): besides the world's
 phrasings, each concept's pairs include phrasings whose word is one of its rule-made variants of the method's half
@@ -158,6 +163,7 @@ DEFAULTS = {
     "relocation_push_only": 0.0,  # 1: hold only each selected token's push towards the concept, not the token
     "relocation_current_only": 0.0,  # 1: watch pushes towards this request's concept only, not the earlier ones
     "relocation_away_threshold": 0.0,  # τ_a > 0: also hold the pushes away from the concept beyond τ_a (the flood)
+    "relocation_away_screen": 0.0,  # 1: not away-held: the pool prompts the parent draws the concept for (judged)
     "earlier_scale": 1.0,  # the weight of each earlier concept's terms against this request's (1: equal)
     "variant_prompts": 0,  # > 0: pairs whose word is a rule-made variant of the method's half (docstring)
     "relocation_variants": 0,  # > 0: the relocation pool also holds this many prompts of words' variants
@@ -411,9 +417,20 @@ def _re_solve(
         pool = relocation_pool.reshape(-1, relocation_pool.shape[-1]).double()
         # the earlier concepts' holds pull against their own erasure (bench/RESULTS.md, 2026-12-07 late morning)
         watched = {ctx.concept: fresh[ctx.concept]} if hyper["relocation_current_only"] else fresh
+        drawn = None
+        if hyper["relocation_away_screen"]:
+            if ctx.relocation_drawn is None:
+                raise ValueError("relocation_away_screen judges the parent's images; no judge was given (the loop's)")
+            drawn = {ctx.concept: ctx.relocation_drawn}
         for _ in range(int(hyper["relocation_rounds"])):  # hold what the edit pushes towards a concept
             pushed = pushed_tokens(
-                shared, pool, watched, base_gram, hyper["relocation_threshold"], hyper["relocation_away_threshold"]
+                shared,
+                pool,
+                watched,
+                base_gram,
+                hyper["relocation_threshold"],
+                hyper["relocation_away_threshold"],
+                drawn,
             )
             if not any(mask.any() for mask in pushed.values()):
                 break

@@ -9,6 +9,8 @@ the mean of c's token differences e − ê; M = Σ_l W₀_lᵀ W₀_l, what K/V 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -24,19 +26,25 @@ def pushed_tokens(
     base_gram: torch.Tensor,
     threshold: float,
     away_threshold: float = 0.0,
+    drawn: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per erased concept, which rows of `pool` (a boolean mask) R moves towards it by more than `threshold` of
     the concept's own mean shift: push_c(x) = ⟨(R − I)x, u_c⟩_M / ‖u_c‖²_M with u_c = mean(e − ê) over c's token
     pairs and M = Σ_l W₀_lᵀ W₀_l (what K/V read), so the concept's own tokens score about −1 (module docstring).
     With `away_threshold` τ_a > 0 also the rows it moves *away* from the concept by more than τ_a (push < −τ_a): a
-    word no request named, carried towards the anchor as if it were the concept — the anchor's flood."""
+    word no request named, carried towards the anchor as if it were the concept — the anchor's flood. With
+    `drawn[c]` (given the rows pushed away from c, which of them belong to a prompt the parent draws c for) those
+    rows are not held away: there the push away is the erasure of c, not a flood (continual_uce.py docstring)."""
     moved = pool @ (shared - torch.eye(shared.shape[0], dtype=shared.dtype, device=shared.device)).T
     pushed = {}
     for concept, f in fresh.items():
         direction = concept_direction(f.keys, f.anchors)
         metric = base_gram @ direction
         push = (moved @ metric) / (direction @ metric)
-        pushed[concept] = (push > threshold) | ((push < -away_threshold) if away_threshold > 0 else False)
+        away = push < -away_threshold if away_threshold > 0 else torch.zeros_like(push, dtype=torch.bool)
+        if drawn and concept in drawn and away.any():
+            away &= ~drawn[concept](away)
+        pushed[concept] = (push > threshold) | away
     return pushed
 
 

@@ -531,7 +531,9 @@ def test_relocation_away_screen_leaves_free_a_token_of_a_prompt_the_parent_draws
     push_drawn, metrics_drawn = solved(True)
     push_flood, metrics_flood = solved(False)
     assert push_drawn < -0.25 and metrics_drawn["relocation_held_tokens"] == 0
+    assert metrics_drawn["relocation_drawn_tokens"] == 1
     assert -0.25 < push_flood < 0.25 and metrics_flood["relocation_held_tokens"] == 1
+    assert metrics_flood["relocation_drawn_tokens"] == 0
     assert all(rows.tolist() == [True] for rows in asked)
     with pytest.raises(ValueError, match="no judge"):
         solved(None)

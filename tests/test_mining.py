@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from unlearning.evaluation.sweep import drawn_for_the_prompt
-from unlearning.mining import MINE_SEEDS, mine_prompts
+from unlearning.mining import MINE_SEEDS, drawn_by, mine_prompts
 from unlearning.sampling import load_model
 
 
@@ -71,3 +71,16 @@ def test_with_one_seed_every_image_showing_the_concept_is_mined(tiny_base):
     )
     # one image in three: a background of 1/3, which the four-seed rule would call chance
     assert mined == ["a lantern"] and record["seeds"] == 1 and judge.shapes == [3]
+
+
+def test_drawn_by_judges_the_parent_s_image_of_each_prompt_on_the_screening_seed():
+    """`drawn_by` (the parent's verdicts for continual-uce's `relocation_away_screen`): the shipped shapes model
+    and its judge see circle on a prompt that asks for one and not on one that asks for a square, on the
+    screening's seed (the same verdicts when asked again, in another order)."""
+    from unlearning.shapes.world import ShapesWorld
+
+    pipe = load_model("shapes")
+    drawn = drawn_by(pipe, ShapesWorld().judges()[0], head="object", concept="circle", steps=16, guidance_scale=5.0)
+    circle, square = "a red circle", "a red square"  # judged 1.00 and 0.00 circle on their screening seeds
+    assert drawn([circle, square]).tolist() == [True, False]
+    assert drawn([square, circle]).tolist() == [False, True]

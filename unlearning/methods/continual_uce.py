@@ -412,16 +412,22 @@ def _re_solve(
             more_cross, more_gram = concept_terms(adversarial, f.anchors[rows])
             f.cross, f.gram = f.cross + more_cross, f.gram + more_gram
         shared = shared_map()
-    held_tokens = 0
+    held_tokens, left_free = 0, [0]  # left_free: the away-pushed tokens of prompts the parent draws the concept for
+    drawn = None
     if relocation_pool is not None:
         pool = relocation_pool.reshape(-1, relocation_pool.shape[-1]).double()
         # the earlier concepts' holds pull against their own erasure (bench/RESULTS.md, 2026-12-07 late morning)
         watched = {ctx.concept: fresh[ctx.concept]} if hyper["relocation_current_only"] else fresh
-        drawn = None
         if hyper["relocation_away_screen"]:
             if ctx.relocation_drawn is None:
                 raise ValueError("relocation_away_screen judges the parent's images; no judge was given (the loop's)")
-            drawn = {ctx.concept: ctx.relocation_drawn}
+
+            def screened(rows: torch.Tensor) -> torch.Tensor:  # the last round's count is what the solve left free
+                found = ctx.relocation_drawn(rows)
+                left_free[0] = int(found.sum())
+                return found
+
+            drawn = {ctx.concept: screened}
         for _ in range(int(hyper["relocation_rounds"])):  # hold what the edit pushes towards a concept
             pushed = pushed_tokens(
                 shared,
@@ -460,4 +466,5 @@ def _re_solve(
         "erase_residual": residual_after / max(residual_before, 1e-20),
         "preserve_drift": drift / max(preserved, 1e-20),
         **({"relocation_held_tokens": float(held_tokens)} if relocation_pool is not None else {}),
+        **({"relocation_drawn_tokens": float(left_free[0])} if drawn else {}),
     }

@@ -107,7 +107,9 @@ the leak bound needs (bench/RESULTS.md, 2026-12-07 from 13:27). The rounds' pool
 words cannot hold word pieces: with `relocation_variants` it also holds prompts of the method-half words' rule-made
 variants (prompts.py `variant_prompts`: "papre", "p a p e r"), whose pieces and letters are what a misspelt prompt
 is made of. Measured, it makes circle's misspelling relocations under variant pairs worse ("a ciircle" 8 → 30 of 32;
-bench/RESULTS.md, 2026-12-07 from 13:27): both stay off.
+bench/RESULTS.md, 2026-12-07 from 13:27); without variant pairs, beside the screened flood hold (τ 0.35, τ_a 0.6),
+it removes the one relocation striped's request had ("d i s c": single letters, which a pool of whole words never
+shows; 2026-12-07 from 16:42). Both stay off until circle's and star's requests are measured under it.
 
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =

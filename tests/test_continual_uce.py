@@ -9,6 +9,7 @@ from tests.tiny_models import build_tiny_base, shapes_prompts_for
 from unlearning.loop import LINEAGE_FILE, UnlearnConfig, load_lineage, run_unlearning
 from unlearning.methods import continual_uce as cu
 from unlearning.methods.context import EditContext, EncodedPairs
+from unlearning.methods.relocation import pushed_tokens
 from unlearning.sampling import load_model
 
 
@@ -364,7 +365,7 @@ def test_relocation_rounds_hold_a_token_the_edit_pushes_towards_the_concept():
     assert push(held) < 0.25 and held_metrics["relocation_held_tokens"] == 1  # 0.91 -> 0.03 by hand
     assert push(push_held) < 0.25 and push_metrics["relocation_held_tokens"] == 1
     fresh = {"circle": cu.FreshTerms.of(_context(torch.nn.Parameter(torch.eye(3)), torch.eye(3), e, e_hat, words, ""))}
-    selected = cu.pushed_tokens(plain, x.double(), fresh, torch.eye(3, dtype=torch.float64), 0.25)
+    selected = pushed_tokens(plain, x.double(), fresh, torch.eye(3, dtype=torch.float64), 0.25)
     assert selected["circle"].tolist() == [True]
     assert float((held @ e[0, 0].double())[1]) > 0.8  # e still goes most of the way to ê (0.84)
     torch.testing.assert_close(push_held, held)

@@ -81,9 +81,7 @@ def mine_prompts(
     if not prompts:
         return [], {"prompts": 0, "seeds": seeds_each, "background": 0.0, "screened_hits": 0, "mined": []}
     options = {"steps": steps, "guidance_scale": guidance_scale, "progress": progress}
-    screen = _judged(
-        pipe, judge, head, concept, prompts, [mine_seed(p, 0) for p in prompts], desc=f"mining {concept}", **options
-    )
+    screen = drawn_by(pipe, judge, head=head, concept=concept, **options)(prompts)
     background = float(screen.mean())
     flagged = [i for i in range(len(prompts)) if screen[i]]
     hits = np.ones((len(flagged), seeds_each), dtype=bool)  # the screening image showed it

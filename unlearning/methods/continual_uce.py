@@ -103,13 +103,9 @@ phrasings, each concept's pairs include phrasings whose word is one of its rule-
 (`name_variants(part="method")`: misspellings, casing, spelt-out letters, punctuation) with the anchor prompt as
 it is. The sweep judges the other half: does the candidate draw the concept where a user types "circel" or
 "c i r c l e"? Solved on the names alone, 132–143 of circle's 154 such prompts were not drawn, against the 139
-the leak bound needs (bench/RESULTS.md, 2026-12-07 from 13:27). The rounds' pool of whole vocabulary
-words cannot hold word pieces: with `relocation_variants` it also holds prompts of the method-half words' rule-made
-variants (prompts.py `variant_prompts`: "papre", "p a p e r"), whose pieces and letters are what a misspelt prompt
-is made of. Measured, it makes circle's misspelling relocations under variant pairs worse ("a ciircle" 8 → 30 of 32;
-bench/RESULTS.md, 2026-12-07 from 13:27); without variant pairs, beside the screened flood hold (τ 0.35, τ_a 0.6),
-it removes the one relocation striped's request had ("d i s c": single letters, which a pool of whole words never
-shows; 2026-12-07 from 16:42). Both stay off until circle's and star's requests are measured under it.
+the leak bound needs (bench/RESULTS.md, 2026-12-07 from 13:27). With `relocation_variants` the rounds' pool
+also holds prompts of the method-half words' rule-made variants (prompts.py `variant_prompts`: "papre", "p a p e
+r"): the pieces and single letters a pool of whole words never shows. What each measured: docs/erasure.md.
 
 Hardening (RECE, eq. 6–7): the embedding that brings the concept back under the edited weights is the
 minimiser of Σ_l ‖W_l e′ − W₀_l e‖² + ρ‖e′‖², e′ = (ρI + Σ_l W_lᵀ W_l)⁻¹ Σ_l W_lᵀ W₀_l e; with W_l =
@@ -139,7 +135,7 @@ from dataclasses import dataclass
 import torch
 
 from unlearning.methods.context import EditContext, EncodedPairs
-from unlearning.methods.relocation import concept_direction, pushed_tokens, solve_push_held
+from unlearning.methods.relocation import concept_direction, relocation_rounds, solve_push_held
 from unlearning.methods.uce import EDITABLE, POOLED, aligned_pairs
 
 KIND = "edit"
@@ -382,9 +378,6 @@ def _re_solve(
     base = {name: ctx.base_values[name].double() for name in trained}
     base_gram = sum(w.T @ w for w in base.values())
 
-    held_gram = None  # the pool tokens the relocation rounds hold, scaled
-    push_holds: dict[str, torch.Tensor] = {}  # relocation_push_only: per concept, Σ x xᵀ of the tokens held
-
     def weight(concept: str) -> float:  # an earlier concept's terms against this request's (`earlier_scale`)
         return 1.0 if concept == ctx.concept else hyper["earlier_scale"]
 
@@ -392,7 +385,8 @@ def _re_solve(
         fresh_part = sum(weight(c) * getattr(f, term) for c, f in fresh.items())
         return fresh_part + sum(weight(concept_of(key)) * terms[key] for key in held if key.endswith(suffix))
 
-    def shared_map() -> torch.Tensor:  # R over the kept terms and the fresh ones
+    def shared_map(held_gram: torch.Tensor | None = None, push_holds: dict | None = None) -> torch.Tensor:
+        """R over the kept terms and the fresh ones, with the relocation rounds' holds (relocation.py)."""
         return solve(
             total("cross", cross_key),
             total("gram", gram_key),
@@ -400,7 +394,7 @@ def _re_solve(
             broad_gram=broad_gram,
             null_space=null_space,
             held_gram=held_gram,
-            push_holds=[(concept_direction(fresh[c].keys, fresh[c].anchors), x) for c, x in push_holds.items()],
+            push_holds=[(concept_direction(fresh[c].keys, fresh[c].anchors), x) for c, x in (push_holds or {}).items()],
             metric=base_gram,
             relocation_scale=hyper["relocation_scale"],
             **scales,
@@ -414,45 +408,14 @@ def _re_solve(
             more_cross, more_gram = concept_terms(adversarial, f.anchors[rows])
             f.cross, f.gram = f.cross + more_cross, f.gram + more_gram
         shared = shared_map()
-    held_tokens, left_free = 0, [0]  # left_free: the away-pushed tokens of prompts the parent draws the concept for
-    drawn = None
+    rounds = {}
     if relocation_pool is not None:
-        pool = relocation_pool.reshape(-1, relocation_pool.shape[-1]).double()
+        if hyper["relocation_away_screen"] and ctx.relocation_drawn is None:
+            raise ValueError("relocation_away_screen judges the parent's images; no judge was given (the loop's)")
         # the earlier concepts' holds pull against their own erasure (bench/RESULTS.md, 2026-12-07 late morning)
         watched = {ctx.concept: fresh[ctx.concept]} if hyper["relocation_current_only"] else fresh
-        if hyper["relocation_away_screen"]:
-            if ctx.relocation_drawn is None:
-                raise ValueError("relocation_away_screen judges the parent's images; no judge was given (the loop's)")
-
-            def screened(rows: torch.Tensor) -> torch.Tensor:  # the last round's count is what the solve left free
-                found = ctx.relocation_drawn(rows)
-                left_free[0] = int(found.sum())
-                return found
-
-            drawn = {ctx.concept: screened}
-        for _ in range(int(hyper["relocation_rounds"])):  # hold what the edit pushes towards a concept
-            pushed = pushed_tokens(
-                shared,
-                pool,
-                watched,
-                base_gram,
-                hyper["relocation_threshold"],
-                hyper["relocation_away_threshold"],
-                drawn,
-            )
-            if not any(mask.any() for mask in pushed.values()):
-                break
-            if hyper["relocation_push_only"]:  # each concept's push held on the tokens pushed towards it
-                for concept, mask in pushed.items():
-                    rows = pool[mask]
-                    held_tokens += len(rows)
-                    push_holds[concept] = push_holds.get(concept, 0) + rows.T @ rows
-            else:  # every token pushed towards any concept held in place, once
-                rows = pool[torch.stack(list(pushed.values())).any(0)]
-                held_tokens += len(rows)
-                more = hyper["relocation_scale"] * rows.T @ rows
-                held_gram = more if held_gram is None else held_gram + more
-            shared = shared_map()
+        drawn = {ctx.concept: ctx.relocation_drawn} if hyper["relocation_away_screen"] else None
+        shared, rounds = relocation_rounds(shared, relocation_pool, watched, base_gram, hyper, drawn, shared_map)
     residual_before = residual_after = drift = preserved = 0.0
     for name, weight in trained.items():
         new = base[name] @ shared
@@ -467,6 +430,5 @@ def _re_solve(
     return {
         "erase_residual": residual_after / max(residual_before, 1e-20),
         "preserve_drift": drift / max(preserved, 1e-20),
-        **({"relocation_held_tokens": float(held_tokens)} if relocation_pool is not None else {}),
-        **({"relocation_drawn_tokens": float(left_free[0])} if drawn else {}),
+        **rounds,
     }

@@ -79,3 +79,79 @@ def solve_push_held(
     for a_d, y_d, (_, x_d) in zip(a, rows, holds):
         change = change - torch.outer(a_d, y_d @ x_d)
     return identity + torch.linalg.solve(right, change.T).T  # right is symmetric
+
+
+def add_holds(
+    pushed: dict[str, torch.Tensor],
+    pool: torch.Tensor,
+    push_holds: dict[str, torch.Tensor],
+    held_gram: torch.Tensor | None,
+    *,
+    push_only: bool,
+    scale: float,
+) -> tuple[torch.Tensor | None, int]:
+    """One relocation round's holds from `pushed_tokens`' masks: with `push_only` each concept's push held on the
+    tokens pushed towards (or away from) it (`push_holds[c]` += Σ x xᵀ, updated in place), otherwise every
+    selected token held in place once (`held_gram` += s_r Σ x xᵀ). Returns (held_gram, tokens held this round)."""
+    if push_only:
+        count = 0
+        for concept, mask in pushed.items():
+            rows = pool[mask]
+            count += len(rows)
+            push_holds[concept] = push_holds.get(concept, 0) + rows.T @ rows
+        return held_gram, count
+    rows = pool[torch.stack(list(pushed.values())).any(0)]
+    more = scale * rows.T @ rows
+    return (more if held_gram is None else held_gram + more), len(rows)
+
+
+def relocation_rounds(
+    shared: torch.Tensor,
+    relocation_pool: torch.Tensor,
+    watched: dict,
+    base_gram: torch.Tensor,
+    hyper: dict,
+    drawn: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None,
+    solve_again: Callable[..., torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Continual UCE's `relocation_rounds` (its docstring): each round finds the pool tokens R pushes towards (or,
+    with τ_a, away from) a watched concept (`pushed_tokens`), adds them to the holds (`add_holds`) and solves
+    again (`solve_again(held_gram, push_holds)`), until a round finds none. Returns (R, metrics): how many tokens
+    were held, and with `drawn` how many away-pushed tokens the last screened round left free."""
+    pool = relocation_pool.reshape(-1, relocation_pool.shape[-1]).double()
+    held_gram, push_holds, held_tokens, left_free = None, {}, 0, [0]
+    if drawn:  # count what the screen leaves free; the last round's count is what the solve left free
+
+        def counted(screen: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+            def counting(rows: torch.Tensor) -> torch.Tensor:
+                found = screen(rows)
+                left_free[0] = int(found.sum())
+                return found
+
+            return counting
+
+        drawn = {concept: counted(screen) for concept, screen in drawn.items()}
+    for _ in range(int(hyper["relocation_rounds"])):
+        pushed = pushed_tokens(
+            shared,
+            pool,
+            watched,
+            base_gram,
+            hyper["relocation_threshold"],
+            hyper["relocation_away_threshold"],
+            drawn,
+        )
+        if not any(mask.any() for mask in pushed.values()):
+            break
+        held_gram, count = add_holds(
+            pushed,
+            pool,
+            push_holds,
+            held_gram,
+            push_only=bool(hyper["relocation_push_only"]),
+            scale=hyper["relocation_scale"],
+        )
+        held_tokens += count
+        shared = solve_again(held_gram, push_holds)
+    metrics = {"relocation_held_tokens": float(held_tokens)}
+    return shared, metrics | ({"relocation_drawn_tokens": float(left_free[0])} if drawn else {})

@@ -138,10 +138,19 @@ def relocation_prompts(method, tokenizer, cfg: UnlearnConfig) -> list[str]:
 
 
 @torch.no_grad()
-def relocation_pool(pipe, method, cfg: UnlearnConfig) -> torch.Tensor | None:
-    """`relocation_prompts`' token embeddings, (N, T, D); None where there are none."""
+def relocation_inputs(pipe, method, cfg: UnlearnConfig, drawn_by_parent=None):
+    """(`relocation_prompts`' token embeddings (N, T, D), and with `drawn_by_parent` their `rows_drawn` screen —
+    EditContext.relocation_pool and .relocation_drawn); Nones where there are no such prompts or no judge."""
     prompts = relocation_prompts(method, pipe.tokenizer, cfg)
-    return encode(pipe, prompts).hidden if prompts else None
+    if not prompts:
+        return None, None
+    pool = encode(pipe, prompts).hidden
+    return pool, None if drawn_by_parent is None else rows_drawn(prompts, pool.shape[1], drawn_by_parent)
+
+
+def relocation_pool(pipe, method, cfg: UnlearnConfig) -> torch.Tensor | None:
+    """`relocation_inputs`' token embeddings alone."""
+    return relocation_inputs(pipe, method, cfg)[0]
 
 
 def rows_drawn(prompts: list[str], tokens: int, drawn_by_parent) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -39,7 +39,7 @@ from unlearning.conditioning import (
     word_tokens,
 )
 from unlearning.config import ConfigError, UnlearnConfig
-from unlearning.data import broad_gram, encode_pairs, prepare_data, relocation_prompts, rows_drawn
+from unlearning.data import broad_gram, encode_pairs, prepare_data, relocation_inputs
 from unlearning.delta import apply_deltas, compute_delta, denoiser, denoiser_component, load_delta, save_delta
 from unlearning.files import save_torch, sha256_file, write_json
 from unlearning.methods import get_method
@@ -256,8 +256,7 @@ def run_unlearning(
         }
         pooled = {f"{k}_pooled": c.pooled for k, c in conditions.items()} if arch in MMDIT else {}
         # the relocation rounds' pool; a screen of it judges the parent, so it runs before the edit changes it
-        pool_prompts = relocation_prompts(edit_method, pipe.tokenizer, cfg)
-        pool = encode(pipe, pool_prompts).hidden if pool_prompts else None
+        pool, pool_drawn = relocation_inputs(pipe, edit_method, cfg, drawn_by_parent)
         edit = EditContext(
             trained={n: p for n, p in trained.items() if n in edited},
             base_values={n: v for n, v in base.items() if n in edited},
@@ -278,9 +277,7 @@ def run_unlearning(
             else broad_gram(pipe, broad, pooled=True, base_sha=base_sha, cache_dir=cache_dir),
             segments=segment_lengths(pipe),
             relocation_pool=pool,
-            relocation_drawn=None
-            if pool is None or drawn_by_parent is None
-            else rows_drawn(pool_prompts, pool.shape[1], drawn_by_parent),
+            relocation_drawn=pool_drawn,
             **pooled,
         )
         last = {f"edit/{k}" if not closed_form else k: v for k, v in edit_method.edit(edit).items()}

@@ -264,6 +264,8 @@ def cost(args) -> None:
     print("|---|---|---|")
     for spec in args.methods:
         label, method, hyper, options = method_specs.parse_spec(spec)
+        if method == "continual-uce":  # random weights have no judge: the screen's sampling is not timed here
+            hyper = {"relocation_away_screen": 0.0, **hyper}
         config = UnlearnConfig(concept="circle", method=method, hyper=hyper, **options)
         with tempfile.TemporaryDirectory() as tmp:
             with torch.no_grad():  # every run starts from the same base weights
@@ -289,6 +291,7 @@ def asr(args) -> None:
     from unlearning.evaluation.attack import AttackBudget, attack_concept
     from unlearning.evaluation.evaluate import attack_prompts
     from unlearning.loop import UnlearnConfig, run_unlearning
+    from unlearning.mining import parent_screen
     from unlearning.sampling import load_model
 
     settings, evaluator, base = setup(args)
@@ -322,6 +325,7 @@ def asr(args) -> None:
                     model_sha="shapes",
                     base_values=base_values,
                     progress=False,
+                    drawn_by_parent=parent_screen(candidate, world, config),
                 )
             edited = time.perf_counter() - started
             plan = evaluator.plan(concept, synonyms=synonyms)

@@ -128,6 +128,7 @@ def main() -> None:
 
     from pipeline.settings import load_settings
     from unlearning.loop import UnlearnConfig, run_unlearning
+    from unlearning.mining import parent_screen
     from unlearning.sampling import load_model
     from unlearning.shapes.judge import shapes_judges
     from unlearning.shapes.world import ShapesWorld
@@ -168,6 +169,7 @@ def main() -> None:
                 model_sha="bench-clip-judge",
                 base_values=base_values,
                 progress=False,
+                drawn_by_parent=parent_screen(pipe, ShapesWorld(), config),
             )
         concepts, cases = cases_of(target, synonyms, preserve, (), args.forget_images, args.retain_images)
         rows = judged(pipe, clip_source, detector, concepts, cases, args.steps, args.guidance, {}, listed)

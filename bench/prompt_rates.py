@@ -29,7 +29,7 @@ SEED = 700_000  # apart from the plan's, the sweep's and the attack's seeds
 def main() -> None:
     from pipeline.settings import load_settings
     from unlearning.loop import LINEAGE_FILE, UnlearnConfig, load_lineage, run_unlearning
-    from unlearning.mining import drawn_by
+    from unlearning.mining import parent_screen
     from unlearning.sampling import generate, load_model
     from unlearning.shapes.vocabulary import domain_of
     from unlearning.shapes.world import ShapesWorld
@@ -90,14 +90,7 @@ def main() -> None:
                     base_values=base_values,
                     progress=False,
                     lineage=lineage,
-                    drawn_by_parent=drawn_by(
-                        pipe,
-                        judge,
-                        head=domain_of(concept),
-                        concept=concept,
-                        steps=config.data_steps,
-                        guidance_scale=config.guidance_scale,
-                    ),
+                    drawn_by_parent=parent_screen(pipe, world, config),
                 )
                 lineage = load_lineage(out / LINEAGE_FILE) if (out / LINEAGE_FILE).is_file() else None
                 erased = (*erased, concept)

@@ -27,7 +27,7 @@ from unlearning.delta import denoiser
 from unlearning.evaluation.evaluate import Evaluation
 from unlearning.files import write_json
 from unlearning.loop import ConfigError, UnlearnConfig, finished_summary, run_unlearning
-from unlearning.mining import drawn_by, mine_prompts
+from unlearning.mining import mine_prompts, parent_screen
 from unlearning.model_folder import DELTA_FILE, LINEAGE_FILE, PARENTS_DIR, ancestor_path, save_lineage
 from unlearning.open_plan import LineageConcepts
 from unlearning.prompts import broad_prompts
@@ -136,18 +136,6 @@ def train_step(
         )
         prompts = replace(prompts, mined=tuple(mined))
         metadata = {**metadata, "mining": record}
-    # the parent's verdicts on the relocation rounds' pool, asked for while the parent is still unedited
-    drawn = None
-    if config.hyper.get("relocation_away_screen"):
-        drawn = drawn_by(
-            loaded.pipe,
-            world.judges()[0],
-            head=world.head_of(config.concept),
-            concept=config.concept,
-            steps=config.data_steps,
-            guidance_scale=config.guidance_scale,
-            progress=progress,
-        )
     return run_unlearning(
         loaded.pipe,
         config,
@@ -160,7 +148,7 @@ def train_step(
         progress=progress,
         lineage=loaded.lineage,
         base_sha=loaded.base_sha256,
-        drawn_by_parent=drawn,
+        drawn_by_parent=parent_screen(loaded.pipe, world, config, progress=progress),  # the parent's verdicts
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny_models import build_tiny_sd2, build_tiny_sdxl
+from tests.tiny_models import UNJUDGED, build_tiny_sd2, build_tiny_sdxl
 from unlearning.config import UnlearnConfig
 from unlearning.delta import load_delta
 from unlearning.loop import run_unlearning
@@ -26,6 +26,8 @@ def arch_base(request, tmp_path_factory):
 
 
 def _config(method: str, **fields) -> UnlearnConfig:
+    if method == "continual-uce":  # run_unlearning is given no judge here: the default's screen off
+        fields = {"hyper": UNJUDGED, **fields}
     return UnlearnConfig(
         concept="cat",
         anchor="animal",

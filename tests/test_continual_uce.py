@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_models import build_tiny_base, shapes_prompts_for
+from tests.tiny_models import PLAIN_CLOSED_FORM, build_tiny_base, shapes_prompts_for
 from unlearning.loop import LINEAGE_FILE, UnlearnConfig, load_lineage, run_unlearning
 from unlearning.methods import continual_uce as cu
 from unlearning.methods.context import EditContext, EncodedPairs
@@ -25,7 +25,7 @@ def _context(
         anchor_tokens=words,
         preserve_embeds=torch.zeros(1, 1, target.shape[-1]) if preserve is None else preserve,
         replay_embeds=torch.zeros(0, 1, target.shape[-1]),
-        hyper=hyper or {"adversarial_rounds": 0},
+        hyper={**PLAIN_CLOSED_FORM, **(hyper or {})},
         concept=concept,
         anchor=anchor_word,
         earlier=earlier,
@@ -301,7 +301,7 @@ def test_more_pairs_join_the_concept_s_terms(tiny_base, tmp_path, extra):
             preserve_per_concept=1,
             prefixed_prompts=count if extra == "prefixed" else 0,
             broad_prompts=0,
-            hyper={"variant_prompts": count if extra == "variants" else 0},
+            hyper={**PLAIN_CLOSED_FORM, "variant_prompts": count if extra == "variants" else 0},
         )
         summary = run_unlearning(
             pipe,
@@ -615,9 +615,9 @@ def test_relocation_variants_join_the_relocation_pool(tiny_base):
     from unlearning.data import relocation_pool
 
     pipe = load_model(tiny_base)
-    rounds = {"relocation_rounds": 1}
+    rounds = {**PLAIN_CLOSED_FORM, "relocation_rounds": 1}
     plain = relocation_pool(pipe, cu, UnlearnConfig(concept="circle", hyper=rounds))
     more = relocation_pool(pipe, cu, UnlearnConfig(concept="circle", hyper={**rounds, "relocation_variants": 7}))
     assert len(more) > len(plain) and len(more) <= len(plain) + 7
     torch.testing.assert_close(more[: len(plain)], plain)  # the broad prompts first, as before
-    assert relocation_pool(pipe, cu, UnlearnConfig(concept="circle")) is None  # no rounds: no pool
+    assert relocation_pool(pipe, cu, UnlearnConfig(concept="circle", hyper=PLAIN_CLOSED_FORM)) is None  # no rounds

@@ -10,6 +10,22 @@ import torch
 
 from unlearning.delta import compute_delta, save_delta
 
+# continual-uce's default screens its away-hold by the parent's judged images (continual_uce.py
+# `relocation_away_screen`); the tiny random pipelines here have no judge, so a test that runs the default on
+# one turns the screen off (the away-hold then holds every prompt's push) and keeps the rest of the default
+UNJUDGED = {"relocation_away_screen": 0.0}
+# continual-uce with every hardening off — UCE's closed form over the lineage — for a test of one mechanism
+PLAIN_CLOSED_FORM = {
+    "adversarial_rounds": 0,
+    "adversarial_words_only": 0.0,
+    "relocation_rounds": 0,
+    "relocation_push_only": 0.0,
+    "relocation_current_only": 0.0,
+    "relocation_away_threshold": 0.0,
+    "relocation_away_screen": 0.0,
+    "relocation_variants": 0,
+}
+
 
 def byte_alphabet() -> list[str]:
     """GPT-2/CLIP's byte-to-unicode table (Radford et al. 2019): 256 printable stand-ins for the bytes."""

@@ -55,6 +55,23 @@ def drawn_by(pipe, judge, *, head: str, concept: str, steps: int, guidance_scale
     return drawn
 
 
+def parent_screen(pipe, world, config, *, progress: bool = False):
+    """`run_unlearning`'s `drawn_by_parent` for `config`: `drawn_by` over `world`'s judge where its closed form's
+    `relocation_away_screen` is on (continual-uce's default), else None. `pipe` is the parent; the loop asks
+    before the edit changes it."""
+    if not config.hyper.get("relocation_away_screen"):
+        return None
+    return drawn_by(
+        pipe,
+        world.judges()[0],
+        head=world.head_of(config.concept),
+        concept=config.concept,
+        steps=config.data_steps,
+        guidance_scale=config.guidance_scale,
+        progress=progress,
+    )
+
+
 def mine_prompts(
     pipe,
     judge,

@@ -20,9 +20,13 @@ from unlearning.loop import UnlearnConfig
 
 def unlearn_config(settings: LetheSettings, request, parent: Parent) -> UnlearnConfig:
     """The request's config: its own fields and options, the lineage's erased concepts, the operator's
-    training settings (`unlearn_steps`, `checkpoint_every`; None leaves the method's defaults)."""
+    training settings (`unlearn_steps`, `unlearn_data_steps`, `checkpoint_every`; None leaves the defaults)."""
     return UnlearnConfig.from_request(
-        request, erased=parent.erased, steps=settings.unlearn_steps, checkpoint_every=settings.checkpoint_every
+        request,
+        erased=parent.erased,
+        steps=settings.unlearn_steps,
+        data_steps=settings.unlearn_data_steps,
+        checkpoint_every=settings.checkpoint_every,
     )
 
 

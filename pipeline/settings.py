@@ -87,6 +87,13 @@ class LetheSettings(BaseSettings):
     unlearn_steps: int | None = Field(
         None, ge=0, le=100_000, description="training steps per request; default: the method's"
     )
+    unlearn_data_steps: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="sampler steps of the parent's images while unlearning (a loss method's anchor and preserve "
+        "images, the default's judged screen); default: the loop's (20)",
+    )
     checkpoint_every: int | None = Field(
         None, ge=1, description="training steps between resumable checkpoints; default: the loop's (25)"
     )

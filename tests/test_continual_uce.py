@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_models import PLAIN_CLOSED_FORM, build_tiny_base, shapes_prompts_for
+from tests.tiny_models import PLAIN_CLOSED_FORM, UNJUDGED, build_tiny_base, shapes_prompts_for
 from unlearning.loop import LINEAGE_FILE, UnlearnConfig, load_lineage, run_unlearning
 from unlearning.methods import continual_uce as cu
 from unlearning.methods.context import EditContext, EncodedPairs
@@ -214,7 +214,9 @@ def test_the_loop_writes_the_lineage_and_the_next_step_reads_it(tmp_path):
     tiny = build_tiny_base(tmp_path / "tiny-sd")
     pipe = load_model(tiny)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    first = UnlearnConfig(concept="circle", method="continual-uce", prompts_per_concept=6, preserve_per_concept=1)
+    # the default method, without the judged screen (no judge is given here)
+    common = dict(method="continual-uce", prompts_per_concept=6, preserve_per_concept=1, hyper=UNJUDGED)
+    first = UnlearnConfig(concept="circle", **common)
     summary = run_unlearning(
         pipe,
         first,
@@ -225,9 +227,7 @@ def test_the_loop_writes_the_lineage_and_the_next_step_reads_it(tmp_path):
         progress=False,
     )
     assert summary["lineage"]["concepts"] == ["circle"] and (tmp_path / "1" / LINEAGE_FILE).is_file()
-    second = UnlearnConfig(
-        concept="striped", erased=("circle",), method="continual-uce", prompts_per_concept=6, preserve_per_concept=1
-    )
+    second = UnlearnConfig(concept="striped", erased=("circle",), **common)
     summary = run_unlearning(
         pipe,
         second,
@@ -245,13 +245,7 @@ def test_the_loop_writes_the_lineage_and_the_next_step_reads_it(tmp_path):
     assert cu.anchor_of(kept, "circle") == "square" and cu.anchor_of(kept, "striped") == "solid"
     second_weights = {k: v.clone() for k, v in pipe.unet.state_dict().items() if ".attn2.to_" in k}
     # erasing square, circle's anchor: circle's terms are solved again towards the next surrogate
-    third = UnlearnConfig(
-        concept="square",
-        erased=("circle", "striped"),
-        method="continual-uce",
-        prompts_per_concept=6,
-        preserve_per_concept=1,
-    )
+    third = UnlearnConfig(concept="square", erased=("circle", "striped"), **common)
     run_unlearning(
         pipe,
         third,

@@ -4,7 +4,7 @@ cross-attention maps; writes a delta that reproduces the trained model from the 
 import pytest
 import torch
 
-from tests.tiny_models import assert_same_weights, kill_after_checkpoint, shapes_prompts_for
+from tests.tiny_models import UNJUDGED, assert_same_weights, kill_after_checkpoint, shapes_prompts_for
 from unlearning.attention import record_cross_attention
 from unlearning.delta import load_delta
 from unlearning.loop import ConfigError, UnlearnConfig, run_unlearning
@@ -109,6 +109,7 @@ def test_a_start_edit_is_the_closed_form_then_the_steps_resume_from_it(tiny_base
 
     monkeypatch.setattr(continual_uce, "BROAD_PROMPTS", 16)  # the broad Gram's size is not what is tested
     common = dict(concept="circle", synonyms=("disc",), preserve=("ring",), erased=("striped",), prompts_per_concept=4)
+    common["hyper"] = UNJUDGED  # no judge is given here: the closed form's screen off
     closed, _ = _run(tiny_base, tmp_path / "closed", UnlearnConfig(method="continual-uce", broad_prompts=16, **common))
     started, summary = _run(
         tiny_base, tmp_path / "start", UnlearnConfig(method="duge-on-uce", steps=0, broad_prompts=4, **common)
@@ -149,7 +150,8 @@ def test_mined_prompts_leave_the_preserve_set_and_join_the_forget_set(tiny_base,
         batch_size=2,
         data_steps=2,
         broad_prompts=6,
-        hyper={"mined_guidance": 1.0},  # the mined rows by negative guidance: the loop hands the method its mask
+        # the mined rows by negative guidance (the loop hands the method its mask); no judge: the screen off
+        hyper={**UNJUDGED, "mined_guidance": 1.0},
     )
     pipe = load_model(tiny_base)
     broad = broad_prompts(pipe.tokenizer, 6, seed=0)

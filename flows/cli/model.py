@@ -286,7 +286,9 @@ def cmd_unlearn(args) -> int:
     try:
         # the parent's erased concepts are the lineage's: replayed while training, judged for rebound
         erased = lineage_erased(tuple(loaded.erased), tuple(args.erased or ()))
-        unlearn_config = UnlearnConfig.from_request(spec, erased=erased, compile=args.compile or None)
+        unlearn_config = UnlearnConfig.from_request(
+            spec, erased=erased, compile=args.compile or None, data_steps=config.unlearn_data_steps
+        )
         unlearn_config.validate()
         concepts = LineageConcepts(spec.concept, spec.anchor, tuple(spec.preserve), tuple(erased))
         evaluator = Evaluator.from_settings(config, size=size, concepts=concepts)  # an open world's judge names them

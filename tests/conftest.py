@@ -23,9 +23,6 @@ for _name, _value in {
     "LETHE_EVAL_ATTACK_PROMPTS": "1",
     "LETHE_EVAL_ATTACK_STEPS": "2",
     "LETHE_EVAL_DIAGNOSTICS": "false",
-    # the default method's judged screen samples the parent on each pool prompt it would hold away (hundreds of
-    # images on the shapes model): at two sampler steps the path runs, its verdicts are not the shipped ones
-    "LETHE_UNLEARN_DATA_STEPS": "2",
 }.items():
     os.environ.setdefault(_name, _value)
 

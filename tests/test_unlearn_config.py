@@ -64,3 +64,18 @@ def test_the_model_card_lists_the_settings_that_ran():
     assert f"- **hyper.broad_scale**: {continual_uce.DEFAULTS['broad_scale']}" in settings
     assert "steps" not in settings
     assert 'registry.loading.load_pipeline("models:/shapes-t2i/<version>")' in card  # a function that exists
+
+
+def test_the_operator_s_data_steps_reach_a_request_s_config(monkeypatch, tmp_path):
+    """`LETHE_UNLEARN_DATA_STEPS` (the parent's sampler steps while unlearning: a loss method's images, the judged
+    screen) sets the config pipeline/prepare.py builds for a request; unset, the loop's default (20) stays."""
+    from pipeline.prepare import unlearn_config
+    from pipeline.settings import LetheSettings
+    from pipeline.values import Parent
+    from registry.requests import RequestSpec
+
+    request, parent = RequestSpec(concept="circle", requester="test"), Parent(version=None)
+    monkeypatch.setenv("LETHE_HOME", str(tmp_path))
+    assert unlearn_config(LetheSettings(), request, parent).data_steps == 20
+    monkeypatch.setenv("LETHE_UNLEARN_DATA_STEPS", "3")
+    assert unlearn_config(LetheSettings(), request, parent).data_steps == 3

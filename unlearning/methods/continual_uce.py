@@ -151,20 +151,20 @@ DEFAULTS = {
     "preserve_scale": 0.1,
     "broad_scale": 1.0,  # s_b, per token: bench/attack.py chose it (0.1-1 hold relocation; 10 stops erasing)
     "lambda_identity": 0.1,
-    "adversarial_rounds": 5,
+    "adversarial_rounds": 2,
     "adversarial_ridge": 0.1,
-    "adversarial_words_only": 1.0,  # 1: RECE's rounds harden the concept word's tokens only, not its contexts'
+    "adversarial_words_only": 0.0,  # 1: RECE's rounds harden the concept word's tokens only, not its contexts'
     "null_space_energy": 0.0,  # > 0: confine the update to the broad Gram's null space at this energy (SPEED)
-    "relocation_rounds": 3,  # > 0: rounds of holding the pool tokens the edit pushes towards a concept (docstring)
-    "relocation_threshold": 0.35,  # τ: a push this fraction of the concept's own mean shift selects a token
+    "relocation_rounds": 0,  # > 0: rounds of holding the pool tokens the edit pushes towards a concept (docstring)
+    "relocation_threshold": 0.25,  # τ: a push this fraction of the concept's own mean shift selects a token
     "relocation_scale": 3.0,  # s_r: the weight of each selected token in the keep term
-    "relocation_push_only": 1.0,  # 1: hold only each selected token's push towards the concept, not the token
-    "relocation_current_only": 1.0,  # 1: watch pushes towards this request's concept only, not the earlier ones
-    "relocation_away_threshold": 0.6,  # τ_a > 0: also hold the pushes away from the concept beyond τ_a (the flood)
-    "relocation_away_screen": 1.0,  # 1: not away-held: the pool prompts the parent draws the concept for (judged)
+    "relocation_push_only": 0.0,  # 1: hold only each selected token's push towards the concept, not the token
+    "relocation_current_only": 0.0,  # 1: watch pushes towards this request's concept only, not the earlier ones
+    "relocation_away_threshold": 0.0,  # τ_a > 0: also hold the pushes away from the concept beyond τ_a (the flood)
+    "relocation_away_screen": 0.0,  # 1: not away-held: the pool prompts the parent draws the concept for (judged)
     "earlier_scale": 1.0,  # the weight of each earlier concept's terms against this request's (1: equal)
     "variant_prompts": 0,  # > 0: pairs whose word is a rule-made variant of the method's half (docstring)
-    "relocation_variants": 1500,  # > 0: the relocation pool also holds this many prompts of words' variants
+    "relocation_variants": 0,  # > 0: the relocation pool also holds this many prompts of words' variants
 }
 RELOCATION_POOL = 3000  # broad prompts searched for pushed tokens (`relocation_rounds`), apart from G's
 

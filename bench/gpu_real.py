@@ -12,8 +12,8 @@ SD's VAE shape), the rows are:
 - **edit**: seconds of one request's closed-form edit, `lethe unlearn`'s default method (continual-uce)
   through unlearning/loop.py `run_unlearning` on the pipeline (encode every prompt set and the broad Gram
   with the real-size text encoders, solve every attn2 to_k/to_v, write the delta) — the request
-  "erase cat, preserve dog" with the open world's prompts; one run, as a request's edit runs once (without
-  the default's judged screen: random weights have no judge). The
+  "erase cat, preserve dog" with the open world's prompts; one run, as a request's edit runs once (the judged
+  screen off: random weights have no judge). The
   tokenizer is the shapes world's MiniLM WordPiece at 77 tokens (no CLIP BPE offline): the encoders'
   shapes, not their vocabulary, set the cost.
 - **sampling**: images/s of the gate's sampler (DDIM, `sample_steps` steps, classifier-free guidance at
@@ -136,8 +136,8 @@ def measure_edit(pipe) -> dict:
     from unlearning.loop import UnlearnConfig, run_unlearning
     from unlearning.world import OpenWorld
 
-    # random weights have no judge: the default's screen (sampling the parent on the pool prompts a round
-    # would hold away; docs/erasure.md) is off here and its images are not in this row
+    # random weights have no judge: the judged screen (sampling the parent on the pool prompts a round would
+    # hold away; docs/erasure.md) is off here, whatever the default, and its images are not in this row
     config = UnlearnConfig(
         concept="cat", preserve=("dog",), method="continual-uce", hyper={"relocation_away_screen": 0}
     )

@@ -10,9 +10,9 @@ import torch
 
 from unlearning.delta import compute_delta, save_delta
 
-# continual-uce's default screens its away-hold by the parent's judged images (continual_uce.py
-# `relocation_away_screen`); the tiny random pipelines here have no judge, so a test that runs the default on
-# one turns the screen off (the away-hold then holds every prompt's push) and keeps the rest of the default
+# continual-uce's `relocation_away_screen` screens its away-hold by the parent's judged images; the tiny random
+# pipelines here have no judge, so a test that runs the method on one says the screen is off, whatever the
+# default (run_unlearning refuses the screen without a judge) and keeps the rest of the default
 UNJUDGED = {"relocation_away_screen": 0.0}
 # continual-uce with every hardening off — UCE's closed form over the lineage — for a test of one mechanism
 PLAIN_CLOSED_FORM = {

@@ -202,13 +202,13 @@ def test_uce_edit_maps_target_tokens_to_the_anchor_values_and_refuses_other_tens
 @pytest.mark.parametrize("method", ["esd-u", "ablation", "rgd", "uce"])
 def test_each_baseline_runs_through_the_loop(method, tiny_base, tmp_path, monkeypatch):
     surgeries = []
-    real_surgery = loop._surgery_backward
+    real_surgery = loop.surgery_backward
 
     def counting_surgery(terms, params):
         surgeries.append(1)
         real_surgery(terms, params)
 
-    monkeypatch.setattr(loop, "_surgery_backward", counting_surgery)
+    monkeypatch.setattr(loop, "surgery_backward", counting_surgery)
     pipe = load_model(tiny_base)
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     cfg = UnlearnConfig(

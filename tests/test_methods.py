@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tests.tiny_models import step_context
-from unlearning.loop import _surgery_backward
 from unlearning.methods import duge, get_method
 from unlearning.parameters import trainable_names
+from unlearning.surgery import surgery_backward
 
 
 def test_l2_sp_is_mean_squared_distance_to_the_base():
@@ -41,12 +41,12 @@ def test_gradient_surgery_projects_only_conflicting_forget_gradients():
     g_f·g_p = -1 < 0, so g_f <- g_f − (−1/1)·g_p = (1, 0); total = (1, 0) + (0, 1) = (1, 1).
     With g_f = (1, 1) (no conflict) the total is g_f + g_p = (1, 2)."""
     x = torch.nn.Parameter(torch.zeros(2))
-    _surgery_backward(
+    surgery_backward(
         {"forget": (torch.tensor([1.0, -1.0]) * x).sum(), "preserve": (torch.tensor([0.0, 1.0]) * x).sum()}, [x]
     )
     torch.testing.assert_close(x.grad, torch.tensor([1.0, 1.0]))
     x.grad = None
-    _surgery_backward(
+    surgery_backward(
         {"forget": (torch.tensor([1.0, 1.0]) * x).sum(), "preserve": (torch.tensor([0.0, 1.0]) * x).sum()}, [x]
     )
     torch.testing.assert_close(x.grad, torch.tensor([1.0, 2.0]))

@@ -60,6 +60,7 @@ from unlearning.parameters import (
     trainable_names,
 )
 from unlearning.prompts import RequestPrompts, broad_prompts, with_prefixes, with_variants
+from unlearning.surgery import surgery_backward
 
 # The config and the folder's layout live in their own modules; these names stay importable from here.
 __all__ = [
@@ -363,7 +364,7 @@ def run_unlearning(
                     terms["log/adv"] = adversarial.detach()
             optimizer.zero_grad(set_to_none=True)
             if (cfg.gradient_surgery or getattr(method, "ALWAYS_SURGERY", False)) and "preserve" in terms:
-                _surgery_backward(terms, trained_params)
+                surgery_backward(terms, trained_params)
             else:
                 sum(terms[k] for k in ("forget", "preserve", "regularise") if k in terms).backward()
             torch.nn.utils.clip_grad_norm_(trained_params, cfg.grad_clip)
@@ -431,22 +432,3 @@ def run_unlearning(
     write_json(out_dir / SUMMARY_FILE, summary)  # last: a summary means the step finished
     checkpoint_path.unlink(missing_ok=True)
     return summary
-
-
-def _surgery_backward(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> None:
-    """Gradient surgery (restricted gradient, Ko et al. NeurIPS 2024; concept-preserving gradient,
-    Wu et al. AAAI 2025): where g_forget · g_preserve < 0, replace g_forget by its projection onto the
-    normal plane of g_preserve, g_f ← g_f − (g_f·g_p / ‖g_p‖²) g_p; then g = g_f + g_p + g_reg."""
-
-    def grads(term):
-        result = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g for g, p in zip(result, params)]
-
-    g_forget, g_preserve = grads(terms["forget"]), grads(terms["preserve"])
-    g_reg = grads(terms["regularise"]) if "regularise" in terms else [torch.zeros_like(p) for p in params]
-    dot = sum((a * b).sum() for a, b in zip(g_forget, g_preserve))
-    if dot < 0:
-        norm = sum(b.pow(2).sum() for b in g_preserve).clamp_min(1e-20)
-        g_forget = [a - dot / norm * b for a, b in zip(g_forget, g_preserve)]
-    for param, a, b, c in zip(params, g_forget, g_preserve, g_reg):
-        param.grad = a + b + c

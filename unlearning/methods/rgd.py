@@ -14,7 +14,7 @@ by the parent), weighted by α:
 
 The update is the restricted gradient: where ∇forget and ∇preserve conflict, ∇forget is projected
 onto the normal plane of ∇preserve. RGD sets `ALWAYS_SURGERY`, so the loop always
-applies `_surgery_backward`. Two departures from the paper, both forced by the shared pieces:
+applies `surgery_backward` (unlearning/surgery.py). Two departures from the paper, both forced by the shared pieces:
 - the paper also projects ∇preserve off ∇forget (symmetric PCGrad); the loop's surgery projects only
   the forget gradient, which keeps the retain gradient whole;
 - the paper's forget data are images *of* the target; the loop's forget batch holds z_t noised from

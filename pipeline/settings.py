@@ -92,7 +92,7 @@ class LetheSettings(BaseSettings):
         ge=1,
         le=1000,
         description="sampler steps of the parent's images while unlearning (a loss method's anchor and preserve "
-        "images, the default's judged screen); default: the loop's (20)",
+        "images, continual-uce's judged screen where on); default: the loop's (20)",
     )
     checkpoint_every: int | None = Field(
         None, ge=1, description="training steps between resumable checkpoints; default: the loop's (25)"

@@ -26,7 +26,7 @@ def arch_base(request, tmp_path_factory):
 
 
 def _config(method: str, **fields) -> UnlearnConfig:
-    if method == "continual-uce":  # run_unlearning is given no judge here: the default's screen off
+    if method == "continual-uce":  # run_unlearning is given no judge here: the judged screen off
         fields = {"hyper": UNJUDGED, **fields}
     return UnlearnConfig(
         concept="cat",

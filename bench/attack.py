@@ -234,6 +234,7 @@ def cost(args) -> None:
     from pipeline.settings import load_settings
     from pipeline.world import world_for
     from unlearning.loop import UnlearnConfig, run_unlearning
+    from unlearning.methods import get_method
     from unlearning.shapes.model import sampling_scheduler, text_encoder_path
 
     torch.manual_seed(0)
@@ -264,7 +265,7 @@ def cost(args) -> None:
     print("|---|---|---|")
     for spec in args.methods:
         label, method, hyper, options = method_specs.parse_spec(spec)
-        if method == "continual-uce":  # random weights have no judge: the screen's sampling is not timed here
+        if "relocation_away_screen" in get_method(method).DEFAULTS:  # random weights have no judge: screen off
             hyper = {"relocation_away_screen": 0.0, **hyper}
         config = UnlearnConfig(concept="circle", method=method, hyper=hyper, **options)
         with tempfile.TemporaryDirectory() as tmp:

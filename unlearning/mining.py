@@ -57,8 +57,8 @@ def drawn_by(pipe, judge, *, head: str, concept: str, steps: int, guidance_scale
 
 def parent_screen(pipe, world, config, *, progress: bool = False):
     """`run_unlearning`'s `drawn_by_parent` for `config`: `drawn_by` over `world`'s judge where its closed form's
-    `relocation_away_screen` is on (continual-uce's default), else None. `pipe` is the parent; the loop asks
-    before the edit changes it."""
+    `relocation_away_screen` is on (continual-uce's option; duge-on-uce's start edit inherits it), else None.
+    `pipe` is the parent; the loop asks before the edit changes it."""
     if not config.hyper.get("relocation_away_screen"):
         return None
     return drawn_by(
